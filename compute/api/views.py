@@ -1,0 +1,44 @@
+from typing import Any
+
+from django.db.models import QuerySet
+from rest_framework import viewsets
+from rest_framework.permissions import IsAuthenticated
+
+from compute import services
+from compute.api.serializers import ComputeTargetSerializer, InstanceTypeSerializer
+from compute.models import ComputeTarget, InstanceType
+from studio.api import IsItOpsOrReadOnly, WorkspaceMixin
+
+
+class ComputeTargetViewSet(WorkspaceMixin, viewsets.ModelViewSet[ComputeTarget]):
+    serializer_class = ComputeTargetSerializer
+    permission_classes = (IsAuthenticated, IsItOpsOrReadOnly)
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+    it_ops_manage = True
+
+    def get_queryset(self) -> QuerySet[ComputeTarget]:
+        return ComputeTarget.objects.filter(workspace=self.get_workspace())
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = super().get_serializer_context()
+        if "workspace" in self.kwargs:
+            context["workspace"] = self.get_workspace()
+        return context
+
+    def perform_create(self, serializer: ComputeTargetSerializer) -> None:
+        serializer.save(workspace=self.get_workspace())
+
+    def perform_destroy(self, instance: ComputeTarget) -> None:
+        services.delete_compute(instance)
+
+
+class InstanceTypeViewSet(viewsets.ModelViewSet[InstanceType]):
+    queryset = InstanceType.objects.all()
+    serializer_class = InstanceTypeSerializer
+    permission_classes = (IsAuthenticated, IsItOpsOrReadOnly)
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+
+    def perform_destroy(self, instance: InstanceType) -> None:
+        services.delete_instance_type(instance)

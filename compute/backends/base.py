@@ -1,0 +1,72 @@
+"""What the job controller needs from any compute, local processes or Kubernetes."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class LaunchSpec:
+    """Everything needed to run one job, in plain data (the launcher's launch file)."""
+
+    job_key: str  # unique across the studio: "<workspace id>/<job name>"
+    name: str
+    command: str
+    code_archive: str | None
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+    environment_variables: dict[str, str]
+    timeout: int | None
+    requests: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    grace_seconds: float = 10.0
+
+
+@dataclass
+class LogRecord:
+    ts: float
+    stream: str  # "stdout" | "stderr"
+    line: str
+
+
+@dataclass
+class Observation:
+    """What changed since the last look: new log lines, and the phase if it moved."""
+
+    lines: list[LogRecord]
+    cursor: dict[str, Any]  # opaque; stored with the lines and handed back next time
+    phase: str | None = None  # Preparing, Running, Finalizing, Completed, Failed, Canceled
+    exit_code: int | None = None
+    reason: str = ""
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ComputeBackend(abc.ABC):
+    kind: str
+
+    @abc.abstractmethod
+    def enforcement_notes(self, requests: dict[str, Any], limits: dict[str, Any]) -> list[str]:
+        """Plain sentences on what of an instance type this compute cannot enforce."""
+
+    @abc.abstractmethod
+    def submit(self, spec: LaunchSpec) -> dict[str, Any]:
+        """Start the job and return its handle (stored as the job's runtime).
+
+        Idempotent: submitting a job that already started returns the same handle and
+        starts nothing new.
+        """
+
+    @abc.abstractmethod
+    def observe(self, runtime: dict[str, Any], cursor: dict[str, Any]) -> Observation:
+        """New log lines after `cursor`, and the job's phase."""
+
+    @abc.abstractmethod
+    def cancel(self, runtime: dict[str, Any], *, force: bool = False) -> None:
+        """Ask the job to stop (terminate); with force, kill it outright."""
+
+    @abc.abstractmethod
+    def output_root(self, runtime: dict[str, Any], output: str) -> str | None:
+        """Where the files of one output can be read, or None when it has none."""

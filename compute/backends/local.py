@@ -1,0 +1,211 @@
+"""Local compute: each job is the launcher as a child process in its own directory.
+
+The launcher runs in a session of its own, so a studio restart does not kill running
+jobs; the controller re-adopts them from their state file and pid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+from django.conf import settings
+
+from compute import launcher
+from compute.backends.base import ComputeBackend, LaunchSpec, LogRecord, Observation
+from compute.resources import quantity
+
+# Read at most this much log per look, so one chatty job cannot starve the others.
+MAX_READ = 1024 * 1024
+
+
+def available_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+class LocalBackend(ComputeBackend):
+    kind = "local"
+
+    def __init__(self, jobs_dir: Path | None = None) -> None:
+        self.jobs_dir = Path(jobs_dir or settings.STUDIO_JOBS_DIR)
+
+    # -- instance types ------------------------------------------------------------------
+    def enforcement_notes(self, requests: dict[str, Any], limits: dict[str, Any]) -> list[str]:
+        notes = []
+        if "memory" in limits:
+            notes.append(
+                f"limits.memory {limits['memory']}: enforced as the process data-size limit "
+                "(RLIMIT_DATA, per process): allocations beyond it fail, but the limit is not "
+                "shared across the job's processes as a cgroup's would be."
+            )
+        if "cpu" in limits:
+            cpus = self._cpu_set(limits["cpu"])
+            if cpus is None:
+                notes.append(f"limits.cpu {limits['cpu']}: not enforced (host CPU affinity unavailable).")
+            else:
+                notes.append(
+                    f"limits.cpu {limits['cpu']}: enforced as CPU affinity to {len(cpus)} core(s) "
+                    "(whole cores, not a time quota)."
+                )
+        if requests:
+            notes.append(
+                "requests (" + ", ".join(f"{k} {v}" for k, v in requests.items()) + "): "
+                "not enforced on local compute, which does not reserve capacity."
+            )
+        if "nvidia.com/gpu" in limits or "nvidia.com/gpu" in requests:
+            notes.append("nvidia.com/gpu: not enforced; local jobs see whatever GPUs the host has.")
+        return notes
+
+    def _cpu_set(self, cpu_limit: Any) -> list[int] | None:
+        if not hasattr(os, "sched_setaffinity"):
+            return None
+        cpus = available_cpus()
+        wanted = max(1, math.ceil(quantity(cpu_limit)))
+        return cpus[: min(wanted, len(cpus))]
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def submit(self, spec: LaunchSpec) -> dict[str, Any]:
+        root = self.jobs_dir / spec.job_key
+        handle_file = root / "handle.json"
+        if handle_file.exists():  # already started: same handle, nothing new runs
+            return dict(json.loads(handle_file.read_text()))
+        root.mkdir(parents=True, exist_ok=True)
+        limits: dict[str, Any] = {}
+        if "memory" in spec.limits:
+            limits["memory_bytes"] = int(quantity(spec.limits["memory"]))
+        if "cpu" in spec.limits:
+            limits["cpus"] = self._cpu_set(spec.limits["cpu"])
+        launch = {
+            "root": str(root),
+            "name": spec.name,
+            "command": spec.command,
+            "code": spec.code_archive,
+            "inputs": spec.inputs,
+            "outputs": spec.outputs,
+            "environment_variables": spec.environment_variables,
+            "timeout": spec.timeout,
+            "limits": limits,
+            "grace_seconds": spec.grace_seconds,
+        }
+        (root / "launch.json").write_text(json.dumps(launch))
+        with open(root / "launcher.log", "ab") as out:
+            process = subprocess.Popen(  # noqa: S603 - our own launcher
+                [sys.executable, launcher.__file__, str(root / "launch.json")],
+                cwd=root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        handle = {
+            "root": str(root),
+            "pid": process.pid,
+            "create_time": psutil.Process(process.pid).create_time(),
+        }
+        # Reap it when it exits so it does not linger as a zombie of the studio.
+        _children[process.pid] = process
+        handle_file.write_text(json.dumps(handle))
+        return handle
+
+    def _alive(self, runtime: dict[str, Any]) -> bool:
+        pid = runtime.get("pid")
+        if not pid:
+            return False
+        child = _children.get(pid)
+        if child is not None and child.poll() is not None:
+            _children.pop(pid, None)
+            return False
+        try:
+            process = psutil.Process(pid)
+            return (
+                abs(process.create_time() - runtime["create_time"]) < 0.01
+                and process.status() != psutil.STATUS_ZOMBIE
+            )
+        except psutil.Error:
+            return False
+
+    def observe(self, runtime: dict[str, Any], cursor: dict[str, Any]) -> Observation:
+        root = Path(runtime["root"])
+        # The state first, then the log: a terminal state is written after the last line,
+        # so reading in this order never ends a job before all its lines are in.
+        state = _read_json(root / "state.json")
+        alive = self._alive(runtime)
+        offset = int(cursor.get("offset", 0))
+        lines: list[LogRecord] = []
+        try:
+            with open(root / "log.jsonl", "rb") as f:
+                f.seek(offset)
+                chunk = f.read(MAX_READ)
+        except FileNotFoundError:
+            chunk = b""
+        end = chunk.rfind(b"\n") + 1  # only whole lines; a partial one waits for its end
+        for raw in chunk[:end].splitlines():
+            record = json.loads(raw)
+            lines.append(LogRecord(ts=record["ts"], stream=record["stream"], line=record["line"]))
+        new_cursor = {"offset": offset + end}
+        more = len(chunk) == MAX_READ
+        phase = state.get("phase")
+        if phase in launcher.TERMINAL and more:
+            phase = "Finalizing"  # not over until every line is read
+        elif phase not in launcher.TERMINAL and not alive and not more:
+            # Re-read: it may have finished between the two reads.
+            state = _read_json(root / "state.json")
+            phase = state.get("phase")
+            if phase not in launcher.TERMINAL:
+                return Observation(
+                    lines=lines,
+                    cursor=new_cursor,
+                    phase="Failed",
+                    exit_code=state.get("exit_code"),
+                    reason="The job's process ended unexpectedly (killed, or the host restarted).",
+                )
+        return Observation(
+            lines=lines,
+            cursor=new_cursor,
+            phase=phase,
+            exit_code=state.get("exit_code"),
+            reason=str(state.get("reason") or ""),
+            outputs=list(state.get("outputs") or []),
+        )
+
+    def cancel(self, runtime: dict[str, Any], *, force: bool = False) -> None:
+        if not self._alive(runtime):
+            return
+        state = _read_json(Path(runtime["root"]) / "state.json")
+        if force:
+            for pgid in (state.get("child_pgid"), runtime["pid"]):
+                if pgid:
+                    try:
+                        os.killpg(int(pgid), signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+        else:
+            # The launcher forwards it to the command's process group, waits the grace
+            # period, then kills.
+            os.kill(runtime["pid"], signal.SIGTERM)
+
+    def output_root(self, runtime: dict[str, Any], output: str) -> str | None:
+        if not runtime.get("root"):
+            return None
+        root = Path(runtime["root"])
+        path = root / "wd" / "outputs" if output == "default" else root / "outputs" / output
+        return str(path) if path.is_dir() else None
+
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}

@@ -1,0 +1,93 @@
+from typing import Any
+
+import yaml
+from django import forms
+from django.core.exceptions import ValidationError
+
+from compute.models import ComputeTarget, InstanceType
+from compute.resources import validate_node_selector, validate_resources
+
+QUANTITY_FIELDS = [
+    (section, resource, f"{section}_{resource.replace('nvidia.com/', '')}")
+    for section in ("requests", "limits")
+    for resource in ("cpu", "memory", "nvidia.com/gpu")
+]
+
+
+class ComputeTargetForm(forms.ModelForm[ComputeTarget]):
+    class Meta:
+        model = ComputeTarget
+        fields = ("name", "kind", "description")
+        labels = {"kind": "Type"}
+
+    def __init__(self, *args: Any, workspace: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance.workspace = workspace
+
+    def clean_name(self) -> str:
+        name: str = self.cleaned_data["name"]
+        clash = ComputeTarget.objects.filter(workspace=self.instance.workspace, name=name)
+        if self.instance.pk:
+            clash = clash.exclude(pk=self.instance.pk)
+        if clash.exists():
+            raise ValidationError(f"A compute target named {name!r} already exists here.")
+        return name
+
+
+class InstanceTypeForm(forms.ModelForm[InstanceType]):
+    """The CRD's fields, one input per quantity rather than a JSON blob."""
+
+    node_selector_text = forms.CharField(
+        label="nodeSelector", required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "class": "code"}),
+        help_text="YAML mapping of node labels, e.g. <code>kubernetes.io/arch: amd64</code>",
+    )
+    requests_cpu = forms.CharField(label="requests.cpu", required=False)
+    requests_memory = forms.CharField(label="requests.memory", required=False)
+    requests_gpu = forms.CharField(label="requests.nvidia.com/gpu", required=False)
+    limits_cpu = forms.CharField(label="limits.cpu", required=False)
+    limits_memory = forms.CharField(label="limits.memory", required=False)
+    limits_gpu = forms.CharField(label="limits.nvidia.com/gpu", required=False)
+
+    class Meta:
+        model = InstanceType
+        fields = ("name", "description")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["name"].disabled = True
+            if self.instance.node_selector:
+                self.fields["node_selector_text"].initial = yaml.safe_dump(
+                    self.instance.node_selector, default_flow_style=False
+                )
+            for section, resource, field in QUANTITY_FIELDS:
+                value = (self.instance.resources.get(section) or {}).get(resource)
+                if value is not None:
+                    self.fields[field].initial = value
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        resources: dict[str, dict[str, str]] = {}
+        for section, resource, field in QUANTITY_FIELDS:
+            value = (data.get(field) or "").strip()
+            if value:
+                resources.setdefault(section, {})[resource] = value
+        try:
+            validate_resources(resources)
+        except ValidationError as exc:
+            for message in exc.messages:
+                path = message.split(":", 1)[0]  # resources.limits.cpu
+                parts = path.split(".", 2)
+                field = None
+                if len(parts) == 3:
+                    field = f"{parts[1]}_{parts[2].replace('nvidia.com/', '')}"
+                self.add_error(field if field in self.fields else None, message)
+        self.instance.resources = resources
+        try:
+            selector = yaml.safe_load(data.get("node_selector_text") or "") or {}
+            validate_node_selector(selector)
+            self.instance.node_selector = selector
+        except (yaml.YAMLError, ValidationError):
+            self.add_error("node_selector_text", "Must be a YAML mapping of label: value strings.")
+        return data

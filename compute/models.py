@@ -1,0 +1,62 @@
+"""Compute targets (where a workspace's jobs run) and instance types (what size they get)."""
+
+from typing import ClassVar
+
+from django.db import models
+
+from compute.resources import validate_node_selector, validate_resources
+from studio.models import Workspace, name_validator
+
+
+class ComputeKind(models.TextChoices):
+    LOCAL = "local", "Local (processes on the studio host)"
+    # KUBERNETES arrives with the Kubernetes compute issue.
+
+
+class ComputeTarget(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="computes")
+    name = models.CharField(max_length=255, validators=[name_validator])
+    kind = models.CharField(max_length=20, choices=ComputeKind.choices, default=ComputeKind.LOCAL)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("name",)
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=("workspace", "name"), name="compute_name_per_workspace")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def instance_types(self) -> models.QuerySet["InstanceType"]:
+        """The instance types a job on this target may pick.
+
+        Local targets share the host's instance types, as the targets attached to one
+        Kubernetes cluster will share that cluster's InstanceType objects.
+        """
+        return InstanceType.objects.all()
+
+
+class InstanceType(models.Model):
+    """Mirrors the cluster-scoped InstanceType CRD: a node selector and resources."""
+
+    name = models.CharField(max_length=253, unique=True, validators=[name_validator])
+    description = models.TextField(blank=True)
+    node_selector = models.JSONField(default=dict, blank=True, validators=[validate_node_selector])
+    resources = models.JSONField(default=dict, blank=True, validators=[validate_resources])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def requests(self) -> dict[str, object]:
+        return dict(self.resources.get("requests") or {})
+
+    @property
+    def limits(self) -> dict[str, object]:
+        return dict(self.resources.get("limits") or {})

@@ -1,0 +1,74 @@
+"""Compute operations for IT-ops, shared by the console pages and the API."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from compute.models import ComputeKind, ComputeTarget, InstanceType
+from compute.resources import DEFAULT_INSTANCE_TYPE, DEFAULT_RESOURCES
+from studio.models import Workspace
+
+
+class ComputeInUse(Exception):
+    """Refused: the object is needed (active jobs, or Azure ML's default instance type)."""
+
+
+def delete_compute(compute: ComputeTarget) -> None:
+    from jobs.models import ACTIVE, Status
+
+    active = compute.jobs.filter(status__in=(Status.QUEUED, *ACTIVE)).count()
+    if active:
+        raise ComputeInUse(
+            f"Compute target {compute.name!r} has {active} queued or running job(s); "
+            "cancel them or wait for them to end first."
+        )
+    compute.delete()
+
+
+def delete_instance_type(instance_type: InstanceType) -> None:
+    if instance_type.name == DEFAULT_INSTANCE_TYPE:
+        raise ComputeInUse(
+            f"{DEFAULT_INSTANCE_TYPE} is used by every job that names no instance type; "
+            "edit it instead of deleting it."
+        )
+    instance_type.delete()
+
+
+def ensure_default_instance_type() -> InstanceType:
+    instance_type, _ = InstanceType.objects.get_or_create(
+        name=DEFAULT_INSTANCE_TYPE,
+        defaults={
+            "resources": DEFAULT_RESOURCES,
+            "description": "Used when a job names no instance type.",
+        },
+    )
+    return instance_type
+
+
+SEED_INSTANCE_TYPES = {
+    "cpu-small": {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"cpu": "1", "memory": "2Gi"},
+    },
+    "cpu-large": {
+        "requests": {"cpu": "2", "memory": "4Gi"},
+        "limits": {"cpu": "4", "memory": "8Gi"},
+    },
+}
+
+
+@transaction.atomic
+def seed_local(workspace: Workspace) -> ComputeTarget:
+    """What a first visit needs: a local compute target and a few instance types."""
+    ensure_default_instance_type()
+    for name, resources in SEED_INSTANCE_TYPES.items():
+        InstanceType.objects.get_or_create(name=name, defaults={"resources": resources})
+    compute, _ = ComputeTarget.objects.get_or_create(
+        workspace=workspace,
+        name="local",
+        defaults={"kind": ComputeKind.LOCAL, "description": "Processes on the studio's host."},
+    )
+    if workspace.default_compute_id is None:
+        workspace.default_compute = compute
+        workspace.save(update_fields=["default_compute"])
+    return compute

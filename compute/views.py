@@ -1,0 +1,96 @@
+"""IT-ops console: compute targets per workspace, and instance types."""
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from compute import services
+from compute.forms import ComputeTargetForm, InstanceTypeForm
+from compute.models import ComputeTarget, InstanceType
+from studio import access
+from studio.models import Workspace
+
+View = Callable[..., HttpResponse]
+
+
+def it_ops_required(view: View) -> View:
+    @wraps(view)
+    @login_required
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not access.is_it_ops(request.user):
+            raise PermissionDenied("The console is for IT-ops.")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+@it_ops_required
+def console(request: HttpRequest) -> HttpResponse:
+    workspaces = Workspace.objects.prefetch_related("computes")
+    return render(request, "compute/console.html", {
+        "workspaces": workspaces,
+        "instance_types": InstanceType.objects.all(),
+    })
+
+
+@it_ops_required
+def instance_type_edit(request: HttpRequest, name: str | None = None) -> HttpResponse:
+    instance = get_object_or_404(InstanceType, name=name) if name else None
+    form = InstanceTypeForm(request.POST or None, instance=instance)
+    if request.method == "POST" and form.is_valid():
+        saved = form.save()
+        messages.success(request, f"Instance type {saved.name} saved.")
+        return redirect("compute:console")
+    return render(request, "compute/form.html", {
+        "form": form,
+        "title": f"Instance type {name}" if name else "New instance type",
+    }, status=400 if request.method == "POST" else 200)
+
+
+@it_ops_required
+@require_POST
+def instance_type_delete(request: HttpRequest, name: str) -> HttpResponse:
+    instance = get_object_or_404(InstanceType, name=name)
+    try:
+        services.delete_instance_type(instance)
+        messages.success(request, f"Instance type {name} deleted.")
+    except services.ComputeInUse as exc:
+        messages.error(request, str(exc))
+    return redirect("compute:console")
+
+
+@it_ops_required
+def compute_edit(request: HttpRequest, workspace: str, name: str | None = None) -> HttpResponse:
+    ws = get_object_or_404(Workspace, name=workspace)
+    instance = get_object_or_404(ComputeTarget, workspace=ws, name=name) if name else None
+    form = ComputeTargetForm(request.POST or None, instance=instance, workspace=ws)
+    if request.method == "POST" and form.is_valid():
+        saved = form.save()
+        if ws.default_compute_id is None:
+            ws.default_compute = saved
+            ws.save(update_fields=["default_compute"])
+        messages.success(request, f"Compute target {saved.name} saved in {ws.name}.")
+        return redirect("compute:console")
+    return render(request, "compute/form.html", {
+        "form": form,
+        "title": f"Compute target {name} in {ws.name}" if name else f"New compute target in {ws.name}",
+    }, status=400 if request.method == "POST" else 200)
+
+
+@it_ops_required
+@require_POST
+def compute_delete(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
+    compute = get_object_or_404(ComputeTarget, workspace__name=workspace, name=name)
+    try:
+        services.delete_compute(compute)
+        messages.success(request, f"Compute target {name} deleted from {workspace}.")
+    except services.ComputeInUse as exc:
+        messages.error(request, str(exc))
+    return redirect("compute:console")

@@ -1,0 +1,136 @@
+"""Jobs API: thin views over jobs.services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import FileResponse, Http404, HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from jobs import services
+from jobs.api.serializers import JobListSerializer, JobSerializer
+from jobs.models import Job
+from jobs.spec import SpecError, load_yaml
+from studio.api import WorkspaceMixin
+
+
+def spec_from_request(request: Request) -> tuple[dict[str, Any], str, dict[str, services.Upload]]:
+    """The job document, its YAML text, and uploads, from JSON or multipart.
+
+    JSON: {"yaml": "<text>"} or the job document itself.
+    Multipart: a `spec` part (YAML text or file), a `code` archive, `inputs.<name>` files.
+    """
+    uploads = {
+        key: services.Upload(file=f, filename=f.name or key) for key, f in request.FILES.items()
+    }
+    uploads.pop("spec", None)
+    if "spec" in request.FILES:
+        text = request.FILES["spec"].read().decode("utf-8", errors="replace")
+    elif isinstance(request.data, dict) and isinstance(request.data.get("yaml"), str):
+        text = request.data["yaml"]
+    elif "spec" in request.data:
+        text = str(request.data["spec"])
+    elif isinstance(request.data, dict) and request.content_type.startswith("application/json"):
+        return dict(request.data), "", uploads
+    else:
+        raise SpecError([("(document)", "send the job as YAML in 'yaml' or 'spec', or as JSON")])
+    return load_yaml(text), text, uploads
+
+
+class JobViewSet(
+    WorkspaceMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet[Job],
+):
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+    parser_classes = (JSONParser, MultiPartParser, FormParser)
+
+    def get_queryset(self) -> QuerySet[Job]:
+        jobs = Job.objects.filter(workspace=self.get_workspace()).select_related(
+            "workspace", "created_by"
+        )
+        if self.action == "retrieve":
+            jobs = jobs.prefetch_related("status_changes")
+        params = self.request.query_params
+        if params.get("status"):
+            jobs = jobs.filter(status=params["status"])
+        if params.get("experiment_name"):
+            jobs = jobs.filter(experiment_name=params["experiment_name"])
+        return jobs
+
+    def get_serializer_class(self) -> type[JobListSerializer]:
+        return JobListSerializer if self.action == "list" else JobSerializer
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, description="Only jobs in this state."),
+            OpenApiParameter("experiment_name", str, description="Only this experiment's jobs."),
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=None, responses=JobSerializer)
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data, text, uploads = spec_from_request(request)
+        job = services.submit(self.get_workspace(), request.user, data, uploads, source_yaml=text)
+        job = self.get_queryset().get(pk=job.pk)
+        return Response(JobSerializer(job, context=self.get_serializer_context()).data, status=201)
+
+    @extend_schema(request=None, responses={200: None})
+    @action(detail=False, methods=["post"])
+    def validate(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Check a job without submitting it."""
+        data, _text, uploads = spec_from_request(request)
+        spec, compute, instance_type = services.validate(self.get_workspace(), data, uploads)
+        return Response(
+            {"valid": True, "compute": compute.name, "instance_type": instance_type.name,
+             "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
+        )
+
+    @extend_schema(request=None, responses=JobSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        job = services.cancel(self.get_object())
+        job = self.get_queryset().get(pk=job.pk)
+        return Response(JobSerializer(job, context=self.get_serializer_context()).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("after", int, description="Only lines after this seq.")],
+        responses={(200, "text/plain"): str},
+    )
+    @action(detail=True, methods=["get"])
+    def logs(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
+        """The job's output as text; `X-Last-Seq` tells where to resume with ?after=."""
+        job = self.get_object()
+        try:
+            after = int(request.query_params.get("after", 0))
+        except ValueError as exc:
+            raise ValidationError({"after": ["must be a whole number"]}) from exc
+        lines = list(services.log_lines(job, after).values_list("seq", "line"))
+        text = "".join(line + "\n" for _seq, line in lines)
+        response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+        response["X-Last-Seq"] = str(lines[-1][0] if lines else after)
+        response["X-Job-Status"] = job.status
+        return response
+
+    @extend_schema(responses={200: None})
+    @action(detail=True, methods=["get"], url_path=r"outputs/(?P<output>[A-Za-z_]\w*)")
+    def download(self, request: Request, output: str, *args: Any, **kwargs: Any) -> FileResponse:
+        """One output of the job as a zip archive (`default` is ./outputs)."""
+        job = self.get_object()
+        if output not in services.output_names(job):
+            raise Http404(f"Job {job.name} has no output named {output!r}.")
+        return FileResponse(
+            services.output_zip(job, output), as_attachment=True, filename=f"{job.name}-{output}.zip"
+        )

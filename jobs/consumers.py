@@ -1,0 +1,137 @@
+"""Websockets: a job's live log, and a workspace's job status changes.
+
+Both authorize in `connect` (session or API token, then workspace membership) and
+refuse the handshake otherwise, so a stranger learns nothing, not even that a job exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from jobs import events
+from jobs.models import Job, LogLine
+from studio.models import Membership
+
+BACKLOG_CHUNK = 1000
+
+
+@database_sync_to_async
+def _member_workspace_id(user: Any, workspace: str) -> int | None:
+    if not user or not user.is_authenticated:
+        return None
+    return (
+        Membership.objects.filter(user=user, workspace__name=workspace)
+        .values_list("workspace_id", flat=True)
+        .first()
+    )
+
+
+@database_sync_to_async
+def _job(workspace_id: int, name: str) -> Job | None:
+    return Job.objects.filter(workspace_id=workspace_id, name=name).only("id", "status").first()
+
+
+@database_sync_to_async
+def _lines(job_id: int, after: int, limit: int) -> list[dict[str, object]]:
+    rows = LogLine.objects.filter(job_id=job_id, seq__gt=after).order_by("seq")[:limit]
+    return [line.as_message() for line in rows]
+
+
+@database_sync_to_async
+def _status(job_id: int) -> str:
+    return Job.objects.filter(pk=job_id).values_list("status", flat=True).get()
+
+
+class JobLogConsumer(AsyncJsonWebsocketConsumer):
+    """Backlog after `?after=N`, then the live tail, then `{"type": "end", "status": ...}`.
+
+    The store is the truth and the group the fast path: lines from the group that were
+    already sent are dropped, and a gap (a group message lost or ahead) is filled from
+    the store, so the client sees every seq once, in order.
+    """
+
+    async def connect(self) -> None:
+        kwargs = self.scope["url_route"]["kwargs"]
+        workspace_id = await _member_workspace_id(self.scope.get("user"), kwargs["workspace"])
+        job = await _job(workspace_id, kwargs["name"]) if workspace_id else None
+        if job is None:
+            await self.close()
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        try:
+            self.sent = max(0, int(query.get("after", ["0"])[0]))
+        except ValueError:
+            self.sent = 0
+        self.job_id = job.pk
+        self.group = events.job_group(job.pk)
+        self.ended = False
+        # Join before reading the store: whatever is stored after the read comes by group.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.catch_up()
+        status = await _status(self.job_id)
+        if status in ("Completed", "Failed", "Canceled"):
+            await self.end(status)
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def catch_up(self, until: int | None = None) -> None:
+        """Send stored lines after the last one sent (up to `until`, when given)."""
+        while until is None or self.sent < until:
+            lines = await _lines(self.job_id, self.sent, BACKLOG_CHUNK)
+            if not lines:
+                return
+            for line in lines:
+                await self.send_json(line)
+                self.sent = int(line["seq"])  # type: ignore[call-overload]
+            if len(lines) < BACKLOG_CHUNK:
+                return
+
+    async def log_lines(self, message: dict[str, Any]) -> None:
+        if self.ended:
+            return
+        lines = message["lines"]
+        if lines and lines[0]["seq"] > self.sent + 1:
+            await self.catch_up(until=lines[0]["seq"] - 1)
+        for line in lines:
+            if line["seq"] == self.sent + 1:
+                await self.send_json(line)
+                self.sent = line["seq"]
+
+    async def job_end(self, message: dict[str, Any]) -> None:
+        await self.catch_up()  # every line is stored before the end is announced
+        await self.end(message["status"])
+
+    async def end(self, status: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        await self.send_json({"type": "end", "status": status})
+        await self.close()
+
+
+class WorkspaceJobsConsumer(AsyncJsonWebsocketConsumer):
+    """`{"type": "status", "name": ..., "status": ...}` for every job state change."""
+
+    async def connect(self) -> None:
+        workspace = self.scope["url_route"]["kwargs"]["workspace"]
+        workspace_id = await _member_workspace_id(self.scope.get("user"), workspace)
+        if workspace_id is None:
+            await self.close()
+            return
+        self.group = events.workspace_group(workspace_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def job_status(self, message: dict[str, Any]) -> None:
+        await self.send_json({"type": "status", "name": message["name"], "status": message["status"]})

@@ -1,0 +1,285 @@
+"""The job controller: hands queued jobs to their compute and follows them to the end.
+
+It runs as `manage.py runcontroller` (server mode, any number of them) or as a task in
+the web process (embedded mode). Each pass of its loop, in one worker thread:
+
+- claims queued jobs (a conditional UPDATE, behind SELECT ... FOR UPDATE SKIP LOCKED where
+  the database has it), so that no job is handed out twice;
+- asks the backend what changed for each job it holds: new log lines are stored and
+  published, phase changes become state transitions;
+- forwards cancel requests to the backend;
+- renews its lease on its jobs, and adopts active jobs whose holder's lease ran out
+  (a controller that died or restarted), so that no job stays Running forever.
+
+It wakes on a channel-layer message when a job is queued or a cancel is requested, and
+otherwise ticks quickly while it holds jobs, slowly when idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.utils import DatabaseError
+from django.utils import timezone
+
+from compute.backends import LaunchSpec, backend_for
+from compute.backends.base import ComputeBackend
+from jobs import events, services
+from jobs.models import ACTIVE, TERMINAL, Job, Status
+from jobs.spec import parse
+
+log = logging.getLogger(__name__)
+
+BUSY_TICK = 0.02  # seconds between looks at running jobs
+IDLE_TICK = 1.0  # fallback poll for queued jobs when no wake message came
+LEASE = timedelta(seconds=15)
+CLAIM_BATCH = 20
+# The order the phases follow: a phase seen late passes through the ones before it, so
+# the record of a job that ran in a blink still shows every state.
+PHASE_PATH = (Status.PREPARING, Status.RUNNING, Status.FINALIZING)
+
+
+@dataclass
+class Held:
+    job: Job
+    backend: ComputeBackend
+    cancel_sent_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Controller:
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:100]
+        self.held: dict[int, Held] = {}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="controller")
+        self.wake = asyncio.Event()
+        self.last_claim = 0.0
+        self.last_sweep = 0.0
+        self.grace = float(settings.STUDIO_CANCEL_GRACE_SECONDS)
+
+    # -- the loop --------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("controller %s started", self.name)
+        listener = asyncio.create_task(self._listen(stop))
+        step = sync_to_async(self.step, thread_sensitive=False, executor=self.executor)
+        try:
+            while not stop.is_set():
+                try:
+                    await step()
+                except DatabaseError:
+                    log.exception("controller pass failed; retrying")
+                    await sync_to_async(
+                        close_old_connections, thread_sensitive=False, executor=self.executor
+                    )()
+                timeout = BUSY_TICK if self.held else IDLE_TICK
+                waiters = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            listener.cancel()
+            await sync_to_async(self.release_all, thread_sensitive=False, executor=self.executor)()
+            self.executor.shutdown(wait=True)
+            log.info("controller %s stopped", self.name)
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        channel = await layer.new_channel()
+        await layer.group_add(events.CONTROLLER_GROUP, channel)
+        try:
+            while not stop.is_set():
+                message = await layer.receive(channel)
+                if message.get("type") == "controller.wake":
+                    if message.get("reason") == "cancel":
+                        self.last_sweep = 0.0  # look at held jobs' states now
+                    else:
+                        self.last_claim = 0.0
+                    self.wake.set()
+        finally:
+            await layer.group_discard(events.CONTROLLER_GROUP, channel)
+
+    def step(self) -> None:
+        """One pass; runs in the controller's worker thread."""
+        self.wake.clear()
+        now = time.monotonic()
+        if now - self.last_claim >= IDLE_TICK:
+            self.last_claim = now
+            self.adopt()
+            while self.claim():
+                pass
+        if now - self.last_sweep >= 1.0:
+            self.last_sweep = now
+            self.sweep()
+        for job_id in list(self.held):
+            self.follow(self.held[job_id])
+
+    # -- claiming --------------------------------------------------------------------------
+    def _lease_fields(self) -> dict[str, Any]:
+        return {"lease_owner": self.name, "lease_expires_at": timezone.now() + LEASE}
+
+    def claim(self) -> int:
+        """Take up to CLAIM_BATCH queued jobs; return how many were taken."""
+        with transaction.atomic():
+            ids = list(
+                Job.objects.filter(status=Status.QUEUED)
+                .order_by("created_at", "id")
+                .select_for_update(skip_locked=True)
+                .values_list("pk", flat=True)[:CLAIM_BATCH]
+            )
+            if not ids:
+                return 0
+            claimed = [
+                job
+                for job in Job.objects.filter(pk__in=ids, status=Status.QUEUED)
+                if services.transition(job, Status.PREPARING, **self._lease_fields())
+            ]
+        for job in claimed:
+            self.start(job)
+        return len(claimed)
+
+    def start(self, job: Job) -> None:
+        backend = backend_for(job.compute_kind)
+        try:
+            runtime = backend.submit(launch_spec(job))
+        except Exception as exc:
+            log.exception("could not start job %s", job.name)
+            services.transition(job, Status.FAILED, f"Could not start: {exc}",
+                                failure_reason=f"The compute could not start the job: {exc}")
+            return
+        Job.objects.filter(pk=job.pk).update(runtime=runtime)
+        job.runtime = runtime
+        self.held[job.pk] = Held(job=job, backend=backend)
+
+    def adopt(self) -> None:
+        """Take over active jobs whose controller stopped renewing its lease."""
+        expired = Job.objects.filter(status__in=ACTIVE, lease_expires_at__lt=timezone.now())
+        for job in expired.exclude(pk__in=list(self.held)):
+            taken = Job.objects.filter(
+                pk=job.pk, lease_owner=job.lease_owner, lease_expires_at=job.lease_expires_at
+            ).update(**self._lease_fields())
+            if not taken:
+                continue
+            log.info("adopting job %s from %s", job.name, job.lease_owner or "nobody")
+            if not job.runtime:  # died before its compute got it: start it now
+                self.start(job)
+                continue
+            self.held[job.pk] = Held(job=job, backend=backend_for(job.compute_kind))
+
+    def sweep(self) -> None:
+        """Renew leases and pick up state changes made by others (cancel requests)."""
+        if not self.held:
+            return
+        Job.objects.filter(pk__in=list(self.held), lease_owner=self.name).update(
+            lease_expires_at=timezone.now() + LEASE
+        )
+        rows = Job.objects.filter(pk__in=list(self.held)).values_list("pk", "status", "lease_owner")
+        current = {pk: (status, owner) for pk, status, owner in rows}
+        for job_id, held in list(self.held.items()):
+            status, owner = current.get(job_id, (held.job.status, ""))
+            if owner != self.name:  # someone else adopted it, or it was deleted
+                del self.held[job_id]
+                continue
+            held.job.status = status
+
+    # -- following -------------------------------------------------------------------------
+    def follow(self, held: Held) -> None:
+        job = held.job
+        if job.status == Status.CANCEL_REQUESTED:
+            self._forward_cancel(held)
+        observation = held.backend.observe(job.runtime, job.log_cursor)
+        if observation.lines or observation.cursor != job.log_cursor:
+            services.append_logs(job, observation.lines, observation.cursor)
+        phase = observation.phase
+        if phase in (Status.RUNNING, Status.FINALIZING):
+            self._advance_to(job, phase)
+        elif phase in TERMINAL:
+            self._finish(job, phase, observation.exit_code, observation.reason,
+                         observation.outputs)
+            del self.held[job.pk]
+
+    def _advance_to(self, job: Job, phase: str) -> None:
+        if job.status == Status.CANCEL_REQUESTED or job.status not in PHASE_PATH:
+            return
+        start = PHASE_PATH.index(Status(job.status)) + 1
+        stop = PHASE_PATH.index(Status(phase)) + 1
+        for status in PHASE_PATH[start:stop]:
+            services.transition(job, status)
+
+    def _finish(self, job: Job, phase: str, exit_code: int | None, reason: str,
+                outputs: list[dict[str, Any]]) -> None:
+        if job.status == Status.CANCEL_REQUESTED and phase != Status.COMPLETED:
+            phase, reason = Status.CANCELED, "Canceled by request."
+        elif phase != Status.CANCELED:
+            self._advance_to(job, Status.FINALIZING)
+        services.transition(
+            job, phase, reason, exit_code=exit_code,
+            failure_reason=reason if phase == Status.FAILED else "", outputs=outputs,
+        )
+
+    def _forward_cancel(self, held: Held) -> None:
+        now = time.monotonic()
+        if held.cancel_sent_at is None:
+            held.cancel_sent_at = now
+            held.backend.cancel(held.job.runtime)
+        elif now - held.cancel_sent_at > self.grace + 5:
+            # The launcher itself kills after the grace period; this is the backstop.
+            held.backend.cancel(held.job.runtime, force=True)
+
+    def release_all(self) -> None:
+        """On a clean shutdown, let another controller adopt our jobs at once."""
+        if self.held:
+            Job.objects.filter(pk__in=list(self.held), lease_owner=self.name).update(
+                lease_expires_at=timezone.now()
+            )
+        self.held.clear()
+        close_old_connections()
+
+
+def launch_spec(job: Job) -> LaunchSpec:
+    spec = parse(dict(job.spec))
+    upload_dir = Path(job.upload_dir) if job.upload_dir else None
+    inputs: dict[str, dict[str, Any]] = {
+        name: {"type": "literal", "value": value} for name, value in spec.literal_values().items()
+    }
+    for name, item in spec.data_inputs().items():
+        if item.path.lower().startswith(("http://", "https://")):
+            inputs[name] = {"type": item.type, "url": item.path}
+        else:
+            assert upload_dir is not None
+            stored = upload_dir / f"inputs.{name}"
+            if item.type == "uri_folder":
+                inputs[name] = {"type": item.type, "archive": str(stored)}
+            else:
+                filename = (upload_dir / f"inputs.{name}.filename").read_text()
+                inputs[name] = {"type": item.type, "file": str(stored), "filename": filename}
+    code = str(upload_dir / "code") if upload_dir and spec.code else None
+    resources = job.resources or {}
+    return LaunchSpec(
+        job_key=f"{job.workspace_id}/{job.name}",
+        name=job.name,
+        command=spec.command,
+        code_archive=code,
+        inputs=inputs,
+        outputs={name: {"type": "uri_folder"} for name in spec.outputs},
+        environment_variables={k: str(v) for k, v in spec.environment_variables.items()},
+        timeout=spec.limits.timeout,
+        requests=dict(resources.get("requests") or {}),
+        limits=dict(resources.get("limits") or {}),
+        node_selector=dict(resources.get("node_selector") or {}),
+        grace_seconds=float(settings.STUDIO_CANCEL_GRACE_SECONDS),
+    )

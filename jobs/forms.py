@@ -1,0 +1,47 @@
+from typing import Any
+
+from django import forms
+
+from compute.models import ComputeTarget, InstanceType
+from compute.resources import DEFAULT_INSTANCE_TYPE
+from studio.models import Workspace
+
+EXAMPLE = """$schema: https://azuremlschemas.azureedge.net/latest/commandJob.schema.json
+command: echo "hello world"
+environment:
+  image: library/python:latest
+"""
+
+
+class SubmitJobForm(forms.Form):
+    compute = forms.ModelChoiceField(queryset=ComputeTarget.objects.none(), to_field_name="name",
+                                     empty_label=None)
+    instance_type = forms.ModelChoiceField(queryset=InstanceType.objects.all(),
+                                           to_field_name="name", empty_label=None)
+    spec = forms.CharField(
+        label="Job YAML", required=False,
+        widget=forms.Textarea(attrs={"rows": 14, "spellcheck": "false", "class": "code"}),
+        help_text="An Azure ML CLI v2 command job. The compute and instance type chosen "
+                  "above replace the ones in the YAML.",
+    )
+    spec_file = forms.FileField(label="…or upload a YAML file", required=False)
+    code = forms.FileField(label="Code archive (.zip or .tar.gz), when the job has code:",
+                           required=False)
+
+    def __init__(self, workspace: Workspace, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["compute"].queryset = workspace.computes.all()
+        if workspace.default_compute_id:
+            self.fields["compute"].initial = workspace.default_compute
+        self.fields["instance_type"].initial = InstanceType.objects.filter(
+            name=DEFAULT_INSTANCE_TYPE
+        ).first()
+        self.fields["spec"].initial = EXAMPLE
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("spec_file"):
+            data["spec"] = data["spec_file"].read().decode("utf-8", errors="replace")
+        if not (data.get("spec") or "").strip():
+            self.add_error("spec", "Paste a job YAML or upload a file.")
+        return data

@@ -1,0 +1,25 @@
+"""The job controller as a process of its own (server mode). Stops cleanly on SIGTERM/SIGINT."""
+
+import asyncio
+import signal
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from jobs.controller import Controller
+
+
+class Command(BaseCommand):
+    help = "Hand queued jobs to their compute and follow them to the end."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        asyncio.run(self.run())
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        controller = Controller()
+        self.stdout.write(f"controller {controller.name} running; Ctrl-C or SIGTERM stops it")
+        await controller.run(stop)

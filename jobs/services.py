@@ -1,0 +1,338 @@
+"""Job operations, called alike by pages, the API, the controller and tests."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from compute.backends import LogRecord, backend_for
+from compute.models import ComputeKind, ComputeTarget, InstanceType
+from compute.resources import DEFAULT_INSTANCE_TYPE
+from jobs import events, names
+from jobs.models import ACTIVE, TERMINAL, Job, LogLine, Status, StatusChange
+from jobs.spec import CommandJob, SpecError, load_yaml, parse
+from studio.models import Workspace
+
+
+class JobConflict(Exception):
+    """The job is not in a state that allows this (e.g. canceling a finished job)."""
+
+
+@dataclass
+class Upload:
+    """A file that came with a submission: the code archive, or a local input."""
+
+    file: IO[bytes]
+    filename: str
+
+
+# -- submitting ------------------------------------------------------------------------------
+def submit_yaml(
+    workspace: Workspace, user: Any, text: str, uploads: Mapping[str, Upload] | None = None
+) -> Job:
+    return submit(workspace, user, load_yaml(text), uploads or {}, source_yaml=text)
+
+
+def validate(
+    workspace: Workspace, data: dict[str, Any], uploads: Mapping[str, Upload] | None = None
+) -> tuple[CommandJob, ComputeTarget, InstanceType]:
+    """Everything `submit` checks, without storing anything. Raises SpecError."""
+    spec = parse(data)
+    uploads = uploads or {}
+    errors: list[tuple[str, str]] = []
+
+    compute = _resolve_compute(workspace, spec, errors)
+    instance_type = None
+    if compute is not None:
+        wanted = spec.resources.instance_type or DEFAULT_INSTANCE_TYPE
+        instance_type = compute.instance_types().filter(name=wanted).first()
+        if instance_type is None:
+            offered = ", ".join(compute.instance_types().values_list("name", flat=True))
+            errors.append(
+                (
+                    "resources.instance_type",
+                    f"instance type {wanted!r} is not offered on compute {compute.name!r}"
+                    + (f" (available: {offered})" if offered else ""),
+                )
+            )
+        if compute.kind == ComputeKind.LOCAL and spec.resources.instance_count > 1:
+            errors.append(
+                (
+                    "resources.instance_count",
+                    "local compute runs a single process; instance_count must be 1 "
+                    "(use a Kubernetes compute for distributed jobs)",
+                )
+            )
+    if spec.name and Job.objects.filter(workspace=workspace, name=spec.name).exists():
+        errors.append(("name", f"a job named {spec.name!r} already exists in this workspace"))
+
+    if spec.code and "code" not in uploads:
+        errors.append(
+            ("code", "the code folder must be uploaded with the job as an archive "
+                     "(kstudio job create does this)")
+        )
+    if "code" in uploads and not spec.code:
+        errors.append(("code", "an archive was uploaded but the job has no code field"))
+    for name, item in spec.data_inputs().items():
+        local = not item.path.lower().startswith(("http://", "https://"))
+        if local and f"inputs.{name}" not in uploads:
+            errors.append(
+                (f"inputs.{name}.path", "a local path must be uploaded with the job "
+                                        "(kstudio job create does this)")
+            )
+    for key, upload in uploads.items():
+        field = key if key == "code" else f"{key}.path"
+        if key != "code" and not (
+            key.startswith("inputs.") and key.removeprefix("inputs.") in spec.data_inputs()
+        ):
+            errors.append((key, "an upload was given for something the job does not declare"))
+            continue
+        is_folder = key == "code" or spec.data_inputs()[key.removeprefix("inputs.")].type == (
+            "uri_folder"
+        )
+        if is_folder and not _is_archive(upload.file):
+            errors.append((field, "the upload must be a .tar.gz, .tar or .zip archive"))
+    if errors:
+        raise SpecError(errors)
+    assert compute is not None and instance_type is not None
+    return spec, compute, instance_type
+
+
+def _resolve_compute(
+    workspace: Workspace, spec: CommandJob, errors: list[tuple[str, str]]
+) -> ComputeTarget | None:
+    if spec.compute:
+        compute = ComputeTarget.objects.filter(workspace=workspace, name=spec.compute).first()
+        if compute is None:
+            errors.append(
+                ("compute", f"no compute target named {spec.compute!r} in workspace "
+                            f"{workspace.name!r}")
+            )
+        return compute
+    compute = workspace.default_compute or workspace.computes.first()
+    if compute is None:
+        errors.append(("compute", "the workspace has no compute target; ask IT-ops to add one"))
+    return compute
+
+
+def _is_archive(file: IO[bytes]) -> bool:
+    file.seek(0)
+    try:
+        if zipfile.is_zipfile(file):
+            return True
+        file.seek(0)
+        with tarfile.open(fileobj=file, mode="r:*") as archive:
+            archive.getmembers()
+        return True
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    finally:
+        file.seek(0)
+
+
+def submit(
+    workspace: Workspace,
+    user: Any,
+    data: dict[str, Any],
+    uploads: Mapping[str, Upload],
+    *,
+    source_yaml: str = "",
+) -> Job:
+    """Validate and store a job, then queue it. Nothing is stored when anything is wrong."""
+    spec, compute, instance_type = validate(workspace, data, uploads)
+    backend = backend_for(compute.kind)
+    upload_root: Path | None = None
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                workspace=workspace,
+                name=spec.name or names.generate(),
+                display_name=spec.display_name or "",
+                experiment_name=spec.experiment_name or "Default",
+                description=spec.description or "",
+                tags=spec.tags,
+                spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                source_yaml=source_yaml,
+                compute=compute,
+                compute_name=compute.name,
+                compute_kind=compute.kind,
+                instance_type=instance_type.name,
+                resources={
+                    "node_selector": instance_type.node_selector,
+                    **instance_type.resources,
+                },
+                enforcement_notes=backend.enforcement_notes(
+                    instance_type.requests, instance_type.limits
+                ),
+                created_by=user if getattr(user, "is_authenticated", False) else None,
+            )
+            if uploads:
+                upload_root = Path(settings.STUDIO_UPLOADS_DIR) / str(job.pk)
+                _store_uploads(upload_root, uploads)
+                Job.objects.filter(pk=job.pk).update(upload_dir=str(upload_root))
+                job.upload_dir = str(upload_root)
+            now = timezone.now()
+            StatusChange.objects.bulk_create(
+                [
+                    StatusChange(job=job, status=Status.NOT_STARTED, at=job.created_at),
+                    StatusChange(job=job, status=Status.QUEUED, at=now),
+                ]
+            )
+            Job.objects.filter(pk=job.pk).update(status=Status.QUEUED)
+            job.status = Status.QUEUED
+            _announce(job)
+            events.wake_controller(job.pk)
+    except IntegrityError as exc:
+        if upload_root is not None:
+            shutil.rmtree(upload_root, ignore_errors=True)
+        # Two submissions raced for the same explicit name.
+        raise SpecError([("name", f"a job named {spec.name!r} already exists")]) from exc
+    except BaseException:
+        if upload_root is not None:
+            shutil.rmtree(upload_root, ignore_errors=True)
+        raise
+    return job
+
+
+def _store_uploads(root: Path, uploads: Mapping[str, Upload]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for key, upload in uploads.items():
+        upload.file.seek(0)
+        with open(root / key, "wb") as out:
+            shutil.copyfileobj(upload.file, out)
+        (root / f"{key}.filename").write_text(Path(upload.filename).name or "file")
+
+
+# -- state changes ---------------------------------------------------------------------------
+ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    Status.QUEUED: (Status.NOT_STARTED,),
+    Status.PREPARING: (Status.QUEUED,),
+    Status.RUNNING: (Status.PREPARING,),
+    Status.FINALIZING: (Status.RUNNING,),
+    Status.CANCEL_REQUESTED: (Status.PREPARING, Status.RUNNING, Status.FINALIZING),
+    Status.COMPLETED: (Status.FINALIZING, Status.CANCEL_REQUESTED),
+    Status.FAILED: (Status.PREPARING, Status.RUNNING, Status.FINALIZING, Status.CANCEL_REQUESTED),
+    Status.CANCELED: (Status.NOT_STARTED, Status.QUEUED, *ACTIVE),
+}
+
+
+def transition(job: Job, to: str, message: str = "", **fields: Any) -> bool:
+    """Move the job to `to` if its current state allows it; record and announce the change.
+
+    A conditional UPDATE, so that two actors (a user canceling, the controller finishing)
+    cannot both win.
+    """
+    now = timezone.now()
+    if to == Status.RUNNING:
+        fields.setdefault("started_at", now)
+    if to in TERMINAL:
+        fields.setdefault("ended_at", now)
+        fields.setdefault("lease_owner", "")
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job.pk, status__in=ALLOWED_FROM[to]).update(
+            status=to, **fields
+        )
+        if not updated:
+            return False
+        StatusChange.objects.create(job=job, status=to, at=now, message=message)
+        job.status = to
+        for key, value in fields.items():
+            setattr(job, key, value)
+        _announce(job)
+        if to in TERMINAL:
+            events.publish(events.job_group(job.pk), {"type": "job.end", "status": to})
+    return True
+
+
+def _announce(job: Job) -> None:
+    events.publish(
+        events.workspace_group(job.workspace_id),
+        {"type": "job.status", "name": job.name, "status": job.status},
+    )
+
+
+def cancel(job: Job) -> Job:
+    """Cancel a job: at once if it has not started, else ask its compute to stop it."""
+    for _attempt in range(3):
+        job.refresh_from_db(fields=["status"])
+        if job.status in TERMINAL:
+            raise JobConflict(f"Job {job.name} has already ended ({job.status}).")
+        if job.status == Status.CANCEL_REQUESTED:
+            return job
+        if job.status in (Status.NOT_STARTED, Status.QUEUED):
+            if transition(job, Status.CANCELED, "Canceled before it started."):
+                return job
+        elif transition(job, Status.CANCEL_REQUESTED, "Cancel requested."):
+            events.wake_controller(job.pk, reason="cancel")
+            return job
+        # The controller moved it meanwhile: look again.
+    raise JobConflict(f"Job {job.name} changed state while canceling; try again.")
+
+
+# -- logs ------------------------------------------------------------------------------------
+def append_logs(job: Job, records: Iterable[LogRecord], cursor: dict[str, Any]) -> int:
+    """Store new lines (seq continuing from the job's last) and send them to watchers."""
+    lines = [
+        LogLine(
+            job=job,
+            seq=job.last_seq + i,
+            ts=datetime.fromtimestamp(record.ts, tz=UTC),
+            stream=record.stream,
+            line=record.line,
+        )
+        for i, record in enumerate(records, start=1)
+    ]
+    with transaction.atomic():
+        if lines:
+            LogLine.objects.bulk_create(lines)
+        Job.objects.filter(pk=job.pk).update(last_seq=job.last_seq + len(lines), log_cursor=cursor)
+        job.last_seq += len(lines)
+        job.log_cursor = cursor
+        if lines:
+            events.publish(
+                events.job_group(job.pk),
+                {"type": "log.lines", "lines": [line.as_message() for line in lines]},
+            )
+    return len(lines)
+
+
+def log_lines(job: Job, after: int = 0, limit: int | None = None) -> QuerySet[LogLine]:
+    lines = job.log_lines.filter(seq__gt=after).order_by("seq")
+    return lines[:limit] if limit else lines
+
+
+# -- outputs ---------------------------------------------------------------------------------
+def output_root(job: Job, output: str = "default") -> Path | None:
+    if not job.runtime:
+        return None
+    root = backend_for(job.compute_kind).output_root(job.runtime, output)
+    return Path(root) if root else None
+
+
+def output_names(job: Job) -> list[str]:
+    return ["default", *job.spec.get("outputs", {}).keys()]
+
+
+def output_zip(job: Job, output: str) -> io.BytesIO:
+    """One output's files as a zip archive (empty when the job wrote none)."""
+    root = output_root(job, output)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        if root is not None:
+            for path in sorted(root.rglob("*")):
+                if path.is_file():
+                    archive.write(path, path.relative_to(root).as_posix())
+    buffer.seek(0)
+    return buffer

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from jobs import views
+
+app_name = "jobs"
+urlpatterns = [
+    path("", views.job_list, name="list"),
+    path("new/", views.submit, name="submit"),
+    path("<str:name>/", views.job_detail, name="detail"),
+    path("<str:name>/row/", views.job_row, name="row"),
+    path("<str:name>/cancel/", views.cancel, name="cancel"),
+    path("<str:name>/outputs/<str:output>/", views.download, name="download"),
+]

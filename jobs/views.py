@@ -1,0 +1,120 @@
+"""Studio pages for jobs: one view answers the full page or its htmx partial."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from jobs import services
+from jobs.forms import SubmitJobForm
+from jobs.models import Job, Status
+from jobs.spec import SpecError, load_yaml
+from studio import access
+from studio.models import Role
+
+PAGE_SIZE = 25
+
+
+@login_required
+def job_list(request: HttpRequest, workspace: str) -> HttpResponse:
+    ws, role = access.workspace_for(request.user, workspace)
+    jobs = Job.objects.filter(workspace=ws).select_related("created_by").only(
+        "name", "display_name", "experiment_name", "status", "compute_name", "instance_type",
+        "created_at", "started_at", "ended_at", "created_by__username", "workspace_id",
+    )
+    status = request.GET.get("status", "")
+    experiment = request.GET.get("experiment", "")
+    if status:
+        jobs = jobs.filter(status=status)
+    if experiment:
+        jobs = jobs.filter(experiment_name=experiment)
+    page = Paginator(jobs, PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "workspace": ws,
+        "role": role,
+        "can_submit": access.can(role, Role.CONTRIBUTOR),
+        "page": page,
+        "statuses": Status.values,
+        "status": status,
+        "experiment": experiment,
+    }
+    template = "jobs/_table.html" if request.htmx and not request.htmx.boosted else "jobs/list.html"
+    return render(request, template, context)
+
+
+def _job(request: HttpRequest, workspace: str, name: str, needed: str = Role.READER) -> Job:
+    ws, _role = access.workspace_for(request.user, workspace, needed)
+    return get_object_or_404(Job.objects.select_related("workspace", "created_by"),
+                             workspace=ws, name=name)
+
+
+@login_required
+def job_row(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
+    job = _job(request, workspace, name)
+    return render(request, "jobs/_row.html", {"job": job, "workspace": job.workspace})
+
+
+@login_required
+def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
+    job = _job(request, workspace, name)
+    role = access.role_in(request.user, job.workspace)
+    context = {
+        "job": job,
+        "workspace": job.workspace,
+        "can_cancel": access.can(role, Role.CONTRIBUTOR) and not job.is_terminal,
+        "history": job.status_changes.all(),
+        "outputs": services.output_names(job),
+    }
+    if request.htmx and request.GET.get("part") == "overview":
+        return render(request, "jobs/_overview.html", context)
+    return render(request, "jobs/detail.html", context)
+
+
+@login_required
+@require_POST
+def cancel(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
+    job = _job(request, workspace, name, Role.CONTRIBUTOR)
+    try:
+        services.cancel(job)
+        messages.success(request, f"Cancel requested for {job.name}.")
+    except services.JobConflict as exc:
+        messages.error(request, str(exc))
+    return redirect("jobs:detail", workspace=workspace, name=name)
+
+
+@login_required
+def download(request: HttpRequest, workspace: str, name: str, output: str) -> FileResponse:
+    job = _job(request, workspace, name)
+    if output not in services.output_names(job):
+        raise Http404("No such output.")
+    return FileResponse(services.output_zip(job, output), as_attachment=True,
+                        filename=f"{job.name}-{output}.zip")
+
+
+@login_required
+def submit(request: HttpRequest, workspace: str) -> HttpResponse:
+    ws, _role = access.workspace_for(request.user, workspace, Role.CONTRIBUTOR)
+    form = SubmitJobForm(ws, request.POST or None, request.FILES or None)
+    spec_errors: list[tuple[str, str]] = []
+    if request.method == "POST" and form.is_valid():
+        try:
+            data = load_yaml(form.cleaned_data["spec"])
+            data["compute"] = form.cleaned_data["compute"].name
+            data.setdefault("resources", {})
+            if isinstance(data["resources"], dict):
+                data["resources"]["instance_type"] = form.cleaned_data["instance_type"].name
+            uploads = {}
+            if form.cleaned_data.get("code"):
+                upload = form.cleaned_data["code"]
+                uploads["code"] = services.Upload(file=upload, filename=upload.name)
+            job = services.submit(ws, request.user, data, uploads,
+                                  source_yaml=form.cleaned_data["spec"])
+        except SpecError as exc:
+            spec_errors = exc.errors
+        else:
+            return redirect("jobs:detail", workspace=ws.name, name=job.name)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "jobs/submit.html",
+                  {"workspace": ws, "form": form, "spec_errors": spec_errors}, status=status)

@@ -1,0 +1,60 @@
+"""Who may do what. Every surface (pages, API, websockets, CLI through the API) asks here.
+
+A workspace a user is not a member of does not exist for them: lookups answer 404,
+never 403, so names do not leak. IT-ops is a global role that manages compute.
+"""
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404
+
+from studio.models import Membership, Role, Workspace
+
+IT_OPS_GROUP = "it-ops"
+_RANK = {Role.READER: 0, Role.CONTRIBUTOR: 1, Role.OWNER: 2}
+
+AnyUser = AbstractBaseUser | AnonymousUser | Any
+
+
+def is_it_ops(user: AnyUser) -> bool:
+    if not user.is_authenticated:
+        return False
+    if user.is_superuser:
+        return True
+    return user.groups.filter(name=IT_OPS_GROUP).exists()
+
+
+def visible_workspaces(user: AnyUser) -> QuerySet[Workspace]:
+    if not user.is_authenticated:
+        return Workspace.objects.none()
+    return Workspace.objects.filter(memberships__user=user)
+
+
+def role_in(user: AnyUser, workspace: Workspace) -> str | None:
+    if not user.is_authenticated:
+        return None
+    membership = Membership.objects.filter(workspace=workspace, user=user).first()
+    return membership.role if membership else None
+
+
+def can(role: str | None, needed: str) -> bool:
+    return role is not None and _RANK[Role(role)] >= _RANK[Role(needed)]
+
+
+def workspace_for(user: AnyUser, name: str, needed: str = Role.READER) -> tuple[Workspace, str]:
+    """The workspace named `name` and the user's role in it, or 404 / 403."""
+    membership = (
+        Membership.objects.select_related("workspace")
+        .filter(workspace__name=name, user=user)
+        .first()
+        if user.is_authenticated
+        else None
+    )
+    if membership is None:
+        raise Http404("No such workspace.")
+    if not can(membership.role, needed):
+        raise PermissionDenied(f"This needs the {needed} role in workspace {name!r}.")
+    return membership.workspace, membership.role

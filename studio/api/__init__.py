@@ -1,0 +1,93 @@
+"""API plumbing shared by every app: errors in one shape, workspace lookups, roles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView, exception_handler as drf_exception_handler
+
+from compute.services import ComputeInUse
+from jobs.services import JobConflict
+from jobs.spec import SpecError
+from studio import access
+from studio.models import Role, Workspace
+
+
+def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
+    """DRF's nested error detail -> [{"field": "a.b", "message": "..."}]."""
+    if isinstance(detail, dict):
+        errors = []
+        for key, value in detail.items():
+            name = "" if key == "non_field_errors" else str(key)
+            errors.extend(_flatten(value, f"{prefix}.{name}" if prefix and name else prefix or name))
+        return errors
+    if isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            return [{"field": prefix or "(document)", "message": str(item)} for item in detail]
+        errors = []
+        for index, item in enumerate(detail):
+            errors.extend(_flatten(item, f"{prefix}.{index}" if prefix else str(index)))
+        return errors
+    return [{"field": prefix or "(document)", "message": str(detail)}]
+
+
+def spec_errors(error: SpecError) -> list[dict[str, str]]:
+    return [{"field": field, "message": message} for field, message in error.errors]
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, SpecError):
+        return Response({"errors": spec_errors(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, JobConflict | ComputeInUse):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, exceptions.ValidationError):
+        return Response({"errors": _flatten(exc.detail)}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "Not found.")
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    return drf_exception_handler(exc, context)
+
+
+class IsItOpsOrReadOnly(BasePermission):
+    message = "Only IT-ops may change compute targets and instance types."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return True
+        return access.is_it_ops(request.user)
+
+
+class WorkspaceMixin:
+    """For views under /workspaces/<workspace>/: the workspace, if the user may see it.
+
+    Reads need membership; writes need `write_role` (IT-ops may manage compute in any
+    workspace through views that allow it).
+    """
+
+    request: Request
+    kwargs: dict[str, Any]
+    write_role: str = Role.CONTRIBUTOR
+    it_ops_manage: bool = False
+
+    def get_workspace(self) -> Workspace:
+        if not hasattr(self, "_workspace"):
+            name = self.kwargs["workspace"]
+            user = self.request.user
+            if self.it_ops_manage and access.is_it_ops(user):
+                workspace = Workspace.objects.filter(name=name).first()
+                if workspace is None:
+                    raise Http404("No such workspace.")
+                self._workspace = workspace
+            else:
+                needed = Role.READER
+                if self.request.method not in ("GET", "HEAD", "OPTIONS"):
+                    needed = self.write_role
+                self._workspace, _role = access.workspace_for(user, name, needed)
+        return self._workspace

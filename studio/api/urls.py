@@ -1,0 +1,18 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.routers import DefaultRouter
+
+from compute.api.views import ComputeTargetViewSet, InstanceTypeViewSet
+from jobs.api.views import JobViewSet
+from studio.api.views import WorkspaceViewSet
+
+router = DefaultRouter()
+router.register("workspaces", WorkspaceViewSet, basename="workspace")
+router.register("instance-types", InstanceTypeViewSet, basename="instance-type")
+router.register(r"workspaces/(?P<workspace>[^/]+)/computes", ComputeTargetViewSet, basename="compute")
+router.register(r"workspaces/(?P<workspace>[^/]+)/jobs", JobViewSet, basename="job")
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,58 @@
+"""Serve HTTP and websockets; in embedded mode, run the job controller in the same loop.
+
+The in-memory channel layer lives in one process and one event loop, so the embedded
+controller must share the web server's loop for its log lines to reach the sockets.
+"""
+
+import asyncio
+import contextlib
+from typing import Any
+
+import uvicorn
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from studio.env import env_int, env_str
+
+
+class Command(BaseCommand):
+    help = "Run the studio (HTTP + websockets, and the controller unless in server mode)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=env_str("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=env_int("PORT", 8000))
+        parser.add_argument("--workers", type=int, default=env_int("WEB_WORKERS", 1),
+                            help="Web worker processes (server mode only).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        embedded = settings.STUDIO_EMBEDDED_CONTROLLER
+        if options["workers"] > 1:
+            if embedded:
+                self.stderr.write("--workers needs server mode (REDIS_URL, DATABASE_URL).")
+                return
+            uvicorn.run("studio.asgi:application", host=options["host"], port=options["port"],
+                        workers=options["workers"], lifespan="off", log_level="warning")
+            return
+        self.stdout.write(
+            f"KubeStudio on http://{options['host']}:{options['port']}/ "
+            f"({'embedded controller' if embedded else 'server mode: run manage.py runcontroller'})"
+        )
+        asyncio.run(self.serve(options["host"], options["port"], embedded))
+
+    async def serve(self, host: str, port: int, embedded: bool) -> None:
+        config = uvicorn.Config("studio.asgi:application", host=host, port=port,
+                                lifespan="off", log_level="info", access_log=False)
+        server = uvicorn.Server(config)
+        stop = asyncio.Event()
+        controller_task = None
+        if embedded:
+            from jobs.controller import Controller
+
+            controller_task = asyncio.create_task(Controller(name="embedded").run(stop))
+        try:
+            await server.serve()
+        finally:
+            stop.set()
+            if controller_task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await controller_task

@@ -1,0 +1,80 @@
+"""The core: workspaces, who belongs to them with which role, and API tokens."""
+
+import hashlib
+import secrets
+from typing import ClassVar
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+# Names that appear in URLs and in CLI arguments: the same rule as Azure ML's.
+name_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$",
+    "Use letters, digits, '-' and '_', starting with a letter or digit (at most 255).",
+)
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    CONTRIBUTOR = "contributor", "Contributor"
+    READER = "reader", "Reader"
+
+
+class Workspace(models.Model):
+    name = models.CharField(max_length=255, unique=True, validators=[name_validator])
+    description = models.TextField(blank=True)
+    default_compute = models.ForeignKey(
+        "compute.ComputeTarget", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.CONTRIBUTOR)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=("workspace", "user"), name="one_membership_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.workspace} as {self.role}"
+
+
+def hash_token(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    """A bearer token; only its SHA-256 is stored, the key is shown once at creation."""
+
+    PREFIX = "kst_"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    hint = models.CharField(max_length=12, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.hint}…"
+
+    @classmethod
+    def issue(cls, user: "settings.AUTH_USER_MODEL", name: str = "") -> tuple["ApiToken", str]:
+        key = cls.PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name, key_hash=hash_token(key), hint=key[:8])
+        return token, key

@@ -1,0 +1,18 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from studio import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("workspaces/<str:workspace>/jobs/", include("jobs.urls")),
+    path("console/", include("compute.urls")),
+    path("api/v1/", include("studio.api.urls")),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "studio.views.not_found"
+handler500 = "studio.views.server_error"
