@@ -411,16 +411,3 @@ def _check_command(job: CommandJob) -> list[tuple[str, str]]:
                 )
             )
     return errors
-
-
-def set_value(data: dict[str, Any], dotted: str, raw: str) -> None:
-    """`--set a.b=value`: the value is read as a YAML scalar, as the Azure CLI does."""
-    target = data
-    keys = dotted.split(".")
-    for key in keys[:-1]:
-        nxt = target.get(key)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            target[key] = nxt
-        target = nxt
-    target[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""

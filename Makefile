@@ -1,0 +1,54 @@
+# Two commands for a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Server mode runs against these; this machine has PostgreSQL and Redis on their usual ports.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/kstudio
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: run install test lint test-embedded test-server chromium bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed
+	$(PY) manage.py serve
+
+test: install chromium lint test-embedded test-server
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+	$(PY) manage.py makemigrations --check --dry-run
+	DEBUG=0 SECRET_KEY=check-deploy-only-$$(date +%s)-0123456789abcdefghijklmnopqrstuvwxyz \
+		$(PY) manage.py check --deploy --fail-level ERROR
+
+# Embedded mode: SQLite, the in-memory channel layer, the controller in the web process.
+test-embedded: install
+	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest
+
+# Server mode: PostgreSQL and Redis, as several processes would share them.
+test-server: install
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest
+
+# Browser tests use Debian's Chromium (Playwright's own browser download cannot work offline).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "WARNING: /usr/bin/chromium is missing; browser tests will be skipped (apt-get install chromium)"; fi
+
+bench: install
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,414 @@
+"""`kstudio`: the command line for data scientists. An HTTP client of the studio's API only.
+
+Configuration comes from flags or KSTUDIO_URL, KSTUDIO_TOKEN and KSTUDIO_WORKSPACE.
+Exit codes: 0 success, 1 failure (including a streamed job that did not complete),
+2 invalid input (the studio's field errors are printed one a line).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import httpx
+import yaml
+from tabulate import tabulate
+
+DATA_TYPES = ("uri_file", "uri_folder")
+SKIP_IN_CODE = {".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache"}
+
+
+class Studio:
+    def __init__(self, url: str, token: str | None, workspace: str) -> None:
+        self.url = url.rstrip("/")
+        self.workspace = workspace
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=60)
+        self.token = token
+
+    def jobs_path(self, name: str = "") -> str:
+        base = f"/workspaces/{self.workspace}/jobs/"
+        return f"{base}{name}/" if name else base
+
+    def request(self, method: str, path: str, *,
+                local_errors: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+                **kwargs: Any) -> httpx.Response:
+        """Send a request; print the studio's field errors (and ours) and exit 2 on bad input."""
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach the studio at {self.url}: {exc}")
+        if response.status_code == 400 or local_errors:
+            body = _json(response) if response.status_code == 400 else {}
+            errors = [(e["field"], e["message"]) for e in (body.get("errors") or [])]
+            if response.status_code == 400 and not errors:
+                errors = [("(request)", response.text)]
+            ours = {field for field, _ in local_errors}
+            # The studio cannot see a missing local folder; our word on that field wins.
+            errors = [e for e in errors if e[0].removesuffix(".path") not in ours
+                      and e[0] not in ours] + list(local_errors)
+            for field, message in errors:
+                click.echo(f"ERROR: {field}: {message}", err=True)
+            sys.exit(2)
+        if response.status_code == 401:
+            fail("authentication failed: set KSTUDIO_TOKEN (manage.py createtoken prints one)")
+        if response.status_code >= 400:
+            body = _json(response)
+            detail = body.get("detail") if isinstance(body, dict) else None
+            fail(detail or f"the studio answered {response.status_code}")
+        return response
+
+    def ws_url(self, path: str) -> str:
+        parts = urlsplit(self.url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, "", ""))
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return {}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"ERROR: {message}", err=True)
+    sys.exit(code)
+
+
+def output_option(f: Any) -> Any:
+    return click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]),
+                        default="table", show_default=True, help="Output format.")(f)
+
+
+def emit(data: Any, fmt: str, columns: list[str] | None = None) -> None:
+    if fmt == "json" or columns is None:
+        click.echo(json.dumps(data, indent=2))
+        return
+    rows = data if isinstance(data, list) else [data]
+    table = [[_cell(row.get(c)) for c in columns] for row in rows]
+    click.echo(tabulate(table, headers=[c.replace("_", " ").title() for c in columns]))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+@click.group()
+@click.option("--url", envvar="KSTUDIO_URL", default="http://127.0.0.1:8000", show_default=True,
+              help="The studio's address (KSTUDIO_URL).")
+@click.option("--token", envvar="KSTUDIO_TOKEN", help="API token (KSTUDIO_TOKEN).")
+@click.option("-w", "--workspace", envvar="KSTUDIO_WORKSPACE", default="demo", show_default=True,
+              help="Workspace (KSTUDIO_WORKSPACE).")
+@click.pass_context
+def main(ctx: click.Context, url: str, token: str | None, workspace: str) -> None:
+    """KubeStudio command line."""
+    ctx.obj = Studio(url, token, workspace)
+
+
+# -- jobs ------------------------------------------------------------------------------------
+@main.group()
+def job() -> None:
+    """Submit, follow and manage jobs."""
+
+
+def _load(file: str, sets: tuple[str, ...]) -> tuple[dict[str, Any], str, Path]:
+    path = Path(file)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}", 2)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        fail(f"{file} is not valid YAML: {exc}", 2)
+    if not isinstance(data, dict):
+        fail(f"{file} must hold a YAML mapping of job fields", 2)
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--set takes key=value, not {item!r}", 2)
+        set_value(data, key, value)
+    if sets:
+        text = yaml.safe_dump(data, sort_keys=False)
+    return data, text, path.parent
+
+
+def set_value(data: dict[str, Any], dotted: str, raw: str) -> None:
+    """`--set a.b=value`: the value is read as a YAML scalar, as the Azure CLI does."""
+    target = data
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        nested = target.get(key)
+        if not isinstance(nested, dict):
+            nested = {}
+            target[key] = nested
+        target = nested
+    target[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def _archive_folder(folder: Path) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        if folder.is_file():
+            archive.add(folder, arcname=folder.name)
+        else:
+            for item in sorted(folder.iterdir()):
+                if item.name not in SKIP_IN_CODE:
+                    archive.add(item, arcname=item.name,
+                                filter=lambda t: None if Path(t.name).name in SKIP_IN_CODE else t)
+    buffer.seek(0)
+    return buffer
+
+
+def _uploads(
+    data: dict[str, Any], base: Path, errors: list[tuple[str, str]]
+) -> dict[str, tuple[str, Any]]:
+    """Local folders and files the job names, packed for upload; missing ones go to errors."""
+    files: dict[str, tuple[str, Any]] = {}
+    code = data.get("code")
+    if isinstance(code, str) and "://" not in code and not code.startswith("azureml:"):
+        folder = (base / code).resolve()
+        if folder.exists():
+            files["code"] = ("code.tar.gz", _archive_folder(folder))
+        else:
+            errors.append(("code", f"{folder} does not exist"))
+    for name, item in (data.get("inputs") or {}).items():
+        if not isinstance(item, dict) or item.get("type") not in DATA_TYPES:
+            continue
+        target = str(item.get("path", ""))
+        if not target or "://" in target or target.startswith("azureml:"):
+            continue
+        path = (base / target).resolve()
+        if not path.exists():
+            errors.append((f"inputs.{name}.path", f"{path} does not exist"))
+        elif item["type"] == "uri_folder":
+            files[f"inputs.{name}"] = (f"{name}.tar.gz", _archive_folder(path))
+        else:
+            files[f"inputs.{name}"] = (path.name, path.open("rb"))
+    return files
+
+
+def _submit(studio: Studio, file: str, sets: tuple[str, ...], path: str) -> dict[str, Any]:
+    data, text, base = _load(file, sets)
+    local_errors: list[tuple[str, str]] = []
+    files = _uploads(data, base, local_errors)
+    if local_errors:  # still ask the studio, to report every problem at once
+        path = studio.jobs_path() + "validate/"
+    if files:
+        response = studio.request("POST", path, data={"spec": text}, files=files,
+                                  local_errors=local_errors)
+    else:
+        response = studio.request("POST", path, json={"yaml": text}, local_errors=local_errors)
+    result: dict[str, Any] = response.json()
+    return result
+
+
+JOB_COLUMNS = ["name", "display_name", "experiment_name", "status", "compute", "instance_type"]
+
+
+@job.command("create")
+@click.option("-f", "--file", required=True, help="The job's YAML file.")
+@click.option("--set", "sets", multiple=True, help="Set a field: --set resources.instance_type=cpu-small")
+@click.option("--name", help="Name of the job (overrides the YAML).")
+@click.option("--stream", is_flag=True, help="Follow the logs until the job ends.")
+@output_option
+@click.pass_obj
+def job_create(studio: Studio, file: str, sets: tuple[str, ...], name: str | None,
+               stream: bool, fmt: str) -> None:
+    """Submit a job from an Azure ML CLI v2 YAML file."""
+    if name:
+        sets = (*sets, f"name={name}")
+    result = _submit(studio, file, sets, studio.jobs_path())
+    if stream:
+        click.echo(f"Job {result['name']} submitted: {result['services']['Studio']['endpoint']}",
+                   err=True)
+        sys.exit(_stream(studio, result["name"]))
+    emit(result, fmt, JOB_COLUMNS)
+
+
+@job.command("validate")
+@click.option("-f", "--file", required=True, help="The job's YAML file.")
+@click.option("--set", "sets", multiple=True, help="Set a field before validating.")
+@output_option
+@click.pass_obj
+def job_validate(studio: Studio, file: str, sets: tuple[str, ...], fmt: str) -> None:
+    """Check a job file without submitting it (exit 2 with every problem when invalid)."""
+    result = _submit(studio, file, sets, studio.jobs_path() + "validate/")
+    if fmt == "json":
+        emit(result, fmt)
+    else:
+        click.echo(f"{file} is valid: compute {result['compute']}, "
+                   f"instance type {result['instance_type']}.")
+
+
+@job.command("list")
+@click.option("--status", help="Only jobs in this state.")
+@click.option("--experiment-name", help="Only this experiment's jobs.")
+@click.option("--max-results", "-r", type=int, default=50, show_default=True)
+@output_option
+@click.pass_obj
+def job_list(studio: Studio, status: str | None, experiment_name: str | None,
+             max_results: int, fmt: str) -> None:
+    """List the workspace's jobs, newest first."""
+    params: dict[str, Any] = {"limit": max_results}
+    if status:
+        params["status"] = status
+    if experiment_name:
+        params["experiment_name"] = experiment_name
+    emit(studio.request("GET", studio.jobs_path(), params=params).json()["results"], fmt,
+         JOB_COLUMNS)
+
+
+@job.command("show")
+@click.argument("name")
+@output_option
+@click.pass_obj
+def job_show(studio: Studio, name: str, fmt: str) -> None:
+    """Show one job."""
+    emit(studio.request("GET", studio.jobs_path(name)).json(), fmt,
+         [*JOB_COLUMNS, "exit_code", "failure_reason"])
+
+
+@job.command("cancel")
+@click.argument("name")
+@output_option
+@click.pass_obj
+def job_cancel(studio: Studio, name: str, fmt: str) -> None:
+    """Cancel a job."""
+    emit(studio.request("POST", studio.jobs_path(name) + "cancel/").json(), fmt, JOB_COLUMNS)
+
+
+@job.command("stream")
+@click.argument("name")
+@click.pass_obj
+def job_stream(studio: Studio, name: str) -> None:
+    """Follow a job's logs to its end; exit 0 only when it Completed."""
+    studio.request("GET", studio.jobs_path(name))  # a clear error for a wrong name
+    sys.exit(_stream(studio, name))
+
+
+def _stream(studio: Studio, name: str) -> int:
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    last = 0
+    headers = {"Authorization": f"Bearer {studio.token}"} if studio.token else {}
+    failures = 0
+    while True:
+        url = studio.ws_url(f"/ws/workspaces/{studio.workspace}/jobs/{name}/logs/?after={last}")
+        try:
+            with connect(url, additional_headers=headers, open_timeout=10) as ws:
+                failures = 0
+                for raw in ws:
+                    message = json.loads(raw)
+                    if message.get("type") == "end":
+                        status = message["status"]
+                        click.echo(f"Job {name} ended: {status}", err=True)
+                        return 0 if status == "Completed" else 1
+                    last = message["seq"]
+                    click.echo(message["line"], err=message["stream"] == "stderr")
+        except InvalidStatus as exc:
+            fail(f"the studio refused the log stream ({exc.response.status_code})")
+        except (ConnectionClosed, OSError) as exc:
+            failures += 1
+            if failures > 5:
+                fail(f"lost the log stream: {exc}")
+            import time
+
+            time.sleep(min(5.0, 0.25 * 2**failures))  # back off, then resume after `last`
+
+
+@job.command("download")
+@click.argument("name")
+@click.option("--output-name", help="A named output (default: the job's ./outputs).")
+@click.option("--all", "everything", is_flag=True, help="Every output of the job.")
+@click.option("--download-path", "-p", default=".", show_default=True, type=click.Path())
+@click.pass_obj
+def job_download(studio: Studio, name: str, output_name: str | None, everything: bool,
+                 download_path: str) -> None:
+    """Download a job's outputs, laid out as `az ml job download` does."""
+    job_data = studio.request("GET", studio.jobs_path(name)).json()
+    if everything:
+        outputs = ["default", *(job_data.get("outputs") or {})]
+    else:
+        outputs = [output_name or "default"]
+    for output in outputs:
+        response = studio.request("GET", studio.jobs_path(name) + f"outputs/{output}/")
+        if output == "default":
+            target = Path(download_path) / "artifacts" / "outputs"
+        else:
+            target = Path(download_path) / "named-outputs" / output
+        target.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+            archive.extractall(target)
+            count = len(archive.namelist())
+        click.echo(f"Downloaded {count} file(s) of output {output!r} to {target}")
+
+
+# -- compute ---------------------------------------------------------------------------------
+@main.group()
+def compute() -> None:
+    """Compute targets of the workspace."""
+
+
+@compute.command("list")
+@output_option
+@click.pass_obj
+def compute_list(studio: Studio, fmt: str) -> None:
+    """List the workspace's compute targets."""
+    path = f"/workspaces/{studio.workspace}/computes/"
+    emit(studio.request("GET", path).json()["results"], fmt,
+         ["name", "type", "description", "instance_types"])
+
+
+@compute.command("show")
+@click.argument("name")
+@output_option
+@click.pass_obj
+def compute_show(studio: Studio, name: str, fmt: str) -> None:
+    """Show one compute target."""
+    path = f"/workspaces/{studio.workspace}/computes/{name}/"
+    emit(studio.request("GET", path).json(), fmt, ["name", "type", "description", "instance_types"])
+
+
+@main.group("instance-type")
+def instance_type() -> None:
+    """Instance types: the sizes jobs can ask for."""
+
+
+@instance_type.command("list")
+@output_option
+@click.pass_obj
+def instance_type_list(studio: Studio, fmt: str) -> None:
+    """List instance types with their node selector and resources."""
+    items = studio.request("GET", "/instance-types/", params={"limit": 500}).json()["results"]
+    if fmt == "json":
+        emit(items, fmt)
+        return
+    rows = [
+        {
+            "name": item["name"],
+            "node_selector": item.get("nodeSelector") or {},
+            "requests": (item.get("resources") or {}).get("requests") or {},
+            "limits": (item.get("resources") or {}).get("limits") or {},
+        }
+        for item in items
+    ]
+    emit(rows, fmt, ["name", "node_selector", "requests", "limits"])
+
+
+if __name__ == "__main__":
+    main()
