@@ -97,6 +97,9 @@ ASSET_TYPES = ("mlflow_model", "custom_model", "triton_model", "mltable")
 
 
 def _input_kind(value: Any) -> str:
+    # Called on raw documents when validating and on models when serializing.
+    if isinstance(value, BaseModel):
+        return {DataInput: "data", LiteralInput: "typed"}.get(type(value), "bad")
     if not isinstance(value, dict):
         return "literal"
     kind = value.get("type")
@@ -135,6 +138,8 @@ AnyInput = Annotated[
 
 
 def _output_kind(value: Any) -> str:
+    if isinstance(value, BadOutput):
+        return "bad"
     if isinstance(value, dict) and value.get("type", "uri_folder") != "uri_folder":
         return "bad"
     return "ok"

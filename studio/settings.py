@@ -101,6 +101,7 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            "TEST": {"NAME": str(VAR_DIR / "test.sqlite3")},  # a file: shared by test threads
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -110,7 +111,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 2000, "expiry": 30},
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "capacity": 2000,
+                "expiry": 30,
+                "prefix": env_str("STUDIO_CHANNEL_PREFIX", "kstudio"),
+            },
         }
     }
 else:

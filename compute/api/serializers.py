@@ -3,13 +3,15 @@ from typing import Any
 from rest_framework import serializers
 
 from compute.models import ComputeTarget, InstanceType
-from compute.resources import DEFAULT_INSTANCE_TYPE
+from compute.resources import DEFAULT_INSTANCE_TYPE, validate_node_selector
 
 
 class InstanceTypeSerializer(serializers.ModelSerializer[InstanceType]):
     """In the CRD's own words: nodeSelector and resources.requests / resources.limits."""
 
-    nodeSelector = serializers.JSONField(source="node_selector", required=False)  # noqa: N815
+    nodeSelector = serializers.JSONField(  # noqa: N815 - the CRD's field name
+        source="node_selector", required=False, validators=[validate_node_selector]
+    )
 
     class Meta:
         model = InstanceType

@@ -1,0 +1,110 @@
+"""Shared fixtures: a seeded workspace, one user per role, API clients, a live studio."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth.models import Group, User
+from rest_framework.test import APIClient
+
+from compute.services import seed_local
+from studio.access import IT_OPS_GROUP
+from studio.models import ApiToken, Membership, Role, Workspace
+from tests.live import LiveStudio
+
+
+@pytest.fixture(autouse=True)
+def studio_dirs(settings: Any, tmp_path: Any) -> None:
+    settings.STUDIO_JOBS_DIR = tmp_path / "jobs"
+    settings.STUDIO_UPLOADS_DIR = tmp_path / "uploads"
+    settings.STUDIO_CANCEL_GRACE_SECONDS = 2
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer() -> Iterator[None]:
+    yield
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.flush)()
+
+
+@pytest.fixture
+def workspace(db: None) -> Workspace:
+    ws = Workspace.objects.create(name="demo")
+    seed_local(ws)
+    ws.refresh_from_db()
+    return ws
+
+
+class People:
+    def __init__(self, workspace: Workspace) -> None:
+        self.owner = self._member("olivia", workspace, Role.OWNER)
+        self.contributor = self._member("carl", workspace, Role.CONTRIBUTOR)
+        self.reader = self._member("rita", workspace, Role.READER)
+        self.stranger = User.objects.create_user("sam", password="pw-sam-12345")
+        self.it_ops = User.objects.create_user("ivan", password="pw-ivan-12345")
+        self.it_ops.groups.add(Group.objects.get_or_create(name=IT_OPS_GROUP)[0])
+
+    @staticmethod
+    def _member(name: str, workspace: Workspace, role: str) -> User:
+        user = User.objects.create_user(name, password=f"pw-{name}-12345")
+        Membership.objects.create(workspace=workspace, user=user, role=role)
+        return user
+
+
+@pytest.fixture
+def people(workspace: Workspace) -> People:
+    return People(workspace)
+
+
+def token_for(user: User) -> str:
+    return ApiToken.issue(user, "test")[1]
+
+
+@pytest.fixture
+def api() -> Callable[[User | None], APIClient]:
+    def make(user: User | None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(user)}")
+        return client
+
+    return make
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    """Poll a condition until it holds (the thing awaited happens in another process)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+async def await_until(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def live_studio(transactional_db: None) -> Iterator[LiveStudio]:
+    studio = LiveStudio()
+    studio.start()
+    yield studio
+    studio.close()

@@ -1,0 +1,246 @@
+"""Jobs run end to end on the local compute, through the real controller and launcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import io
+import os
+import signal
+import tarfile
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+from asgiref.sync import sync_to_async
+
+from jobs import services
+from jobs.controller import Controller
+from jobs.models import Job
+from studio.models import Workspace
+from tests.conftest import await_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@contextlib.asynccontextmanager
+async def running(name: str = "test") -> AsyncIterator[Controller]:
+    stop = asyncio.Event()
+    controller = Controller(name=name)
+    task = asyncio.create_task(controller.run(stop))
+    try:
+        yield controller
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+async def controller(people) -> AsyncIterator[Controller]:
+    async with running() as c:
+        yield c
+
+
+async def submit(workspace: Workspace, user, text: str, uploads=None) -> Job:
+    return await sync_to_async(services.submit_yaml)(workspace, user, text, uploads)
+
+
+async def reload(job: Job) -> Job:
+    return await Job.objects.aget(pk=job.pk)
+
+
+async def finished(job: Job, timeout: float = 30) -> Job:
+    async def ended():
+        fresh = await reload(job)
+        return fresh if fresh.is_terminal else None
+
+    return await await_until(ended, timeout, f"job {job.name} to end")
+
+
+async def lines_of(job: Job) -> list[str]:
+    return [line async for line in job.log_lines.order_by("seq").values_list("line", flat=True)]
+
+
+async def history(job: Job) -> list[str]:
+    return [s async for s in job.status_changes.order_by("at", "id").values_list("status", flat=True)]
+
+
+async def test_hello_world_completes_with_its_logs(workspace, people, controller):
+    job = await submit(workspace, people.contributor,
+                       'command: echo "hello world"\nenvironment: {image: library/python:latest}\n')
+    job = await finished(job)
+    assert job.status == "Completed", job.failure_reason
+    assert job.exit_code == 0
+    assert await lines_of(job) == ["hello world"]
+    assert await history(job) == [
+        "NotStarted", "Queued", "Preparing", "Running", "Finalizing", "Completed"
+    ]
+    assert job.started_at and job.ended_at and job.started_at <= job.ended_at
+
+
+async def test_inputs_env_outputs_and_stderr(workspace, people, controller):
+    text = (
+        "command: |\n"
+        "  echo ${{inputs.greeting}} ${{inputs.n}} $[[--opt ${{inputs.absent}}]]\n"
+        "  echo \"env=$MY_VAR\"\n"
+        "  echo oops >&2\n"
+        "  echo hi > ./outputs/a.txt\n"
+        "  echo model > ${{outputs.model}}/m.bin\n"
+        "inputs: {greeting: hello, n: 42}\n"
+        "outputs: {model: {type: uri_folder}}\n"
+        "environment_variables: {MY_VAR: set}\n"
+    )
+    job = await finished(await submit(workspace, people.contributor, text))
+    assert job.status == "Completed", job.failure_reason
+    rows = [(line.stream, line.line) async for line in job.log_lines.order_by("seq")]
+    assert rows == [("stdout", "hello 42"), ("stdout", "env=set"), ("stderr", "oops")]
+    assert {(o["output"], o["path"]) for o in job.outputs} == {("default", "a.txt"), ("model", "m.bin")}
+    root = await sync_to_async(services.output_root)(job, "model")
+    assert (root / "m.bin").read_text() == "model\n"
+
+
+async def test_code_snapshot_and_uploaded_file_input(workspace, people, controller):
+    code = io.BytesIO()
+    with tarfile.open(fileobj=code, mode="w:gz") as archive:
+        data = b"import sys\nprint(open(sys.argv[1]).read().strip().upper())\n"
+        info = tarfile.TarInfo("main.py")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    text = ("command: python main.py ${{inputs.words}}\ncode: src\n"
+            "inputs: {words: {type: uri_file, path: ./words.txt}}\n")
+    uploads = {"code": services.Upload(code, "code.tar.gz"),
+               "inputs.words": services.Upload(io.BytesIO(b"from a file\n"), "words.txt")}
+    job = await finished(await submit(workspace, people.contributor, text, uploads))
+    assert job.status == "Completed", job.failure_reason
+    assert await lines_of(job) == ["FROM A FILE"]
+
+
+async def test_http_input_is_downloaded_at_start(workspace, people, controller, tmp_path):
+    (tmp_path / "iris.csv").write_text("sepal,petal\n1,2\n")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/iris.csv"
+        text = f"command: cat ${{{{inputs.iris}}}}\ninputs: {{iris: {{type: uri_file, path: '{url}'}}}}\n"
+        job = await finished(await submit(workspace, people.contributor, text))
+    finally:
+        server.shutdown()
+    assert job.status == "Completed", job.failure_reason
+    assert await lines_of(job) == ["sepal,petal", "1,2"]
+
+
+async def test_failing_command_keeps_exit_code_and_reason(workspace, people, controller):
+    job = await finished(await submit(workspace, people.contributor, "command: echo bye; exit 3\n"))
+    assert job.status == "Failed"
+    assert job.exit_code == 3
+    assert job.failure_reason == "The command exited with code 3."
+    assert await lines_of(job) == ["bye"]
+
+
+async def test_timeout_is_enforced(workspace, people, controller):
+    job = await submit(workspace, people.contributor,
+                       "command: echo start; sleep 60\nlimits: {timeout: 1}\n")
+    job = await finished(job, timeout=20)
+    assert job.status == "Failed"
+    assert "limits.timeout (1 s)" in job.failure_reason
+
+
+async def test_failed_preparation_is_reported(workspace, people, controller):
+    text = "command: cat ${{inputs.f}}\ninputs: {f: {type: uri_file, path: 'http://127.0.0.1:9/none'}}\n"
+    job = await finished(await submit(workspace, people.contributor, text))
+    assert job.status == "Failed"
+    assert job.failure_reason.startswith("Preparing failed: could not download")
+
+
+async def test_cancel_a_running_job(workspace, people, controller):
+    job = await submit(workspace, people.contributor,
+                       "command: echo started; sleep 120; echo never\n")
+
+    async def started():
+        return (await reload(job)).status == "Running" and await lines_of(job) == ["started"]
+
+    await await_until(started, what="the job to print")
+    await sync_to_async(services.cancel)(await reload(job))
+    job = await finished(job, timeout=20)
+    assert job.status == "Canceled"
+    assert "CancelRequested" in await history(job)
+    assert "never" not in await lines_of(job)
+    assert not _alive(job.runtime["pid"])
+
+
+async def test_memory_limit_applies(workspace, people, controller):
+    from compute.models import InstanceType
+
+    await InstanceType.objects.acreate(name="tiny", resources={"limits": {"memory": "200Mi"}})
+    text = ("command: python -c \"x = bytearray(400 * 1024 * 1024)\"\n"
+            "resources: {instance_type: tiny}\n")
+    job = await finished(await submit(workspace, people.contributor, text))
+    assert job.status == "Failed"
+    assert "MemoryError" in "\n".join(await lines_of(job))
+    assert any("limits.memory 200Mi" in note for note in job.enforcement_notes)
+
+
+async def test_cpu_affinity_applies(workspace, people, controller):
+    from compute.models import InstanceType
+
+    await InstanceType.objects.acreate(name="one-core", resources={"limits": {"cpu": "500m"}})
+    text = ("command: python -c \"import os; print(len(os.sched_getaffinity(0)))\"\n"
+            "resources: {instance_type: one-core}\n")
+    job = await finished(await submit(workspace, people.contributor, text))
+    assert job.status == "Completed", job.failure_reason
+    assert await lines_of(job) == ["1"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_a_restarted_controller_adopts_running_jobs(workspace, people):
+    text = "command: echo one; while [ ! -f go ]; do sleep 0.05; done; echo two\n"
+    async with running("first") as first:
+        job = await submit(workspace, people.contributor, text)
+
+        async def printed_one():
+            return await lines_of(job) == ["one"]
+
+        await await_until(printed_one, what="the first line")
+        assert job.pk in first.held
+    # The first controller stopped (cleanly: its lease is released) while the job runs on.
+    job = await reload(job)
+    assert job.status == "Running"
+    Path(job.runtime["root"], "wd", "go").touch()
+    async with running("second"):
+        job = await finished(job)
+    assert job.status == "Completed"
+    assert await lines_of(job) == ["one", "two"]  # no line lost, none doubled
+
+
+async def test_a_job_whose_process_dies_fails_definitely(workspace, people, controller):
+    job = await submit(workspace, people.contributor, "command: echo up; sleep 120\n")
+
+    async def up():
+        fresh = await reload(job)
+        return fresh if fresh.status == "Running" and fresh.runtime else None
+
+    job = await await_until(up, what="the job to run")
+    os.killpg(job.runtime["pid"], signal.SIGKILL)  # launcher and command, as an OOM-kill would
+    job = await finished(job)
+    assert job.status == "Failed"
+    assert "ended unexpectedly" in job.failure_reason
+
+
+async def test_submitting_twice_runs_once(workspace, people, controller):
+    from compute.backends import backend_for
+    from jobs.controller import launch_spec
+
+    job = await finished(await submit(workspace, people.contributor, "command: echo once\n"))
+    backend = backend_for("local")
+    again = await sync_to_async(backend.submit)(await sync_to_async(launch_spec)(job))
+    assert again == job.runtime  # the same handle; nothing new started
