@@ -48,26 +48,41 @@ def submit_yaml(
 def validate(
     workspace: Workspace, data: dict[str, Any], uploads: Mapping[str, Upload] | None = None
 ) -> tuple[CommandJob, ComputeTarget, InstanceType]:
-    """Everything `submit` checks, without storing anything. Raises SpecError."""
-    spec = parse(data)
+    """Everything `submit` checks, without storing anything. Raises SpecError.
+
+    The workspace checks run even when the document itself has problems, so that the
+    user hears of every problem at once.
+    """
     uploads = uploads or {}
     errors: list[tuple[str, str]] = []
-
-    compute = _resolve_compute(workspace, spec, errors)
+    try:
+        spec: CommandJob | None = parse(data)
+    except SpecError as exc:
+        spec = None
+        errors.extend(exc.errors)
+    resources = data.get("resources") if isinstance(data.get("resources"), dict) else {}
+    compute_name = data.get("compute")
+    compute = _resolve_compute(
+        workspace,
+        compute_name.removeprefix("azureml:") if isinstance(compute_name, str) else None,
+        errors,
+    )
     instance_type = None
     if compute is not None:
-        wanted = spec.resources.instance_type or DEFAULT_INSTANCE_TYPE
-        instance_type = compute.instance_types().filter(name=wanted).first()
-        if instance_type is None:
-            offered = ", ".join(compute.instance_types().values_list("name", flat=True))
-            errors.append(
-                (
-                    "resources.instance_type",
-                    f"instance type {wanted!r} is not offered on compute {compute.name!r}"
-                    + (f" (available: {offered})" if offered else ""),
+        wanted = resources.get("instance_type") or DEFAULT_INSTANCE_TYPE
+        if isinstance(wanted, str):
+            instance_type = compute.instance_types().filter(name=wanted).first()
+            if instance_type is None:
+                offered = ", ".join(compute.instance_types().values_list("name", flat=True))
+                errors.append(
+                    (
+                        "resources.instance_type",
+                        f"instance type {wanted!r} is not offered on compute {compute.name!r}"
+                        + (f" (available: {offered})" if offered else ""),
+                    )
                 )
-            )
-        if compute.kind == ComputeKind.LOCAL and spec.resources.instance_count > 1:
+        count = resources.get("instance_count", 1)
+        if compute.kind == ComputeKind.LOCAL and isinstance(count, int) and count > 1:
             errors.append(
                 (
                     "resources.instance_count",
@@ -75,6 +90,8 @@ def validate(
                     "(use a Kubernetes compute for distributed jobs)",
                 )
             )
+    if spec is None:
+        raise SpecError(errors)
     if spec.name and Job.objects.filter(workspace=workspace, name=spec.name).exists():
         errors.append(("name", f"a job named {spec.name!r} already exists in this workspace"))
 
@@ -111,14 +128,13 @@ def validate(
 
 
 def _resolve_compute(
-    workspace: Workspace, spec: CommandJob, errors: list[tuple[str, str]]
+    workspace: Workspace, name: str | None, errors: list[tuple[str, str]]
 ) -> ComputeTarget | None:
-    if spec.compute:
-        compute = ComputeTarget.objects.filter(workspace=workspace, name=spec.compute).first()
+    if name:
+        compute = ComputeTarget.objects.filter(workspace=workspace, name=name).first()
         if compute is None:
             errors.append(
-                ("compute", f"no compute target named {spec.compute!r} in workspace "
-                            f"{workspace.name!r}")
+                ("compute", f"no compute target named {name!r} in workspace {workspace.name!r}")
             )
         return compute
     compute = workspace.default_compute or workspace.computes.first()

@@ -3,7 +3,7 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -85,12 +85,18 @@ def cancel(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
 
 
 @login_required
-def download(request: HttpRequest, workspace: str, name: str, output: str) -> FileResponse:
-    job = _job(request, workspace, name)
+def download(request: HttpRequest, workspace: str, name: str, output: str) -> HttpResponse:
+    return output_download(_job(request, workspace, name), output)
+
+
+def output_download(job: Job, output: str) -> HttpResponse:
+    """One output as a zip attachment; shared with the API."""
     if output not in services.output_names(job):
-        raise Http404("No such output.")
-    return FileResponse(services.output_zip(job, output), as_attachment=True,
-                        filename=f"{job.name}-{output}.zip")
+        raise Http404(f"Job {job.name} has no output named {output!r}.")
+    response = HttpResponse(services.output_zip(job, output).getvalue(),
+                            content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{job.name}-{output}.zip"'
+    return response
 
 
 @login_required

@@ -54,7 +54,6 @@ def test_azure_examples_parse(filename: str) -> None:
 @needs_compat
 @pytest.mark.parametrize(("filename", "expected"), sorted(REFUSED.items()))
 def test_azure_examples_we_cannot_run_are_refused_by_field(filename: str, expected: tuple[str, str]) -> None:
-    errors = parse_errors = None
     with pytest.raises(SpecError) as info:
         parse(load_yaml((BASICS / filename).read_text()))
     parse_errors = info.value.errors

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
@@ -18,6 +18,7 @@ from jobs import services
 from jobs.api.serializers import JobListSerializer, JobSerializer
 from jobs.models import Job
 from jobs.spec import SpecError, load_yaml
+from jobs.views import output_download
 from studio.api import WorkspaceMixin
 
 
@@ -126,11 +127,6 @@ class JobViewSet(
 
     @extend_schema(responses={200: None})
     @action(detail=True, methods=["get"], url_path=r"outputs/(?P<output>[A-Za-z_]\w*)")
-    def download(self, request: Request, output: str, *args: Any, **kwargs: Any) -> FileResponse:
+    def download(self, request: Request, output: str, *args: Any, **kwargs: Any) -> HttpResponse:
         """One output of the job as a zip archive (`default` is ./outputs)."""
-        job = self.get_object()
-        if output not in services.output_names(job):
-            raise Http404(f"Job {job.name} has no output named {output!r}.")
-        return FileResponse(
-            services.output_zip(job, output), as_attachment=True, filename=f"{job.name}-{output}.zip"
-        )
+        return output_download(self.get_object(), output)

@@ -1,0 +1,135 @@
+"""`kstudio` against a live studio: the commands a data scientist types."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import token_for
+from tests.test_spec import BASICS, needs_compat
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def kstudio(live_studio, people):
+    env = dict(os.environ, KSTUDIO_URL=live_studio.url, KSTUDIO_TOKEN=token_for(people.contributor),
+               KSTUDIO_WORKSPACE="demo")
+
+    def run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "studio.cli", *args], env=env,
+                                capture_output=True, text=True, timeout=120)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    return run
+
+
+@needs_compat
+def test_hello_world_create_stream_show(kstudio):
+    result = kstudio("job", "create", "-f", str(BASICS / "hello-world.yml"), "--stream")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["hello world"]
+    assert "ended: Completed" in result.stderr
+    listed = json.loads(kstudio("job", "list", "-o", "json", check=True).stdout)
+    assert [job["status"] for job in listed] == ["Completed"]
+    shown = json.loads(kstudio("job", "show", listed[0]["name"], "-o", "json", check=True).stdout)
+    for field in ("name", "status", "display_name", "experiment_name", "compute",
+                  "creation_context", "services"):
+        assert field in shown
+    table = kstudio("job", "show", listed[0]["name"], check=True).stdout
+    assert "Completed" in table and listed[0]["name"] in table
+
+
+def test_stream_exits_nonzero_when_the_job_fails(kstudio, tmp_path):
+    (tmp_path / "job.yml").write_text("command: echo before; exit 4\n")
+    result = kstudio("job", "create", "-f", str(tmp_path / "job.yml"), "--stream")
+    assert result.returncode == 1
+    assert "before" in result.stdout
+    assert "ended: Failed" in result.stderr
+
+
+def test_code_folder_inputs_set_and_download(kstudio, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text(
+        "import sys, pathlib\n"
+        "text = pathlib.Path(sys.argv[1]).read_text().strip()\n"
+        "print('read', text)\n"
+        "pathlib.Path('outputs/result.txt').write_text(text * 2)\n"
+        "pathlib.Path(sys.argv[2], 'model.txt').write_text('weights')\n"
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "in.txt").write_text("abc")
+    (tmp_path / "job.yml").write_text(
+        "command: python train.py ${{inputs.data}}/in.txt ${{outputs.model}}\n"
+        "code: src\n"
+        "inputs:\n  data: {type: uri_folder, path: ./data}\n"
+        "outputs:\n  model: {type: uri_folder}\n"
+        "experiment_name: first\n"
+    )
+    result = kstudio("job", "create", "-f", str(tmp_path / "job.yml"), "--set",
+                     "experiment_name=second", "--name", "cli_job", "--stream")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "read abc"
+    shown = json.loads(kstudio("job", "show", "cli_job", "-o", "json", check=True).stdout)
+    assert shown["experiment_name"] == "second"
+    target = tmp_path / "download"
+    kstudio("job", "download", "cli_job", "--download-path", str(target), check=True)
+    assert (target / "artifacts" / "outputs" / "result.txt").read_text() == "abcabc"
+    kstudio("job", "download", "cli_job", "--output-name", "model", "--download-path",
+            str(target), check=True)
+    assert (target / "named-outputs" / "model" / "model.txt").read_text() == "weights"
+
+
+def test_invalid_jobs_exit_2_with_every_field(kstudio, tmp_path):
+    (tmp_path / "bad.yml").write_text(
+        "command: python x.py\ncode: missing-folder\nservices: {a: {type: ssh}}\n"
+        "resources: {instance_type: nope}\n"
+    )
+    for command in ("validate", "create"):
+        result = kstudio("job", command, "-f", str(tmp_path / "bad.yml"))
+        assert result.returncode == 2
+        errors = result.stderr.splitlines()
+        assert any(e.startswith("ERROR: code: ") and "does not exist" in e for e in errors)
+        assert any(e.startswith("ERROR: services: not supported") for e in errors)
+        assert any(e.startswith("ERROR: resources.instance_type: ") for e in errors)
+    assert json.loads(kstudio("job", "list", "-o", "json", check=True).stdout) == []
+
+
+def test_cancel_from_the_cli(kstudio, tmp_path):
+    (tmp_path / "job.yml").write_text("command: sleep 100\nname: sleepy\n")
+    kstudio("job", "create", "-f", str(tmp_path / "job.yml"), check=True)
+    kstudio("job", "cancel", "sleepy", check=True)
+    result = kstudio("job", "stream", "sleepy")
+    assert result.returncode == 1
+    assert "ended: Canceled" in result.stderr
+
+
+def test_compute_and_instance_type_lists(kstudio):
+    computes = json.loads(kstudio("compute", "list", "-o", "json", check=True).stdout)
+    assert [c["name"] for c in computes] == ["local"]
+    types = json.loads(kstudio("instance-type", "list", "-o", "json", check=True).stdout)
+    assert {"defaultinstancetype", "cpu-small", "cpu-large"} <= {t["name"] for t in types}
+    table = kstudio("instance-type", "list", check=True).stdout
+    assert "defaultinstancetype" in table and "memory=2Gi" in table
+
+
+def test_clear_errors_for_wrong_name_token_and_server(kstudio, live_studio):
+    missing = kstudio("job", "show", "no-such-job")
+    assert missing.returncode == 1 and missing.stderr.startswith("ERROR: ")
+    assert "Traceback" not in missing.stderr
+    env = dict(os.environ, KSTUDIO_URL=live_studio.url, KSTUDIO_TOKEN="kst_wrong")
+    result = subprocess.run([sys.executable, "-m", "studio.cli", "job", "list"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "authentication failed" in result.stderr
+    env["KSTUDIO_URL"] = "http://127.0.0.1:9"
+    result = subprocess.run([sys.executable, "-m", "studio.cli", "job", "list"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "cannot reach the studio" in result.stderr
+    assert Path(sys.executable).exists()
