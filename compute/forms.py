@@ -38,7 +38,8 @@ class InstanceTypeForm(forms.ModelForm[InstanceType]):
     """The CRD's fields, one input per quantity rather than a JSON blob."""
 
     node_selector_text = forms.CharField(
-        label="nodeSelector", required=False,
+        label="nodeSelector",
+        required=False,
         widget=forms.Textarea(attrs={"rows": 3, "class": "code"}),
         help_text="YAML mapping of node labels, e.g. <code>kubernetes.io/arch: amd64</code>",
     )
@@ -67,7 +68,7 @@ class InstanceTypeForm(forms.ModelForm[InstanceType]):
                     self.fields[field].initial = value
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         resources: dict[str, dict[str, str]] = {}
         for section, resource, field in QUANTITY_FIELDS:
             value = (data.get(field) or "").strip()
@@ -79,10 +80,10 @@ class InstanceTypeForm(forms.ModelForm[InstanceType]):
             for message in exc.messages:
                 path = message.split(":", 1)[0]  # resources.limits.cpu
                 parts = path.split(".", 2)
-                field = None
+                target = None
                 if len(parts) == 3:
-                    field = f"{parts[1]}_{parts[2].replace('nvidia.com/', '')}"
-                self.add_error(field if field in self.fields else None, message)
+                    target = f"{parts[1]}_{parts[2].replace('nvidia.com/', '')}"
+                self.add_error(target if target in self.fields else None, message)
         self.instance.resources = resources
         try:
             selector = yaml.safe_load(data.get("node_selector_text") or "") or {}

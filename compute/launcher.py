@@ -20,6 +20,7 @@ user code that may run on any Python 3.8+.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -165,13 +166,15 @@ class Launcher:
         if limits.get("cpus") and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, set(limits["cpus"]))
 
+    def signal_command(self, sig: int) -> None:
+        """Signal the user's command and everything it started (its process group)."""
+        if self.child is not None and self.child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, sig)
+
     def on_term(self, signum: int, frame: object) -> None:
         self.canceled = True
-        if self.child is not None and self.child.poll() is None:
-            try:
-                os.killpg(self.child.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        self.signal_command(signal.SIGTERM)
 
     def run(self, command: str) -> int:
         env = dict(os.environ)
@@ -182,7 +185,7 @@ class Launcher:
             KSTUDIO_JOB_NAME=self.spec["name"],
         )
         shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-        self.child = subprocess.Popen(  # noqa: S603 - running the user's command is the point
+        self.child = subprocess.Popen(
             [shell, "-c", command],
             cwd=self.workdir,
             env=env,
@@ -190,7 +193,7 @@ class Launcher:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             process_group=0,
-            preexec_fn=self.limit_child,  # noqa: PLW1509 - single-threaded launcher
+            preexec_fn=self.limit_child,
         )
         self.set_state(phase="Running", child_pgid=self.child.pid, started_at=time.time())
         timeout = self.spec.get("timeout")
@@ -214,15 +217,11 @@ class Launcher:
                 if deadline is not None and now >= deadline and not timed_out:
                     timed_out = True
                     kill_at = now + grace
-                    self.on_term(signal.SIGTERM, None)
-                    self.canceled = False
+                    self.signal_command(signal.SIGTERM)
                 if self.canceled and kill_at is None:
                     kill_at = now + grace
                 if kill_at is not None and now >= kill_at:
-                    try:
-                        os.killpg(self.child.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    self.signal_command(signal.SIGKILL)
                 for key, _ in selector.select(timeout=0.2):
                     stream = key.data
                     chunk = os.read(key.fd, 65536)

@@ -1,10 +1,10 @@
 """Instance-type resources, in the shape of Azure ML's InstanceType CRD.
 
-    spec:
-      nodeSelector: {label: value}
-      resources:
-        requests: {cpu: "100m", memory: "2Gi"}
-        limits:   {cpu: "2", memory: "2Gi", nvidia.com/gpu: 1}
+spec:
+  nodeSelector: {label: value}
+  resources:
+    requests: {cpu: "100m", memory: "2Gi"}
+    limits:   {cpu: "2", memory: "2Gi", nvidia.com/gpu: 1}
 """
 
 from decimal import Decimal

@@ -34,10 +34,14 @@ def it_ops_required(view: View) -> View:
 @it_ops_required
 def console(request: HttpRequest) -> HttpResponse:
     workspaces = Workspace.objects.prefetch_related("computes")
-    return render(request, "compute/console.html", {
-        "workspaces": workspaces,
-        "instance_types": InstanceType.objects.all(),
-    })
+    return render(
+        request,
+        "compute/console.html",
+        {
+            "workspaces": workspaces,
+            "instance_types": InstanceType.objects.all(),
+        },
+    )
 
 
 @it_ops_required
@@ -48,10 +52,15 @@ def instance_type_edit(request: HttpRequest, name: str | None = None) -> HttpRes
         saved = form.save()
         messages.success(request, f"Instance type {saved.name} saved.")
         return redirect("compute:console")
-    return render(request, "compute/form.html", {
-        "form": form,
-        "title": f"Instance type {name}" if name else "New instance type",
-    }, status=400 if request.method == "POST" else 200)
+    return render(
+        request,
+        "compute/form.html",
+        {
+            "form": form,
+            "title": f"Instance type {name}" if name else "New instance type",
+        },
+        status=400 if request.method == "POST" else 200,
+    )
 
 
 @it_ops_required
@@ -78,10 +87,17 @@ def compute_edit(request: HttpRequest, workspace: str, name: str | None = None) 
             ws.save(update_fields=["default_compute"])
         messages.success(request, f"Compute target {saved.name} saved in {ws.name}.")
         return redirect("compute:console")
-    return render(request, "compute/form.html", {
-        "form": form,
-        "title": f"Compute target {name} in {ws.name}" if name else f"New compute target in {ws.name}",
-    }, status=400 if request.method == "POST" else 200)
+    return render(
+        request,
+        "compute/form.html",
+        {
+            "form": form,
+            "title": f"Compute target {name} in {ws.name}"
+            if name
+            else f"New compute target in {ws.name}",
+        },
+        status=400 if request.method == "POST" else 200,
+    )
 
 
 @it_ops_required

@@ -89,7 +89,7 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):
                 return
             for line in lines:
                 await self.send_json(line)
-                self.sent = int(line["seq"])  # type: ignore[call-overload]
+                self.sent = int(str(line["seq"]))
             if len(lines) < BACKLOG_CHUNK:
                 return
 
@@ -134,4 +134,6 @@ class WorkspaceJobsConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def job_status(self, message: dict[str, Any]) -> None:
-        await self.send_json({"type": "status", "name": message["name"], "status": message["status"]})
+        await self.send_json(
+            {"type": "status", "name": message["name"], "status": message["status"]}
+        )

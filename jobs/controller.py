@@ -158,8 +158,12 @@ class Controller:
             runtime = backend.submit(launch_spec(job))
         except Exception as exc:
             log.exception("could not start job %s", job.name)
-            services.transition(job, Status.FAILED, f"Could not start: {exc}",
-                                failure_reason=f"The compute could not start the job: {exc}")
+            services.transition(
+                job,
+                Status.FAILED,
+                f"Could not start: {exc}",
+                failure_reason=f"The compute could not start the job: {exc}",
+            )
             return
         Job.objects.filter(pk=job.pk).update(runtime=runtime)
         job.runtime = runtime
@@ -208,8 +212,7 @@ class Controller:
         if phase in (Status.RUNNING, Status.FINALIZING):
             self._advance_to(job, phase)
         elif phase in TERMINAL:
-            self._finish(job, phase, observation.exit_code, observation.reason,
-                         observation.outputs)
+            self._finish(job, phase, observation.exit_code, observation.reason, observation.outputs)
             del self.held[job.pk]
 
     def _advance_to(self, job: Job, phase: str) -> None:
@@ -220,15 +223,25 @@ class Controller:
         for status in PHASE_PATH[start:stop]:
             services.transition(job, status)
 
-    def _finish(self, job: Job, phase: str, exit_code: int | None, reason: str,
-                outputs: list[dict[str, Any]]) -> None:
+    def _finish(
+        self,
+        job: Job,
+        phase: str,
+        exit_code: int | None,
+        reason: str,
+        outputs: list[dict[str, Any]],
+    ) -> None:
         if job.status == Status.CANCEL_REQUESTED and phase != Status.COMPLETED:
             phase, reason = Status.CANCELED, "Canceled by request."
         elif phase != Status.CANCELED:
             self._advance_to(job, Status.FINALIZING)
         services.transition(
-            job, phase, reason, exit_code=exit_code,
-            failure_reason=reason if phase == Status.FAILED else "", outputs=outputs,
+            job,
+            phase,
+            reason,
+            exit_code=exit_code,
+            failure_reason=reason if phase == Status.FAILED else "",
+            outputs=outputs,
         )
 
     def _forward_cancel(self, held: Held) -> None:

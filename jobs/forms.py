@@ -14,23 +14,29 @@ environment:
 
 
 class SubmitJobForm(forms.Form):
-    compute = forms.ModelChoiceField(queryset=ComputeTarget.objects.none(), to_field_name="name",
-                                     empty_label=None)
-    instance_type = forms.ModelChoiceField(queryset=InstanceType.objects.all(),
-                                           to_field_name="name", empty_label=None)
+    compute = forms.ModelChoiceField(
+        queryset=ComputeTarget.objects.none(), to_field_name="name", empty_label=None
+    )
+    instance_type = forms.ModelChoiceField(
+        queryset=InstanceType.objects.all(), to_field_name="name", empty_label=None
+    )
     spec = forms.CharField(
-        label="Job YAML", required=False,
+        label="Job YAML",
+        required=False,
         widget=forms.Textarea(attrs={"rows": 14, "spellcheck": "false", "class": "code"}),
         help_text="An Azure ML CLI v2 command job. The compute and instance type chosen "
-                  "above replace the ones in the YAML.",
+        "above replace the ones in the YAML.",
     )
     spec_file = forms.FileField(label="…or upload a YAML file", required=False)
-    code = forms.FileField(label="Code archive (.zip or .tar.gz), when the job has code:",
-                           required=False)
+    code = forms.FileField(
+        label="Code archive (.zip or .tar.gz), when the job has code:", required=False
+    )
 
     def __init__(self, workspace: Workspace, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["compute"].queryset = workspace.computes.all()
+        compute_field = self.fields["compute"]
+        assert isinstance(compute_field, forms.ModelChoiceField)
+        compute_field.queryset = workspace.computes.all()
         if workspace.default_compute_id:
             self.fields["compute"].initial = workspace.default_compute
         self.fields["instance_type"].initial = InstanceType.objects.filter(
@@ -39,7 +45,7 @@ class SubmitJobForm(forms.Form):
         self.fields["spec"].initial = EXAMPLE
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("spec_file"):
             data["spec"] = data["spec_file"].read().decode("utf-8", errors="replace")
         if not (data.get("spec") or "").strip():

@@ -76,7 +76,9 @@ class Job(models.Model):
         ]
         indexes: ClassVar = [
             models.Index(fields=("workspace", "-created_at", "-id"), name="job_list"),
-            models.Index(fields=("workspace", "status", "-created_at", "-id"), name="job_list_status"),
+            models.Index(
+                fields=("workspace", "status", "-created_at", "-id"), name="job_list_status"
+            ),
             models.Index(
                 fields=("workspace", "experiment_name", "-created_at", "-id"),
                 name="job_list_experiment",
@@ -127,4 +129,9 @@ class LogLine(models.Model):
         return f"{self.job_id}#{self.seq}"
 
     def as_message(self) -> dict[str, object]:
-        return {"seq": self.seq, "ts": self.ts.isoformat(), "stream": self.stream, "line": self.line}
+        return {
+            "seq": self.seq,
+            "ts": self.ts.isoformat(),
+            "stream": self.stream,
+            "line": self.line,
+        }

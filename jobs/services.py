@@ -60,7 +60,8 @@ def validate(
     except SpecError as exc:
         spec = None
         errors.extend(exc.errors)
-    resources = data.get("resources") if isinstance(data.get("resources"), dict) else {}
+    raw_resources = data.get("resources")
+    resources: dict[str, Any] = raw_resources if isinstance(raw_resources, dict) else {}
     compute_name = data.get("compute")
     compute = _resolve_compute(
         workspace,
@@ -97,8 +98,11 @@ def validate(
 
     if spec.code and "code" not in uploads:
         errors.append(
-            ("code", "the code folder must be uploaded with the job as an archive "
-                     "(kstudio job create does this)")
+            (
+                "code",
+                "the code folder must be uploaded with the job as an archive "
+                "(kstudio job create does this)",
+            )
         )
     if "code" in uploads and not spec.code:
         errors.append(("code", "an archive was uploaded but the job has no code field"))
@@ -106,8 +110,10 @@ def validate(
         local = not item.path.lower().startswith(("http://", "https://"))
         if local and f"inputs.{name}" not in uploads:
             errors.append(
-                (f"inputs.{name}.path", "a local path must be uploaded with the job "
-                                        "(kstudio job create does this)")
+                (
+                    f"inputs.{name}.path",
+                    "a local path must be uploaded with the job (kstudio job create does this)",
+                )
             )
     for key, upload in uploads.items():
         field = key if key == "code" else f"{key}.path"

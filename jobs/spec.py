@@ -13,14 +13,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    Discriminator,
-    Tag,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    Tag,
     ValidationError,
     field_validator,
 )
@@ -378,9 +378,7 @@ def _merge_type_errors(errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
             kinds[path].append(message.removeprefix("Input should be a valid ").split(" ")[0])
         else:
             merged.append((path, message))
-    return [
-        (p, m or "must be a " + " or ".join(dict.fromkeys(kinds[p]))) for p, m in merged
-    ]
+    return [(p, m or "must be a " + " or ".join(dict.fromkeys(kinds[p]))) for p, m in merged]
 
 
 def _check_command(job: CommandJob) -> list[tuple[str, str]]:

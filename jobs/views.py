@@ -12,6 +12,7 @@ from jobs.forms import SubmitJobForm
 from jobs.models import Job, Status
 from jobs.spec import SpecError, load_yaml
 from studio import access
+from studio.htmx import is_htmx_partial
 from studio.models import Role
 
 PAGE_SIZE = 25
@@ -20,9 +21,22 @@ PAGE_SIZE = 25
 @login_required
 def job_list(request: HttpRequest, workspace: str) -> HttpResponse:
     ws, role = access.workspace_for(request.user, workspace)
-    jobs = Job.objects.filter(workspace=ws).select_related("created_by").only(
-        "name", "display_name", "experiment_name", "status", "compute_name", "instance_type",
-        "created_at", "started_at", "ended_at", "created_by__username", "workspace_id",
+    jobs = (
+        Job.objects.filter(workspace=ws)
+        .select_related("created_by")
+        .only(
+            "name",
+            "display_name",
+            "experiment_name",
+            "status",
+            "compute_name",
+            "instance_type",
+            "created_at",
+            "started_at",
+            "ended_at",
+            "created_by__username",
+            "workspace_id",
+        )
     )
     status = request.GET.get("status", "")
     experiment = request.GET.get("experiment", "")
@@ -40,14 +54,15 @@ def job_list(request: HttpRequest, workspace: str) -> HttpResponse:
         "status": status,
         "experiment": experiment,
     }
-    template = "jobs/_table.html" if request.htmx and not request.htmx.boosted else "jobs/list.html"
+    template = "jobs/_table.html" if is_htmx_partial(request) else "jobs/list.html"
     return render(request, template, context)
 
 
 def _job(request: HttpRequest, workspace: str, name: str, needed: str = Role.READER) -> Job:
     ws, _role = access.workspace_for(request.user, workspace, needed)
-    return get_object_or_404(Job.objects.select_related("workspace", "created_by"),
-                             workspace=ws, name=name)
+    return get_object_or_404(
+        Job.objects.select_related("workspace", "created_by"), workspace=ws, name=name
+    )
 
 
 @login_required
@@ -67,7 +82,7 @@ def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
         "history": job.status_changes.all(),
         "outputs": services.output_names(job),
     }
-    if request.htmx and request.GET.get("part") == "overview":
+    if is_htmx_partial(request) and request.GET.get("part") == "overview":
         return render(request, "jobs/_overview.html", context)
     return render(request, "jobs/detail.html", context)
 
@@ -93,8 +108,9 @@ def output_download(job: Job, output: str) -> HttpResponse:
     """One output as a zip attachment; shared with the API."""
     if output not in services.output_names(job):
         raise Http404(f"Job {job.name} has no output named {output!r}.")
-    response = HttpResponse(services.output_zip(job, output).getvalue(),
-                            content_type="application/zip")
+    response = HttpResponse(
+        services.output_zip(job, output).getvalue(), content_type="application/zip"
+    )
     response["Content-Disposition"] = f'attachment; filename="{job.name}-{output}.zip"'
     return response
 
@@ -115,12 +131,17 @@ def submit(request: HttpRequest, workspace: str) -> HttpResponse:
             if form.cleaned_data.get("code"):
                 upload = form.cleaned_data["code"]
                 uploads["code"] = services.Upload(file=upload, filename=upload.name)
-            job = services.submit(ws, request.user, data, uploads,
-                                  source_yaml=form.cleaned_data["spec"])
+            job = services.submit(
+                ws, request.user, data, uploads, source_yaml=form.cleaned_data["spec"]
+            )
         except SpecError as exc:
             spec_errors = exc.errors
         else:
             return redirect("jobs:detail", workspace=ws.name, name=job.name)
     status = 400 if request.method == "POST" else 200
-    return render(request, "jobs/submit.html",
-                  {"workspace": ws, "form": form, "spec_errors": spec_errors}, status=status)
+    return render(
+        request,
+        "jobs/submit.html",
+        {"workspace": ws, "form": form, "spec_errors": spec_errors},
+        status=status,
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import tarfile
 import zipfile
@@ -38,9 +37,14 @@ class Studio:
         base = f"/workspaces/{self.workspace}/jobs/"
         return f"{base}{name}/" if name else base
 
-    def request(self, method: str, path: str, *,
-                local_errors: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
-                **kwargs: Any) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        local_errors: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+        **kwargs: Any,
+    ) -> httpx.Response:
         """Send a request; print the studio's field errors (and ours) and exit 2 on bad input."""
         try:
             response = self.http.request(method, path, **kwargs)
@@ -53,8 +57,9 @@ class Studio:
                 errors = [("(request)", response.text)]
             ours = {field for field, _ in local_errors}
             # The studio cannot see a missing local folder; our word on that field wins.
-            errors = [e for e in errors if e[0].removesuffix(".path") not in ours
-                      and e[0] not in ours] + list(local_errors)
+            errors = [
+                e for e in errors if e[0].removesuffix(".path") not in ours and e[0] not in ours
+            ] + list(local_errors)
             for field, message in errors:
                 click.echo(f"ERROR: {field}: {message}", err=True)
             sys.exit(2)
@@ -85,8 +90,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def output_option(f: Any) -> Any:
-    return click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]),
-                        default="table", show_default=True, help="Output format.")(f)
+    return click.option(
+        "-o",
+        "--output",
+        "fmt",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )(f)
 
 
 def emit(data: Any, fmt: str, columns: list[str] | None = None) -> None:
@@ -107,11 +119,22 @@ def _cell(value: Any) -> str:
 
 
 @click.group()
-@click.option("--url", envvar="KSTUDIO_URL", default="http://127.0.0.1:8000", show_default=True,
-              help="The studio's address (KSTUDIO_URL).")
+@click.option(
+    "--url",
+    envvar="KSTUDIO_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The studio's address (KSTUDIO_URL).",
+)
 @click.option("--token", envvar="KSTUDIO_TOKEN", help="API token (KSTUDIO_TOKEN).")
-@click.option("-w", "--workspace", envvar="KSTUDIO_WORKSPACE", default="demo", show_default=True,
-              help="Workspace (KSTUDIO_WORKSPACE).")
+@click.option(
+    "-w",
+    "--workspace",
+    envvar="KSTUDIO_WORKSPACE",
+    default="demo",
+    show_default=True,
+    help="Workspace (KSTUDIO_WORKSPACE).",
+)
 @click.pass_context
 def main(ctx: click.Context, url: str, token: str | None, workspace: str) -> None:
     """KubeStudio command line."""
@@ -167,8 +190,11 @@ def _archive_folder(folder: Path) -> io.BytesIO:
         else:
             for item in sorted(folder.iterdir()):
                 if item.name not in SKIP_IN_CODE:
-                    archive.add(item, arcname=item.name,
-                                filter=lambda t: None if Path(t.name).name in SKIP_IN_CODE else t)
+                    archive.add(
+                        item,
+                        arcname=item.name,
+                        filter=lambda t: None if Path(t.name).name in SKIP_IN_CODE else t,
+                    )
     buffer.seek(0)
     return buffer
 
@@ -208,8 +234,9 @@ def _submit(studio: Studio, file: str, sets: tuple[str, ...], path: str) -> dict
     if local_errors:  # still ask the studio, to report every problem at once
         path = studio.jobs_path() + "validate/"
     if files:
-        response = studio.request("POST", path, data={"spec": text}, files=files,
-                                  local_errors=local_errors)
+        response = studio.request(
+            "POST", path, data={"spec": text}, files=files, local_errors=local_errors
+        )
     else:
         response = studio.request("POST", path, json={"yaml": text}, local_errors=local_errors)
     result: dict[str, Any] = response.json()
@@ -221,20 +248,24 @@ JOB_COLUMNS = ["name", "display_name", "experiment_name", "status", "compute", "
 
 @job.command("create")
 @click.option("-f", "--file", required=True, help="The job's YAML file.")
-@click.option("--set", "sets", multiple=True, help="Set a field: --set resources.instance_type=cpu-small")
+@click.option(
+    "--set", "sets", multiple=True, help="Set a field: --set resources.instance_type=cpu-small"
+)
 @click.option("--name", help="Name of the job (overrides the YAML).")
 @click.option("--stream", is_flag=True, help="Follow the logs until the job ends.")
 @output_option
 @click.pass_obj
-def job_create(studio: Studio, file: str, sets: tuple[str, ...], name: str | None,
-               stream: bool, fmt: str) -> None:
+def job_create(
+    studio: Studio, file: str, sets: tuple[str, ...], name: str | None, stream: bool, fmt: str
+) -> None:
     """Submit a job from an Azure ML CLI v2 YAML file."""
     if name:
         sets = (*sets, f"name={name}")
     result = _submit(studio, file, sets, studio.jobs_path())
     if stream:
-        click.echo(f"Job {result['name']} submitted: {result['services']['Studio']['endpoint']}",
-                   err=True)
+        click.echo(
+            f"Job {result['name']} submitted: {result['services']['Studio']['endpoint']}", err=True
+        )
         sys.exit(_stream(studio, result["name"]))
     emit(result, fmt, JOB_COLUMNS)
 
@@ -250,8 +281,10 @@ def job_validate(studio: Studio, file: str, sets: tuple[str, ...], fmt: str) -> 
     if fmt == "json":
         emit(result, fmt)
     else:
-        click.echo(f"{file} is valid: compute {result['compute']}, "
-                   f"instance type {result['instance_type']}.")
+        click.echo(
+            f"{file} is valid: compute {result['compute']}, "
+            f"instance type {result['instance_type']}."
+        )
 
 
 @job.command("list")
@@ -260,16 +293,18 @@ def job_validate(studio: Studio, file: str, sets: tuple[str, ...], fmt: str) -> 
 @click.option("--max-results", "-r", type=int, default=50, show_default=True)
 @output_option
 @click.pass_obj
-def job_list(studio: Studio, status: str | None, experiment_name: str | None,
-             max_results: int, fmt: str) -> None:
+def job_list(
+    studio: Studio, status: str | None, experiment_name: str | None, max_results: int, fmt: str
+) -> None:
     """List the workspace's jobs, newest first."""
     params: dict[str, Any] = {"limit": max_results}
     if status:
         params["status"] = status
     if experiment_name:
         params["experiment_name"] = experiment_name
-    emit(studio.request("GET", studio.jobs_path(), params=params).json()["results"], fmt,
-         JOB_COLUMNS)
+    emit(
+        studio.request("GET", studio.jobs_path(), params=params).json()["results"], fmt, JOB_COLUMNS
+    )
 
 
 @job.command("show")
@@ -278,8 +313,11 @@ def job_list(studio: Studio, status: str | None, experiment_name: str | None,
 @click.pass_obj
 def job_show(studio: Studio, name: str, fmt: str) -> None:
     """Show one job."""
-    emit(studio.request("GET", studio.jobs_path(name)).json(), fmt,
-         [*JOB_COLUMNS, "exit_code", "failure_reason"])
+    emit(
+        studio.request("GET", studio.jobs_path(name)).json(),
+        fmt,
+        [*JOB_COLUMNS, "exit_code", "failure_reason"],
+    )
 
 
 @job.command("cancel")
@@ -337,8 +375,9 @@ def _stream(studio: Studio, name: str) -> int:
 @click.option("--all", "everything", is_flag=True, help="Every output of the job.")
 @click.option("--download-path", "-p", default=".", show_default=True, type=click.Path())
 @click.pass_obj
-def job_download(studio: Studio, name: str, output_name: str | None, everything: bool,
-                 download_path: str) -> None:
+def job_download(
+    studio: Studio, name: str, output_name: str | None, everything: bool, download_path: str
+) -> None:
     """Download a job's outputs, laid out as `az ml job download` does."""
     job_data = studio.request("GET", studio.jobs_path(name)).json()
     if everything:
@@ -353,7 +392,7 @@ def job_download(studio: Studio, name: str, output_name: str | None, everything:
             target = Path(download_path) / "named-outputs" / output
         target.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
-            archive.extractall(target)
+            archive.extractall(target)  # noqa: S202 - zipfile drops absolute and .. paths
             count = len(archive.namelist())
         click.echo(f"Downloaded {count} file(s) of output {output!r} to {target}")
 
@@ -370,8 +409,11 @@ def compute() -> None:
 def compute_list(studio: Studio, fmt: str) -> None:
     """List the workspace's compute targets."""
     path = f"/workspaces/{studio.workspace}/computes/"
-    emit(studio.request("GET", path).json()["results"], fmt,
-         ["name", "type", "description", "instance_types"])
+    emit(
+        studio.request("GET", path).json()["results"],
+        fmt,
+        ["name", "type", "description", "instance_types"],
+    )
 
 
 @compute.command("show")

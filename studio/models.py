@@ -2,7 +2,7 @@
 
 import hashlib
 import secrets
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -74,7 +74,7 @@ class ApiToken(models.Model):
         return f"{self.user} {self.hint}…"
 
     @classmethod
-    def issue(cls, user: "settings.AUTH_USER_MODEL", name: str = "") -> tuple["ApiToken", str]:
+    def issue(cls, user: Any, name: str = "") -> tuple["ApiToken", str]:
         key = cls.PREFIX + secrets.token_urlsafe(32)
         token = cls.objects.create(user=user, name=name, key_hash=hash_token(key), hint=key[:8])
         return token, key

@@ -26,5 +26,7 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 def server_error(request: HttpRequest) -> HttpResponse:
     # Never a traceback: the details are in the server log.
     if _wants_json(request):
-        return JsonResponse({"detail": "Internal error; the details are in the server log."}, status=500)
+        return JsonResponse(
+            {"detail": "Internal error; the details are in the server log."}, status=500
+        )
     return render(request, "500.html", status=500)

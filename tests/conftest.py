@@ -91,7 +91,9 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "c
         time.sleep(0.02)
 
 
-async def await_until(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+async def await_until(
+    condition: Callable[[], Any], timeout: float = 30, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = await condition()

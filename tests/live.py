@@ -41,8 +41,9 @@ class LiveStudio:
         from jobs.controller import Controller
         from studio.asgi import application
 
-        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, lifespan="off",
-                                log_level="warning")
+        config = uvicorn.Config(
+            application, host="127.0.0.1", port=self.port, lifespan="off", log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         stop = asyncio.Event()
         controller = asyncio.create_task(Controller(name="live").run(stop))

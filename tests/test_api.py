@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.test.utils import CaptureQueriesContext
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from compute.models import ComputeTarget, InstanceType
 from jobs.models import Job, StatusChange
@@ -54,8 +54,11 @@ def test_submit_json_document(api, people):
 
 
 def test_bad_input_is_400_with_every_problem_and_nothing_stored(api, people):
-    uploads_before = list(Path(settings.STUDIO_UPLOADS_DIR).glob("*")) if Path(
-        settings.STUDIO_UPLOADS_DIR).exists() else []
+    uploads_before = (
+        list(Path(settings.STUDIO_UPLOADS_DIR).glob("*"))
+        if Path(settings.STUDIO_UPLOADS_DIR).exists()
+        else []
+    )
     text = (
         "command: echo ${{inputs.nope}}\n"
         "compute: azureml:gpu-cluster\n"
@@ -70,8 +73,11 @@ def test_bad_input_is_400_with_every_problem_and_nothing_stored(api, people):
     assert errors["frobnicate"] == "unknown field"
     assert "resources.instance_count" in errors
     assert Job.objects.count() == 0 and StatusChange.objects.count() == 0
-    after = list(Path(settings.STUDIO_UPLOADS_DIR).glob("*")) if Path(
-        settings.STUDIO_UPLOADS_DIR).exists() else []
+    after = (
+        list(Path(settings.STUDIO_UPLOADS_DIR).glob("*"))
+        if Path(settings.STUDIO_UPLOADS_DIR).exists()
+        else []
+    )
     assert after == uploads_before
 
 
@@ -81,7 +87,9 @@ def test_unknown_compute_and_instance_type(api, people):
     assert response.json()["errors"] == [
         {"field": "compute", "message": "no compute target named 'nowhere' in workspace 'demo'"}
     ]
-    response = client.post(JOBS, {"yaml": HELLO + "resources: {instance_type: huge}\n"}, format="json")
+    response = client.post(
+        JOBS, {"yaml": HELLO + "resources: {instance_type: huge}\n"}, format="json"
+    )
     [error] = response.json()["errors"]
     assert error["field"] == "resources.instance_type"
     assert "'huge' is not offered on compute 'local'" in error["message"]
@@ -156,8 +164,13 @@ def test_stranger_gets_404_everywhere(api, people, workspace):
     job = submit_yaml(workspace, people.contributor, HELLO)
     client = api(people.stranger)
     assert client.get("/api/v1/workspaces/").json()["count"] == 0
-    for url in (JOBS, f"{JOBS}{job.name}/", f"{JOBS}{job.name}/logs/",
-                "/api/v1/workspaces/demo/computes/", "/api/v1/workspaces/demo/"):
+    for url in (
+        JOBS,
+        f"{JOBS}{job.name}/",
+        f"{JOBS}{job.name}/logs/",
+        "/api/v1/workspaces/demo/computes/",
+        "/api/v1/workspaces/demo/",
+    ):
         assert client.get(url).status_code == 404, url
     assert client.post(JOBS, {"yaml": HELLO}, format="json").status_code == 404
     assert client.post(f"{JOBS}{job.name}/cancel/").status_code == 404
@@ -208,7 +221,9 @@ def test_logs_as_text_resume_after_seq(api, people, workspace):
     from jobs.services import append_logs
 
     job = submit_yaml(workspace, people.contributor, HELLO)
-    append_logs(job, [LogRecord(ts=1.0, stream="stdout", line=f"line {i}") for i in range(1, 4)], {})
+    append_logs(
+        job, [LogRecord(ts=1.0, stream="stdout", line=f"line {i}") for i in range(1, 4)], {}
+    )
     client = api(people.reader)
     response = client.get(f"{JOBS}{job.name}/logs/")
     assert response.content.decode() == "line 1\nline 2\nline 3\n"
@@ -245,8 +260,10 @@ def test_instance_type_validation_names_fields(api, people):
     body = {
         "name": "weird",
         "nodeSelector": {"pool": 3},
-        "resources": {"requests": {"cpu": "lots", "memory": "4Gi"},
-                      "limits": {"memory": "2Gi", "tpu": 1}},
+        "resources": {
+            "requests": {"cpu": "lots", "memory": "4Gi"},
+            "limits": {"memory": "2Gi", "tpu": 1},
+        },
     }
     response = api(people.it_ops).post(url, body, format="json")
     assert response.status_code == 400
@@ -260,8 +277,11 @@ def test_instance_type_validation_names_fields(api, people):
 
 def test_instance_type_crud_in_crd_shape(api, people):
     url = "/api/v1/instance-types/"
-    body = {"name": "gpu", "nodeSelector": {"accelerator": "t4"},
-            "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "4", "nvidia.com/gpu": 1}}}
+    body = {
+        "name": "gpu",
+        "nodeSelector": {"accelerator": "t4"},
+        "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "4", "nvidia.com/gpu": 1}},
+    }
     assert api(people.contributor).post(url, body, format="json").status_code == 403
     assert api(people.it_ops).post(url, body, format="json").status_code == 201
     shown = api(people.reader).get(url + "gpu/").json()
@@ -273,8 +293,10 @@ def test_default_instance_type_stays(api, people):
     response = api(people.it_ops).delete("/api/v1/instance-types/defaultinstancetype/")
     assert response.status_code == 409
     default = InstanceType.objects.get(name="defaultinstancetype")
-    assert default.resources == {"requests": {"cpu": "100m", "memory": "2Gi"},
-                                 "limits": {"cpu": "2", "memory": "2Gi"}}
+    assert default.resources == {
+        "requests": {"cpu": "100m", "memory": "2Gi"},
+        "limits": {"cpu": "2", "memory": "2Gi"},
+    }
 
 
 def test_openapi_schema(api, people):
@@ -305,7 +327,9 @@ def test_local_inputs_need_an_upload(api, people, upload_name):
     assert response.json()["errors"][0]["field"] == "inputs.data.path"
     data = io.BytesIO(b"a,b\n1,2\n")
     data.name = "data.csv"
-    response = api(people.contributor).post(JOBS, {"spec": text, upload_name: data}, format="multipart")
+    response = api(people.contributor).post(
+        JOBS, {"spec": text, upload_name: data}, format="multipart"
+    )
     assert response.status_code == 201, response.content
 
 
@@ -313,6 +337,10 @@ def test_upload_for_something_undeclared(workspace, people):
     from jobs.spec import SpecError
 
     with pytest.raises(SpecError) as info:
-        submit_yaml(workspace, people.contributor, HELLO,
-                    {"inputs.extra": Upload(file=io.BytesIO(b"x"), filename="x")})
+        submit_yaml(
+            workspace,
+            people.contributor,
+            HELLO,
+            {"inputs.extra": Upload(file=io.BytesIO(b"x"), filename="x")},
+        )
     assert info.value.errors[0][0] == "inputs.extra"

@@ -18,12 +18,21 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def kstudio(live_studio, people):
-    env = dict(os.environ, KSTUDIO_URL=live_studio.url, KSTUDIO_TOKEN=token_for(people.contributor),
-               KSTUDIO_WORKSPACE="demo")
+    env = dict(
+        os.environ,
+        KSTUDIO_URL=live_studio.url,
+        KSTUDIO_TOKEN=token_for(people.contributor),
+        KSTUDIO_WORKSPACE="demo",
+    )
 
     def run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "studio.cli", *args], env=env,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "studio.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if check:
             assert result.returncode == 0, result.stderr
         return result
@@ -40,8 +49,15 @@ def test_hello_world_create_stream_show(kstudio):
     listed = json.loads(kstudio("job", "list", "-o", "json", check=True).stdout)
     assert [job["status"] for job in listed] == ["Completed"]
     shown = json.loads(kstudio("job", "show", listed[0]["name"], "-o", "json", check=True).stdout)
-    for field in ("name", "status", "display_name", "experiment_name", "compute",
-                  "creation_context", "services"):
+    for field in (
+        "name",
+        "status",
+        "display_name",
+        "experiment_name",
+        "compute",
+        "creation_context",
+        "services",
+    ):
         assert field in shown
     table = kstudio("job", "show", listed[0]["name"], check=True).stdout
     assert "Completed" in table and listed[0]["name"] in table
@@ -73,8 +89,17 @@ def test_code_folder_inputs_set_and_download(kstudio, tmp_path):
         "outputs:\n  model: {type: uri_folder}\n"
         "experiment_name: first\n"
     )
-    result = kstudio("job", "create", "-f", str(tmp_path / "job.yml"), "--set",
-                     "experiment_name=second", "--name", "cli_job", "--stream")
+    result = kstudio(
+        "job",
+        "create",
+        "-f",
+        str(tmp_path / "job.yml"),
+        "--set",
+        "experiment_name=second",
+        "--name",
+        "cli_job",
+        "--stream",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "read abc"
     shown = json.loads(kstudio("job", "show", "cli_job", "-o", "json", check=True).stdout)
@@ -82,8 +107,16 @@ def test_code_folder_inputs_set_and_download(kstudio, tmp_path):
     target = tmp_path / "download"
     kstudio("job", "download", "cli_job", "--download-path", str(target), check=True)
     assert (target / "artifacts" / "outputs" / "result.txt").read_text() == "abcabc"
-    kstudio("job", "download", "cli_job", "--output-name", "model", "--download-path",
-            str(target), check=True)
+    kstudio(
+        "job",
+        "download",
+        "cli_job",
+        "--output-name",
+        "model",
+        "--download-path",
+        str(target),
+        check=True,
+    )
     assert (target / "named-outputs" / "model" / "model.txt").read_text() == "weights"
 
 
@@ -125,11 +158,21 @@ def test_clear_errors_for_wrong_name_token_and_server(kstudio, live_studio):
     assert missing.returncode == 1 and missing.stderr.startswith("ERROR: ")
     assert "Traceback" not in missing.stderr
     env = dict(os.environ, KSTUDIO_URL=live_studio.url, KSTUDIO_TOKEN="kst_wrong")
-    result = subprocess.run([sys.executable, "-m", "studio.cli", "job", "list"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "studio.cli", "job", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "authentication failed" in result.stderr
     env["KSTUDIO_URL"] = "http://127.0.0.1:9"
-    result = subprocess.run([sys.executable, "-m", "studio.cli", "job", "list"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "studio.cli", "job", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "cannot reach the studio" in result.stderr
     assert Path(sys.executable).exists()

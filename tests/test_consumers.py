@@ -16,7 +16,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 HELLO = "command: echo hi\n"
 
 
-def socket(path: str, token: str | None = None, origin: bytes | None = None) -> WebsocketCommunicator:
+def socket(
+    path: str, token: str | None = None, origin: bytes | None = None
+) -> WebsocketCommunicator:
     headers = []
     if token:
         headers.append((b"authorization", f"Bearer {token}".encode()))
@@ -33,8 +35,10 @@ async def make_job(workspace, user, lines: int = 0) -> Job:
 
 
 async def add_lines(job: Job, first: int, last: int) -> None:
-    records = [LogRecord(ts=1700000000.0 + i, stream="stdout", line=f"line {i}")
-               for i in range(first, last + 1)]
+    records = [
+        LogRecord(ts=1700000000.0 + i, stream="stdout", line=f"line {i}")
+        for i in range(first, last + 1)
+    ]
     await sync_to_async(services.append_logs)(job, records, {"offset": last})
 
 
@@ -110,10 +114,12 @@ def _store_silently(job: Job, seqs: list[int]) -> None:
 
     from jobs.models import LogLine
 
-    LogLine.objects.bulk_create([
-        LogLine(job=job, seq=s, ts=datetime.now(UTC), stream="stdout", line=f"line {s}")
-        for s in seqs
-    ])
+    LogLine.objects.bulk_create(
+        [
+            LogLine(job=job, seq=s, ts=datetime.now(UTC), stream="stdout", line=f"line {s}")
+            for s in seqs
+        ]
+    )
     Job.objects.filter(pk=job.pk).update(last_seq=max(seqs))
     job.last_seq = max(seqs)
 
@@ -124,8 +130,9 @@ async def test_strangers_and_anonymous_are_refused(workspace, people):
         ws = socket(logs_path(job), token, origin=b"http://127.0.0.1")
         connected, _ = await ws.connect()
         assert not connected
-    ws = socket("/ws/workspaces/demo/jobs/no-such-job/logs/",
-                await sync_to_async(token_for)(people.reader))
+    ws = socket(
+        "/ws/workspaces/demo/jobs/no-such-job/logs/", await sync_to_async(token_for)(people.reader)
+    )
     assert not (await ws.connect())[0]
 
 
@@ -134,8 +141,9 @@ async def test_browser_session_from_a_foreign_origin_is_refused(workspace, peopl
     await sync_to_async(client.force_login)(people.reader)
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
     for origin, expected in ((b"http://evil.example", False), (b"http://127.0.0.1:8000", True)):
-        ws = WebsocketCommunicator(application, logs_path(job),
-                                   headers=[(b"cookie", cookie), (b"origin", origin)])
+        ws = WebsocketCommunicator(
+            application, logs_path(job), headers=[(b"cookie", cookie), (b"origin", origin)]
+        )
         assert (await ws.connect())[0] is expected
         await ws.disconnect()
 

@@ -65,18 +65,28 @@ async def lines_of(job: Job) -> list[str]:
 
 
 async def history(job: Job) -> list[str]:
-    return [s async for s in job.status_changes.order_by("at", "id").values_list("status", flat=True)]
+    return [
+        s async for s in job.status_changes.order_by("at", "id").values_list("status", flat=True)
+    ]
 
 
 async def test_hello_world_completes_with_its_logs(workspace, people, controller):
-    job = await submit(workspace, people.contributor,
-                       'command: echo "hello world"\nenvironment: {image: library/python:latest}\n')
+    job = await submit(
+        workspace,
+        people.contributor,
+        'command: echo "hello world"\nenvironment: {image: library/python:latest}\n',
+    )
     job = await finished(job)
     assert job.status == "Completed", job.failure_reason
     assert job.exit_code == 0
     assert await lines_of(job) == ["hello world"]
     assert await history(job) == [
-        "NotStarted", "Queued", "Preparing", "Running", "Finalizing", "Completed"
+        "NotStarted",
+        "Queued",
+        "Preparing",
+        "Running",
+        "Finalizing",
+        "Completed",
     ]
     assert job.started_at and job.ended_at and job.started_at <= job.ended_at
 
@@ -85,7 +95,7 @@ async def test_inputs_env_outputs_and_stderr(workspace, people, controller):
     text = (
         "command: |\n"
         "  echo ${{inputs.greeting}} ${{inputs.n}} $[[--opt ${{inputs.absent}}]]\n"
-        "  echo \"env=$MY_VAR\"\n"
+        '  echo "env=$MY_VAR"\n'
         "  echo oops >&2\n"
         "  echo hi > ./outputs/a.txt\n"
         "  echo model > ${{outputs.model}}/m.bin\n"
@@ -97,7 +107,10 @@ async def test_inputs_env_outputs_and_stderr(workspace, people, controller):
     assert job.status == "Completed", job.failure_reason
     rows = [(line.stream, line.line) async for line in job.log_lines.order_by("seq")]
     assert rows == [("stdout", "hello 42"), ("stdout", "env=set"), ("stderr", "oops")]
-    assert {(o["output"], o["path"]) for o in job.outputs} == {("default", "a.txt"), ("model", "m.bin")}
+    assert {(o["output"], o["path"]) for o in job.outputs} == {
+        ("default", "a.txt"),
+        ("model", "m.bin"),
+    }
     root = await sync_to_async(services.output_root)(job, "model")
     assert (root / "m.bin").read_text() == "model\n"
 
@@ -109,10 +122,14 @@ async def test_code_snapshot_and_uploaded_file_input(workspace, people, controll
         info = tarfile.TarInfo("main.py")
         info.size = len(data)
         archive.addfile(info, io.BytesIO(data))
-    text = ("command: python main.py ${{inputs.words}}\ncode: src\n"
-            "inputs: {words: {type: uri_file, path: ./words.txt}}\n")
-    uploads = {"code": services.Upload(code, "code.tar.gz"),
-               "inputs.words": services.Upload(io.BytesIO(b"from a file\n"), "words.txt")}
+    text = (
+        "command: python main.py ${{inputs.words}}\ncode: src\n"
+        "inputs: {words: {type: uri_file, path: ./words.txt}}\n"
+    )
+    uploads = {
+        "code": services.Upload(code, "code.tar.gz"),
+        "inputs.words": services.Upload(io.BytesIO(b"from a file\n"), "words.txt"),
+    }
     job = await finished(await submit(workspace, people.contributor, text, uploads))
     assert job.status == "Completed", job.failure_reason
     assert await lines_of(job) == ["FROM A FILE"]
@@ -125,7 +142,10 @@ async def test_http_input_is_downloaded_at_start(workspace, people, controller, 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/iris.csv"
-        text = f"command: cat ${{{{inputs.iris}}}}\ninputs: {{iris: {{type: uri_file, path: '{url}'}}}}\n"
+        text = (
+            "command: cat ${{inputs.iris}}\n"
+            f"inputs: {{iris: {{type: uri_file, path: '{url}'}}}}\n"
+        )
         job = await finished(await submit(workspace, people.contributor, text))
     finally:
         server.shutdown()
@@ -142,8 +162,9 @@ async def test_failing_command_keeps_exit_code_and_reason(workspace, people, con
 
 
 async def test_timeout_is_enforced(workspace, people, controller):
-    job = await submit(workspace, people.contributor,
-                       "command: echo start; sleep 60\nlimits: {timeout: 1}\n")
+    job = await submit(
+        workspace, people.contributor, "command: echo start; sleep 60\nlimits: {timeout: 1}\n"
+    )
     job = await finished(job, timeout=20)
     assert job.status == "Failed"
     assert "limits.timeout (1 s)" in job.failure_reason
@@ -157,8 +178,9 @@ async def test_failed_preparation_is_reported(workspace, people, controller):
 
 
 async def test_cancel_a_running_job(workspace, people, controller):
-    job = await submit(workspace, people.contributor,
-                       "command: echo started; sleep 120; echo never\n")
+    job = await submit(
+        workspace, people.contributor, "command: echo started; sleep 120; echo never\n"
+    )
 
     async def started():
         return (await reload(job)).status == "Running" and await lines_of(job) == ["started"]
@@ -176,8 +198,9 @@ async def test_memory_limit_applies(workspace, people, controller):
     from compute.models import InstanceType
 
     await InstanceType.objects.acreate(name="tiny", resources={"limits": {"memory": "200Mi"}})
-    text = ("command: python -c \"x = bytearray(400 * 1024 * 1024)\"\n"
-            "resources: {instance_type: tiny}\n")
+    text = (
+        'command: python -c "x = bytearray(400 * 1024 * 1024)"\nresources: {instance_type: tiny}\n'
+    )
     job = await finished(await submit(workspace, people.contributor, text))
     assert job.status == "Failed"
     assert "MemoryError" in "\n".join(await lines_of(job))
@@ -188,8 +211,10 @@ async def test_cpu_affinity_applies(workspace, people, controller):
     from compute.models import InstanceType
 
     await InstanceType.objects.acreate(name="one-core", resources={"limits": {"cpu": "500m"}})
-    text = ("command: python -c \"import os; print(len(os.sched_getaffinity(0)))\"\n"
-            "resources: {instance_type: one-core}\n")
+    text = (
+        'command: python -c "import os; print(len(os.sched_getaffinity(0)))"\n'
+        "resources: {instance_type: one-core}\n"
+    )
     job = await finished(await submit(workspace, people.contributor, text))
     assert job.status == "Completed", job.failure_reason
     assert await lines_of(job) == ["1"]

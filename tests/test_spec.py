@@ -34,7 +34,9 @@ REFUSED = {
     "hello-model-as-input.yml": ("inputs.my_model.type", "mlflow_model inputs are not supported"),
 }
 
-needs_compat = pytest.mark.skipif(not BASICS.is_dir(), reason="shared/compat is not beside the checkout")
+needs_compat = pytest.mark.skipif(
+    not BASICS.is_dir(), reason="shared/compat is not beside the checkout"
+)
 
 
 def errors_of(text: str) -> list[tuple[str, str]]:
@@ -53,7 +55,9 @@ def test_azure_examples_parse(filename: str) -> None:
 
 @needs_compat
 @pytest.mark.parametrize(("filename", "expected"), sorted(REFUSED.items()))
-def test_azure_examples_we_cannot_run_are_refused_by_field(filename: str, expected: tuple[str, str]) -> None:
+def test_azure_examples_we_cannot_run_are_refused_by_field(
+    filename: str, expected: tuple[str, str]
+) -> None:
     with pytest.raises(SpecError) as info:
         parse(load_yaml((BASICS / filename).read_text()))
     parse_errors = info.value.errors
@@ -90,7 +94,9 @@ def test_broken_yaml_says_where() -> None:
 
 
 def test_a_document_must_be_a_mapping() -> None:
-    assert errors_of("- just\n- a list\n") == [("(document)", "must be a YAML mapping of job fields")]
+    assert errors_of("- just\n- a list\n") == [
+        ("(document)", "must be a YAML mapping of job fields")
+    ]
 
 
 def test_command_is_required() -> None:
@@ -110,7 +116,9 @@ def test_undeclared_inputs_and_outputs_in_command() -> None:
 
 def test_unknown_expressions_are_refused() -> None:
     errors = errors_of("command: echo ${{search_space.B}}\n")
-    assert errors == [("command", "${{search_space.B}} is not supported; use inputs.X, outputs.X or name")]
+    assert errors == [
+        ("command", "${{search_space.B}} is not supported; use inputs.X, outputs.X or name")
+    ]
 
 
 def test_read_only_fields_are_refused() -> None:
@@ -123,9 +131,12 @@ def test_compute_prefix_is_dropped() -> None:
 
 
 def test_literal_inputs_read_as_azure_passes_them() -> None:
-    spec = parse(load_yaml(
-        "command: x\ninputs:\n  a: 42\n  b: true\n  c: {type: number, default: 0.5}\n  d: hello\n"
-    ))
+    spec = parse(
+        load_yaml(
+            "command: x\ninputs:\n  a: 42\n  b: true\n"
+            "  c: {type: number, default: 0.5}\n  d: hello\n"
+        )
+    )
     assert spec.literal_values() == {"a": "42", "b": "True", "c": "0.5", "d": "hello"}
 
 

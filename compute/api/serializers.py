@@ -1,15 +1,13 @@
-from typing import Any
-
 from rest_framework import serializers
 
-from compute.models import ComputeTarget, InstanceType
+from compute.models import ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE, validate_node_selector
 
 
 class InstanceTypeSerializer(serializers.ModelSerializer[InstanceType]):
     """In the CRD's own words: nodeSelector and resources.requests / resources.limits."""
 
-    nodeSelector = serializers.JSONField(  # noqa: N815 - the CRD's field name
+    nodeSelector = serializers.JSONField(
         source="node_selector", required=False, validators=[validate_node_selector]
     )
 
@@ -19,15 +17,17 @@ class InstanceTypeSerializer(serializers.ModelSerializer[InstanceType]):
         read_only_fields = ("created_at",)
 
     def validate_name(self, value: str) -> str:
-        if self.instance is not None and self.instance.name == DEFAULT_INSTANCE_TYPE and (
-            value != DEFAULT_INSTANCE_TYPE
+        if (
+            self.instance is not None
+            and self.instance.name == DEFAULT_INSTANCE_TYPE
+            and (value != DEFAULT_INSTANCE_TYPE)
         ):
             raise serializers.ValidationError(f"{DEFAULT_INSTANCE_TYPE} cannot be renamed.")
         return value
 
 
 class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
-    type = serializers.ChoiceField(source="kind", choices=ComputeTarget._meta.get_field("kind").choices)
+    type = serializers.ChoiceField(source="kind", choices=ComputeKind.choices)
     instance_types = serializers.SerializerMethodField()
 
     class Meta:
@@ -36,11 +36,7 @@ class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
         read_only_fields = ("created_at",)
 
     def get_instance_types(self, compute: ComputeTarget) -> list[str]:
-        names: Any = self.context.get("instance_type_names")
-        if names is None:
-            names = list(compute.instance_types().values_list("name", flat=True))
-            self.context["instance_type_names"] = names
-        return list(names)
+        return list(compute.instance_types().values_list("name", flat=True))
 
     def validate_name(self, value: str) -> str:
         workspace = self.context["workspace"]

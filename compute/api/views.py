@@ -3,6 +3,7 @@ from typing import Any
 from django.db.models import QuerySet
 from rest_framework import viewsets
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.serializers import BaseSerializer
 
 from compute import services
 from compute.api.serializers import ComputeTargetSerializer, InstanceTypeSerializer
@@ -21,12 +22,12 @@ class ComputeTargetViewSet(WorkspaceMixin, viewsets.ModelViewSet[ComputeTarget])
         return ComputeTarget.objects.filter(workspace=self.get_workspace())
 
     def get_serializer_context(self) -> dict[str, Any]:
-        context = super().get_serializer_context()
+        context = dict(super().get_serializer_context())
         if "workspace" in self.kwargs:
             context["workspace"] = self.get_workspace()
         return context
 
-    def perform_create(self, serializer: ComputeTargetSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[ComputeTarget]) -> None:
         serializer.save(workspace=self.get_workspace())
 
     def perform_destroy(self, instance: ComputeTarget) -> None:

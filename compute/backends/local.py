@@ -6,6 +6,7 @@ jobs; the controller re-adopts them from their state file and pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -50,7 +51,9 @@ class LocalBackend(ComputeBackend):
         if "cpu" in limits:
             cpus = self._cpu_set(limits["cpu"])
             if cpus is None:
-                notes.append(f"limits.cpu {limits['cpu']}: not enforced (host CPU affinity unavailable).")
+                notes.append(
+                    f"limits.cpu {limits['cpu']}: not enforced (host CPU affinity unavailable)."
+                )
             else:
                 notes.append(
                     f"limits.cpu {limits['cpu']}: enforced as CPU affinity to {len(cpus)} core(s) "
@@ -98,7 +101,7 @@ class LocalBackend(ComputeBackend):
         }
         (root / "launch.json").write_text(json.dumps(launch))
         with open(root / "launcher.log", "ab") as out:
-            process = subprocess.Popen(  # noqa: S603 - our own launcher
+            process = subprocess.Popen(
                 [sys.executable, launcher.__file__, str(root / "launch.json")],
                 cwd=root,
                 stdin=subprocess.DEVNULL,
@@ -184,10 +187,8 @@ class LocalBackend(ComputeBackend):
         if force:
             for pgid in (state.get("child_pgid"), runtime["pid"]):
                 if pgid:
-                    try:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(int(pgid), signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
         else:
             # The launcher forwards it to the command's process group, waits the grace
             # period, then kills.

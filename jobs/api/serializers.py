@@ -60,7 +60,7 @@ class JobSerializer(JobListSerializer):
     status_history = StatusChangeSerializer(source="status_changes", many=True, read_only=True)
 
     class Meta(JobListSerializer.Meta):
-        fields = (
+        fields: tuple[str, ...] = (  # type: ignore[assignment]
             *JobListSerializer.Meta.fields,
             "id",
             "description",
@@ -73,8 +73,17 @@ class JobSerializer(JobListSerializer):
 
     # Copied from the stored spec as submitted (the az ml job show fields), plus the
     # instance type's resources as they were at submission and the collected output files.
-    SPEC_FIELDS = ("properties", "command", "code", "environment", "environment_variables",
-                   "inputs", "outputs", "limits", "distribution")
+    SPEC_FIELDS = (
+        "properties",
+        "command",
+        "code",
+        "environment",
+        "environment_variables",
+        "inputs",
+        "outputs",
+        "limits",
+        "distribution",
+    )
 
     def to_representation(self, job: Job) -> dict[str, Any]:
         data = super().to_representation(job)

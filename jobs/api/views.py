@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.db.models import QuerySet
@@ -34,11 +35,13 @@ def spec_from_request(request: Request) -> tuple[dict[str, Any], str, dict[str, 
     uploads.pop("spec", None)
     if "spec" in request.FILES:
         text = request.FILES["spec"].read().decode("utf-8", errors="replace")
-    elif isinstance(request.data, dict) and isinstance(request.data.get("yaml"), str):
+    elif not isinstance(request.data, Mapping):
+        raise SpecError([("(document)", "must be a mapping of job fields")])
+    elif isinstance(request.data.get("yaml"), str):
         text = request.data["yaml"]
     elif "spec" in request.data:
         text = str(request.data["spec"])
-    elif isinstance(request.data, dict) and request.content_type.startswith("application/json"):
+    elif request.content_type.startswith("application/json"):
         return dict(request.data), "", uploads
     else:
         raise SpecError([("(document)", "send the job as YAML in 'yaml' or 'spec', or as JSON")])
@@ -95,8 +98,12 @@ class JobViewSet(
         data, _text, uploads = spec_from_request(request)
         spec, compute, instance_type = services.validate(self.get_workspace(), data, uploads)
         return Response(
-            {"valid": True, "compute": compute.name, "instance_type": instance_type.name,
-             "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
+            {
+                "valid": True,
+                "compute": compute.name,
+                "instance_type": instance_type.name,
+                "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+            }
         )
 
     @extend_schema(request=None, responses=JobSerializer)

@@ -10,7 +10,8 @@ from rest_framework import exceptions, status
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView, exception_handler as drf_exception_handler
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
 
 from compute.services import ComputeInUse
 from jobs.services import JobConflict
@@ -25,7 +26,9 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
         errors = []
         for key, value in detail.items():
             name = "" if key == "non_field_errors" else str(key)
-            errors.extend(_flatten(value, f"{prefix}.{name}" if prefix and name else prefix or name))
+            errors.extend(
+                _flatten(value, f"{prefix}.{name}" if prefix and name else prefix or name)
+            )
         return errors
     if isinstance(detail, list):
         if all(not isinstance(item, dict | list) for item in detail):
@@ -71,23 +74,23 @@ class WorkspaceMixin:
     workspace through views that allow it).
     """
 
-    request: Request
     kwargs: dict[str, Any]
     write_role: str = Role.CONTRIBUTOR
     it_ops_manage: bool = False
 
     def get_workspace(self) -> Workspace:
         if not hasattr(self, "_workspace"):
+            request: Request = self.request  # type: ignore[attr-defined]
             name = self.kwargs["workspace"]
-            user = self.request.user
+            user = request.user
             if self.it_ops_manage and access.is_it_ops(user):
                 workspace = Workspace.objects.filter(name=name).first()
                 if workspace is None:
                     raise Http404("No such workspace.")
                 self._workspace = workspace
             else:
-                needed = Role.READER
-                if self.request.method not in ("GET", "HEAD", "OPTIONS"):
+                needed: str = Role.READER
+                if request.method not in ("GET", "HEAD", "OPTIONS"):
                     needed = self.write_role
                 self._workspace, _role = access.workspace_for(user, name, needed)
         return self._workspace

@@ -9,7 +9,9 @@ from studio.api.views import WorkspaceViewSet
 router = DefaultRouter()
 router.register("workspaces", WorkspaceViewSet, basename="workspace")
 router.register("instance-types", InstanceTypeViewSet, basename="instance-type")
-router.register(r"workspaces/(?P<workspace>[^/]+)/computes", ComputeTargetViewSet, basename="compute")
+router.register(
+    r"workspaces/(?P<workspace>[^/]+)/computes", ComputeTargetViewSet, basename="compute"
+)
 router.register(r"workspaces/(?P<workspace>[^/]+)/jobs", JobViewSet, basename="job")
 
 urlpatterns = [

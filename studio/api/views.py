@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.db.models import QuerySet
 from rest_framework import serializers, viewsets
 
@@ -6,7 +8,9 @@ from studio.models import Workspace
 
 
 class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
-    default_compute = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    default_compute: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
 
     class Meta:
         model = Workspace

@@ -18,8 +18,12 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("--create", action="store_true", help="Create the user if missing.")
         parser.add_argument("--workspace", help="Make the user a member of this workspace.")
-        parser.add_argument("--role", choices=Role.values, default=Role.CONTRIBUTOR,
-                            help="Role in --workspace (default contributor).")
+        parser.add_argument(
+            "--role",
+            choices=Role.values,
+            default=Role.CONTRIBUTOR,
+            help="Role in --workspace (default contributor).",
+        )
         parser.add_argument("--it-ops", action="store_true", help="Add the user to IT-ops.")
         parser.add_argument("--name", default="cli", help="A label for the token.")
 

@@ -30,12 +30,17 @@ class Command(BaseCommand):
             generated = not password
             password = password or secrets.token_urlsafe(12)
             admin = users.objects.create_superuser("admin", "", password)
-            Membership.objects.get_or_create(workspace=workspace, user=admin,
-                                             defaults={"role": Role.OWNER})
+            Membership.objects.get_or_create(
+                workspace=workspace, user=admin, defaults={"role": Role.OWNER}
+            )
             if generated:
-                self.stdout.write(self.style.WARNING(
-                    f"Created user 'admin' with password: {password}\n"
-                    "It is shown only this once; set STUDIO_ADMIN_PASSWORD to choose it."
-                ))
+                self.stdout.write(
+                    self.style.WARNING(
+                        f"Created user 'admin' with password: {password}\n"
+                        "It is shown only this once; set STUDIO_ADMIN_PASSWORD to choose it."
+                    )
+                )
             else:
-                self.stdout.write("Created user 'admin' with the password in STUDIO_ADMIN_PASSWORD.")
+                self.stdout.write(
+                    "Created user 'admin' with the password in STUDIO_ADMIN_PASSWORD."
+                )

@@ -21,8 +21,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=env_str("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=env_int("PORT", 8000))
-        parser.add_argument("--workers", type=int, default=env_int("WEB_WORKERS", 1),
-                            help="Web worker processes (server mode only).")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=env_int("WEB_WORKERS", 1),
+            help="Web worker processes (server mode only).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         embedded = settings.STUDIO_EMBEDDED_CONTROLLER
@@ -30,8 +34,14 @@ class Command(BaseCommand):
             if embedded:
                 self.stderr.write("--workers needs server mode (REDIS_URL, DATABASE_URL).")
                 return
-            uvicorn.run("studio.asgi:application", host=options["host"], port=options["port"],
-                        workers=options["workers"], lifespan="off", log_level="warning")
+            uvicorn.run(
+                "studio.asgi:application",
+                host=options["host"],
+                port=options["port"],
+                workers=options["workers"],
+                lifespan="off",
+                log_level="warning",
+            )
             return
         self.stdout.write(
             f"KubeStudio on http://{options['host']}:{options['port']}/ "
@@ -40,8 +50,14 @@ class Command(BaseCommand):
         asyncio.run(self.serve(options["host"], options["port"], embedded))
 
     async def serve(self, host: str, port: int, embedded: bool) -> None:
-        config = uvicorn.Config("studio.asgi:application", host=host, port=port,
-                                lifespan="off", log_level="info", access_log=False)
+        config = uvicorn.Config(
+            "studio.asgi:application",
+            host=host,
+            port=port,
+            lifespan="off",
+            log_level="info",
+            access_log=False,
+        )
         server = uvicorn.Server(config)
         stop = asyncio.Event()
         controller_task = None

@@ -1,0 +1,116 @@
+"""A data scientist's journey in real headless Chromium: sign in, submit, watch, done."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs.models import Job
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}"),
+]
+
+# Each line waits for a file the test creates, so the test sees lines arrive while the job
+# is still running, without racing a timer.
+SLOW_JOB = """command: |
+  echo "step 1"
+  while [ ! -f go ]; do sleep 0.05; done
+  echo "step 2"
+display_name: browser-job
+"""
+
+
+@pytest.fixture
+def page(live_studio, monkeypatch) -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls the test
+    # makes meanwhile are still plain sync calls (Playwright's documented pytest setup).
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        context = browser.new_context(base_url=live_studio.url)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        yield page
+        context.close()
+        browser.close()
+
+
+def sign_in(page, username: str, password: str) -> None:
+    page.goto("/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def test_submit_watch_logs_live_and_see_completed(page, people):
+    from playwright.sync_api import expect
+
+    sign_in(page, "carl", "pw-carl-12345")
+    expect(page.locator("h1")).to_contain_text("Jobs")
+    page.click("text=Submit job")
+    page.select_option("select[name=instance_type]", "cpu-small")
+    page.fill("textarea[name=spec]", SLOW_JOB)
+    page.click("button[type=submit]")
+
+    expect(page.locator("h1")).to_contain_text("browser-job")
+    logs = page.locator("#logs")
+    expect(logs).to_contain_text("step 1")
+    expect(page.locator("#job-status")).to_have_text("Running")  # live, not reloaded
+    assert "step 2" not in logs.inner_text()
+
+    job = Job.objects.get(display_name="browser-job")
+    assert job.instance_type == "cpu-small"
+    Path(job.runtime["root"], "wd", "go").touch()
+
+    expect(logs).to_contain_text("step 2")
+    expect(page.locator("#job-status")).to_have_text("Completed")
+    expect(page.locator("#log-state")).to_have_text("The job ended: Completed.")
+    assert logs.inner_text().splitlines() == ["step 1", "step 2"]
+
+    page.click("header nav >> text=demo")
+    row = page.locator(f"#job-row-{job.name}")
+    expect(row.locator("[data-status]")).to_have_text("Completed")
+
+
+def test_form_shows_problems_inline_and_stores_nothing(page, people):
+    from playwright.sync_api import expect
+
+    sign_in(page, "carl", "pw-carl-12345")
+    page.goto("/workspaces/demo/jobs/new/")
+    page.fill("textarea[name=spec]", "command: echo hi\nservices: {x: {type: ssh}}\nbogus: 1\n")
+    page.click("button[type=submit]")
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("services")
+    expect(alert).to_contain_text("bogus")
+    expect(alert).to_contain_text("unknown field")
+    assert Job.objects.count() == 0
+
+
+def test_reader_cannot_submit_and_stranger_sees_nothing(page, people, workspace):
+    sign_in(page, "rita", "pw-rita-12345")
+    assert page.locator("text=Submit job").count() == 0
+    assert page.goto("/workspaces/demo/jobs/new/").status == 403
+    page.click("text=Sign out")
+    page.wait_for_url("**/login/")
+    sign_in(page, "sam", "pw-sam-12345")
+    assert page.goto("/workspaces/demo/jobs/").status == 404
