@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +25,24 @@ def studio_dirs(settings: Any, tmp_path: Any) -> None:
     settings.STUDIO_UPLOADS_DIR = tmp_path / "uploads"
     settings.STUDIO_CANCEL_GRACE_SECONDS = 2
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def short_lived_connections() -> None:
+    """The live server's threads must not keep connections that hold the test database."""
+    from django.db import connections
+
+    connections.settings["default"]["CONN_MAX_AGE"] = 0
+
+
+@pytest.fixture
+async def async_db_thread() -> AsyncIterator[None]:
+    """Async tests reach the ORM through asgiref's shared thread: close its connection after."""
+    yield
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +128,13 @@ def live_studio(transactional_db: None) -> Iterator[LiveStudio]:
     studio.start()
     yield studio
     studio.close()
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        # Request threads of the stopped server may still hold idle connections; they would
+        # keep the test database from being flushed and dropped.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )

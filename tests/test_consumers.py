@@ -12,7 +12,7 @@ from jobs.models import Job, Status
 from studio.asgi import application
 from tests.conftest import token_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db_thread")]
 HELLO = "command: echo hi\n"
 
 

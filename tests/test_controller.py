@@ -23,7 +23,7 @@ from jobs.models import Job
 from studio.models import Workspace
 from tests.conftest import await_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db_thread")]
 
 
 @contextlib.asynccontextmanager

@@ -52,7 +52,18 @@
     var attempt = 0;
     function connect() {
       var ws = new WebSocket(socketUrl(path));
-      ws.onopen = function () { attempt = 0; };
+      ws.onopen = function () {
+        attempt = 0;
+        // Changes made before the socket opened were not heard: refresh once.
+        if (window.htmx) {
+          document.querySelectorAll("[data-job]:not(tr)").forEach(function (el) {
+            htmx.trigger(el, "job-changed");
+          });
+          document.querySelectorAll("[data-job-table]").forEach(function (el) {
+            htmx.trigger(el, "jobs-changed");
+          });
+        }
+      };
       ws.onmessage = function (event) {
         var msg = JSON.parse(event.data);
         if (msg.type !== "status" || !window.htmx) return;
