@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from django.db import connections
 
 from jobs.models import Job
+
+T = TypeVar("T")
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 pytestmark = [
@@ -27,13 +32,22 @@ display_name: browser-job
 """
 
 
-@pytest.fixture
-def page(live_studio, monkeypatch) -> Iterator:
-    from playwright.sync_api import sync_playwright
+def orm(query: Callable[[], T]) -> T:
+    """Run a query outside this thread: Playwright's sync API keeps an event loop here."""
 
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls the test
-    # makes meanwhile are still plain sync calls (Playwright's documented pytest setup).
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    def run() -> T:
+        try:
+            return query()
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
+
+
+@pytest.fixture
+def page(live_studio) -> Iterator:
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -62,7 +76,7 @@ def sign_in(page, username: str, password: str) -> None:
     page.click("button[type=submit]")
 
 
-def test_submit_watch_logs_live_and_see_completed(page, people):
+def test_submit_watch_logs_live_and_see_completed(people, page):
     from playwright.sync_api import expect
 
     sign_in(page, "carl", "pw-carl-12345")
@@ -78,7 +92,7 @@ def test_submit_watch_logs_live_and_see_completed(page, people):
     expect(page.locator("#job-status")).to_have_text("Running")  # live, not reloaded
     assert "step 2" not in logs.inner_text()
 
-    job = Job.objects.get(display_name="browser-job")
+    job = orm(lambda: Job.objects.get(display_name="browser-job"))
     assert job.instance_type == "cpu-small"
     Path(job.runtime["root"], "wd", "go").touch()
 
@@ -92,7 +106,7 @@ def test_submit_watch_logs_live_and_see_completed(page, people):
     expect(row.locator("[data-status]")).to_have_text("Completed")
 
 
-def test_form_shows_problems_inline_and_stores_nothing(page, people):
+def test_form_shows_problems_inline_and_stores_nothing(people, page):
     from playwright.sync_api import expect
 
     sign_in(page, "carl", "pw-carl-12345")
@@ -103,10 +117,10 @@ def test_form_shows_problems_inline_and_stores_nothing(page, people):
     expect(alert).to_contain_text("services")
     expect(alert).to_contain_text("bogus")
     expect(alert).to_contain_text("unknown field")
-    assert Job.objects.count() == 0
+    assert orm(Job.objects.count) == 0
 
 
-def test_reader_cannot_submit_and_stranger_sees_nothing(page, people, workspace):
+def test_reader_cannot_submit_and_stranger_sees_nothing(people, page):
     sign_in(page, "rita", "pw-rita-12345")
     assert page.locator("text=Submit job").count() == 0
     assert page.goto("/workspaces/demo/jobs/new/").status == 403
