@@ -68,7 +68,9 @@ class Controller:
         self.wake = asyncio.Event()
         self.last_claim = 0.0
         self.last_sweep = 0.0
+        self.waiting = False
         self.grace = float(settings.STUDIO_CANCEL_GRACE_SECONDS)
+        self.capacity = int(settings.STUDIO_MAX_RUNNING_JOBS)
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -117,11 +119,13 @@ class Controller:
         """One pass; runs in the controller's worker thread."""
         self.wake.clear()
         now = time.monotonic()
-        if now - self.last_claim >= IDLE_TICK:
+        if now - self.last_claim >= IDLE_TICK or (self.waiting and len(self.held) < self.capacity):
             self.last_claim = now
             self.adopt()
             while self.claim():
                 pass
+            # Full with work still queued: claim again as soon as a job ends.
+            self.waiting = len(self.held) >= self.capacity
         if now - self.last_sweep >= 1.0:
             self.last_sweep = now
             self.sweep()
@@ -133,13 +137,16 @@ class Controller:
         return {"lease_owner": self.name, "lease_expires_at": timezone.now() + LEASE}
 
     def claim(self) -> int:
-        """Take up to CLAIM_BATCH queued jobs; return how many were taken."""
+        """Take queued jobs while there is room; return how many were taken."""
+        room = min(CLAIM_BATCH, self.capacity - len(self.held))
+        if room <= 0:
+            return 0
         with transaction.atomic():
             ids = list(
                 Job.objects.filter(status=Status.QUEUED)
                 .order_by("created_at", "id")
                 .select_for_update(skip_locked=True)
-                .values_list("pk", flat=True)[:CLAIM_BATCH]
+                .values_list("pk", flat=True)[:room]
             )
             if not ids:
                 return 0

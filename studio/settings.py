@@ -6,6 +6,7 @@ REDIS_URL set; web workers and `manage.py runcontroller` run as separate process
 Nothing else in the code branches on the mode.
 """
 
+import os
 import secrets
 from pathlib import Path
 
@@ -129,6 +130,8 @@ STUDIO_EMBEDDED_CONTROLLER = env_bool("STUDIO_EMBEDDED_CONTROLLER", not REDIS_UR
 STUDIO_JOBS_DIR = VAR_DIR / "jobs"
 STUDIO_UPLOADS_DIR = VAR_DIR / "uploads"
 STUDIO_CANCEL_GRACE_SECONDS = env_int("STUDIO_CANCEL_GRACE_SECONDS", 10)
+# How many jobs one controller runs at once; more wait in Queued.
+STUDIO_MAX_RUNNING_JOBS = env_int("STUDIO_MAX_RUNNING_JOBS", max(4, 2 * (os.cpu_count() or 1)))
 STUDIO_PUBLIC_URL = env_str("STUDIO_PUBLIC_URL", "")
 
 AUTH_PASSWORD_VALIDATORS = [

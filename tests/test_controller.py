@@ -269,3 +269,37 @@ async def test_submitting_twice_runs_once(workspace, people, controller):
     backend = backend_for("local")
     again = await sync_to_async(backend.submit)(await sync_to_async(launch_spec)(job))
     assert again == job.runtime  # the same handle; nothing new started
+
+
+async def test_two_controllers_never_run_a_job_twice(workspace, people, settings):
+    settings.STUDIO_MAX_RUNNING_JOBS = 50
+    jobs = [
+        await submit(workspace, people.contributor, f"command: echo job {i}\n") for i in range(12)
+    ]
+    async with running("one") as one, running("two") as two:
+        for job in jobs:
+            await finished(job)
+        claimed_by_both = set(one.held) & set(two.held)
+    assert not claimed_by_both
+    for job in jobs:
+        job = await reload(job)
+        assert job.status == "Completed"
+        assert (await history(job)).count("Preparing") == 1
+        assert len(await lines_of(job)) == 1
+
+
+async def test_jobs_beyond_capacity_wait_in_queued(workspace, people, settings):
+    settings.STUDIO_MAX_RUNNING_JOBS = 1
+    blocker = await submit(
+        workspace, people.contributor, "command: while [ ! -f go ]; do sleep 0.05; done\n"
+    )
+    waiting = await submit(workspace, people.contributor, "command: echo after\n")
+    async with running("small"):
+
+        async def blocker_runs():
+            return (await reload(blocker)).status == "Running"
+
+        await await_until(blocker_runs, what="the first job to run")
+        assert (await reload(waiting)).status == "Queued"
+        Path((await reload(blocker)).runtime["root"], "wd", "go").touch()
+        assert (await finished(waiting)).status == "Completed"
