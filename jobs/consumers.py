@@ -94,15 +94,16 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):
                 return
 
     async def log_lines(self, message: dict[str, Any]) -> None:
+        """A batch of consecutive lines from `first`, already encoded."""
         if self.ended:
             return
-        lines = message["lines"]
-        if lines and lines[0]["seq"] > self.sent + 1:
-            await self.catch_up(until=lines[0]["seq"] - 1)
-        for line in lines:
-            if line["seq"] == self.sent + 1:
-                await self.send_json(line)
-                self.sent = line["seq"]
+        first: int = message["first"]
+        if first > self.sent + 1:
+            await self.catch_up(until=first - 1)
+        for seq, text in enumerate(message["texts"], start=first):
+            if seq == self.sent + 1:
+                await self.send(text_data=text)
+                self.sent = seq
 
     async def job_end(self, message: dict[str, Any]) -> None:
         await self.catch_up()  # every line is stored before the end is announced

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import tarfile
 import zipfile
@@ -323,9 +324,14 @@ def append_logs(job: Job, records: Iterable[LogRecord], cursor: dict[str, Any]) 
         job.last_seq += len(lines)
         job.log_cursor = cursor
         if lines:
+            # Encoded once here rather than once per watching socket.
             events.publish(
                 events.job_group(job.pk),
-                {"type": "log.lines", "lines": [line.as_message() for line in lines]},
+                {
+                    "type": "log.lines",
+                    "first": lines[0].seq,
+                    "texts": [json.dumps(line.as_message()) for line in lines],
+                },
             )
     return len(lines)
 
