@@ -1,9 +1,11 @@
 """The one way anything announces a change to live pages, sockets and the controller.
 
 Messages are published after the transaction that made the change commits, so a
-listener that reacts by reading the database sees the change.
+listener that reacts by reading the database sees the change (and a rolled-back change
+is never announced).
 """
 
+import asyncio
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -11,6 +13,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 CONTROLLER_GROUP = "controller"
+Message = tuple[str, dict[str, Any]]
 
 
 def job_group(job_id: int) -> str:
@@ -21,15 +24,28 @@ def workspace_group(workspace_id: int) -> str:
     return f"workspace-{workspace_id}-jobs"
 
 
-def send_now(group: str, message: dict[str, Any]) -> None:
+def status_message(job: Any) -> Message:
+    return (
+        workspace_group(job.workspace_id),
+        {"type": "job.status", "name": job.name, "status": job.status},
+    )
+
+
+def wake_message(job_id: int | None = None, reason: str = "queued") -> Message:
+    return (CONTROLLER_GROUP, {"type": "controller.wake", "job": job_id, "reason": reason})
+
+
+def send_now(*messages: Message) -> None:
     layer = get_channel_layer()
-    if layer is not None:
-        async_to_sync(layer.group_send)(group, message)
+    if layer is None or not messages:
+        return
+
+    async def send_all() -> None:
+        await asyncio.gather(*(layer.group_send(group, message) for group, message in messages))
+
+    async_to_sync(send_all)()
 
 
-def publish(group: str, message: dict[str, Any]) -> None:
-    transaction.on_commit(lambda: send_now(group, message))
-
-
-def wake_controller(job_id: int | None = None, reason: str = "queued") -> None:
-    publish(CONTROLLER_GROUP, {"type": "controller.wake", "job": job_id, "reason": reason})
+def publish(*messages: Message) -> None:
+    """Send after commit, in one hop to the event loop."""
+    transaction.on_commit(lambda: send_now(*messages))

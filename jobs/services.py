@@ -200,23 +200,24 @@ def submit(
                     instance_type.requests, instance_type.limits
                 ),
                 created_by=user if getattr(user, "is_authenticated", False) else None,
+                status=Status.QUEUED,
             )
             if uploads:
                 upload_root = Path(settings.STUDIO_UPLOADS_DIR) / str(job.pk)
                 _store_uploads(upload_root, uploads)
                 Job.objects.filter(pk=job.pk).update(upload_dir=str(upload_root))
                 job.upload_dir = str(upload_root)
-            now = timezone.now()
-            StatusChange.objects.bulk_create(
+            # Stored already Queued, with both states on record: one write fewer on the
+            # hot path of every submission.
+            history = StatusChange.objects.bulk_create(
                 [
                     StatusChange(job=job, status=Status.NOT_STARTED, at=job.created_at),
-                    StatusChange(job=job, status=Status.QUEUED, at=now),
+                    StatusChange(job=job, status=Status.QUEUED, at=job.created_at),
                 ]
             )
-            Job.objects.filter(pk=job.pk).update(status=Status.QUEUED)
-            job.status = Status.QUEUED
-            _announce(job)
-            events.wake_controller(job.pk)
+            # The response shows the history; no need to read back what was just written.
+            job._prefetched_objects_cache = {"status_changes": history}  # type: ignore[attr-defined]
+            events.publish(events.status_message(job), events.wake_message(job.pk))
     except IntegrityError as exc:
         if upload_root is not None:
             shutil.rmtree(upload_root, ignore_errors=True)
@@ -273,17 +274,12 @@ def transition(job: Job, to: str, message: str = "", **fields: Any) -> bool:
         job.status = to
         for key, value in fields.items():
             setattr(job, key, value)
-        _announce(job)
         if to in TERMINAL:
-            events.publish(events.job_group(job.pk), {"type": "job.end", "status": to})
+            end = (events.job_group(job.pk), {"type": "job.end", "status": to})
+            events.publish(events.status_message(job), end)
+        else:
+            events.publish(events.status_message(job))
     return True
-
-
-def _announce(job: Job) -> None:
-    events.publish(
-        events.workspace_group(job.workspace_id),
-        {"type": "job.status", "name": job.name, "status": job.status},
-    )
 
 
 def cancel(job: Job) -> Job:
@@ -298,7 +294,7 @@ def cancel(job: Job) -> Job:
             if transition(job, Status.CANCELED, "Canceled before it started."):
                 return job
         elif transition(job, Status.CANCEL_REQUESTED, "Cancel requested."):
-            events.wake_controller(job.pk, reason="cancel")
+            events.publish(events.wake_message(job.pk, reason="cancel"))
             return job
         # The controller moved it meanwhile: look again.
     raise JobConflict(f"Job {job.name} changed state while canceling; try again.")
@@ -325,14 +321,12 @@ def append_logs(job: Job, records: Iterable[LogRecord], cursor: dict[str, Any]) 
         job.log_cursor = cursor
         if lines:
             # Encoded once here rather than once per watching socket.
-            events.publish(
-                events.job_group(job.pk),
-                {
-                    "type": "log.lines",
-                    "first": lines[0].seq,
-                    "texts": [json.dumps(line.as_message()) for line in lines],
-                },
-            )
+            batch = {
+                "type": "log.lines",
+                "first": lines[0].seq,
+                "texts": [json.dumps(line.as_message()) for line in lines],
+            }
+            events.publish((events.job_group(job.pk), batch))
     return len(lines)
 
 

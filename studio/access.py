@@ -47,7 +47,7 @@ def can(role: str | None, needed: str) -> bool:
 def workspace_for(user: AnyUser, name: str, needed: str = Role.READER) -> tuple[Workspace, str]:
     """The workspace named `name` and the user's role in it, or 404 / 403."""
     membership = (
-        Membership.objects.select_related("workspace")
+        Membership.objects.select_related("workspace", "workspace__default_compute")
         .filter(workspace__name=name, user=user)
         .first()
         if user.is_authenticated

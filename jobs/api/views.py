@@ -88,7 +88,6 @@ class JobViewSet(
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         data, text, uploads = spec_from_request(request)
         job = services.submit(self.get_workspace(), request.user, data, uploads, source_yaml=text)
-        job = self.get_queryset().get(pk=job.pk)
         return Response(JobSerializer(job, context=self.get_serializer_context()).data, status=201)
 
     @extend_schema(request=None, responses={200: None})
