@@ -48,6 +48,7 @@ chromium:
 	else echo "WARNING: /usr/bin/chromium is missing; browser tests will be skipped (apt-get install chromium)"; fi
 
 bench: install
+	@command -v ab >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq apache2-utils; }
 	$(PY) bench/run.py
 
 clean:
