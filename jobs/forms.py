@@ -13,11 +13,19 @@ environment:
 """
 
 
+class InstanceTypeChoice(forms.ModelChoiceField[InstanceType]):
+    """Shows the limits next to the name, so the choice is an informed one."""
+
+    def label_from_instance(self, obj: InstanceType) -> str:
+        limits = ", ".join(f"{k} {v}" for k, v in obj.limits.items())
+        return f"{obj.name} ({limits})" if limits else obj.name
+
+
 class SubmitJobForm(forms.Form):
     compute = forms.ModelChoiceField(
         queryset=ComputeTarget.objects.none(), to_field_name="name", empty_label=None
     )
-    instance_type = forms.ModelChoiceField(
+    instance_type = InstanceTypeChoice(
         queryset=InstanceType.objects.all(), to_field_name="name", empty_label=None
     )
     spec = forms.CharField(
