@@ -19,7 +19,14 @@ from studio.models import Membership
 BACKLOG_CHUNK = 1000
 
 
-@database_sync_to_async
+def _query(func: Any) -> Any:
+    """Database work of a socket, in a worker thread of its own rather than the one
+    thread shared by every socket: a crowd connecting at once must not queue behind
+    each other's queries."""
+    return database_sync_to_async(func, thread_sensitive=False)
+
+
+@_query
 def _member_workspace_id(user: Any, workspace: str) -> int | None:
     if not user or not user.is_authenticated:
         return None
@@ -30,20 +37,28 @@ def _member_workspace_id(user: Any, workspace: str) -> int | None:
     )
 
 
-@database_sync_to_async
-def _job(workspace_id: int, name: str) -> Job | None:
-    return Job.objects.filter(workspace_id=workspace_id, name=name).only("id", "status").first()
+@_query
+def _visible_job_id(user: Any, workspace: str, name: str) -> int | None:
+    """The job's id if the user is a member of its workspace; one query."""
+    if not user or not user.is_authenticated:
+        return None
+    return (
+        Job.objects.filter(workspace__name=workspace, name=name, workspace__memberships__user=user)
+        .values_list("id", flat=True)
+        .first()
+    )
 
 
-@database_sync_to_async
+@_query
 def _lines(job_id: int, after: int, limit: int) -> list[dict[str, object]]:
     rows = LogLine.objects.filter(job_id=job_id, seq__gt=after).order_by("seq")[:limit]
     return [line.as_message() for line in rows]
 
 
-@database_sync_to_async
-def _status(job_id: int) -> str:
-    return Job.objects.filter(pk=job_id).values_list("status", flat=True).get()
+@_query
+def _progress(job_id: int) -> tuple[str, int]:
+    status, last_seq = Job.objects.filter(pk=job_id).values_list("status", "last_seq").get()
+    return status, last_seq
 
 
 class JobLogConsumer(AsyncJsonWebsocketConsumer):
@@ -56,9 +71,8 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         kwargs = self.scope["url_route"]["kwargs"]
-        workspace_id = await _member_workspace_id(self.scope.get("user"), kwargs["workspace"])
-        job = await _job(workspace_id, kwargs["name"]) if workspace_id else None
-        if job is None:
+        job_id = await _visible_job_id(self.scope.get("user"), kwargs["workspace"], kwargs["name"])
+        if job_id is None:
             await self.close()
             return
         query = parse_qs(self.scope.get("query_string", b"").decode())
@@ -66,15 +80,16 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):
             self.sent = max(0, int(query.get("after", ["0"])[0]))
         except ValueError:
             self.sent = 0
-        self.job_id = job.pk
-        self.group = events.job_group(job.pk)
+        self.job_id = job_id
+        self.group = events.job_group(job_id)
         self.ended = False
         # Join before reading the store: whatever is stored after the read comes by group.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self.catch_up()
-        status = await _status(self.job_id)
-        if status in ("Completed", "Failed", "Canceled"):
+        status, last_seq = await _progress(self.job_id)
+        if last_seq > self.sent:
+            await self.catch_up()
+        if status in ("Completed", "Failed", "Canceled"):  # its lines are all stored by now
             await self.end(status)
 
     async def disconnect(self, code: int) -> None:
