@@ -13,6 +13,14 @@ class ComputeInUse(Exception):
     """Refused: the object is needed (active jobs, or Azure ML's default instance type)."""
 
 
+def became_available(compute: ComputeTarget) -> None:
+    """A new compute target is the workspace's default when it has none yet."""
+    workspace = compute.workspace
+    if workspace.default_compute_id is None:
+        workspace.default_compute = compute
+        workspace.save(update_fields=["default_compute"])
+
+
 def delete_compute(compute: ComputeTarget) -> None:
     from jobs.models import ACTIVE, Status
 
@@ -68,7 +76,5 @@ def seed_local(workspace: Workspace) -> ComputeTarget:
         name="local",
         defaults={"kind": ComputeKind.LOCAL, "description": "Processes on the studio's host."},
     )
-    if workspace.default_compute_id is None:
-        workspace.default_compute = compute
-        workspace.save(update_fields=["default_compute"])
+    became_available(compute)
     return compute

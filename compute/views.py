@@ -52,15 +52,7 @@ def instance_type_edit(request: HttpRequest, name: str | None = None) -> HttpRes
         saved = form.save()
         messages.success(request, f"Instance type {saved.name} saved.")
         return redirect("compute:console")
-    return render(
-        request,
-        "compute/form.html",
-        {
-            "form": form,
-            "title": f"Instance type {name}" if name else "New instance type",
-        },
-        status=400 if request.method == "POST" else 200,
-    )
+    return _form_page(request, form, f"Instance type {name}" if name else "New instance type")
 
 
 @it_ops_required
@@ -82,22 +74,17 @@ def compute_edit(request: HttpRequest, workspace: str, name: str | None = None) 
     form = ComputeTargetForm(request.POST or None, instance=instance, workspace=ws)
     if request.method == "POST" and form.is_valid():
         saved = form.save()
-        if ws.default_compute_id is None:
-            ws.default_compute = saved
-            ws.save(update_fields=["default_compute"])
+        services.became_available(saved)
         messages.success(request, f"Compute target {saved.name} saved in {ws.name}.")
         return redirect("compute:console")
-    return render(
-        request,
-        "compute/form.html",
-        {
-            "form": form,
-            "title": f"Compute target {name} in {ws.name}"
-            if name
-            else f"New compute target in {ws.name}",
-        },
-        status=400 if request.method == "POST" else 200,
-    )
+    title = f"Compute target {name} in {ws.name}" if name else f"New compute target in {ws.name}"
+    return _form_page(request, form, title)
+
+
+def _form_page(request: HttpRequest, form: Any, title: str) -> HttpResponse:
+    """The edit form; a POST that lands here had errors, so it answers 400."""
+    status = 400 if request.method == "POST" else 200
+    return render(request, "compute/form.html", {"form": form, "title": title}, status=status)
 
 
 @it_ops_required

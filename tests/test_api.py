@@ -344,3 +344,13 @@ def test_upload_for_something_undeclared(workspace, people):
             {"inputs.extra": Upload(file=io.BytesIO(b"x"), filename="x")},
         )
     assert info.value.errors[0][0] == "inputs.extra"
+
+
+def test_first_compute_of_a_workspace_becomes_its_default(api, people):
+    from studio.models import Workspace
+
+    Workspace.objects.create(name="fresh")
+    url = "/api/v1/workspaces/fresh/computes/"
+    assert api(people.it_ops).post(url, {"name": "first", "type": "local"}).status_code == 201
+    assert api(people.it_ops).post(url, {"name": "second", "type": "local"}).status_code == 201
+    assert Workspace.objects.get(name="fresh").default_compute.name == "first"

@@ -28,7 +28,7 @@ class ComputeTargetViewSet(WorkspaceMixin, viewsets.ModelViewSet[ComputeTarget])
         return context
 
     def perform_create(self, serializer: BaseSerializer[ComputeTarget]) -> None:
-        serializer.save(workspace=self.get_workspace())
+        services.became_available(serializer.save(workspace=self.get_workspace()))
 
     def perform_destroy(self, instance: ComputeTarget) -> None:
         services.delete_compute(instance)
