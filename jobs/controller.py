@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ BUSY_TICK = 0.02  # seconds between looks at running jobs
 IDLE_TICK = 1.0  # fallback poll for queued jobs when no wake message came
 LEASE = timedelta(seconds=15)
 CLAIM_BATCH = 20
+MAX_FOLLOW_ERRORS = 50  # consecutive; about a second of passes while busy
 # The order the phases follow: a phase seen late passes through the ones before it, so
 # the record of a job that ran in a blink still shows every state.
 PHASE_PATH = (Status.PREPARING, Status.RUNNING, Status.FINALIZING)
@@ -57,7 +58,7 @@ class Held:
     job: Job
     backend: ComputeBackend
     cancel_sent_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    errors: int = 0  # consecutive failures to follow the job
 
 
 class Controller:
@@ -79,13 +80,16 @@ class Controller:
         step = sync_to_async(self.step, thread_sensitive=False, executor=self.executor)
         try:
             while not stop.is_set():
+                self.wake.clear()
                 try:
                     await step()
-                except DatabaseError:
+                except Exception:
+                    # A database outage, say: keep going, the next pass retries.
                     log.exception("controller pass failed; retrying")
                     await sync_to_async(
                         close_old_connections, thread_sensitive=False, executor=self.executor
                     )()
+                    await asyncio.sleep(IDLE_TICK)
                 timeout = BUSY_TICK if self.held else IDLE_TICK
                 waiters = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
                 await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -98,26 +102,36 @@ class Controller:
             log.info("controller %s stopped", self.name)
 
     async def _listen(self, stop: asyncio.Event) -> None:
+        """Wake-ups from the channel layer; without them the controller still polls."""
         layer = get_channel_layer()
         if layer is None:
             return
-        channel = await layer.new_channel()
-        await layer.group_add(events.CONTROLLER_GROUP, channel)
-        try:
-            while not stop.is_set():
-                message = await layer.receive(channel)
-                if message.get("type") == "controller.wake":
-                    if message.get("reason") == "cancel":
-                        self.last_sweep = 0.0  # look at held jobs' states now
-                    else:
-                        self.last_claim = 0.0
-                    self.wake.set()
-        finally:
-            await layer.group_discard(events.CONTROLLER_GROUP, channel)
+        while not stop.is_set():
+            try:
+                channel = await layer.new_channel()
+                await layer.group_add(events.CONTROLLER_GROUP, channel)
+                try:
+                    while not stop.is_set():
+                        self._woken(await layer.receive(channel))
+                finally:
+                    await layer.group_discard(events.CONTROLLER_GROUP, channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("controller lost its wake-up channel; polling until it is back")
+                await asyncio.sleep(5)
+
+    def _woken(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "controller.wake":
+            return
+        if message.get("reason") == "cancel":
+            self.last_sweep = 0.0  # look at held jobs' states now
+        else:
+            self.last_claim = 0.0
+        self.wake.set()
 
     def step(self) -> None:
         """One pass; runs in the controller's worker thread."""
-        self.wake.clear()
         now = time.monotonic()
         if now - self.last_claim >= IDLE_TICK or (self.waiting and len(self.held) < self.capacity):
             self.last_claim = now
@@ -130,7 +144,7 @@ class Controller:
             self.last_sweep = now
             self.sweep()
         for job_id in list(self.held):
-            self.follow(self.held[job_id])
+            self.follow_safely(self.held[job_id])
 
     # -- claiming --------------------------------------------------------------------------
     def _lease_fields(self) -> dict[str, Any]:
@@ -208,6 +222,25 @@ class Controller:
             held.job.status = status
 
     # -- following -------------------------------------------------------------------------
+    def follow_safely(self, held: Held) -> None:
+        """Follow one job; one job's trouble must not stop the others."""
+        try:
+            self.follow(held)
+            held.errors = 0
+        except DatabaseError:
+            raise  # the whole pass is in trouble
+        except Exception as exc:
+            held.errors += 1
+            log.exception("following job %s failed (%d in a row)", held.job.name, held.errors)
+            if held.errors >= MAX_FOLLOW_ERRORS:
+                held.backend.cancel(held.job.runtime, force=True)
+                services.transition(
+                    held.job,
+                    Status.FAILED,
+                    failure_reason=f"The studio lost track of the job: {exc}",
+                )
+                self.held.pop(held.job.pk, None)
+
     def follow(self, held: Held) -> None:
         job = held.job
         if job.status == Status.CANCEL_REQUESTED:

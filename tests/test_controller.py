@@ -303,3 +303,25 @@ async def test_jobs_beyond_capacity_wait_in_queued(workspace, people, settings):
         assert (await reload(waiting)).status == "Queued"
         Path((await reload(blocker)).runtime["root"], "wd", "go").touch()
         assert (await finished(waiting)).status == "Completed"
+
+
+async def test_a_job_the_controller_cannot_follow_fails_and_others_go_on(
+    workspace, people, controller, monkeypatch
+):
+    from compute.backends.local import LocalBackend
+
+    real_observe = LocalBackend.observe
+
+    def flaky(self, runtime, cursor):
+        if "broken" in runtime["root"]:
+            raise OSError("disk went away")
+        return real_observe(self, runtime, cursor)
+
+    monkeypatch.setattr(LocalBackend, "observe", flaky)
+    broken = await submit(workspace, people.contributor, "command: sleep 60\nname: broken\n")
+    fine = await submit(workspace, people.contributor, "command: echo fine\nname: fine\n")
+    assert (await finished(fine)).status == "Completed"
+    broken = await finished(broken)
+    assert broken.status == "Failed"
+    assert broken.failure_reason == "The studio lost track of the job: disk went away"
+    assert not _alive(broken.runtime["pid"])
