@@ -54,13 +54,28 @@ def validate(
     The workspace checks run even when the document itself has problems, so that the
     user hears of every problem at once.
     """
-    uploads = uploads or {}
     errors: list[tuple[str, str]] = []
     try:
         spec: CommandJob | None = parse(data)
     except SpecError as exc:
         spec = None
         errors.extend(exc.errors)
+    compute, instance_type = _check_placement(workspace, data, errors)
+    if spec is not None:
+        if spec.name and Job.objects.filter(workspace=workspace, name=spec.name).exists():
+            errors.append(("name", f"a job named {spec.name!r} already exists in this workspace"))
+        _check_uploads(spec, uploads or {}, errors)
+    if errors:
+        raise SpecError(errors)
+    assert spec is not None and compute is not None and instance_type is not None
+    return spec, compute, instance_type
+
+
+def _check_placement(
+    workspace: Workspace, data: dict[str, Any], errors: list[tuple[str, str]]
+) -> tuple[ComputeTarget | None, InstanceType | None]:
+    """The compute target and instance type the job asks for, read from the raw document
+    so that they are checked even when other fields are wrong."""
     raw_resources = data.get("resources")
     resources: dict[str, Any] = raw_resources if isinstance(raw_resources, dict) else {}
     compute_name = data.get("compute")
@@ -69,34 +84,38 @@ def validate(
         compute_name.removeprefix("azureml:") if isinstance(compute_name, str) else None,
         errors,
     )
+    if compute is None:
+        return None, None
     instance_type = None
-    if compute is not None:
-        wanted = resources.get("instance_type") or DEFAULT_INSTANCE_TYPE
-        if isinstance(wanted, str):
-            instance_type = compute.instance_types().filter(name=wanted).first()
-            if instance_type is None:
-                offered = ", ".join(compute.instance_types().values_list("name", flat=True))
-                errors.append(
-                    (
-                        "resources.instance_type",
-                        f"instance type {wanted!r} is not offered on compute {compute.name!r}"
-                        + (f" (available: {offered})" if offered else ""),
-                    )
-                )
-        count = resources.get("instance_count", 1)
-        if compute.kind == ComputeKind.LOCAL and isinstance(count, int) and count > 1:
+    wanted = resources.get("instance_type") or DEFAULT_INSTANCE_TYPE
+    if isinstance(wanted, str):
+        instance_type = compute.instance_types().filter(name=wanted).first()
+        if instance_type is None:
+            offered = ", ".join(compute.instance_types().values_list("name", flat=True))
             errors.append(
                 (
-                    "resources.instance_count",
-                    "local compute runs a single process; instance_count must be 1 "
-                    "(use a Kubernetes compute for distributed jobs)",
+                    "resources.instance_type",
+                    f"instance type {wanted!r} is not offered on compute {compute.name!r}"
+                    + (f" (available: {offered})" if offered else ""),
                 )
             )
-    if spec is None:
-        raise SpecError(errors)
-    if spec.name and Job.objects.filter(workspace=workspace, name=spec.name).exists():
-        errors.append(("name", f"a job named {spec.name!r} already exists in this workspace"))
+    count = resources.get("instance_count", 1)
+    if compute.kind == ComputeKind.LOCAL and isinstance(count, int) and count > 1:
+        errors.append(
+            (
+                "resources.instance_count",
+                "local compute runs a single process; instance_count must be 1 "
+                "(use a Kubernetes compute for distributed jobs)",
+            )
+        )
+    return compute, instance_type
 
+
+def _check_uploads(
+    spec: CommandJob, uploads: Mapping[str, Upload], errors: list[tuple[str, str]]
+) -> None:
+    """Local code and inputs come as uploads: each needed one present, none extra."""
+    data_inputs = spec.data_inputs()
     if spec.code and "code" not in uploads:
         errors.append(
             (
@@ -107,7 +126,7 @@ def validate(
         )
     if "code" in uploads and not spec.code:
         errors.append(("code", "an archive was uploaded but the job has no code field"))
-    for name, item in spec.data_inputs().items():
+    for name, item in data_inputs.items():
         local = not item.path.lower().startswith(("http://", "https://"))
         if local and f"inputs.{name}" not in uploads:
             errors.append(
@@ -117,21 +136,16 @@ def validate(
                 )
             )
     for key, upload in uploads.items():
-        field = key if key == "code" else f"{key}.path"
-        if key != "code" and not (
-            key.startswith("inputs.") and key.removeprefix("inputs.") in spec.data_inputs()
-        ):
+        if key == "code":
+            field, is_folder = "code", True
+        elif key.removeprefix("inputs.") in data_inputs and key.startswith("inputs."):
+            field = f"{key}.path"
+            is_folder = data_inputs[key.removeprefix("inputs.")].type == "uri_folder"
+        else:
             errors.append((key, "an upload was given for something the job does not declare"))
             continue
-        is_folder = key == "code" or spec.data_inputs()[key.removeprefix("inputs.")].type == (
-            "uri_folder"
-        )
         if is_folder and not _is_archive(upload.file):
             errors.append((field, "the upload must be a .tar.gz, .tar or .zip archive"))
-    if errors:
-        raise SpecError(errors)
-    assert compute is not None and instance_type is not None
-    return spec, compute, instance_type
 
 
 def _resolve_compute(
