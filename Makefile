@@ -36,8 +36,11 @@ test-embedded: install
 	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest
 
 # Server mode: PostgreSQL and Redis, as several processes would share them.
+# The tests run many short-lived event loops and worker threads in one process, each of
+# which may hold a pooled connection until its thread ends: a bigger pool than a server's.
 test-server: install
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATABASE_POOL_SIZE=40 \
+		$(PY) -m pytest
 
 # Browser tests use Debian's Chromium (Playwright's own browser download cannot work offline).
 chromium:

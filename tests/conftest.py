@@ -128,13 +128,3 @@ def live_studio(transactional_db: None) -> Iterator[LiveStudio]:
     studio.start()
     yield studio
     studio.close()
-    from django.db import connection
-
-    if connection.vendor == "postgresql":
-        # Request threads of the stopped server may still hold idle connections; they would
-        # keep the test database from being flushed and dropped.
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
