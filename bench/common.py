@@ -67,6 +67,16 @@ class Studio:
         )
 
 
+def _stop_jobs_under(folder: str) -> None:
+    """Jobs outlive the studio by design; the benchmark's must not outlive the benchmark."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        if any(folder in part for part in process.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                os.killpg(process.pid, 9)
+
+
 def _reset_postgres(name: str) -> str:
     import psycopg
 
@@ -125,3 +135,4 @@ def studio(mode: str = "embedded", workers: int = 1, controller: bool = True) ->
                     process.wait(20)
                 except subprocess.TimeoutExpired:
                     process.kill()
+            _stop_jobs_under(var)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -43,6 +46,19 @@ async def async_db_thread() -> AsyncIterator[None]:
     from django.db import connections
 
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture(autouse=True)
+def no_stray_jobs() -> Iterator[None]:
+    """Jobs run in sessions of their own (they outlive a studio restart); a test that
+    stops early must not leave its job running after it."""
+    yield
+    from compute.backends.local import _children
+
+    for pid in list(_children):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _children.pop(pid).wait()
 
 
 @pytest.fixture(autouse=True)
