@@ -1,0 +1,128 @@
+"""The long-running commands as users start them: `serve` (what `make run` ends in) and
+`runcontroller` (server mode), each as a real process, stopped by a signal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from jobs.models import Job
+from jobs.services import submit_yaml
+from tests.conftest import wait_until
+from tests.live import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+@pytest.mark.skipif(bool(settings.DATABASE_URL), reason="make run is the embedded mode")
+def test_serve_runs_a_job_and_stops_cleanly(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(STUDIO_VAR_DIR=str(tmp_path / "var"), STUDIO_ADMIN_PASSWORD="a-long-password-1")
+    manage("migrate", "--noinput", env=env)
+    seeded = manage("seed", env=env).stdout
+    assert "Created user 'admin'" in seeded
+    token = manage("createtoken", "admin", env=env).stdout.strip().splitlines()[-1]
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/login/", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, what="the studio to answer")
+        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
+        job = http.post("/api/v1/workspaces/demo/jobs/", json={"yaml": "command: echo served\n"})
+        assert job.status_code == 201, job.text
+        name = job.json()["name"]
+
+        def done() -> bool:
+            status = http.get(f"/api/v1/workspaces/demo/jobs/{name}/").json()["status"]
+            return status in ("Completed", "Failed", "Canceled") and status
+
+        assert wait_until(done, what="the job to end") == "Completed"
+        assert http.get(f"/api/v1/workspaces/demo/jobs/{name}/logs/").text == "served\n"
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, output
+    assert "controller embedded stopped" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.skipif(not settings.DATABASE_URL, reason="runcontroller is the server mode")
+@pytest.mark.django_db(transaction=True)
+def test_runcontroller_process_runs_jobs_and_stops_on_sigterm(workspace, people, tmp_path):
+    env = dict(os.environ)
+    db = connection.settings_dict
+    env["DATABASE_URL"] = (
+        f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
+    env["STUDIO_VAR_DIR"] = str(tmp_path / "var")
+    controller = subprocess.Popen(
+        [sys.executable, "manage.py", "runcontroller"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        job = submit_yaml(workspace, people.contributor, "command: echo from the controller\n")
+
+        def ended() -> Job | None:
+            job.refresh_from_db()
+            return job if job.is_terminal else None
+
+        assert wait_until(ended, what="the job to end").status == "Completed"
+        assert list(job.log_lines.values_list("line", flat=True)) == ["from the controller"]
+        running = submit_yaml(workspace, people.contributor, "command: sleep 60\n")
+
+        def started() -> bool:
+            running.refresh_from_db()
+            return running.status == "Running"
+
+        wait_until(started, what="the second job to run")
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        output, _ = controller.communicate(timeout=30)
+    assert controller.returncode == 0, output
+    assert "stopped" in output
+    running.refresh_from_db()
+    # It released its lease on the way out, so another controller adopts the job at once.
+    assert running.status == "Running"
+    assert running.lease_expires_at is not None
+    from django.utils import timezone
+
+    assert running.lease_expires_at <= timezone.now()
+    os.killpg(running.runtime["pid"], signal.SIGKILL)
