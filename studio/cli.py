@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 failure (including a streamed job that did not complete
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import sys
@@ -87,6 +88,26 @@ def _json(response: httpx.Response) -> Any:
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"ERROR: {message}", err=True)
     sys.exit(code)
+
+
+def pass_studio(f: Any) -> Any:
+    """Hand the command its Studio; `-w` is also accepted after the command, as az ml has it."""
+
+    @click.option(
+        "-w",
+        "--workspace",
+        "workspace_here",
+        default=None,
+        help="Workspace (overrides the one given before the command).",
+    )
+    @click.pass_obj
+    @functools.wraps(f)
+    def wrapper(studio: Studio, *args: Any, workspace_here: str | None, **kwargs: Any) -> Any:
+        if workspace_here:
+            studio.workspace = workspace_here
+        return f(studio, *args, **kwargs)
+
+    return wrapper
 
 
 def output_option(f: Any) -> Any:
@@ -254,7 +275,7 @@ JOB_COLUMNS = ["name", "display_name", "experiment_name", "status", "compute", "
 @click.option("--name", help="Name of the job (overrides the YAML).")
 @click.option("--stream", is_flag=True, help="Follow the logs until the job ends.")
 @output_option
-@click.pass_obj
+@pass_studio
 def job_create(
     studio: Studio, file: str, sets: tuple[str, ...], name: str | None, stream: bool, fmt: str
 ) -> None:
@@ -274,7 +295,7 @@ def job_create(
 @click.option("-f", "--file", required=True, help="The job's YAML file.")
 @click.option("--set", "sets", multiple=True, help="Set a field before validating.")
 @output_option
-@click.pass_obj
+@pass_studio
 def job_validate(studio: Studio, file: str, sets: tuple[str, ...], fmt: str) -> None:
     """Check a job file without submitting it (exit 2 with every problem when invalid)."""
     result = _submit(studio, file, sets, studio.jobs_path() + "validate/")
@@ -292,7 +313,7 @@ def job_validate(studio: Studio, file: str, sets: tuple[str, ...], fmt: str) -> 
 @click.option("--experiment-name", help="Only this experiment's jobs.")
 @click.option("--max-results", "-r", type=int, default=50, show_default=True)
 @output_option
-@click.pass_obj
+@pass_studio
 def job_list(
     studio: Studio, status: str | None, experiment_name: str | None, max_results: int, fmt: str
 ) -> None:
@@ -310,7 +331,7 @@ def job_list(
 @job.command("show")
 @click.argument("name")
 @output_option
-@click.pass_obj
+@pass_studio
 def job_show(studio: Studio, name: str, fmt: str) -> None:
     """Show one job."""
     emit(
@@ -323,7 +344,7 @@ def job_show(studio: Studio, name: str, fmt: str) -> None:
 @job.command("cancel")
 @click.argument("name")
 @output_option
-@click.pass_obj
+@pass_studio
 def job_cancel(studio: Studio, name: str, fmt: str) -> None:
     """Cancel a job."""
     emit(studio.request("POST", studio.jobs_path(name) + "cancel/").json(), fmt, JOB_COLUMNS)
@@ -331,7 +352,7 @@ def job_cancel(studio: Studio, name: str, fmt: str) -> None:
 
 @job.command("stream")
 @click.argument("name")
-@click.pass_obj
+@pass_studio
 def job_stream(studio: Studio, name: str) -> None:
     """Follow a job's logs to its end; exit 0 only when it Completed."""
     studio.request("GET", studio.jobs_path(name))  # a clear error for a wrong name
@@ -374,7 +395,7 @@ def _stream(studio: Studio, name: str) -> int:
 @click.option("--output-name", help="A named output (default: the job's ./outputs).")
 @click.option("--all", "everything", is_flag=True, help="Every output of the job.")
 @click.option("--download-path", "-p", default=".", show_default=True, type=click.Path())
-@click.pass_obj
+@pass_studio
 def job_download(
     studio: Studio, name: str, output_name: str | None, everything: bool, download_path: str
 ) -> None:
@@ -405,7 +426,7 @@ def compute() -> None:
 
 @compute.command("list")
 @output_option
-@click.pass_obj
+@pass_studio
 def compute_list(studio: Studio, fmt: str) -> None:
     """List the workspace's compute targets."""
     path = f"/workspaces/{studio.workspace}/computes/"
@@ -419,7 +440,7 @@ def compute_list(studio: Studio, fmt: str) -> None:
 @compute.command("show")
 @click.argument("name")
 @output_option
-@click.pass_obj
+@pass_studio
 def compute_show(studio: Studio, name: str, fmt: str) -> None:
     """Show one compute target."""
     path = f"/workspaces/{studio.workspace}/computes/{name}/"
@@ -433,7 +454,7 @@ def instance_type() -> None:
 
 @instance_type.command("list")
 @output_option
-@click.pass_obj
+@pass_studio
 def instance_type_list(studio: Studio, fmt: str) -> None:
     """List instance types with their node selector and resources."""
     items = studio.request("GET", "/instance-types/", params={"limit": 500}).json()["results"]

@@ -176,3 +176,10 @@ def test_clear_errors_for_wrong_name_token_and_server(kstudio, live_studio):
     )
     assert result.returncode == 1 and "cannot reach the studio" in result.stderr
     assert Path(sys.executable).exists()
+
+
+def test_workspace_flag_after_the_command(kstudio):
+    assert kstudio("job", "list", "-w", "demo", check=True).returncode == 0
+    other = kstudio("job", "list", "-w", "elsewhere")
+    assert other.returncode == 1
+    assert other.stderr.strip() == "ERROR: No such workspace."
