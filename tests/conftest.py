@@ -31,6 +31,24 @@ def studio_dirs(settings: Any, tmp_path: Any) -> None:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def pool_closed_before_the_test_database_is_dropped(
+    django_db_setup: None, django_db_blocker: Any
+) -> Iterator[None]:
+    """Connections of threads that have ended are let go, then the pool is closed, so
+    that dropping the test database finds nobody using it."""
+    yield
+    import gc
+
+    from django.db import connections
+
+    gc.collect()
+    with django_db_blocker.unblock():
+        for conn in connections.all():
+            if getattr(conn, "pool", None) is not None:
+                conn.close_pool()
+
+
+@pytest.fixture(autouse=True, scope="session")
 def short_lived_connections() -> None:
     """The live server's threads must not keep connections that hold the test database."""
     from django.db import connections
