@@ -39,6 +39,7 @@ EXPRESSION = re.compile(r"\$\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
 OPTIONAL_SEGMENT = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
 TERMINAL = ("Completed", "Failed", "Canceled")
 EXIT_TIMEOUT = 124  # what coreutils' timeout(1) uses
+MAX_LINE = 64 * 1024  # longer output without a newline is cut into lines of this size
 
 
 class LaunchError(Exception):
@@ -232,6 +233,9 @@ class Launcher:
                             partial[stream] = b""
                         continue
                     *lines, partial[stream] = (partial[stream] + chunk).split(b"\n")
+                    if len(partial[stream]) > MAX_LINE:  # a progress bar without newlines
+                        lines.append(partial[stream])
+                        partial[stream] = b""
                     for raw in lines:
                         emit(stream, raw)
                 log.flush()

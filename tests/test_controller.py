@@ -325,3 +325,12 @@ async def test_a_job_the_controller_cannot_follow_fails_and_others_go_on(
     assert broken.status == "Failed"
     assert broken.failure_reason == "The studio lost track of the job: disk went away"
     assert not _alive(broken.runtime["pid"])
+
+
+async def test_output_without_newlines_still_arrives(workspace, people, controller):
+    text = "command: python -c \"import sys; sys.stdout.write('x' * 200000)\"\n"
+    job = await finished(await submit(workspace, people.contributor, text))
+    assert job.status == "Completed"
+    lines = await lines_of(job)
+    assert "".join(lines) == "x" * 200000
+    assert len(lines) > 1
