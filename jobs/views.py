@@ -116,6 +116,27 @@ def output_download(job: Job, output: str) -> HttpResponse:
 
 
 @login_required
+@require_POST
+def local_inputs(request: HttpRequest, workspace: str) -> HttpResponse:
+    """The file fields the pasted YAML needs: one per input with a local path."""
+    access.workspace_for(request.user, workspace, Role.CONTRIBUTOR)
+    try:
+        data = load_yaml(request.POST.get("spec", ""))
+    except SpecError:
+        data = {}
+    inputs = data.get("inputs") if isinstance(data.get("inputs"), dict) else {}
+    needed = [
+        {"name": name, "type": item["type"], "path": str(item.get("path", ""))}
+        for name, item in (inputs or {}).items()
+        if isinstance(item, dict)
+        and item.get("type") in ("uri_file", "uri_folder")
+        and "://" not in str(item.get("path", ""))
+        and not str(item.get("path", "")).startswith("azureml:")
+    ]
+    return render(request, "jobs/_local_inputs.html", {"needed": needed})
+
+
+@login_required
 def submit(request: HttpRequest, workspace: str) -> HttpResponse:
     ws, _role = access.workspace_for(request.user, workspace, Role.CONTRIBUTOR)
     form = SubmitJobForm(ws, request.POST or None, request.FILES or None)
@@ -127,7 +148,11 @@ def submit(request: HttpRequest, workspace: str) -> HttpResponse:
             data.setdefault("resources", {})
             if isinstance(data["resources"], dict):
                 data["resources"]["instance_type"] = form.cleaned_data["instance_type"].name
-            uploads = {}
+            uploads = {
+                key: services.Upload(file=upload, filename=upload.name)
+                for key, upload in request.FILES.items()
+                if key.startswith("inputs.")
+            }
             if form.cleaned_data.get("code"):
                 upload = form.cleaned_data["code"]
                 uploads["code"] = services.Upload(file=upload, filename=upload.name)

@@ -128,3 +128,22 @@ def test_reader_cannot_submit_and_stranger_sees_nothing(people, page):
     page.wait_for_url("**/login/")
     sign_in(page, "sam", "pw-sam-12345")
     assert page.goto("/workspaces/demo/jobs/").status == 404
+
+
+def test_form_asks_for_local_input_files_and_the_job_reads_them(people, page, tmp_path):
+    from playwright.sync_api import expect
+
+    data = tmp_path / "data.csv"
+    data.write_text("x,y\n1,2\n")
+    sign_in(page, "carl", "pw-carl-12345")
+    page.goto("/workspaces/demo/jobs/new/")
+    page.fill(
+        "textarea[name=spec]",
+        "command: cat ${{inputs.table}}\ninputs:\n  table: {type: uri_file, path: ./data.csv}\n",
+    )
+    field = page.locator("input[name='inputs.table']")
+    expect(field).to_be_visible()  # asked for as soon as the YAML names a local file
+    field.set_input_files(str(data))
+    page.click("button[type=submit]")
+    expect(page.locator("#job-status")).to_have_text("Completed")
+    expect(page.locator("#logs")).to_contain_text("1,2")

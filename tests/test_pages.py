@@ -220,3 +220,43 @@ def test_seed_is_idempotent_and_prints_the_password_once(db, monkeypatch):
         "cpu-small",
         "cpu-large",
     }
+
+
+LOCAL_INPUT_JOB = (
+    "command: cat ${{inputs.data}}\ninputs:\n  data: {type: uri_file, path: ./data.csv}\n"
+    "  remote: {type: uri_file, path: 'https://example.org/x.csv'}\n  n: 3\n"
+)
+
+
+def test_form_asks_for_a_file_per_local_input(signed_in, people, workspace):
+    client = signed_in(people.contributor)
+    response = client.post("/workspaces/demo/jobs/new/local-inputs/", {"spec": LOCAL_INPUT_JOB})
+    text = response.content.decode()
+    assert 'name="inputs.data"' in text
+    assert "inputs.remote" not in text and "inputs.n" not in text
+    broken = client.post("/workspaces/demo/jobs/new/local-inputs/", {"spec": "command: ["})
+    assert broken.status_code == 200 and "inputs." not in broken.content.decode()
+    reader = signed_in(people.reader)
+    assert reader.post("/workspaces/demo/jobs/new/local-inputs/", {"spec": ""}).status_code == 403
+
+
+def test_form_submits_local_input_files(signed_in, people, workspace):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client = signed_in(people.contributor)
+    response = client.post(
+        "/workspaces/demo/jobs/new/",
+        {
+            "compute": "local",
+            "instance_type": "defaultinstancetype",
+            "spec": LOCAL_INPUT_JOB.replace(
+                "  remote: {type: uri_file, path: 'https://example.org/x.csv'}\n", ""
+            ),
+            "inputs.data": SimpleUploadedFile("data.csv", b"a,b\n"),
+        },
+    )
+    assert response.status_code == 302, response.content.decode()
+    job = Job.objects.get()
+    from pathlib import Path
+
+    assert (Path(job.upload_dir) / "inputs.data").read_bytes() == b"a,b\n"
