@@ -35,7 +35,7 @@ class JobConflict(Exception):
 class Upload:
     """A file that came with a submission: the code archive, or a local input."""
 
-    file: IO[bytes]
+    file: Any  # a binary file object: an upload, or io.BytesIO
     filename: str
 
 

@@ -2,6 +2,7 @@
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -149,9 +150,9 @@ def submit(request: HttpRequest, workspace: str) -> HttpResponse:
             if isinstance(data["resources"], dict):
                 data["resources"]["instance_type"] = form.cleaned_data["instance_type"].name
             uploads = {
-                key: services.Upload(file=upload, filename=upload.name)
+                key: services.Upload(file=upload, filename=upload.name or key)
                 for key, upload in request.FILES.items()
-                if key.startswith("inputs.")
+                if key.startswith("inputs.") and isinstance(upload, UploadedFile)
             }
             if form.cleaned_data.get("code"):
                 upload = form.cleaned_data["code"]
