@@ -14,7 +14,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from jobs import events
 from jobs.models import Job, LogLine
-from studio.models import Membership
+from studio import access
 
 BACKLOG_CHUNK = 1000
 
@@ -28,22 +28,22 @@ def _query(func: Any) -> Any:
 
 @_query
 def _member_workspace_id(user: Any, workspace: str) -> int | None:
-    if not user or not user.is_authenticated:
+    if user is None:
         return None
     return (
-        Membership.objects.filter(user=user, workspace__name=workspace)
-        .values_list("workspace_id", flat=True)
-        .first()
+        access.visible_workspaces(user).filter(name=workspace).values_list("id", flat=True).first()
     )
 
 
 @_query
 def _visible_job_id(user: Any, workspace: str, name: str) -> int | None:
-    """The job's id if the user is a member of its workspace; one query."""
-    if not user or not user.is_authenticated:
+    """The job's id if the user may see its workspace; one query."""
+    if user is None:
         return None
     return (
-        Job.objects.filter(workspace__name=workspace, name=name, workspace__memberships__user=user)
+        Job.objects.filter(
+            workspace__in=access.visible_workspaces(user).filter(name=workspace), name=name
+        )
         .values_list("id", flat=True)
         .first()
     )

@@ -59,23 +59,25 @@ def job_list(request: HttpRequest, workspace: str) -> HttpResponse:
     return render(request, template, context)
 
 
-def _job(request: HttpRequest, workspace: str, name: str, needed: str = Role.READER) -> Job:
-    ws, _role = access.workspace_for(request.user, workspace, needed)
-    return get_object_or_404(
-        Job.objects.select_related("workspace", "created_by"), workspace=ws, name=name
-    )
+def _job(
+    request: HttpRequest, workspace: str, name: str, needed: str = Role.READER
+) -> tuple[Job, str]:
+    """The job and the user's role in its workspace (404 for non-members)."""
+    ws, role = access.workspace_for(request.user, workspace, needed)
+    job = get_object_or_404(Job.objects.select_related("created_by"), workspace=ws, name=name)
+    job.workspace = ws
+    return job, role
 
 
 @login_required
 def job_row(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
-    job = _job(request, workspace, name)
+    job, _role = _job(request, workspace, name)
     return render(request, "jobs/_row.html", {"job": job, "workspace": job.workspace})
 
 
 @login_required
 def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
-    job = _job(request, workspace, name)
-    role = access.role_in(request.user, job.workspace)
+    job, role = _job(request, workspace, name)
     context = {
         "job": job,
         "workspace": job.workspace,
@@ -91,7 +93,7 @@ def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def cancel(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
-    job = _job(request, workspace, name, Role.CONTRIBUTOR)
+    job, _role = _job(request, workspace, name, Role.CONTRIBUTOR)
     try:
         services.cancel(job)
         messages.success(request, f"Cancel requested for {job.name}.")
@@ -102,7 +104,7 @@ def cancel(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
 
 @login_required
 def download(request: HttpRequest, workspace: str, name: str, output: str) -> HttpResponse:
-    return output_download(_job(request, workspace, name), output)
+    return output_download(_job(request, workspace, name)[0], output)
 
 
 def output_download(job: Job, output: str) -> HttpResponse:

@@ -33,13 +33,6 @@ def visible_workspaces(user: AnyUser) -> QuerySet[Workspace]:
     return Workspace.objects.filter(memberships__user=user)
 
 
-def role_in(user: AnyUser, workspace: Workspace) -> str | None:
-    if not user.is_authenticated:
-        return None
-    membership = Membership.objects.filter(workspace=workspace, user=user).first()
-    return membership.role if membership else None
-
-
 def can(role: str | None, needed: str) -> bool:
     return role is not None and _RANK[Role(role)] >= _RANK[Role(needed)]
 

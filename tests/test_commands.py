@@ -22,6 +22,18 @@ from tests.live import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A long-running manage.py command, its output kept for the assertions."""
+    return subprocess.Popen(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -43,14 +55,7 @@ def test_serve_runs_a_job_and_stops_cleanly(tmp_path):
     assert "Created user 'admin'" in seeded
     token = manage("createtoken", "admin", env=env).stdout.strip().splitlines()[-1]
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = start("serve", "--port", str(port), env=env)
     try:
         url = f"http://127.0.0.1:{port}"
 
@@ -89,14 +94,7 @@ def test_runcontroller_process_runs_jobs_and_stops_on_sigterm(workspace, people,
         f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     )
     env["STUDIO_VAR_DIR"] = str(tmp_path / "var")
-    controller = subprocess.Popen(
-        [sys.executable, "manage.py", "runcontroller"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    controller = start("runcontroller", env=env)
     try:
         job = submit_yaml(workspace, people.contributor, "command: echo from the controller\n")
 

@@ -11,6 +11,12 @@ from jobs.services import submit_yaml
 HELLO = "command: echo hi\n"
 
 
+def submit_form(client, spec: str, instance_type: str = "defaultinstancetype", **files):
+    """Post the submit form as the browser does."""
+    fields = {"compute": "local", "instance_type": instance_type, "spec": spec, **files}
+    return client.post("/workspaces/demo/jobs/new/", fields)
+
+
 @pytest.fixture
 def signed_in(client):
     def as_user(user):
@@ -83,14 +89,7 @@ def test_stranger_gets_404_on_pages(signed_in, people, workspace):
 
 def test_submit_form_errors_inline_and_nothing_stored(signed_in, people, workspace):
     client = signed_in(people.contributor)
-    response = client.post(
-        "/workspaces/demo/jobs/new/",
-        {
-            "compute": "local",
-            "instance_type": "defaultinstancetype",
-            "spec": "command: echo ${{inputs.x}}\nlimits: {timeout: zero}\n",
-        },
-    )
+    response = submit_form(client, "command: echo ${{inputs.x}}\nlimits: {timeout: zero}\n")
     assert response.status_code == 400
     text = response.content.decode()
     assert "<code>limits.timeout</code>" in text
@@ -100,14 +99,7 @@ def test_submit_form_errors_inline_and_nothing_stored(signed_in, people, workspa
 
 def test_submit_form_uses_the_chosen_compute_and_instance_type(signed_in, people, workspace):
     client = signed_in(people.contributor)
-    response = client.post(
-        "/workspaces/demo/jobs/new/",
-        {
-            "compute": "local",
-            "instance_type": "cpu-large",
-            "spec": HELLO,
-        },
-    )
+    response = submit_form(client, HELLO, instance_type="cpu-large")
     job = Job.objects.get()
     assert response.status_code == 302 and response.url.endswith(f"/jobs/{job.name}/")
     assert job.instance_type == "cpu-large"
@@ -244,16 +236,11 @@ def test_form_submits_local_input_files(signed_in, people, workspace):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     client = signed_in(people.contributor)
-    response = client.post(
-        "/workspaces/demo/jobs/new/",
-        {
-            "compute": "local",
-            "instance_type": "defaultinstancetype",
-            "spec": LOCAL_INPUT_JOB.replace(
-                "  remote: {type: uri_file, path: 'https://example.org/x.csv'}\n", ""
-            ),
-            "inputs.data": SimpleUploadedFile("data.csv", b"a,b\n"),
-        },
+    spec = LOCAL_INPUT_JOB.replace(
+        "  remote: {type: uri_file, path: 'https://example.org/x.csv'}\n", ""
+    )
+    response = submit_form(
+        client, spec, **{"inputs.data": SimpleUploadedFile("data.csv", b"a,b\n")}
     )
     assert response.status_code == 302, response.content.decode()
     job = Job.objects.get()
