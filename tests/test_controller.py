@@ -191,7 +191,7 @@ async def test_cancel_a_running_job(workspace, people, controller):
     assert job.status == "Canceled"
     assert "CancelRequested" in await history(job)
     assert "never" not in await lines_of(job)
-    assert not _alive(job.runtime["pid"])
+    await gone(job.runtime["pid"])
 
 
 async def test_memory_limit_applies(workspace, people, controller):
@@ -218,6 +218,15 @@ async def test_cpu_affinity_applies(workspace, people, controller):
     job = await finished(await submit(workspace, people.contributor, text))
     assert job.status == "Completed", job.failure_reason
     assert await lines_of(job) == ["1"]
+
+
+async def gone(pid: int) -> None:
+    """The job's process exits (a kill is delivered, not instant)."""
+
+    async def dead() -> bool:
+        return not _alive(pid)
+
+    await await_until(dead, timeout=10, what=f"process {pid} to exit")
 
 
 def _alive(pid: int) -> bool:
@@ -324,7 +333,7 @@ async def test_a_job_the_controller_cannot_follow_fails_and_others_go_on(
     broken = await finished(broken)
     assert broken.status == "Failed"
     assert broken.failure_reason == "The studio lost track of the job: disk went away"
-    assert not _alive(broken.runtime["pid"])
+    await gone(broken.runtime["pid"])
 
 
 async def test_output_without_newlines_still_arrives(workspace, people, controller):
