@@ -35,6 +35,22 @@ def wake_message(job_id: int | None = None, reason: str = "queued") -> Message:
     return (CONTROLLER_GROUP, {"type": "controller.wake", "job": job_id, "reason": reason})
 
 
+# The web server's event loop, where the channel layer's connections live.
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def use_loop(loop: asyncio.AbstractEventLoop) -> None:
+    global _server_loop
+    _server_loop = loop
+
+
+def _runs_in(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 def send_now(*messages: Message) -> None:
     layer = get_channel_layer()
     if layer is None or not messages:
@@ -43,7 +59,11 @@ def send_now(*messages: Message) -> None:
     async def send_all() -> None:
         await asyncio.gather(*(layer.group_send(group, message) for group, message in messages))
 
-    async_to_sync(send_all)()
+    loop = _server_loop
+    if loop is not None and loop.is_running() and not _runs_in(loop):
+        asyncio.run_coroutine_threadsafe(send_all(), loop).result()
+    else:
+        async_to_sync(send_all)()
 
 
 def publish(*messages: Message) -> None:

@@ -64,12 +64,11 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "studio.middleware.SyncChainMiddleware",  # last: see its docstring
 ]
 
 ROOT_URLCONF = "studio.urls"
 ASGI_APPLICATION = "studio.asgi.application"
-WSGI_APPLICATION = None
+WSGI_APPLICATION = "studio.wsgi.application"
 
 TEMPLATES = [
     {
@@ -89,8 +88,8 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
-    # Under ASGI every request may run in a thread of its own, so persistent per-thread
-    # connections would pile up; a pool (Django's psycopg pool support) bounds them.
+    # Pages run in the web threads, socket consumers and the controller in threads of
+    # their own: a pool (Django's psycopg pool support) shares and bounds the connections.
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
@@ -141,6 +140,9 @@ STUDIO_CANCEL_GRACE_SECONDS = env_int("STUDIO_CANCEL_GRACE_SECONDS", 10)
 # How many jobs one controller runs at once; more wait in Queued.
 STUDIO_MAX_RUNNING_JOBS = env_int("STUDIO_MAX_RUNNING_JOBS", max(4, 2 * (os.cpu_count() or 1)))
 STUDIO_PUBLIC_URL = env_str("STUDIO_PUBLIC_URL", "")
+# Threads per web process serving pages and the API. More threads than this fight over
+# the GIL: on 2 cores, 2-4 gave the most submissions per second (bench/submissions.py).
+STUDIO_WEB_THREADS = env_int("WEB_THREADS", 4)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
