@@ -9,6 +9,13 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("workspaces/<str:workspace>/jobs/", include("jobs.urls")),
+    path("workspaces/<str:workspace>/members/", views.members, name="members"),
+    path(
+        "workspaces/<str:workspace>/members/<str:username>/",
+        views.member_change,
+        name="member-change",
+    ),
+    path("console/workspaces/new/", views.workspace_new, name="workspace-new"),
     path("console/", include("compute.urls")),
     path("api/v1/", include("studio.api.urls")),
     path("admin/", admin.site.urls),

@@ -12,6 +12,8 @@ from studio.api import IsItOpsOrReadOnly, WorkspaceMixin
 
 
 class ComputeTargetViewSet(WorkspaceMixin, viewsets.ModelViewSet[ComputeTarget]):
+    """The workspace's compute targets: members read them, IT-ops manage them."""
+
     serializer_class = ComputeTargetSerializer
     permission_classes = (IsAuthenticated, IsItOpsOrReadOnly)
     lookup_field = "name"
@@ -35,6 +37,8 @@ class ComputeTargetViewSet(WorkspaceMixin, viewsets.ModelViewSet[ComputeTarget])
 
 
 class InstanceTypeViewSet(viewsets.ModelViewSet[InstanceType]):
+    """Instance types (the InstanceType CRD's fields): everyone reads, IT-ops manage."""
+
     queryset = InstanceType.objects.all()
     serializer_class = InstanceTypeSerializer
     permission_classes = (IsAuthenticated, IsItOpsOrReadOnly)

@@ -55,6 +55,8 @@ class JobViewSet(
     mixins.CreateModelMixin,
     viewsets.GenericViewSet[Job],
 ):
+    """The workspace's jobs: members read them, contributors submit and cancel."""
+
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
     parser_classes = (JSONParser, MultiPartParser, FormParser)

@@ -4,7 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from compute.api.views import ComputeTargetViewSet, InstanceTypeViewSet
 from jobs.api.views import JobViewSet
-from studio.api.views import WorkspaceViewSet
+from studio.api.views import MemberViewSet, WorkspaceViewSet
 
 router = DefaultRouter()
 router.register("workspaces", WorkspaceViewSet, basename="workspace")
@@ -13,6 +13,7 @@ router.register(
     r"workspaces/(?P<workspace>[^/]+)/computes", ComputeTargetViewSet, basename="compute"
 )
 router.register(r"workspaces/(?P<workspace>[^/]+)/jobs", JobViewSet, basename="job")
+router.register(r"workspaces/(?P<workspace>[^/]+)/members", MemberViewSet, basename="member")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

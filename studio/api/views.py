@@ -1,10 +1,17 @@
+"""Workspaces (IT-ops create them) and their members (owners manage them)."""
+
 from typing import Any
 
 from django.db.models import QuerySet
-from rest_framework import serializers, viewsets
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
 
-from studio import access
-from studio.models import Workspace
+from studio import access, services
+from studio.api import WorkspaceMixin
+from studio.models import Membership, Role, Workspace
 
 
 class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
@@ -17,10 +24,93 @@ class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
         fields = ("name", "description", "default_compute", "created_at")
 
 
-class WorkspaceViewSet(viewsets.ReadOnlyModelViewSet[Workspace]):
+class NewWorkspaceSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    owner = serializers.CharField(
+        required=False, help_text="Username of the first owner (default: you)."
+    )
+
+
+class MemberSerializer(serializers.ModelSerializer[Membership]):
+    username = serializers.CharField(source="user.username")
+    role = serializers.ChoiceField(choices=Role.choices)
+
+    class Meta:
+        model = Membership
+        fields = ("username", "role")
+
+
+class RoleSerializer(serializers.Serializer[Any]):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class WorkspaceViewSet(
+    mixins.CreateModelMixin,
+    viewsets.ReadOnlyModelViewSet[Workspace],
+):
     serializer_class = WorkspaceSerializer
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
 
     def get_queryset(self) -> QuerySet[Workspace]:
         return access.visible_workspaces(self.request.user).select_related("default_compute")
+
+    @extend_schema(request=NewWorkspaceSerializer, responses={201: WorkspaceSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Create a workspace with its local compute target (IT-ops)."""
+        if not access.is_it_ops(request.user):
+            raise PermissionDenied("Only IT-ops may create workspaces.")
+        data = NewWorkspaceSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        owner = data.validated_data.get("owner")
+        workspace = services.create_workspace(
+            data.validated_data["name"],
+            data.validated_data["description"],
+            owner=services.user_named(owner, "owner") if owner else request.user,
+        )
+        return Response(WorkspaceSerializer(workspace).data, status=status.HTTP_201_CREATED)
+
+
+class MemberViewSet(WorkspaceMixin, viewsets.ModelViewSet[Membership]):
+    """Members of a workspace and their roles: members read, owners change."""
+
+    serializer_class = MemberSerializer
+    lookup_field = "user__username"
+    lookup_url_kwarg = "username"
+    lookup_value_regex = "[^/]+"
+    write_role = Role.OWNER
+    it_ops_manage = True
+    http_method_names = ["get", "post", "patch", "put", "delete", "head", "options"]
+
+    def get_queryset(self) -> QuerySet[Membership]:
+        return (
+            Membership.objects.filter(workspace=self.get_workspace())
+            .select_related("user")
+            .order_by("user__username")
+        )
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        self.get_workspace()  # who may see or change the members, before reading the body
+
+    @extend_schema(request=MemberSerializer, responses={201: MemberSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = MemberSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        member = services.add_member(
+            self.get_workspace(),
+            data.validated_data["user"]["username"],
+            data.validated_data["role"],
+        )
+        return Response(MemberSerializer(member).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=RoleSerializer, responses=MemberSerializer)
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = RoleSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        member = services.change_role(self.get_object(), data.validated_data["role"])
+        return Response(MemberSerializer(member).data)
+
+    def perform_destroy(self, instance: Membership) -> None:
+        services.remove_member(instance)

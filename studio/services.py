@@ -1,0 +1,89 @@
+"""Workspaces and their members, called alike by the console, the members page and the API.
+
+Problems raise Django's ValidationError keyed by the field they concern, so every surface
+shows them next to that field (forms) or as {field, message} (API).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from compute.services import seed_local
+from studio.models import Membership, Role, Workspace
+
+
+def create_workspace(name: str, description: str = "", owner: Any = None) -> Workspace:
+    """A new workspace with its local compute target, and its first owner."""
+    workspace = Workspace(name=name, description=description)
+    # Checks the name's shape and that it is free, with the model's own messages.
+    workspace.full_clean(exclude=["default_compute"])
+    with transaction.atomic():
+        workspace.save()
+        seed_local(workspace)
+        if owner is not None:
+            Membership.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
+    workspace.refresh_from_db()
+    return workspace
+
+
+def user_named(username: str, field: str = "username") -> Any:
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise ValidationError({field: f"no active user named {username!r}"})
+    return user
+
+
+def _check_role(role: str) -> None:
+    if role not in Role.values:
+        raise ValidationError({"role": f"must be one of {', '.join(Role.values)}, not {role!r}"})
+
+
+def add_member(workspace: Workspace, username: str, role: str) -> Membership:
+    _check_role(role)
+    user = user_named(username)
+    if Membership.objects.filter(workspace=workspace, user=user).exists():
+        raise ValidationError(
+            {"username": f"{username} is already a member; change their role instead"}
+        )
+    return Membership.objects.create(workspace=workspace, user=user, role=role)
+
+
+def _keep_an_owner(membership: Membership) -> None:
+    """A workspace without an owner could not be managed by anyone in it."""
+    others = Membership.objects.filter(workspace=membership.workspace_id, role=Role.OWNER)
+    if membership.role == Role.OWNER and not others.exclude(pk=membership.pk).exists():
+        raise ValidationError({"role": "a workspace keeps at least one owner"})
+
+
+def _lock_owners(workspace_id: int) -> None:
+    """Two owners demoting each other at once must not leave none (PostgreSQL row locks;
+    SQLite's write transactions are serialized already)."""
+    list(
+        Membership.objects.select_for_update()
+        .filter(workspace=workspace_id, role=Role.OWNER)
+        .values_list("pk", flat=True)
+    )
+
+
+def change_role(membership: Membership, role: str) -> Membership:
+    _check_role(role)
+    with transaction.atomic():
+        _lock_owners(membership.workspace_id)
+        membership.refresh_from_db(fields=["role"])
+        if role != Role.OWNER:
+            _keep_an_owner(membership)
+        membership.role = role
+        membership.save(update_fields=["role"])
+    return membership
+
+
+def remove_member(membership: Membership) -> None:
+    with transaction.atomic():
+        _lock_owners(membership.workspace_id)
+        membership.refresh_from_db(fields=["role"])
+        _keep_an_owner(membership)
+        membership.delete()
