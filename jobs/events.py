@@ -63,6 +63,7 @@ def send_now(*messages: Message) -> None:
     if loop is not None and loop.is_running() and not _runs_in(loop):
         asyncio.run_coroutine_threadsafe(send_all(), loop).result()
     else:
+        # The controller's thread, management commands, tests: asgiref finds their loop.
         async_to_sync(send_all)()
 
 

@@ -3,8 +3,8 @@
 HTTP goes to Django's WSGI handler in a pool of long-lived threads (a2wsgi); websockets
 go to Channels. Every page and API view is synchronous (DRF is), and Django's ASGI
 handler runs each sync request in a thread created for it, with a fresh database
-connection wrapper: measured here, that doubled the cost of a simple page and added a
-third to a job submission.
+connection wrapper: measured here, that more than doubled the CPU a simple page costs
+and added about 30% to a job submission.
 """
 
 import asyncio
