@@ -1,4 +1,5 @@
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -6,33 +7,35 @@ from django.core.exceptions import ValidationError
 from studio import services
 from studio.models import Membership, Role, Workspace
 
-
-class ServiceForm(forms.Form):
-    """A form whose save() calls a domain service; the service's field errors land on
-    the form's fields, so the page shows them where the user typed."""
-
-    def save(self) -> Any:
-        try:
-            return self.perform(self.cleaned_data)
-        except ValidationError as exc:
-            self.add_error(None, exc)
-            return None
-
-    def perform(self, data: dict[str, Any]) -> Any:
-        raise NotImplementedError
+T = TypeVar("T")
 
 
-class NewWorkspaceForm(ServiceForm):
+def run_service(form: forms.Form, action: Callable[[], T]) -> T | None:
+    """Call a domain service for a valid form. The service's field-keyed errors land on
+    the form's fields, so the page shows them where the user typed; None then."""
+    try:
+        return action()
+    except ValidationError as exc:
+        form.add_error(None, exc)
+        return None
+
+
+class NewWorkspaceForm(forms.Form):
     name = forms.CharField(max_length=255)
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
     owner = forms.CharField(max_length=150, help_text="Username of the workspace's first owner.")
 
-    def perform(self, data: dict[str, Any]) -> Workspace:
-        owner = services.user_named(data["owner"], "owner")
-        return services.create_workspace(data["name"], data["description"], owner)
+    def save(self) -> Workspace | None:
+        data = self.cleaned_data
+        return run_service(
+            self,
+            lambda: services.create_workspace(
+                data["name"], data["description"], services.user_named(data["owner"], "owner")
+            ),
+        )
 
 
-class AddMemberForm(ServiceForm):
+class AddMemberForm(forms.Form):
     username = forms.CharField(max_length=150)
     role = forms.ChoiceField(choices=Role.choices, initial=Role.CONTRIBUTOR)
 
@@ -40,5 +43,8 @@ class AddMemberForm(ServiceForm):
         super().__init__(*args, **kwargs)
         self.workspace = workspace
 
-    def perform(self, data: dict[str, Any]) -> Membership:
-        return services.add_member(self.workspace, data["username"], data["role"])
+    def save(self) -> Membership | None:
+        data = self.cleaned_data
+        return run_service(
+            self, lambda: services.add_member(self.workspace, data["username"], data["role"])
+        )
