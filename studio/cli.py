@@ -418,6 +418,34 @@ def job_download(
         click.echo(f"Downloaded {count} file(s) of output {output!r} to {target}")
 
 
+# -- workspaces ------------------------------------------------------------------------------
+@main.group()
+def workspace() -> None:
+    """Workspaces you are a member of, and their members."""
+
+
+@workspace.command("list")
+@output_option
+@pass_studio
+def workspace_list(studio: Studio, fmt: str) -> None:
+    """List the workspaces you are a member of."""
+    items = studio.request("GET", "/workspaces/", params={"limit": 500}).json()["results"]
+    emit(items, fmt, ["name", "description", "default_compute"])
+
+
+@workspace.command("members")
+@output_option
+@pass_studio
+def workspace_members(studio: Studio, fmt: str) -> None:
+    """List the workspace's members and their roles."""
+    path = f"/workspaces/{studio.workspace}/members/"
+    emit(
+        studio.request("GET", path, params={"limit": 500}).json()["results"],
+        fmt,
+        ["username", "role"],
+    )
+
+
 # -- compute ---------------------------------------------------------------------------------
 @main.group()
 def compute() -> None:

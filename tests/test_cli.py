@@ -153,6 +153,13 @@ def test_compute_and_instance_type_lists(kstudio):
     assert "defaultinstancetype" in table and "memory=2Gi" in table
 
 
+def test_workspace_list_and_members(kstudio):
+    workspaces = json.loads(kstudio("workspace", "list", "-o", "json", check=True).stdout)
+    assert [(w["name"], w["default_compute"]) for w in workspaces] == [("demo", "local")]
+    table = kstudio("workspace", "members", check=True).stdout
+    assert "olivia" in table and "owner" in table and "sam" not in table
+
+
 def test_clear_errors_for_wrong_name_token_and_server(kstudio):
     missing = kstudio("job", "show", "no-such-job")
     assert missing.returncode == 1 and missing.stderr.startswith("ERROR: ")
