@@ -51,3 +51,15 @@ def workspace_for(user: AnyUser, name: str, needed: str = Role.READER) -> tuple[
     if not can(membership.role, needed):
         raise PermissionDenied(f"This needs the {needed} role in workspace {name!r}.")
     return membership.workspace, membership.role
+
+
+def members_of(user: AnyUser, name: str) -> tuple[Workspace, bool]:
+    """The workspace, and whether this user may change its members: its owners, and IT-ops
+    in any workspace (as the API's members endpoint allows). Non-members get 404."""
+    if is_it_ops(user):
+        workspace = Workspace.objects.filter(name=name).first()
+        if workspace is None:
+            raise Http404("No such workspace.")
+        return workspace, True
+    workspace, role = workspace_for(user, name)
+    return workspace, can(role, Role.OWNER)

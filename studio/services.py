@@ -10,7 +10,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from compute.services import seed_local
 from studio.models import Membership, Role, Workspace
@@ -21,11 +21,14 @@ def create_workspace(name: str, description: str = "", owner: Any = None) -> Wor
     workspace = Workspace(name=name, description=description)
     # Checks the name's shape and that it is free, with the model's own messages.
     workspace.full_clean(exclude=["default_compute"])
-    with transaction.atomic():
-        workspace.save()
-        seed_local(workspace)
-        if owner is not None:
-            Membership.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
+    try:
+        with transaction.atomic():
+            workspace.save()
+            seed_local(workspace)
+            if owner is not None:
+                Membership.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
+    except IntegrityError as exc:  # created by someone else since the check
+        raise ValidationError({"name": f"a workspace named {name!r} already exists"}) from exc
     workspace.refresh_from_db()
     return workspace
 
@@ -45,11 +48,13 @@ def _check_role(role: str) -> None:
 def add_member(workspace: Workspace, username: str, role: str) -> Membership:
     _check_role(role)
     user = user_named(username)
-    if Membership.objects.filter(workspace=workspace, user=user).exists():
+    try:
+        with transaction.atomic():
+            return Membership.objects.create(workspace=workspace, user=user, role=role)
+    except IntegrityError as exc:
         raise ValidationError(
             {"username": f"{username} is already a member; change their role instead"}
-        )
-    return Membership.objects.create(workspace=workspace, user=user, role=role)
+        ) from exc
 
 
 def _keep_an_owner(membership: Membership) -> None:

@@ -7,7 +7,7 @@ from django.views.decorators.http import require_POST
 
 from studio import access, services
 from studio.forms import AddMemberForm, NewWorkspaceForm
-from studio.models import Role, Workspace
+from studio.models import Role
 
 
 @login_required
@@ -38,18 +38,9 @@ def server_error(request: HttpRequest) -> HttpResponse:
 
 
 # -- workspaces and members ------------------------------------------------------------------
-def _workspace_to_manage(request: HttpRequest, workspace: str) -> tuple[Workspace, bool]:
-    """The workspace, and whether this user may change its members: its owners, and
-    IT-ops in any workspace. Others who are not members get 404."""
-    if access.is_it_ops(request.user):
-        return get_object_or_404(Workspace, name=workspace), True
-    ws, role = access.workspace_for(request.user, workspace)
-    return ws, access.can(role, Role.OWNER)
-
-
 @login_required
 def members(request: HttpRequest, workspace: str) -> HttpResponse:
-    ws, can_manage = _workspace_to_manage(request, workspace)
+    ws, can_manage = access.members_of(request.user, workspace)
     form = AddMemberForm(request.POST or None, workspace=ws)
     if request.method == "POST":
         if not can_manage:
@@ -71,7 +62,7 @@ def members(request: HttpRequest, workspace: str) -> HttpResponse:
 @require_POST
 def member_change(request: HttpRequest, workspace: str, username: str) -> HttpResponse:
     """Change a member's role, or remove them (the `remove` button)."""
-    ws, can_manage = _workspace_to_manage(request, workspace)
+    ws, can_manage = access.members_of(request.user, workspace)
     if not can_manage:
         raise PermissionDenied("Only the workspace's owners may change its members.")
     membership = get_object_or_404(ws.memberships, user__username=username)
