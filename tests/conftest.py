@@ -35,7 +35,8 @@ def pool_closed_before_the_test_database_is_dropped(
     django_db_setup: None, django_db_blocker: Any
 ) -> Iterator[None]:
     """Connections of threads that have ended are let go, then the pool is closed, so
-    that dropping the test database finds nobody using it."""
+    that dropping the test database finds nobody using it. A live studio's web thread
+    stopped mid-request (its event loop gone) still holds one: its session is ended."""
     yield
     import gc
 
@@ -44,6 +45,12 @@ def pool_closed_before_the_test_database_is_dropped(
     gc.collect()
     with django_db_blocker.unblock():
         for conn in connections.all():
+            if conn.vendor == "postgresql":
+                with conn.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
             if getattr(conn, "pool", None) is not None:
                 conn.close_pool()
 
