@@ -14,19 +14,31 @@ Given a launch file (JSON) it:
 and keeps its phase in `state.json` (rewritten atomically) so that whoever watches
 the job, including a controller restarted mid-run, knows where it stands.
 
+When `run_as` is given (the studio runs as root), the launcher stays root and the user's
+command runs as that unprivileged uid: the job folder's `wd/`, `home/`, `tmp/`, inputs and
+outputs are the job's, while the launcher's own records (launch.json, state.json,
+log.jsonl) stay root's, so a job can neither read the studio's data nor forge its state.
+When the command ends, every process left under that uid is killed, so nothing a job
+started (even in a session of its own) outlives it.
+
 Keep this file free of third-party and project imports: it is copied as-is next to
-user code that may run on any Python 3.8+.
+user code. It needs Python 3.11+ (process groups in subprocess, tar extraction filters).
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import ipaddress
 import json
 import os
 import re
+import resource
 import selectors
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -34,12 +46,21 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
+from typing import IO, Any
 
 EXPRESSION = re.compile(r"\$\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
 OPTIONAL_SEGMENT = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
 TERMINAL = ("Completed", "Failed", "Canceled")
 EXIT_TIMEOUT = 124  # what coreutils' timeout(1) uses
 MAX_LINE = 64 * 1024  # longer output without a newline is cut into lines of this size
+DRAIN_SECONDS = 2.0  # how long output is still read once the command itself has exited
+# Defaults when the launch file does not say (the studio's settings do).
+DEFAULT_LIMITS = {
+    "max_log_bytes": 100 * 1024 * 1024,
+    "max_archive_members": 20_000,
+    "max_archive_bytes": 4 * 1024**3,
+    "max_download_bytes": 4 * 1024**3,
+}
 
 
 class LaunchError(Exception):
@@ -77,14 +98,130 @@ def substitute(command: str, values: dict[str, str]) -> str:
     return EXPRESSION.sub(expression, command)
 
 
+def archive_problem(file: IO[bytes], max_members: int, max_bytes: int) -> str | None:
+    """Why an uploaded archive may not be unpacked (too many members, too big unpacked,
+    not an archive), or None. Reads member headers only, and stops at the first limit."""
+    file.seek(0)
+    try:
+        if zipfile.is_zipfile(file):
+            file.seek(0)
+            with zipfile.ZipFile(file) as z:
+                members = z.infolist()
+                if len(members) > max_members:
+                    return f"the archive has more than {max_members:,} members"
+                if sum(m.file_size for m in members) > max_bytes:
+                    return f"the archive unpacks to more than {max_bytes:,} bytes"
+                return None
+        file.seek(0)
+        count = size = 0
+        with tarfile.open(fileobj=file, mode="r:*") as tar:
+            while (member := tar.next()) is not None:
+                count += 1
+                size += member.size
+                if count > max_members:
+                    return f"the archive has more than {max_members:,} members"
+                if size > max_bytes:
+                    return f"the archive unpacks to more than {max_bytes:,} bytes"
+        return None
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError):
+        return "the upload must be a .tar.gz, .tar or .zip archive"
+    finally:
+        file.seek(0)
+
+
+def address_problem(address: str, allowed: list[str]) -> str | None:
+    """Why a job may not fetch from this IP address, or None.
+
+    Loopback, link-local, private and other non-public addresses are the studio's own
+    neighbourhood (its database, a cloud's metadata service): refused unless the address
+    falls in a network IT-ops allowed."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if any(ip in ipaddress.ip_network(net, strict=False) for net in allowed):
+        return None
+    for kind in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified"):
+        if getattr(ip, f"is_{kind}"):
+            return (
+                f"{address} is a {kind.replace('_', '-')} address; downloads from it are "
+                "refused unless IT-ops allows its network (STUDIO_ALLOWED_INPUT_NETWORKS)"
+            )
+    return None
+
+
+def _guarded(base: type[http.client.HTTPConnection], allowed: list[str]) -> Any:
+    class Guarded(base):  # type: ignore[valid-type,misc]
+        """Checks the address it actually connected to (after DNS, on every redirect)
+        before a byte is sent, so a name that resolves inward is refused too."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+
+            def create_connection(*a: object, **k: object) -> socket.socket:
+                sock = socket.create_connection(*a, **k)  # type: ignore[arg-type]
+                problem = address_problem(sock.getpeername()[0], allowed)
+                if problem:
+                    sock.close()
+                    raise LaunchError(problem)
+                return sock
+
+            self._create_connection = create_connection
+
+    return Guarded
+
+
+def opener(allowed: list[str]) -> urllib.request.OpenerDirector:
+    http_conn = _guarded(http.client.HTTPConnection, allowed)
+    https_conn = _guarded(http.client.HTTPSConnection, allowed)
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(http_conn, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(https_conn, req)
+
+    # No proxy: the check is on the address the bytes go to.
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), HTTPHandler(), HTTPSHandler()
+    )
+
+
+def kill_user_processes(uid: int) -> None:
+    """SIGKILL every process running as `uid` (all of a job's, wherever they went).
+
+    kill(-1) sent from that uid reaches every process of it but the sender: the shell's
+    own kill does it (the studio's interpreter may live where the uid cannot read, and
+    forking a threaded studio to switch uid is not safe)."""
+    subprocess.run(
+        ["/bin/sh", "-c", "kill -KILL -1"],
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        env={},
+        check=False,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 class Launcher:
     def __init__(self, launch_file: str) -> None:
         with open(launch_file, encoding="utf-8") as f:
             self.spec = json.load(f)
+        self.limits = {**DEFAULT_LIMITS, **self.spec.get("bounds", {})}
         self.root = self.spec["root"]
         self.workdir = os.path.join(self.root, "wd")
+        self.home = os.path.join(self.root, "home")
+        self.tmp = os.path.join(self.root, "tmp")
+        run_as = self.spec.get("run_as")
+        self.uid: int | None = int(run_as) if run_as is not None else None
         self.child: subprocess.Popen[bytes] | None = None
         self.canceled = False
+        self.started = time.monotonic()
+        timeout = self.spec.get("timeout")
+        # limits.timeout counts from the launcher's start: downloads are part of the job.
+        self.deadline = self.started + timeout if timeout else None
         self.state: dict[str, object] = {"launcher_pid": os.getpid()}
 
     # -- state ---------------------------------------------------------------------------
@@ -97,6 +234,12 @@ class Launcher:
 
     # -- preparing -----------------------------------------------------------------------
     def unpack(self, archive: str, target: str) -> None:
+        with open(archive, "rb") as f:
+            problem = archive_problem(
+                f, self.limits["max_archive_members"], self.limits["max_archive_bytes"]
+            )
+        if problem:
+            raise LaunchError(problem)
         os.makedirs(target, exist_ok=True)
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
@@ -115,10 +258,31 @@ class Launcher:
         os.makedirs(target_dir, exist_ok=True)
         name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
         path = os.path.join(target_dir, name)
+        cap = int(self.limits["max_download_bytes"])
+        fetch = opener(list(self.spec.get("allowed_networks", [])))
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:  # noqa: S310 - http(s) checked at submit
-                shutil.copyfileobj(response, out)
-        except OSError as exc:
+            remaining = self.deadline - time.monotonic() if self.deadline else 30.0
+            with (
+                fetch.open(url, timeout=max(0.1, min(30.0, remaining))) as response,
+                open(path, "wb") as out,
+            ):
+                received = 0
+                while chunk := response.read1(1024 * 1024):
+                    received += len(chunk)
+                    if received > cap:
+                        raise LaunchError(
+                            f"{url} is larger than the download limit ({cap:,} bytes)"
+                        )
+                    if self.deadline is not None and time.monotonic() > self.deadline:
+                        raise LaunchError(
+                            f"downloading {url} ran past limits.timeout ({self.spec['timeout']} s)"
+                        )
+                    if self.canceled:
+                        raise LaunchError("canceled while downloading")
+                    out.write(chunk)
+        except LaunchError:
+            raise
+        except (OSError, http.client.HTTPException) as exc:
             raise LaunchError(f"could not download {url}: {exc}") from exc
         return path
 
@@ -143,7 +307,8 @@ class Launcher:
         return values
 
     def prepare(self) -> dict[str, str]:
-        os.makedirs(self.workdir, exist_ok=True)
+        for folder in (self.workdir, self.home, self.tmp):
+            os.makedirs(folder, exist_ok=True)
         if self.spec.get("code"):
             self.unpack(self.spec["code"], self.workdir)
         values = self.materialize_inputs()
@@ -153,15 +318,40 @@ class Launcher:
             os.makedirs(path, exist_ok=True)
             values[f"outputs.{name}"] = path
         values["name"] = self.spec["name"]
+        self.hand_over()
         return values
+
+    def hand_over(self) -> None:
+        """Give the job's own folders to its uid; the launcher's records stay root's.
+
+        Folders on the way to them are traversable (0711), not listable."""
+        if self.uid is None:
+            return
+        for parent in (
+            self.root,
+            os.path.join(self.root, "inputs"),
+            os.path.join(self.root, "outputs"),
+        ):
+            if os.path.isdir(parent):
+                os.chmod(parent, 0o711)  # noqa: S103 - traverse only
+        owned = [self.workdir, self.home, self.tmp]
+        for parent in ("inputs", "outputs"):
+            folder = os.path.join(self.root, parent)
+            if os.path.isdir(folder):
+                owned.extend(os.path.join(folder, name) for name in os.listdir(folder))
+        for top in owned:
+            # Nothing of the job's runs yet, so nothing here can be swapped under us;
+            # lchown all the same, never following a link out of the folder.
+            os.lchown(top, self.uid, self.uid)
+            for dirpath, dirs, files in os.walk(top):
+                for name in dirs + files:
+                    os.lchown(os.path.join(dirpath, name), self.uid, self.uid)
 
     # -- running -------------------------------------------------------------------------
     def limit_child(self) -> None:
-        """Runs in the child before exec: the limits the OS can enforce."""
+        """Runs in the child before exec (after it became the job's uid): OS limits."""
         limits = self.spec.get("limits", {})
         if limits.get("memory_bytes"):
-            import resource
-
             size = int(limits["memory_bytes"])
             resource.setrlimit(resource.RLIMIT_DATA, (size, size))
         if limits.get("cpus") and hasattr(os, "sched_setaffinity"):
@@ -173,63 +363,102 @@ class Launcher:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.child.pid, sig)
 
+    def kill_everything(self) -> None:
+        """The command's group, and with a uid of its own, whatever escaped the group."""
+        self.signal_command(signal.SIGKILL)
+        if self.uid is not None:
+            kill_user_processes(self.uid)
+
     def on_term(self, signum: int, frame: object) -> None:
         self.canceled = True
         self.signal_command(signal.SIGTERM)
 
-    def run(self, command: str) -> int:
+    def child_environment(self) -> dict[str, str]:
+        """The launcher's own environment is already the studio's allow-list; add the
+        job's variables and the job's own home and temp folders."""
         env = dict(os.environ)
         env.update({k: str(v) for k, v in self.spec.get("environment_variables", {}).items()})
         env.update(
             PYTHONUNBUFFERED="1",
             AZUREML_RUN_ID=self.spec["name"],
             KSTUDIO_JOB_NAME=self.spec["name"],
+            HOME=self.home,
+            TMPDIR=self.tmp,
         )
+        if self.uid is not None:
+            env.update(USER="job", LOGNAME="job")
+        if self.spec.get("python"):
+            # `python` and `python3` are the interpreter the studio chose for jobs.
+            bin_dir = os.path.join(self.root, "bin")
+            os.makedirs(bin_dir, exist_ok=True)
+            os.chmod(bin_dir, 0o711)  # noqa: S103 - traverse only
+            for name in ("python", "python3"):
+                link = os.path.join(bin_dir, name)
+                if not os.path.lexists(link):
+                    os.symlink(self.spec["python"], link)
+            env["PATH"] = bin_dir + os.pathsep + env.get("PATH", os.defpath)
+        return env
+
+    def run(self, command: str) -> int:
         shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-        self.child = subprocess.Popen(
-            [shell, "-c", command],
-            cwd=self.workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            process_group=0,
-            preexec_fn=self.limit_child,
-        )
+        try:
+            self.child = subprocess.Popen(
+                [shell, "-c", command],
+                cwd=self.workdir,
+                env=self.child_environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                process_group=0,
+                preexec_fn=self.limit_child,
+                umask=0o077,
+                user=self.uid,
+                group=self.uid,
+                extra_groups=None if self.uid is None else [],
+            )
+        except PermissionError as exc:
+            if self.uid is None:
+                raise
+            raise LaunchError(
+                f"could not run the command as uid {self.uid}: {exc} "
+                "(STUDIO_JOB_UID_BASE must be a range of uids this host can use)"
+            ) from exc
         self.set_state(phase="Running", child_pgid=self.child.pid, started_at=time.time())
-        timeout = self.spec.get("timeout")
-        deadline = time.monotonic() + timeout if timeout else None
         grace = float(self.spec.get("grace_seconds", 10))
         timed_out = False
         kill_at: float | None = None
+        stop_reading_at: float | None = None
         selector = selectors.DefaultSelector()
         assert self.child.stdout is not None and self.child.stderr is not None
         selector.register(self.child.stdout, selectors.EVENT_READ, "stdout")
         selector.register(self.child.stderr, selectors.EVENT_READ, "stderr")
         partial = {"stdout": b"", "stderr": b""}
-        with open(os.path.join(self.root, "log.jsonl"), "a", encoding="utf-8") as log:
-
-            def emit(stream: str, raw: bytes) -> None:
-                line = raw.decode("utf-8", errors="replace").rstrip("\r")
-                log.write(json.dumps({"ts": time.time(), "stream": stream, "line": line}) + "\n")
-
+        log = LogWriter(os.path.join(self.root, "log.jsonl"), int(self.limits["max_log_bytes"]))
+        try:
             while selector.get_map():
                 now = time.monotonic()
-                if deadline is not None and now >= deadline and not timed_out:
+                if self.deadline is not None and now >= self.deadline and not timed_out:
                     timed_out = True
                     kill_at = now + grace
                     self.signal_command(signal.SIGTERM)
                 if self.canceled and kill_at is None:
                     kill_at = now + grace
                 if kill_at is not None and now >= kill_at:
-                    self.signal_command(signal.SIGKILL)
+                    self.kill_everything()
+                if stop_reading_at is None and self.child.poll() is not None:
+                    # The command is over; what it left behind may still hold the pipes.
+                    stop_reading_at = now + DRAIN_SECONDS
+                    if self.uid is not None:
+                        kill_user_processes(self.uid)
+                if stop_reading_at is not None and now >= stop_reading_at:
+                    break
                 for key, _ in selector.select(timeout=0.2):
                     stream = key.data
                     chunk = os.read(key.fd, 65536)
                     if not chunk:
                         selector.unregister(key.fileobj)
                         if partial[stream]:
-                            emit(stream, partial[stream])
+                            log.emit(stream, partial[stream])
                             partial[stream] = b""
                         continue
                     *lines, partial[stream] = (partial[stream] + chunk).split(b"\n")
@@ -237,9 +466,13 @@ class Launcher:
                         lines.append(partial[stream])
                         partial[stream] = b""
                     for raw in lines:
-                        emit(stream, raw)
+                        log.emit(stream, raw)
                 log.flush()
+        finally:
+            log.close()
         code = self.child.wait()
+        if self.uid is not None:
+            kill_user_processes(self.uid)
         if timed_out:
             self.set_state(timed_out=True)
             return EXIT_TIMEOUT
@@ -247,19 +480,24 @@ class Launcher:
 
     # -- finishing -----------------------------------------------------------------------
     def list_outputs(self) -> list[dict[str, object]]:
+        """Regular files only: a link is the job pointing elsewhere, never an output."""
         found = []
         folders = {"default": os.path.join(self.workdir, "outputs")}
         for name in self.spec.get("outputs", {}):
             folders[name] = os.path.join(self.root, "outputs", name)
         for output, folder in folders.items():
-            for dirpath, _dirs, files in os.walk(folder):
+            for dirpath, dirs, files in os.walk(folder):
+                dirs.sort()
                 for filename in sorted(files):
                     path = os.path.join(dirpath, filename)
+                    info = os.lstat(path)
+                    if not stat.S_ISREG(info.st_mode):
+                        continue
                     found.append(
                         {
                             "output": output,
                             "path": os.path.relpath(path, folder),
-                            "size": os.path.getsize(path),
+                            "size": info.st_size,
                         }
                     )
         return found
@@ -272,14 +510,19 @@ class Launcher:
             values = self.prepare()
             command = substitute(self.spec["command"], values)
         except (LaunchError, OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
-            self.set_state(phase="Failed", exit_code=None, reason=f"Preparing failed: {exc}")
+            if self.canceled:
+                self.set_state(
+                    phase="Canceled", exit_code=None, reason="Canceled before it started."
+                )
+            else:
+                self.set_state(phase="Failed", exit_code=None, reason=f"Preparing failed: {exc}")
             return 1
         if self.canceled:
             self.set_state(phase="Canceled", exit_code=None, reason="Canceled before it started.")
             return 1
         try:
             code = self.run(command)
-        except OSError as exc:
+        except (LaunchError, OSError) as exc:
             self.set_state(phase="Failed", exit_code=None, reason=f"Could not start: {exc}")
             return 1
         self.set_state(phase="Finalizing", exit_code=code)
@@ -297,6 +540,37 @@ class Launcher:
             phase, reason = "Failed", f"The command exited with code {code}."
         self.set_state(phase=phase, exit_code=code, reason=reason, outputs=outputs)
         return 0
+
+
+class LogWriter:
+    """log.jsonl, one JSON object a line; past `cap` bytes, one note and then nothing."""
+
+    def __init__(self, path: str, cap: int) -> None:
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.cap = cap
+        self.written = self.file.tell()
+        self.full = False
+
+    def emit(self, stream: str, raw: bytes) -> None:
+        if self.full:
+            return
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        record = json.dumps({"ts": time.time(), "stream": stream, "line": line}) + "\n"
+        if self.written + len(record) > self.cap:
+            self.full = True
+            line = (
+                f"[kstudio] This job's log reached its limit ({self.cap:,} bytes); further "
+                "output is not kept. The job goes on running."
+            )
+            record = json.dumps({"ts": time.time(), "stream": "stderr", "line": line}) + "\n"
+        self.file.write(record)
+        self.written += len(record)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 if __name__ == "__main__":

@@ -324,6 +324,7 @@ def launch_spec(job: Job) -> LaunchSpec:
     resources = job.resources or {}
     return LaunchSpec(
         job_key=f"{job.workspace_id}/{job.name}",
+        job_id=job.pk,
         name=job.name,
         command=spec.command,
         code_archive=code,

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -19,6 +16,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from compute.backends import LogRecord, backend_for
+from compute.launcher import archive_problem
 from compute.models import ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
 from jobs import events, names
@@ -144,8 +142,14 @@ def _check_uploads(
         else:
             errors.append((key, "an upload was given for something the job does not declare"))
             continue
-        if is_folder and not _is_archive(upload.file):
-            errors.append((field, "the upload must be a .tar.gz, .tar or .zip archive"))
+        if is_folder:
+            problem = archive_problem(
+                upload.file,
+                settings.STUDIO_MAX_ARCHIVE_MEMBERS,
+                settings.STUDIO_MAX_ARCHIVE_BYTES,
+            )
+            if problem:
+                errors.append((field, problem))
 
 
 def _resolve_compute(
@@ -162,21 +166,6 @@ def _resolve_compute(
     if compute is None:
         errors.append(("compute", "the workspace has no compute target; ask IT-ops to add one"))
     return compute
-
-
-def _is_archive(file: IO[bytes]) -> bool:
-    file.seek(0)
-    try:
-        if zipfile.is_zipfile(file):
-            return True
-        file.seek(0)
-        with tarfile.open(fileobj=file, mode="r:*") as archive:
-            archive.getmembers()
-        return True
-    except (tarfile.TarError, OSError, EOFError):
-        return False
-    finally:
-        file.seek(0)
 
 
 def submit(
@@ -347,28 +336,3 @@ def append_logs(job: Job, records: Iterable[LogRecord], cursor: dict[str, Any]) 
 def log_lines(job: Job, after: int = 0, limit: int | None = None) -> QuerySet[LogLine]:
     lines = job.log_lines.filter(seq__gt=after).order_by("seq")
     return lines[:limit] if limit else lines
-
-
-# -- outputs ---------------------------------------------------------------------------------
-def output_root(job: Job, output: str = "default") -> Path | None:
-    if not job.runtime:
-        return None
-    root = backend_for(job.compute_kind).output_root(job.runtime, output)
-    return Path(root) if root else None
-
-
-def output_names(job: Job) -> list[str]:
-    return ["default", *job.spec.get("outputs", {}).keys()]
-
-
-def output_zip(job: Job, output: str) -> io.BytesIO:
-    """One output's files as a zip archive (empty when the job wrote none)."""
-    root = output_root(job, output)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        if root is not None:
-            for path in sorted(root.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(root).as_posix())
-    buffer.seek(0)
-    return buffer

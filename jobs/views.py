@@ -1,14 +1,17 @@
 """Studio pages for jobs: one view answers the full page or its htmx partial."""
 
+from pathlib import PurePosixPath
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from jobs import services
+from jobs import outputs, services
 from jobs.forms import SubmitJobForm
 from jobs.models import Job, Status
 from jobs.spec import SpecError, load_yaml
@@ -83,7 +86,10 @@ def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
         "workspace": job.workspace,
         "can_cancel": access.can(role, Role.CONTRIBUTOR) and not job.is_terminal,
         "history": job.status_changes.all(),
-        "outputs": services.output_names(job),
+        "outputs": [
+            {"name": name, "files": outputs.files_of(job, name)}
+            for name in outputs.output_names(job)
+        ],
     }
     if is_htmx_partial(request) and request.GET.get("part") == "overview":
         return render(request, "jobs/_overview.html", context)
@@ -103,19 +109,35 @@ def cancel(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
 
 
 @login_required
-def download(request: HttpRequest, workspace: str, name: str, output: str) -> HttpResponse:
+def download(request: HttpRequest, workspace: str, name: str, output: str) -> HttpResponseBase:
     return output_download(_job(request, workspace, name)[0], output)
 
 
-def output_download(job: Job, output: str) -> HttpResponse:
-    """One output as a zip attachment; shared with the API."""
-    if output not in services.output_names(job):
-        raise Http404(f"Job {job.name} has no output named {output!r}.")
-    response = HttpResponse(
-        services.output_zip(job, output).getvalue(), content_type="application/zip"
-    )
+@login_required
+def download_file(
+    request: HttpRequest, workspace: str, name: str, output: str, path: str
+) -> HttpResponseBase:
+    return output_file(_job(request, workspace, name)[0], output, path)
+
+
+def output_download(job: Job, output: str) -> HttpResponseBase:
+    """One output as a zip attachment, streamed; shared with the API."""
+    try:
+        stream = outputs.zip_stream(job, output)
+    except outputs.NoSuchOutput as exc:
+        raise Http404(str(exc)) from exc
+    response = StreamingHttpResponse(stream, content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{job.name}-{output}.zip"'
     return response
+
+
+def output_file(job: Job, output: str, path: str) -> HttpResponseBase:
+    """One file of an output, streamed; shared with the API."""
+    try:
+        f = outputs.open_file(job, output, path)
+    except outputs.NoSuchOutput as exc:
+        raise Http404(str(exc)) from exc
+    return FileResponse(f, as_attachment=True, filename=PurePosixPath(path).name)
 
 
 @login_required

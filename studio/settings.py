@@ -20,16 +20,29 @@ django_stubs_ext.monkeypatch()
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = env_path("STUDIO_VAR_DIR", BASE_DIR / "var")
 
+# Everything the studio writes (database, uploads, job records, the secret key) is its
+# own: 0600 files, 0700 folders, whichever process of it writes them. Every entry point
+# (manage.py, the ASGI/WSGI apps, tests) loads these settings first.
+os.umask(0o077)
+# Local jobs run as uids of their own (when the studio runs as root) and must be able to
+# pass through var/ to their folders: traverse, not list. Nothing in it is readable.
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+if VAR_DIR.stat().st_uid == os.geteuid():
+    VAR_DIR.chmod(0o711)
+
 
 def _secret_key() -> str:
     """SECRET_KEY from the environment, else one generated once and kept in var/."""
     if key := env_str("SECRET_KEY"):
         return key
     path = VAR_DIR / "secret_key"
-    if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+    try:  # created 0600 from its first byte, and only once even if two processes race
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(50))
     return path.read_text().strip()
 
 
@@ -97,7 +110,6 @@ if DATABASE_URL:
         "timeout": 30,
     }
 else:
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
@@ -140,6 +152,49 @@ STUDIO_CANCEL_GRACE_SECONDS = env_int("STUDIO_CANCEL_GRACE_SECONDS", 10)
 # How many jobs one controller runs at once; more wait in Queued.
 STUDIO_MAX_RUNNING_JOBS = env_int("STUDIO_MAX_RUNNING_JOBS", max(4, 2 * (os.cpu_count() or 1)))
 STUDIO_PUBLIC_URL = env_str("STUDIO_PUBLIC_URL", "")
+
+# -- What a local job may touch (see README, "Local compute isolation") ---------------------
+# When the studio runs as root, each local job runs as uid STUDIO_JOB_UID_BASE + its id
+# (0: as the studio's own user). Its environment is this allow-list plus its own variables.
+STUDIO_JOB_UID_BASE = env_int("STUDIO_JOB_UID_BASE", 1_000_000_000)
+# What `python` means in a local job (default: the first python3 on PATH the job can run).
+STUDIO_JOB_PYTHON = env_str("STUDIO_JOB_PYTHON")
+STUDIO_JOB_ENV_PASSTHROUGH = [
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    *env_list("STUDIO_JOB_ENV_PASSTHROUGH", []),
+]
+
+# -- Bounds on what users send and jobs produce ----------------------------------------------
+MiB = 1024 * 1024
+# A request body that is not an upload (a job document, a form): 413 beyond it.
+STUDIO_MAX_REQUEST_BYTES = env_int("STUDIO_MAX_REQUEST_BYTES", 2 * MiB)
+# A whole multipart submission (code archive and input files): 413 beyond it.
+STUDIO_MAX_UPLOAD_BYTES = env_int("STUDIO_MAX_UPLOAD_BYTES", 2048 * MiB)
+STUDIO_MAX_ARCHIVE_MEMBERS = env_int("STUDIO_MAX_ARCHIVE_MEMBERS", 20_000)
+STUDIO_MAX_ARCHIVE_BYTES = env_int("STUDIO_MAX_ARCHIVE_BYTES", 4096 * MiB)
+STUDIO_MAX_DOWNLOAD_BYTES = env_int("STUDIO_MAX_DOWNLOAD_BYTES", 4096 * MiB)
+STUDIO_MAX_LOG_BYTES = env_int("STUDIO_MAX_LOG_BYTES", 100 * MiB)
+# Networks that http(s) inputs may come from although they are not public (CIDR list).
+STUDIO_ALLOWED_INPUT_NETWORKS = env_list("STUDIO_ALLOWED_INPUT_NETWORKS", [])
 # Threads per web process serving pages and the API. More threads than this fight over
 # the GIL: on 2 cores, 2-4 gave the most submissions per second (bench/submissions.py).
 STUDIO_WEB_THREADS = env_int("WEB_THREADS", 4)
@@ -162,8 +217,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True
-DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
-FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = STUDIO_MAX_REQUEST_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * MiB
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

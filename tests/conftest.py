@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,12 @@ from tests.live import LiveStudio
 
 @pytest.fixture(autouse=True)
 def studio_dirs(settings: Any, tmp_path: Any) -> None:
+    # Jobs run as uids of their own when tests run as root: they must pass through
+    # pytest's private temporary folders to reach theirs, as they pass through var/.
+    for folder in [tmp_path, *tmp_path.parents]:
+        if folder == Path(tempfile.gettempdir()):
+            break
+        folder.chmod(folder.stat().st_mode | 0o111)
     settings.STUDIO_JOBS_DIR = tmp_path / "jobs"
     settings.STUDIO_UPLOADS_DIR = tmp_path / "uploads"
     settings.STUDIO_CANCEL_GRACE_SECONDS = 2

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from asgiref.sync import sync_to_async
 
-from jobs import services
+from jobs import outputs, services
 from jobs.controller import Controller
 from jobs.models import Job
 from studio.models import Workspace
@@ -111,8 +111,8 @@ async def test_inputs_env_outputs_and_stderr(workspace, people, controller):
         ("default", "a.txt"),
         ("model", "m.bin"),
     }
-    root = await sync_to_async(services.output_root)(job, "model")
-    assert (root / "m.bin").read_text() == "model\n"
+    with await sync_to_async(outputs.open_file)(job, "model", "m.bin") as f:
+        assert f.read() == b"model\n"
 
 
 async def test_code_snapshot_and_uploaded_file_input(workspace, people, controller):
@@ -135,22 +135,90 @@ async def test_code_snapshot_and_uploaded_file_input(workspace, people, controll
     assert await lines_of(job) == ["FROM A FILE"]
 
 
-async def test_http_input_is_downloaded_at_start(workspace, people, controller, tmp_path):
+class Files(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; `/slow/...` trickles a byte every 0.2 s."""
+
+    requests: list[str]
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        if self.path.startswith("/slow/"):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(1000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    threading.Event().wait(0.2)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def file_server(tmp_path):
     (tmp_path / "iris.csv").write_text("sepal,petal\n1,2\n")
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    requests: list[str] = []
+    handler = lambda *a: type("H", (Files,), {"requests": requests})(*a, directory=str(tmp_path))  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/iris.csv"
-        text = (
-            "command: cat ${{inputs.iris}}\n"
-            f"inputs: {{iris: {{type: uri_file, path: '{url}'}}}}\n"
-        )
-        job = await finished(await submit(workspace, people.contributor, text))
-    finally:
-        server.shutdown()
+    server.requests = requests
+    yield server
+    server.shutdown()
+
+
+def http_input_job(url: str, extra: str = "") -> str:
+    inputs = f"inputs: {{iris: {{type: uri_file, path: '{url}'}}}}\n"
+    return "command: cat ${{inputs.iris}}\n" + inputs + extra
+
+
+async def test_http_input_is_downloaded_at_start(
+    workspace, people, controller, file_server, settings
+):
+    settings.STUDIO_ALLOWED_INPUT_NETWORKS = ["127.0.0.0/8"]
+    url = f"http://127.0.0.1:{file_server.server_port}/iris.csv"
+    job = await finished(await submit(workspace, people.contributor, http_input_job(url)))
     assert job.status == "Completed", job.failure_reason
     assert await lines_of(job) == ["sepal,petal", "1,2"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_http_input_from_the_studios_own_network_is_refused(
+    workspace, people, controller, file_server, host
+):
+    """By address or by a name that resolves inward: no request leaves the job."""
+    url = f"http://{host}:{file_server.server_port}/iris.csv"
+    job = await finished(await submit(workspace, people.contributor, http_input_job(url)))
+    assert job.status == "Failed"
+    assert "loopback address" in job.failure_reason
+    assert "STUDIO_ALLOWED_INPUT_NETWORKS" in job.failure_reason
+    assert file_server.requests == []
+
+
+async def test_http_input_larger_than_the_cap_fails_the_job(
+    workspace, people, controller, file_server, settings
+):
+    settings.STUDIO_ALLOWED_INPUT_NETWORKS = ["127.0.0.1/32"]
+    settings.STUDIO_MAX_DOWNLOAD_BYTES = 10
+    url = f"http://127.0.0.1:{file_server.server_port}/iris.csv"
+    job = await finished(await submit(workspace, people.contributor, http_input_job(url)))
+    assert job.status == "Failed"
+    assert "larger than the download limit (10 bytes)" in job.failure_reason
+
+
+async def test_http_input_download_counts_in_the_jobs_timeout(
+    workspace, people, controller, file_server, settings
+):
+    settings.STUDIO_ALLOWED_INPUT_NETWORKS = ["127.0.0.1/32"]
+    url = f"http://127.0.0.1:{file_server.server_port}/slow/data"
+    text = http_input_job(url, "limits: {timeout: 1}\n")
+    job = await finished(await submit(workspace, people.contributor, text))
+    assert job.status == "Failed"
+    assert "ran past limits.timeout (1 s)" in job.failure_reason
 
 
 async def test_failing_command_keeps_exit_code_and_reason(workspace, people, controller):

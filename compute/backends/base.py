@@ -12,6 +12,7 @@ class LaunchSpec:
     """Everything needed to run one job, in plain data (the launcher's launch file)."""
 
     job_key: str  # unique across the studio: "<workspace id>/<job name>"
+    job_id: int  # the job's id: unique, never reused
     name: str
     command: str
     code_archive: str | None

@@ -1,7 +1,9 @@
 """Local compute: each job is the launcher as a child process in its own directory.
 
 The launcher runs in a session of its own, so a studio restart does not kill running
-jobs; the controller re-adopts them from their state file and pid.
+jobs; the controller re-adopts them from their state file and pid. It starts with only
+the allow-listed environment (no studio setting or secret) and, when the studio runs as
+root, runs the user's command as a uid of the job's own (see compute/launcher.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -76,12 +79,36 @@ class LocalBackend(ComputeBackend):
         return cpus[: min(wanted, len(cpus))]
 
     # -- lifecycle -----------------------------------------------------------------------
+    def job_uid(self, spec: LaunchSpec) -> int | None:
+        """The uid the job's command runs as: its own when the studio is root."""
+        base = int(settings.STUDIO_JOB_UID_BASE)
+        if os.geteuid() != 0 or base <= 0:
+            return None
+        return base + spec.job_id
+
+    def _make_reachable(self, root: Path) -> None:
+        """Folders from / down to the job's must let the job's uid pass (not list)."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.jobs_dir, *[p for p in root.parents if self.jobs_dir in p.parents]):
+            folder.chmod(0o711)  # traverse only; nothing in them is readable
+        for folder in self.jobs_dir.parents:
+            mode = folder.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                raise RuntimeError(
+                    f"job folders are under {folder}, which other users cannot pass through "
+                    f"(mode {stat.S_IMODE(mode):o}); jobs run as uids of their own: give it "
+                    "o+x or set STUDIO_VAR_DIR elsewhere"
+                )
+
     def submit(self, spec: LaunchSpec) -> dict[str, Any]:
         root = self.jobs_dir / spec.job_key
         handle_file = root / "handle.json"
         if handle_file.exists():  # already started: same handle, nothing new runs
             return dict(json.loads(handle_file.read_text()))
         root.mkdir(parents=True, exist_ok=True)
+        uid = self.job_uid(spec)
+        if uid is not None:
+            self._make_reachable(root)
         limits: dict[str, Any] = {}
         if "memory" in spec.limits:
             limits["memory_bytes"] = int(quantity(spec.limits["memory"]))
@@ -98,6 +125,15 @@ class LocalBackend(ComputeBackend):
             "timeout": spec.timeout,
             "limits": limits,
             "grace_seconds": spec.grace_seconds,
+            "run_as": uid,
+            "bounds": {
+                "max_log_bytes": settings.STUDIO_MAX_LOG_BYTES,
+                "max_archive_members": settings.STUDIO_MAX_ARCHIVE_MEMBERS,
+                "max_archive_bytes": settings.STUDIO_MAX_ARCHIVE_BYTES,
+                "max_download_bytes": settings.STUDIO_MAX_DOWNLOAD_BYTES,
+            },
+            "allowed_networks": list(settings.STUDIO_ALLOWED_INPUT_NETWORKS),
+            "python": job_python(os.environ.get("PATH", os.defpath), uid is not None),
         }
         (root / "launch.json").write_text(json.dumps(launch))
         with open(root / "launcher.log", "ab") as out:
@@ -108,11 +144,13 @@ class LocalBackend(ComputeBackend):
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=job_environment(),
             )
         handle = {
             "root": str(root),
             "pid": process.pid,
             "create_time": psutil.Process(process.pid).create_time(),
+            "uid": uid,
         }
         # Reap it when it exits so it does not linger as a zombie of the studio.
         _children[process.pid] = process
@@ -189,6 +227,8 @@ class LocalBackend(ComputeBackend):
                 if pgid:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(int(pgid), signal.SIGKILL)
+            if runtime.get("uid") is not None:
+                launcher.kill_user_processes(int(runtime["uid"]))
         else:
             # The launcher forwards it to the command's process group, waits the grace
             # period, then kills.
@@ -203,6 +243,37 @@ class LocalBackend(ComputeBackend):
 
 
 _children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def reachable_by_anyone(path: str) -> bool:
+    """Whether a process of any uid may run this file (every folder on the way passable)."""
+    real = Path(os.path.realpath(path))
+    try:
+        if not real.stat().st_mode & stat.S_IXOTH:
+            return False
+        return all(folder.stat().st_mode & stat.S_IXOTH for folder in real.parents)
+    except OSError:
+        return False
+
+
+def job_python(path_variable: str, isolated: bool) -> str | None:
+    """The interpreter a job's `python` means: STUDIO_JOB_PYTHON, else the first python3 on
+    the job's PATH that the job's uid can run (the studio's own may sit in root's home)."""
+    if settings.STUDIO_JOB_PYTHON:
+        return str(settings.STUDIO_JOB_PYTHON)
+    for folder in path_variable.split(os.pathsep):
+        candidate = os.path.join(folder, "python3")
+        runnable = os.path.isfile(candidate) and os.access(candidate, os.X_OK)
+        if runnable and (not isolated or reachable_by_anyone(candidate)):
+            return candidate
+    return None
+
+
+def job_environment() -> dict[str, str]:
+    """The studio's environment less everything not on the allow-list: a job sees no
+    setting, credential or secret of the studio's."""
+    allowed = set(settings.STUDIO_JOB_ENV_PASSTHROUGH)
+    return {name: value for name, value in os.environ.items() if name in allowed}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import HttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
@@ -19,7 +20,7 @@ from jobs import services
 from jobs.api.serializers import JobListSerializer, JobSerializer
 from jobs.models import Job
 from jobs.spec import SpecError, load_yaml
-from jobs.views import output_download
+from jobs.views import output_download, output_file
 from studio.api import WorkspaceMixin
 
 
@@ -135,6 +136,15 @@ class JobViewSet(
 
     @extend_schema(responses={200: None})
     @action(detail=True, methods=["get"], url_path=r"outputs/(?P<output>[A-Za-z_]\w*)")
-    def download(self, request: Request, output: str, *args: Any, **kwargs: Any) -> HttpResponse:
+    def download(
+        self, request: Request, output: str, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
         """One output of the job as a zip archive (`default` is ./outputs)."""
         return output_download(self.get_object(), output)
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    def download_file(
+        self, request: Request, output: str, path: str, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        """One file of one output of the job."""
+        return output_file(self.get_object(), output, path)

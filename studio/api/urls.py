@@ -17,5 +17,11 @@ router.register(r"workspaces/(?P<workspace>[^/]+)/members", MemberViewSet, basen
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    # A file path ends the URL: no trailing slash, so it is not under the router.
+    path(
+        "workspaces/<str:workspace>/jobs/<str:name>/outputs/<str:output>/<path:path>",
+        JobViewSet.as_view({"get": "download_file"}),
+        name="job-output-file",
+    ),
     path("", include(router.urls)),
 ]
