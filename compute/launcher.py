@@ -462,9 +462,9 @@ class Launcher:
                             partial[stream] = b""
                         continue
                     *lines, partial[stream] = (partial[stream] + chunk).split(b"\n")
-                    if len(partial[stream]) > MAX_LINE:  # a progress bar without newlines
-                        lines.append(partial[stream])
-                        partial[stream] = b""
+                    while len(partial[stream]) > MAX_LINE:  # a progress bar, no newlines
+                        lines.append(partial[stream][:MAX_LINE])
+                        partial[stream] = partial[stream][MAX_LINE:]
                     for raw in lines:
                         log.emit(stream, raw)
                 log.flush()

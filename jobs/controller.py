@@ -32,7 +32,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.db.utils import DatabaseError
+from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
 
 from compute.backends import LaunchSpec, backend_for
@@ -227,9 +227,9 @@ class Controller:
         try:
             self.follow(held)
             held.errors = 0
-        except DatabaseError:
-            raise  # the whole pass is in trouble
-        except Exception as exc:
+        except (OperationalError, InterfaceError):
+            raise  # the database itself is in trouble: the whole pass is
+        except Exception as exc:  # this job's data, backend or bug: this job only
             held.errors += 1
             log.exception("following job %s failed (%d in a row)", held.job.name, held.errors)
             if held.errors >= MAX_FOLLOW_ERRORS:

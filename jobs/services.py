@@ -304,6 +304,16 @@ def cancel(job: Job) -> Job:
 
 
 # -- logs ------------------------------------------------------------------------------------
+STREAMS = ("stdout", "stderr")
+
+
+def storable(line: str) -> str:
+    """A line any database keeps: PostgreSQL refuses NUL in text and lone surrogates
+    cannot be encoded; both become U+FFFD (or "?")."""
+    line = line.replace("\x00", "\ufffd")
+    return line.encode("utf-8", errors="replace").decode("utf-8")
+
+
 def append_logs(job: Job, records: Iterable[LogRecord], cursor: dict[str, Any]) -> int:
     """Store new lines (seq continuing from the job's last) and send them to watchers."""
     lines = [
@@ -311,8 +321,8 @@ def append_logs(job: Job, records: Iterable[LogRecord], cursor: dict[str, Any]) 
             job=job,
             seq=job.last_seq + i,
             ts=datetime.fromtimestamp(record.ts, tz=UTC),
-            stream=record.stream,
-            line=record.line,
+            stream=record.stream if record.stream in STREAMS else "stdout",
+            line=storable(record.line),
         )
         for i, record in enumerate(records, start=1)
     ]

@@ -312,17 +312,77 @@ def _message(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
+# A job document is a few hundred nodes; these bounds refuse the pathological ones
+# (an alias "billion laughs" expands to millions of nodes from a few hundred bytes).
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes the document would have once every alias is expanded, counted over the
+    composed graph (where an alias is a shared node), so the count itself stays cheap.
+    Raises SpecError past the bounds, or on an alias that contains itself."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise SpecError([("(document)", f"is nested deeper than {MAX_DEPTH} levels")])
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise SpecError([("(document)", "has an alias that refers to itself")])
+        open_nodes.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(item, depth + 1) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        open_nodes.discard(id(node))
+        if total > MAX_NODES:
+            raise SpecError(
+                [("(document)", f"expands to more than {MAX_NODES:,} values (aliases included)")]
+            )
+        sizes[id(node)] = total
+        return total
+
+    return size(root, 0)
+
+
 def load_yaml(text: str) -> dict[str, Any]:
+    loader = SafeLoader(text)
     try:
-        data = yaml.load(text, Loader=SafeLoader)  # noqa: S506 - a safe loader
+        node = loader.get_single_node()
+        if node is not None:
+            _expanded_size(node)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError([("(document)", f"not valid YAML{where}: {problem}")]) from exc
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise SpecError([("(document)", "must be a YAML mapping of job fields")])
     return data
+
+
+def check_bounds(data: Any) -> None:
+    """The same bounds for a document that came as JSON."""
+    stack = [(data, 0)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise SpecError([("(document)", f"is nested deeper than {MAX_DEPTH} levels")])
+        if count > MAX_NODES:
+            raise SpecError([("(document)", f"has more than {MAX_NODES:,} values")])
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
 
 
 def parse(data: dict[str, Any]) -> CommandJob:

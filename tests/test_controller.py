@@ -411,3 +411,34 @@ async def test_output_without_newlines_still_arrives(workspace, people, controll
     lines = await lines_of(job)
     assert "".join(lines) == "x" * 200000
     assert len(lines) > 1
+
+
+async def test_nul_bytes_in_output_do_not_stop_the_controller(workspace, people, controller):
+    text = "command: printf 'a\\0b\\n'; echo after\n"
+    job = await finished(await submit(workspace, people.contributor, text))
+    assert job.status == "Completed", job.failure_reason
+    assert await lines_of(job) == ["a\ufffdb", "after"]
+
+
+async def test_one_bad_job_does_not_block_the_others(workspace, people, monkeypatch):
+    """A job whose lines the database refuses fails on its own; the others run on."""
+    from django.db.utils import DataError
+
+    original = services.append_logs
+
+    def refuse_poison(job, records, cursor):
+        if job.display_name == "poison" and records:
+            raise DataError("invalid byte sequence")
+        return original(job, records, cursor)
+
+    monkeypatch.setattr(services, "append_logs", refuse_poison)
+    async with running():
+        bad = await submit(
+            workspace, people.contributor, "display_name: poison\ncommand: echo x; sleep 30\n"
+        )
+        good = await submit(workspace, people.contributor, "command: echo fine\n")
+        good = await finished(good)
+        assert good.status == "Completed"
+        bad = await finished(bad, timeout=30)
+    assert bad.status == "Failed"
+    assert bad.failure_reason.startswith("The studio lost track of the job: invalid byte")

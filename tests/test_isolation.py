@@ -67,8 +67,8 @@ async def test_a_job_cannot_read_or_change_the_studios_data(workspace, people, c
 async def test_a_job_cannot_forge_its_state_to_escape_cancel(workspace, people, controller):
     text = (
         "command: |-\n"
-        "  echo '{\"phase\": \"Completed\"}' > ../state.json || echo refused\n"
-        "  echo '{\"ts\": 1, \"stream\": \"stdout\", \"line\": \"forged\"}' >> ../log.jsonl"
+        '  echo \'{"phase": "Completed"}\' > ../state.json || echo refused\n'
+        '  echo \'{"ts": 1, "stream": "stdout", "line": "forged"}\' >> ../log.jsonl'
         " || echo refused\n"
         "  echo waiting; sleep 120\n"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.http.response import HttpResponseBase
@@ -12,14 +13,13 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from jobs import services
 from jobs.api.serializers import JobListSerializer, JobSerializer
 from jobs.models import Job
-from jobs.spec import SpecError, load_yaml
+from jobs.spec import SpecError, check_bounds, load_yaml
 from jobs.views import output_download, output_file
 from studio.api import WorkspaceMixin
 
@@ -35,7 +35,10 @@ def spec_from_request(request: Request) -> tuple[dict[str, Any], str, dict[str, 
     }
     uploads.pop("spec", None)
     if "spec" in request.FILES:
-        text = request.FILES["spec"].read().decode("utf-8", errors="replace")
+        spec_file = request.FILES["spec"]
+        if (spec_file.size or 0) > settings.STUDIO_MAX_REQUEST_BYTES:
+            raise SpecError([("spec", "the job file is larger than the studio accepts")])
+        text = spec_file.read().decode("utf-8", errors="replace")
     elif not isinstance(request.data, Mapping):
         raise SpecError([("(document)", "must be a mapping of job fields")])
     elif isinstance(request.data.get("yaml"), str):
@@ -43,10 +46,24 @@ def spec_from_request(request: Request) -> tuple[dict[str, Any], str, dict[str, 
     elif "spec" in request.data:
         text = str(request.data["spec"])
     elif request.content_type.startswith("application/json"):
+        check_bounds(request.data)
         return dict(request.data), "", uploads
     else:
         raise SpecError([("(document)", "send the job as YAML in 'yaml' or 'spec', or as JSON")])
     return load_yaml(text), text, uploads
+
+
+LOG_PAGE = 10_000
+
+
+def _whole_number(request: Request, name: str, default: int) -> int:
+    try:
+        value = int(request.query_params.get(name, default))
+    except ValueError as exc:
+        raise ValidationError({name: ["must be a whole number"]}) from exc
+    if value < 0:
+        raise ValidationError({name: ["must not be negative"]})
+    return value
 
 
 class JobViewSet(
@@ -60,7 +77,6 @@ class JobViewSet(
 
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
-    parser_classes = (JSONParser, MultiPartParser, FormParser)
 
     def get_queryset(self) -> QuerySet[Job]:
         jobs = Job.objects.filter(workspace=self.get_workspace()).select_related(
@@ -89,16 +105,18 @@ class JobViewSet(
 
     @extend_schema(request=None, responses=JobSerializer)
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        workspace = self.get_workspace()  # a stranger's body is never parsed
         data, text, uploads = spec_from_request(request)
-        job = services.submit(self.get_workspace(), request.user, data, uploads, source_yaml=text)
+        job = services.submit(workspace, request.user, data, uploads, source_yaml=text)
         return Response(JobSerializer(job, context=self.get_serializer_context()).data, status=201)
 
     @extend_schema(request=None, responses={200: None})
     @action(detail=False, methods=["post"])
     def validate(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Check a job without submitting it."""
+        workspace = self.get_workspace()
         data, _text, uploads = spec_from_request(request)
-        spec, compute, instance_type = services.validate(self.get_workspace(), data, uploads)
+        spec, compute, instance_type = services.validate(workspace, data, uploads)
         return Response(
             {
                 "valid": True,
@@ -116,21 +134,28 @@ class JobViewSet(
         return Response(JobSerializer(job, context=self.get_serializer_context()).data)
 
     @extend_schema(
-        parameters=[OpenApiParameter("after", int, description="Only lines after this seq.")],
+        parameters=[
+            OpenApiParameter("after", int, description="Only lines after this seq."),
+            OpenApiParameter(
+                "limit", int, description=f"At most this many lines (default and most: {LOG_PAGE})."
+            ),
+        ],
         responses={(200, "text/plain"): str},
     )
     @action(detail=True, methods=["get"])
     def logs(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
-        """The job's output as text; `X-Last-Seq` tells where to resume with ?after=."""
+        """The job's output as text, a page at a time: `X-Last-Seq` tells where to resume
+        with ?after=, and `X-More: true` that there are lines after this page."""
         job = self.get_object()
-        try:
-            after = int(request.query_params.get("after", 0))
-        except ValueError as exc:
-            raise ValidationError({"after": ["must be a whole number"]}) from exc
-        lines = list(services.log_lines(job, after).values_list("seq", "line"))
+        after = _whole_number(request, "after", 0)
+        limit = min(_whole_number(request, "limit", LOG_PAGE) or LOG_PAGE, LOG_PAGE)
+        lines = list(services.log_lines(job, after, limit + 1).values_list("seq", "line"))
+        more = len(lines) > limit
+        lines = lines[:limit]
         text = "".join(line + "\n" for _seq, line in lines)
         response = HttpResponse(text, content_type="text/plain; charset=utf-8")
         response["X-Last-Seq"] = str(lines[-1][0] if lines else after)
+        response["X-More"] = "true" if more else "false"
         response["X-Job-Status"] = job.status
         return response
 

@@ -1,0 +1,186 @@
+"""Bounded input: documents, bodies, archives, list pages, log pages, odd log lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+
+import pytest
+from rest_framework.parsers import MultiPartParser
+
+from compute.backends import LogRecord
+from jobs.models import Job, LogLine
+from jobs.services import append_logs, submit_yaml
+from tests.test_api import HELLO, JOBS, tar_of
+
+pytestmark = pytest.mark.django_db
+
+BOMB = "command: echo hi\ntags:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  {n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n"
+    for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def test_an_alias_bomb_is_refused_at_once(api, people):
+    assert len(BOMB) < 500
+    response = api(people.contributor).post(JOBS, {"yaml": BOMB}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "(document)", "message": "expands to more than 100,000 values (aliases included)"}
+    ]
+    assert not Job.objects.exists()
+
+
+def test_aliases_within_bounds_still_work(api, people):
+    text = "command: echo ${{inputs.a}}\ninputs: &in {a: 1}\ntags: {copy: yes}\n"
+    response = api(people.contributor).post(JOBS, {"yaml": text}, format="json")
+    assert response.status_code == 201, response.content
+
+
+def test_deeply_nested_json_is_a_400(api, people):
+    body = '{"command": "echo", "tags": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = api(people.contributor).post(JOBS, body, content_type="application/json")
+    assert response.status_code == 400
+    assert "nested too deeply" in json.dumps(response.json())
+
+
+def test_nested_json_within_python_limits_is_bounded_too(api, people):
+    body = '{"command": "echo", "tags": {"a": ' + "[" * 200 + "]" * 200 + "}}"
+    response = api(people.contributor).post(JOBS, body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "(document)", "message": "is nested deeper than 64 levels"}
+    ]
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(api, people, settings):
+    settings.STUDIO_MAX_REQUEST_BYTES = 1000
+    text = HELLO + "description: " + "x" * 2000 + "\n"
+    response = api(people.contributor).post(JOBS, {"yaml": text}, format="json")
+    assert response.status_code == 413
+    (error,) = response.json()["errors"]
+    assert error["field"] == "(request)"
+    assert "1,000 bytes" in error["message"] and "STUDIO_MAX_REQUEST_BYTES" in error["message"]
+    assert not Job.objects.exists()
+
+
+def test_an_upload_over_the_limit_is_413(api, people, settings):
+    settings.STUDIO_MAX_UPLOAD_BYTES = 10_000
+    code = io.BytesIO(b"\0" * 20_000)
+    code.name = "code.tar.gz"
+    response = api(people.contributor).post(
+        JOBS, {"spec": "command: ls\ncode: src\n", "code": code}, format="multipart"
+    )
+    assert response.status_code == 413
+    assert "STUDIO_MAX_UPLOAD_BYTES" in response.json()["errors"][0]["message"]
+
+
+def test_the_submit_page_answers_413_too(client, people, settings):
+    """A form's text fields count against the request limit (its files against uploads)."""
+    settings.STUDIO_MAX_REQUEST_BYTES = settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    client.force_login(people.contributor)
+    response = client.post("/workspaces/demo/jobs/new/", {"spec": "x" * 5000})
+    assert response.status_code == 413
+    assert "larger than this studio accepts" in response.content.decode()
+
+
+def test_a_strangers_body_is_never_parsed(api, people, monkeypatch):
+    parsed = []
+    original = MultiPartParser.parse
+
+    def spy(self, *args, **kwargs):
+        parsed.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiPartParser, "parse", spy)
+    code = tar_of({"main.py": "print(1)\n" * 10_000})
+    response = api(people.stranger).post(
+        JOBS, {"spec": "command: ls\ncode: src\n", "code": code}, format="multipart"
+    )
+    assert response.status_code == 404
+    assert parsed == []
+    response = api(people.reader).post(
+        JOBS, {"spec": "command: ls\ncode: src\n", "code": code}, format="multipart"
+    )
+    assert response.status_code == 403
+    assert parsed == []
+
+
+def tar_with(count: int, size: int = 0) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for i in range(count):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = size
+            archive.addfile(info, io.BytesIO(b"\0" * size))
+    buffer.seek(0)
+    buffer.name = "code.tar.gz"
+    return buffer
+
+
+def test_archives_with_too_many_members_are_refused(api, people, settings):
+    settings.STUDIO_MAX_ARCHIVE_MEMBERS = 50
+    response = api(people.contributor).post(
+        JOBS, {"spec": "command: ls\ncode: src\n", "code": tar_with(51)}, format="multipart"
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "code", "message": "the archive has more than 50 members"}
+    ]
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_archives_that_unpack_too_big_are_refused(api, people, settings, kind):
+    settings.STUDIO_MAX_ARCHIVE_BYTES = 100_000
+    if kind == "tar":
+        archive = tar_with(2, 60_000)
+    else:
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("a", b"\0" * 200_000)  # a few hundred bytes compressed
+        archive.seek(0)
+        archive.name = "code.zip"
+    response = api(people.contributor).post(
+        JOBS, {"spec": "command: ls\ncode: src\n", "code": archive}, format="multipart"
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "code", "message": "the archive unpacks to more than 100,000 bytes"}
+    ]
+
+
+def test_list_limit_is_capped(api, people, workspace):
+    job = submit_yaml(workspace, people.contributor, HELLO)
+    fields = {f.name: getattr(job, f.name) for f in Job._meta.concrete_fields if f.name != "id"}
+    Job.objects.bulk_create([Job(**{**fields, "name": f"job-{i}"}) for i in range(505)])
+    body = api(people.reader).get(JOBS, {"limit": 100_000}).json()
+    assert body["count"] == 506
+    assert len(body["results"]) == 500
+    assert "limit=500" in body["next"]
+
+
+def test_the_logs_api_comes_in_pages(api, people, workspace):
+    job = submit_yaml(workspace, people.contributor, HELLO)
+    append_logs(job, [LogRecord(ts=1.0, stream="stdout", line=f"l{i}") for i in range(25)], {})
+    client = api(people.reader)
+    first = client.get(f"{JOBS}{job.name}/logs/", {"limit": 10})
+    assert first.content.decode().splitlines() == [f"l{i}" for i in range(10)]
+    assert (first["X-Last-Seq"], first["X-More"]) == ("10", "true")
+    last = client.get(f"{JOBS}{job.name}/logs/", {"after": 20, "limit": 10})
+    assert last.content.decode().splitlines() == [f"l{i}" for i in range(20, 25)]
+    assert (last["X-Last-Seq"], last["X-More"]) == ("25", "false")
+
+
+def test_log_lines_with_nul_and_odd_streams_are_stored(people, workspace):
+    """PostgreSQL refuses NUL in text: such a line must not stop the controller."""
+    job = submit_yaml(workspace, people.contributor, HELLO)
+    records = [
+        LogRecord(ts=1.0, stream="stdout", line="a\x00b"),
+        LogRecord(ts=1.0, stream="weird", line="lone \udc80 surrogate"),
+    ]
+    assert append_logs(job, records, {"offset": 1}) == 2
+    stored = list(LogLine.objects.filter(job=job).order_by("seq").values_list("stream", "line"))
+    assert stored == [("stdout", "a\ufffdb"), ("stdout", "lone ? surrogate")]
