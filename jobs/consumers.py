@@ -2,6 +2,7 @@
 
 Both authorize in `connect` (session or API token, then workspace membership) and
 refuse the handshake otherwise, so a stranger learns nothing, not even that a job exists.
+Both close (code 4403) once their user is no longer a member (studio.ws).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from jobs import events
 from jobs.models import Job, LogLine
 from studio import access
+from studio.ws import AccessWatchingConsumer
 
 BACKLOG_CHUNK = 1000
 
@@ -61,7 +62,7 @@ def _progress(job_id: int) -> tuple[str, int]:
     return status, last_seq
 
 
-class JobLogConsumer(AsyncJsonWebsocketConsumer):
+class JobLogConsumer(AccessWatchingConsumer):
     """Backlog after `?after=N`, then the live tail, then `{"type": "end", "status": ...}`.
 
     The store is the truth and the group the fast path: lines from the group that were
@@ -86,6 +87,7 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):
         # Join before reading the store: whatever is stored after the read comes by group.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        await self.watch_access()
         status, last_seq = await _progress(self.job_id)
         if last_seq > self.sent:
             await self.catch_up()
@@ -93,8 +95,14 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):
             await self.end(status)
 
     async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def still_allowed(self) -> bool:
+        kwargs = self.scope["url_route"]["kwargs"]
+        user = self.scope["user"]
+        return await _visible_job_id(user, kwargs["workspace"], kwargs["name"]) is not None
 
     async def catch_up(self, until: int | None = None) -> None:
         """Send stored lines after the last one sent (up to `until`, when given)."""
@@ -130,9 +138,10 @@ class JobLogConsumer(AsyncJsonWebsocketConsumer):
         self.ended = True
         await self.send_json({"type": "end", "status": status})
         await self.close()
+        await self.stop_watching()
 
 
-class WorkspaceJobsConsumer(AsyncJsonWebsocketConsumer):
+class WorkspaceJobsConsumer(AccessWatchingConsumer):
     """`{"type": "status", "name": ..., "status": ...}` for every job state change."""
 
     async def connect(self) -> None:
@@ -144,10 +153,16 @@ class WorkspaceJobsConsumer(AsyncJsonWebsocketConsumer):
         self.group = events.workspace_group(workspace_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        await self.watch_access()
 
     async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def still_allowed(self) -> bool:
+        workspace = self.scope["url_route"]["kwargs"]["workspace"]
+        return await _member_workspace_id(self.scope["user"], workspace) is not None
 
     async def job_status(self, message: dict[str, Any]) -> None:
         await self.send_json(

@@ -23,8 +23,8 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from jobs import events  # noqa: E402
 from jobs.routing import websocket_urlpatterns  # noqa: E402
+from studio import events  # noqa: E402
 from studio.ws import OriginOrTokenValidator, TokenAuthMiddleware  # noqa: E402
 
 # Django's stubs type a response as HttpResponseBase; it is the iterable of bytes WSGI wants.

@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from compute.services import seed_local
+from studio import events
 from studio.models import Membership, Role, Workspace
 
 
@@ -83,6 +84,7 @@ def change_role(membership: Membership, role: str) -> Membership:
             _keep_an_owner(membership)
         membership.role = role
         membership.save(update_fields=["role"])
+        events.publish(events.access_changed(membership.user_id))
     return membership
 
 
@@ -92,3 +94,4 @@ def remove_member(membership: Membership) -> None:
         membership.refresh_from_db(fields=["role"])
         _keep_an_owner(membership)
         membership.delete()
+        events.publish(events.access_changed(membership.user_id))

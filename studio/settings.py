@@ -199,6 +199,9 @@ STUDIO_ALLOWED_INPUT_NETWORKS = env_list("STUDIO_ALLOWED_INPUT_NETWORKS", [])
 # Threads per web process serving pages and the API. More threads than this fight over
 # the GIL: on 2 cores, 2-4 gave the most submissions per second (bench/submissions.py).
 STUDIO_WEB_THREADS = env_int("WEB_THREADS", 4)
+# How often an open socket checks that its user may still see what it shows (a change
+# made through the studio is acted on at once; this catches the rest).
+STUDIO_WS_RECHECK_SECONDS = env_int("STUDIO_WS_RECHECK_SECONDS", 10)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -1,11 +1,19 @@
-"""Websocket middleware: the API token in the Authorization header, as on the API."""
+"""Websockets: the API token in the Authorization header, as on the API, and sockets
+that stop serving a user who lost access while they were open."""
 
+import asyncio
+import contextlib
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
+from django.contrib.sessions.backends.base import SessionBase
 
+from studio import events
 from studio.auth import key_from_header, user_for_key
+from studio.models import ApiToken, hash_token
 
 
 def _authorization(scope: dict[str, Any]) -> bytes | None:
@@ -25,7 +33,9 @@ class TokenAuthMiddleware:
         key = key_from_header(_authorization(scope))
         if key is not None:
             user = await database_sync_to_async(user_for_key)(key)
-            scope = dict(scope, user=user)  # None: a bad token is no login at all
+            # None: a bad token is no login at all. The hash lets the socket check later
+            # that the token was not revoked meanwhile.
+            scope = dict(scope, user=user, token_hash=hash_token(key))
         return await self.inner(scope, receive, send)
 
 
@@ -41,3 +51,64 @@ class OriginOrTokenValidator:
         if key_from_header(_authorization(scope)) is not None:
             return await self.inner(scope, receive, send)
         return await self.validated(scope, receive, send)
+
+
+@database_sync_to_async
+def _signed_in_still(user_id: int, token_hash: str | None, session: SessionBase | None) -> bool:
+    """The account is active and what it signed in with (token or session) still holds."""
+    if token_hash is not None:
+        return ApiToken.objects.filter(
+            key_hash=token_hash, user_id=user_id, user__is_active=True
+        ).exists()
+    from django.contrib.auth import get_user_model
+
+    if not get_user_model().objects.filter(pk=user_id, is_active=True).exists():
+        return False
+    key = session.session_key if session is not None else None
+    return key is not None and session is not None and session.exists(key)
+
+
+class AccessWatchingConsumer(AsyncJsonWebsocketConsumer):
+    """A socket that closes (code 4403) once its user may no longer see what it shows.
+
+    It looks again when told (studio.events.access_changed: a membership, token or
+    account changed through the studio) and every STUDIO_WS_RECHECK_SECONDS (changes made
+    elsewhere, such as the Django admin, and sessions that ended)."""
+
+    async def still_allowed(self) -> bool:
+        """Whether the user may still see what this socket shows (membership)."""
+        raise NotImplementedError
+
+    async def watch_access(self) -> None:
+        """Call once the socket is accepted."""
+        user = self.scope["user"]
+        self._user_id = user.pk
+        self._access_group = events.user_group(user.pk)
+        await self.channel_layer.group_add(self._access_group, self.channel_name)
+        self._watcher = asyncio.create_task(self._recheck_every())
+
+    async def _recheck_every(self) -> None:
+        while True:
+            await asyncio.sleep(settings.STUDIO_WS_RECHECK_SECONDS)
+            await self.access_changed({})
+
+    async def access_changed(self, message: dict[str, Any]) -> None:
+        allowed = (
+            await _signed_in_still(
+                self._user_id, self.scope.get("token_hash"), self.scope.get("session")
+            )
+            and await self.still_allowed()
+        )
+        if not allowed:
+            await self.close(code=4403)
+            await self.stop_watching()
+
+    async def stop_watching(self) -> None:
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if hasattr(self, "_access_group"):
+            await self.channel_layer.group_discard(self._access_group, self.channel_name)
+            del self._access_group

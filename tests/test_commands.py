@@ -67,7 +67,9 @@ def test_serve_runs_a_job_and_stops_cleanly(tmp_path):
 
         wait_until(up, what="the studio to answer")
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
-        job = http.post("/api/v1/workspaces/demo/jobs/", json={"yaml": "command: echo served\n"})
+        # The admin password is in the studio's environment, never in a job's.
+        text = "command: echo served; echo pw=$STUDIO_ADMIN_PASSWORD; echo x > outputs/o\n"
+        job = http.post("/api/v1/workspaces/demo/jobs/", json={"yaml": text})
         assert job.status_code == 201, job.text
         name = job.json()["name"]
 
@@ -76,13 +78,31 @@ def test_serve_runs_a_job_and_stops_cleanly(tmp_path):
             return status in ("Completed", "Failed", "Canceled") and status
 
         assert wait_until(done, what="the job to end") == "Completed"
-        assert http.get(f"/api/v1/workspaces/demo/jobs/{name}/logs/").text == "served\n"
+        assert http.get(f"/api/v1/workspaces/demo/jobs/{name}/logs/").text == "served\npw=\n"
     finally:
         server.send_signal(signal.SIGINT)
         output, _ = server.communicate(timeout=30)
     assert server.returncode == 0, output
     assert "controller embedded stopped" in output
     assert "Traceback" not in output
+    assert_private(tmp_path / "var")
+
+
+def assert_private(var: Path) -> None:
+    """Nothing the studio wrote is readable by others: files 0600, folders 0700, or 0711
+    (pass-through) on the way to a job's own folders, which belong to the job's uid."""
+    assert (var / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert (var / "studio.sqlite3").stat().st_mode & 0o777 == 0o600
+    checked = 0
+    for path in var.rglob("*"):
+        info = path.lstat()
+        if path.is_symlink() or info.st_uid != os.geteuid():
+            continue  # the job's own files, under its own uid
+        mode = info.st_mode & 0o777
+        allowed = {0o700, 0o711} if path.is_dir() else {0o600}
+        assert mode in allowed, f"{path} is {mode:o}"
+        checked += 1
+    assert checked > 10
 
 
 @pytest.mark.skipif(not settings.DATABASE_URL, reason="runcontroller is the server mode")

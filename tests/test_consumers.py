@@ -156,3 +156,66 @@ async def test_workspace_socket_carries_status_changes(workspace, people):
     await ws.disconnect()
     stranger = socket("/ws/workspaces/demo/jobs/", await sync_to_async(token_for)(people.stranger))
     assert not (await stranger.connect())[0]
+
+
+async def closed_with(ws: WebsocketCommunicator, timeout: float = 5) -> int:
+    """The close code, skipping any messages still on their way."""
+    while True:
+        output = await ws.receive_output(timeout=timeout)
+        if output["type"] == "websocket.close":
+            return output.get("code", 1000)
+
+
+@pytest.mark.parametrize("kind", ["logs", "status"])
+async def test_a_removed_member_stops_receiving_at_once(workspace, people, kind):
+    job = await make_job(workspace, people.owner)
+    path = logs_path(job) if kind == "logs" else "/ws/workspaces/demo/jobs/"
+    ws = socket(path, await sync_to_async(token_for)(people.reader))
+    connected, _ = await ws.connect()
+    assert connected
+    from studio import services as studio_services
+    from studio.models import Membership
+
+    membership = await Membership.objects.aget(user=people.reader)
+    await sync_to_async(studio_services.remove_member)(membership)
+    assert await closed_with(ws) == 4403
+
+
+async def test_access_is_checked_again_periodically(workspace, people, settings):
+    """A change made behind the studio's back (the Django admin, a revoked token) is
+    noticed within STUDIO_WS_RECHECK_SECONDS."""
+    settings.STUDIO_WS_RECHECK_SECONDS = 0.2
+    from studio.models import ApiToken, Membership
+
+    token = await sync_to_async(token_for)(people.reader)
+    ws = socket("/ws/workspaces/demo/jobs/", token)
+    assert (await ws.connect())[0]
+    # Still a member: the socket stays open across several checks.
+    assert await ws.receive_nothing(timeout=0.7)
+    await Membership.objects.filter(user=people.reader).adelete()  # no event sent
+    assert await closed_with(ws) == 4403
+
+    token = await sync_to_async(token_for)(people.contributor)
+    ws = socket("/ws/workspaces/demo/jobs/", token)
+    assert (await ws.connect())[0]
+    await ApiToken.objects.filter(user=people.contributor).adelete()
+    assert await closed_with(ws) == 4403
+
+
+async def test_a_browser_socket_lives_as_long_as_its_session(workspace, people, settings):
+    settings.STUDIO_WS_RECHECK_SECONDS = 0.2
+    from django.contrib.sessions.models import Session
+    from django.test import Client
+
+    client = Client()
+    await sync_to_async(client.force_login)(people.reader)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    ws = WebsocketCommunicator(
+        application,
+        "/ws/workspaces/demo/jobs/",
+        headers=[(b"cookie", cookie), (b"origin", b"http://localhost")],
+    )
+    assert (await ws.connect())[0]
+    assert await ws.receive_nothing(timeout=0.7)
+    await Session.objects.all().adelete()  # signed out everywhere
+    assert await closed_with(ws) == 4403
