@@ -22,18 +22,26 @@ class InstanceTypeChoice(forms.ModelChoiceField[InstanceType]):
 
 
 class SubmitJobForm(forms.Form):
+    # Left at "as in the YAML", the job's own `compute` and `resources.instance_type`
+    # apply (checked like the CLI's); a choice made here replaces them, as --set would.
     compute = forms.ModelChoiceField(
-        queryset=ComputeTarget.objects.none(), to_field_name="name", empty_label=None
+        queryset=ComputeTarget.objects.none(),
+        to_field_name="name",
+        required=False,
+        empty_label="As in the YAML (else the workspace default)",
     )
     instance_type = InstanceTypeChoice(
-        queryset=InstanceType.objects.all(), to_field_name="name", empty_label=None
+        queryset=InstanceType.objects.all(),
+        to_field_name="name",
+        required=False,
+        empty_label=f"As in the YAML (else {DEFAULT_INSTANCE_TYPE})",
     )
     spec = forms.CharField(
         label="Job YAML",
         required=False,
         widget=forms.Textarea(attrs={"rows": 14, "spellcheck": "false", "class": "code"}),
-        help_text="An Azure ML CLI v2 command job. The compute and instance type chosen "
-        "above replace the ones in the YAML.",
+        help_text="An Azure ML CLI v2 command job. A compute target or instance type chosen "
+        "above replaces the one in the YAML.",
     )
     spec_file = forms.FileField(label="…or upload a YAML file", required=False)
     code = forms.FileField(
@@ -45,17 +53,15 @@ class SubmitJobForm(forms.Form):
         compute_field = self.fields["compute"]
         assert isinstance(compute_field, forms.ModelChoiceField)
         compute_field.queryset = workspace.computes.all()
-        if workspace.default_compute_id:
-            self.fields["compute"].initial = workspace.default_compute
-        self.fields["instance_type"].initial = InstanceType.objects.filter(
-            name=DEFAULT_INSTANCE_TYPE
-        ).first()
         self.fields["spec"].initial = EXAMPLE
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if data.get("spec_file"):
             data["spec"] = data["spec_file"].read().decode("utf-8", errors="replace")
+            # Shown in the editor if the job is refused, so that "line 3" points at
+            # text the user can see.
+            self.data = {**self.data.dict(), "spec": data["spec"]}  # type: ignore[attr-defined]
         if not (data.get("spec") or "").strip():
             self.add_error("spec", "Paste a job YAML or upload a file.")
         return data

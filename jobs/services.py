@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -341,6 +341,18 @@ def append_logs(job: Job, records: Iterable[LogRecord], cursor: dict[str, Any]) 
             }
             events.publish((events.job_group(job.pk), batch))
     return len(lines)
+
+
+def log_text(job: Job, timestamps: bool = False, batch: int = 5000) -> Iterator[str]:
+    """The whole log as text, read a batch at a time (memory stays flat however long)."""
+    after = 0
+    while True:
+        rows = list(log_lines(job, after, batch).values_list("seq", "ts", "line"))
+        for _seq, ts, line in rows:
+            yield f"{ts.isoformat(timespec='milliseconds')} {line}\n" if timestamps else line + "\n"
+        if len(rows) < batch:
+            return
+        after = rows[-1][0]
 
 
 def log_lines(job: Job, after: int = 0, limit: int | None = None) -> QuerySet[LogLine]:

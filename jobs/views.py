@@ -6,12 +6,20 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    QueryDict,
+    StreamingHttpResponse,
+)
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from jobs import outputs, services
+from jobs.filters import JobFilter
 from jobs.forms import SubmitJobForm
 from jobs.models import Job, Status
 from jobs.spec import SpecError, load_yaml
@@ -42,24 +50,52 @@ def job_list(request: HttpRequest, workspace: str) -> HttpResponse:
             "workspace_id",
         )
     )
-    status = request.GET.get("status", "")
-    experiment = request.GET.get("experiment", "")
-    if status:
-        jobs = jobs.filter(status=status)
-    if experiment:
-        jobs = jobs.filter(experiment_name=experiment)
-    page = Paginator(jobs, PAGE_SIZE).get_page(request.GET.get("page"))
+    filters = JobFilter(request.GET, queryset=jobs)
+    page = Paginator(filters.qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
     context = {
         "workspace": ws,
         "role": role,
         "can_submit": access.can(role, Role.CONTRIBUTOR),
         "page": page,
         "statuses": Status.values,
-        "status": status,
-        "experiment": experiment,
+        "filters": filters.form,
+        "query": query.urlencode(),
+        "columns": _columns(query, request.GET.get("ordering", "-created")),
     }
     template = "jobs/_table.html" if is_htmx_partial(request) else "jobs/list.html"
     return render(request, template, context)
+
+
+COLUMNS = (
+    ("name", "Name"),
+    ("status", "Status"),
+    ("experiment", "Experiment"),
+    ("compute", "Compute"),
+    ("instance_type", "Instance type"),
+    ("created", "Created"),
+    (None, "Duration"),
+    (None, "By"),
+)
+
+
+def _columns(query: QueryDict, ordering: str) -> list[dict[str, str]]:
+    """Each column's heading, and for sortable ones the query that sorts by it (a second
+    click reverses) and its aria-sort state."""
+    columns = []
+    for key, label in COLUMNS:
+        column = {"label": label, "query": "", "sort": "none"}
+        if key is not None:
+            toggled = query.copy()
+            toggled["ordering"] = f"-{key}" if ordering == key else key
+            column["query"] = toggled.urlencode()
+            if ordering == key:
+                column["sort"] = "ascending"
+            elif ordering == f"-{key}":
+                column["sort"] = "descending"
+        columns.append(column)
+    return columns
 
 
 def _job(
@@ -106,6 +142,16 @@ def cancel(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
     except services.JobConflict as exc:
         messages.error(request, str(exc))
     return redirect("jobs:detail", workspace=workspace, name=name)
+
+
+@login_required
+def log_text(request: HttpRequest, workspace: str, name: str) -> HttpResponseBase:
+    """The whole log as a text file, streamed (`?timestamps=1` prefixes each line)."""
+    job, _role = _job(request, workspace, name)
+    lines = services.log_text(job, timestamps=request.GET.get("timestamps") == "1")
+    response = StreamingHttpResponse(lines, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{job.name}.log"'
+    return response
 
 
 @login_required
@@ -169,10 +215,12 @@ def submit(request: HttpRequest, workspace: str) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             data = load_yaml(form.cleaned_data["spec"])
-            data["compute"] = form.cleaned_data["compute"].name
-            data.setdefault("resources", {})
-            if isinstance(data["resources"], dict):
-                data["resources"]["instance_type"] = form.cleaned_data["instance_type"].name
+            if form.cleaned_data["compute"] is not None:
+                data["compute"] = form.cleaned_data["compute"].name
+            if form.cleaned_data["instance_type"] is not None:
+                data.setdefault("resources", {})
+                if isinstance(data["resources"], dict):
+                    data["resources"]["instance_type"] = form.cleaned_data["instance_type"].name
             uploads = {
                 key: services.Upload(file=upload, filename=upload.name or key)
                 for key, upload in request.FILES.items()

@@ -147,3 +147,66 @@ def test_form_asks_for_local_input_files_and_the_job_reads_them(people, page, tm
     page.click("button[type=submit]")
     expect(page.locator("#job-status")).to_have_text("Completed")
     expect(page.locator("#logs")).to_contain_text("1,2")
+
+
+def test_job_list_stays_whole_while_jobs_change_state(people, workspace, page):
+    """A row refreshed by a status event replaces that row only, never the table."""
+    from playwright.sync_api import expect
+
+    from jobs.services import submit_yaml
+
+    other = orm(lambda: submit_yaml(workspace, people.contributor, "command: echo quick\n"))
+    slow = orm(lambda: submit_yaml(workspace, people.contributor, SLOW_JOB))
+    sign_in(page, "rita", "pw-rita-12345")
+    page.goto("/workspaces/demo/jobs/")
+    slow_row = page.locator(f"#job-row-{slow.name}")
+    expect(slow_row.locator("[data-status]")).to_have_text("Running")
+    expect(page.locator(f"#job-row-{other.name} [data-status]")).to_have_text("Completed")
+    job = orm(lambda: Job.objects.get(pk=slow.pk))
+    Path(job.runtime["root"], "wd", "go").touch()
+    expect(slow_row.locator("[data-status]")).to_have_text("Completed")
+    expect(page.locator("table.jobs thead th").first).to_have_text("Name")
+    expect(page.locator("table.jobs tbody tr")).to_have_count(2)
+    expect(page.locator("#jobs > table, #jobs > .scroll > table")).to_have_count(1)
+
+
+def test_log_pane_finds_shows_times_trims_and_downloads(people, workspace, page):
+    from playwright.sync_api import expect
+
+    from jobs.services import submit_yaml
+
+    text = "command: for i in $(seq 1 5200); do echo line-$i; done; echo needle-here\n"
+    job = orm(lambda: submit_yaml(workspace, people.contributor, text))
+    sign_in(page, "rita", "pw-rita-12345")
+    page.goto(f"/workspaces/demo/jobs/{job.name}/")
+    logs = page.get_by_role("log")
+    expect(page.locator("#log-state")).to_have_text("The job ended: Completed.", timeout=60_000)
+    expect(logs).to_contain_text("needle-here")
+    # Only the newest lines stay on the page, with a note that says so.
+    kept = page.locator("#logs span.line").count()
+    assert 5000 <= kept <= 5050
+    expect(page.locator("#logs .trimmed")).to_contain_text("earlier lines are not shown")
+    page.fill("#log-search", "needle")
+    expect(page.locator("#logs span.line:not(.hidden)")).to_have_count(1)
+    page.fill("#log-search", "")
+    expect(page.locator("#logs span.line .ts").first).to_be_hidden()
+    page.check("#log-timestamps")
+    expect(page.locator("#logs span.line .ts").first).to_be_visible()
+    with page.expect_download() as download:
+        page.click("text=Download the whole log")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert len(lines) == 5201 and lines[0] == "line-1" and lines[-1] == "needle-here"
+
+
+@pytest.mark.parametrize("where", ["jobs/", "jobs/new/", "job"])
+def test_pages_fit_a_phone_held_upright(people, workspace, page, where):
+    from jobs.services import submit_yaml
+
+    job = orm(lambda: submit_yaml(workspace, people.contributor, "command: echo hi\n"))
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_in(page, "carl", "pw-carl-12345")
+    page.goto(
+        f"/workspaces/demo/jobs/{job.name}/" if where == "job" else f"/workspaces/demo/{where}"
+    )
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{overflow}px wider than the screen"

@@ -11,9 +11,9 @@ from jobs.services import submit_yaml
 HELLO = "command: echo hi\n"
 
 
-def submit_form(client, spec: str, instance_type: str = "defaultinstancetype", **files):
-    """Post the submit form as the browser does."""
-    fields = {"compute": "local", "instance_type": instance_type, "spec": spec, **files}
+def submit_form(client, spec: str, instance_type: str = "", compute: str = "", **files):
+    """Post the submit form as the browser does ("": left at "as in the YAML")."""
+    fields = {"compute": compute, "instance_type": instance_type, "spec": spec, **files}
     return client.post("/workspaces/demo/jobs/new/", fields)
 
 
@@ -50,9 +50,49 @@ def test_job_list_filters_and_htmx_partial(signed_in, people, workspace):
     submit_yaml(workspace, people.contributor, HELLO + "experiment_name: alpha\n")
     submit_yaml(workspace, people.contributor, HELLO + "experiment_name: beta\n")
     client = signed_in(people.reader)
-    response = client.get("/workspaces/demo/jobs/?experiment=alpha", HTTP_HX_REQUEST="true")
+    response = client.get("/workspaces/demo/jobs/?experiment_name=alpha", HTTP_HX_REQUEST="true")
     assert b"<html" not in response.content  # the partial only
     assert response.content.count(b'id="job-row-') == 1
+
+
+def rows(response) -> list[str]:
+    """The job names of a job list page, in order."""
+    import re
+
+    return re.findall(r'data-job="([^"]+)"', response.content.decode())
+
+
+def test_job_search_is_partial_and_case_insensitive_page_and_api(signed_in, people, workspace, api):
+    a = submit_yaml(workspace, people.contributor, "name: Train-ResNet\ncommand: echo\n")
+    b = submit_yaml(workspace, people.contributor, "name: b1\nexperiment_name: ImageNet\n" + HELLO)
+    c = submit_yaml(workspace, people.contributor, "name: c1\ndisplay_name: Tiny NET\n" + HELLO)
+    d = submit_yaml(workspace, people.contributor, "name: d1\ntags: {team: vision}\n" + HELLO)
+    client = signed_in(people.reader)
+    assert set(rows(client.get("/workspaces/demo/jobs/?q=net"))) == {a.name, b.name, c.name}
+    assert rows(client.get("/workspaces/demo/jobs/?q=VISION")) == [d.name]
+    found = api(people.reader).get("/api/v1/workspaces/demo/jobs/", {"q": "net"}).json()
+    assert {job["name"] for job in found["results"]} == {a.name, b.name, c.name}
+
+
+def test_job_list_sorts_by_column_both_ways(signed_in, people, workspace, api):
+    for name in ("bravo", "alpha", "charlie"):
+        submit_yaml(workspace, people.contributor, f"name: {name}\n" + HELLO)
+    client = signed_in(people.reader)
+    assert rows(client.get("/workspaces/demo/jobs/")) == ["charlie", "alpha", "bravo"]  # newest
+    page = client.get("/workspaces/demo/jobs/?ordering=name")
+    assert rows(page) == ["alpha", "bravo", "charlie"]
+    assert b'aria-sort="ascending"' in page.content
+    assert b"ordering=-name" in page.content  # a second click reverses
+    assert rows(client.get("/workspaces/demo/jobs/?ordering=-name")) == [
+        "charlie",
+        "bravo",
+        "alpha",
+    ]
+    listed = api(people.reader).get("/api/v1/workspaces/demo/jobs/", {"ordering": "name"}).json()
+    assert [job["name"] for job in listed["results"]] == ["alpha", "bravo", "charlie"]
+    bad = api(people.reader).get("/api/v1/workspaces/demo/jobs/", {"ordering": "secret"})
+    assert bad.status_code == 400
+    assert bad.json()["errors"][0]["field"] == "ordering"
 
 
 def test_job_detail_shows_spec_timings_and_notes(signed_in, people, workspace):
@@ -104,6 +144,42 @@ def test_submit_form_uses_the_chosen_compute_and_instance_type(signed_in, people
     assert response.status_code == 302 and response.url.endswith(f"/jobs/{job.name}/")
     assert job.instance_type == "cpu-large"
     assert job.resources["limits"] == {"cpu": "4", "memory": "8Gi"}
+
+
+def test_submit_form_honours_the_yamls_compute_and_instance_type(signed_in, people, workspace):
+    client = signed_in(people.contributor)
+    response = submit_form(
+        client, HELLO + "compute: azureml:local\nresources: {instance_type: cpu-small}\n"
+    )
+    assert response.status_code == 302
+    assert Job.objects.get().instance_type == "cpu-small"
+
+
+def test_submit_form_refuses_what_the_yaml_asks_and_is_not_offered(signed_in, people, workspace):
+    client = signed_in(people.contributor)
+    response = submit_form(
+        client, HELLO + "compute: azureml:gpu-cluster\nresources: {instance_type: gpu-huge}\n"
+    )
+    assert response.status_code == 400
+    text = response.content.decode()
+    assert "no compute target named &#x27;gpu-cluster&#x27;" in text
+    assert Job.objects.count() == 0
+    response = submit_form(client, HELLO + "resources: {instance_type: gpu-huge}\n")
+    assert "instance type &#x27;gpu-huge&#x27; is not offered" in response.content.decode()
+    assert Job.objects.count() == 0
+
+
+def test_a_refused_uploaded_yaml_stays_in_the_editor(signed_in, people, workspace):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client = signed_in(people.contributor)
+    text = "command: echo hi\nlimits:\n  timeout: [oops\n"
+    upload = SimpleUploadedFile("job.yml", text.encode())
+    response = submit_form(client, "", spec_file=upload)
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "line 4" in page or "line 3" in page
+    assert "timeout: [oops" in page  # the editor holds the file's text
 
 
 def test_console_is_for_it_ops(signed_in, people):

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.http.response import HttpResponseBase
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
@@ -18,6 +19,7 @@ from rest_framework.response import Response
 
 from jobs import services
 from jobs.api.serializers import JobListSerializer, JobSerializer
+from jobs.filters import JobFilter
 from jobs.models import Job
 from jobs.spec import SpecError, check_bounds, load_yaml
 from jobs.views import output_download, output_file
@@ -78,30 +80,19 @@ class JobViewSet(
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
 
+    filter_backends = (DjangoFilterBackend,)
+    filterset_class = JobFilter
+
     def get_queryset(self) -> QuerySet[Job]:
         jobs = Job.objects.filter(workspace=self.get_workspace()).select_related(
             "workspace", "created_by"
         )
         if self.action == "retrieve":
             jobs = jobs.prefetch_related("status_changes")
-        params = self.request.query_params
-        if params.get("status"):
-            jobs = jobs.filter(status=params["status"])
-        if params.get("experiment_name"):
-            jobs = jobs.filter(experiment_name=params["experiment_name"])
         return jobs
 
     def get_serializer_class(self) -> type[JobListSerializer]:
         return JobListSerializer if self.action == "list" else JobSerializer
-
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("status", str, description="Only jobs in this state."),
-            OpenApiParameter("experiment_name", str, description="Only this experiment's jobs."),
-        ]
-    )
-    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return super().list(request, *args, **kwargs)
 
     @extend_schema(request=None, responses=JobSerializer)
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:

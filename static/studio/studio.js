@@ -13,10 +13,63 @@
   }
 
   // -- a job's log: backlog, live tail, resume after ?after=<last seq> on reconnect --------
+  // At most data-max-lines lines stay on the page (the oldest go first); the whole log
+  // is a download away.
   function followLog(pre) {
-    var last = 0, attempt = 0, ended = false;
+    var last = 0, attempt = 0, ended = false, trimmed = 0;
+    var maxLines = parseInt(pre.dataset.maxLines || "5000", 10);
     var state = document.getElementById("log-state");
+    var search = document.getElementById("log-search");
+    var stamps = document.getElementById("log-timestamps");
+    var note = null;
     function say(text) { if (state) state.textContent = text; }
+    function matches(text) {
+      var wanted = search && search.value.trim().toLowerCase();
+      return !wanted || text.toLowerCase().indexOf(wanted) !== -1;
+    }
+    function trim() {
+      var rows = pre.querySelectorAll("span.line");
+      for (var i = 0; i < rows.length - maxLines; i++) { rows[i].remove(); trimmed++; }
+      if (trimmed) {
+        if (!note) {
+          note = document.createElement("span");
+          note.className = "trimmed";
+          pre.insertBefore(note, pre.firstChild);
+        }
+        note.textContent = "… " + trimmed + " earlier lines are not shown here (download the whole log).\n";
+      }
+    }
+    // Lines are drawn once a frame, in one batch: a page that measured and scrolled
+    // after every line fell minutes behind a chatty job.
+    var pending = [], scheduled = false;
+    function row(msg) {
+      var line = document.createElement("span");
+      line.className = "line " + msg.stream;
+      line.dataset.seq = msg.seq;
+      var ts = document.createElement("span");
+      ts.className = "ts";
+      ts.textContent = (msg.ts || "").replace("T", " ").slice(0, 23) + "  ";
+      var text = document.createElement("span");
+      text.className = "text";
+      text.textContent = msg.line + "\n";
+      line.appendChild(ts);
+      line.appendChild(text);
+      if (!matches(msg.line)) line.classList.add("hidden");
+      return line;
+    }
+    function flush() {
+      scheduled = false;
+      var atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      var batch = pending.slice(-maxLines);  // more than fit would be trimmed at once
+      trimmed += pending.length - batch.length;
+      pending = [];
+      var fragment = document.createDocumentFragment();
+      batch.forEach(function (msg) { fragment.appendChild(row(msg)); });
+      pre.appendChild(fragment);
+      trim();
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+      if (ended) say("The job ended: " + pre.dataset.ended + ".");
+    }
     function connect() {
       var ws = new WebSocket(socketUrl(pre.dataset.logSocket + "?after=" + last));
       ws.onopen = function () { attempt = 0; say("Live."); };
@@ -24,25 +77,36 @@
         var msg = JSON.parse(event.data);
         if (msg.type === "end") {
           ended = true;
-          say("The job ended: " + msg.status + ".");
           pre.dataset.ended = msg.status;
+          if (!scheduled) say("The job ended: " + msg.status + ".");  // else once drawn
           return;
         }
         if (msg.seq <= last) return;
         last = msg.seq;
-        var atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-        var row = document.createElement("span");
-        row.className = "line " + msg.stream;
-        row.dataset.seq = msg.seq;
-        row.textContent = msg.line + "\n";
-        pre.appendChild(row);
-        if (atBottom) pre.scrollTop = pre.scrollHeight;
+        pending.push(msg);
+        if (pending.length > 2 * maxLines) {  // a hidden tab draws no frames: stay bounded
+          trimmed += pending.length - maxLines;
+          pending = pending.slice(-maxLines);
+        }
+        if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
       };
       ws.onclose = function () {
         if (ended) return;
         say("Reconnecting…");
         setTimeout(connect, backoff(attempt++));
       };
+    }
+    if (search) {
+      search.addEventListener("input", function () {
+        pre.querySelectorAll("span.line").forEach(function (row) {
+          row.classList.toggle("hidden", !matches(row.lastChild.textContent));
+        });
+      });
+    }
+    if (stamps) {
+      stamps.addEventListener("change", function () {
+        pre.classList.toggle("with-ts", stamps.checked);
+      });
     }
     connect();
   }
