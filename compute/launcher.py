@@ -22,7 +22,8 @@ When the command ends, every process left under that uid is killed, so nothing a
 started (even in a session of its own) outlives it.
 
 Keep this file free of third-party and project imports: it is copied as-is next to
-user code. It needs Python 3.11+ (process groups in subprocess, tar extraction filters).
+user code, so it runs on any Python from 3.8 on (tests/test_launcher.py runs it under the
+oldest interpreter present): newer features are used where present, with a fallback.
 """
 
 from __future__ import annotations
@@ -186,23 +187,74 @@ def opener(allowed: list[str]) -> urllib.request.OpenerDirector:
     )
 
 
+def child_setup(
+    uid: int | None, *, new_group: bool = False, umask: int | None = None, then: Any = None
+) -> dict[str, Any]:
+    """Popen arguments that start the child as `uid` (no supplementary groups), in a
+    process group of its own, with a umask. Python 3.11 does it all natively, without
+    running Python code between fork and exec; older ones need preexec_fn (the launcher
+    is single-threaded, where that is safe)."""
+    if sys.version_info >= (3, 11):
+        native: dict[str, Any] = {"preexec_fn": then}
+        if uid is not None:
+            native.update(user=uid, group=uid, extra_groups=[])
+        if new_group:
+            native["process_group"] = 0
+        if umask is not None:
+            native["umask"] = umask
+        return native
+
+    def setup() -> None:  # pragma: no cover - Python < 3.11
+        if new_group:
+            os.setpgid(0, 0)
+        if umask is not None:
+            os.umask(umask)
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        if then is not None:
+            then()
+
+    return {"preexec_fn": setup}
+
+
 def kill_user_processes(uid: int) -> None:
     """SIGKILL every process running as `uid` (all of a job's, wherever they went).
 
     kill(-1) sent from that uid reaches every process of it but the sender: the shell's
-    own kill does it (the studio's interpreter may live where the uid cannot read, and
-    forking a threaded studio to switch uid is not safe)."""
+    own kill does it (the studio's interpreter may live where the uid cannot read)."""
     subprocess.run(
         ["/bin/sh", "-c", "kill -KILL -1"],
-        user=uid,
-        group=uid,
-        extra_groups=[],
         env={},
         check=False,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        **child_setup(uid),
     )
+
+
+def safe_members(tar: tarfile.TarFile, target: str) -> list[tarfile.TarInfo]:
+    """Where tarfile has no extraction filters (before 3.8.17, 3.9.17, 3.10.12, 3.11.4):
+    what the "data" filter refuses, refused here: paths and links that leave the folder,
+    devices and FIFOs; special permission bits are dropped."""
+    root = os.path.realpath(target)
+    members = []
+    for member in tar.getmembers():
+        path = os.path.realpath(os.path.join(root, member.name))
+        if not (path == root or path.startswith(root + os.sep)):
+            raise LaunchError(f"archive member {member.name!r} escapes the folder")
+        if member.isdev() or member.isfifo():
+            raise LaunchError(f"archive member {member.name!r} is a device or FIFO")
+        if member.issym() or member.islnk():
+            base = os.path.dirname(path) if member.issym() else root
+            link = os.path.realpath(os.path.join(base, member.linkname))
+            if not (link == root or link.startswith(root + os.sep)):
+                raise LaunchError(f"archive member {member.name!r} links out of the folder")
+        member.mode &= 0o755
+        members.append(member)
+    return members
 
 
 class Launcher:
@@ -252,7 +304,10 @@ class Launcher:
                 z.extractall(target)  # noqa: S202 - members checked above
         else:
             with tarfile.open(archive) as t:
-                t.extractall(target, filter="data")
+                if hasattr(tarfile, "data_filter"):
+                    t.extractall(target, filter="data")
+                else:  # pragma: no cover - older Pythons
+                    t.extractall(target, members=safe_members(t, target))  # noqa: S202
 
     def download(self, url: str, target_dir: str) -> str:
         os.makedirs(target_dir, exist_ok=True)
@@ -262,10 +317,8 @@ class Launcher:
         fetch = opener(list(self.spec.get("allowed_networks", [])))
         try:
             remaining = self.deadline - time.monotonic() if self.deadline else 30.0
-            with (
-                fetch.open(url, timeout=max(0.1, min(30.0, remaining))) as response,
-                open(path, "wb") as out,
-            ):
+            response = fetch.open(url, timeout=max(0.1, min(30.0, remaining)))
+            with response, open(path, "wb") as out:
                 received = 0
                 while chunk := response.read1(1024 * 1024):
                     received += len(chunk)
@@ -409,12 +462,7 @@ class Launcher:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                process_group=0,
-                preexec_fn=self.limit_child,
-                umask=0o077,
-                user=self.uid,
-                group=self.uid,
-                extra_groups=None if self.uid is None else [],
+                **child_setup(self.uid, new_group=True, umask=0o077, then=self.limit_child),
             )
         except PermissionError as exc:
             if self.uid is None:

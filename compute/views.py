@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 from compute import services
 from compute.forms import ComputeTargetForm, InstanceTypeForm
 from compute.models import ComputeTarget, InstanceType
+from jobs.services import Load, load_by_placement
 from studio import access
 from studio.models import Workspace
 
@@ -34,13 +35,17 @@ def it_ops_required(view: View) -> View:
 @it_ops_required
 def console(request: HttpRequest) -> HttpResponse:
     workspaces = Workspace.objects.prefetch_related("computes")
+    by_compute, by_instance_type = load_by_placement()
+    instance_types = list(InstanceType.objects.all())
+    for instance_type in instance_types:
+        instance_type.load = by_instance_type.get(instance_type.name, Load())  # type: ignore[attr-defined]
+    for workspace in workspaces:
+        for compute in workspace.computes.all():
+            compute.load = by_compute.get(compute.pk, Load())  # type: ignore[attr-defined]
     return render(
         request,
         "compute/console.html",
-        {
-            "workspaces": workspaces,
-            "instance_types": InstanceType.objects.all(),
-        },
+        {"workspaces": workspaces, "instance_types": instance_types},
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from compute.backends import LogRecord, backend_for
@@ -358,3 +359,27 @@ def log_text(job: Job, timestamps: bool = False, batch: int = 5000) -> Iterator[
 def log_lines(job: Job, after: int = 0, limit: int | None = None) -> QuerySet[LogLine]:
     lines = job.log_lines.filter(seq__gt=after).order_by("seq")
     return lines[:limit] if limit else lines
+
+
+# -- load ------------------------------------------------------------------------------------
+@dataclass
+class Load:
+    running: int = 0
+    waiting: int = 0
+
+
+def load_by_placement() -> tuple[dict[int, Load], dict[str, Load]]:
+    """How many jobs run and wait, per compute target (by id) and per instance type
+    (by name): two grouped queries over the jobs not yet ended."""
+    by_compute: dict[int, Load] = defaultdict(Load)
+    by_instance_type: dict[str, Load] = defaultdict(Load)
+    unfinished = Job.objects.filter(status__in=(Status.QUEUED, *ACTIVE))
+    for key, table in (("compute_id", by_compute), ("instance_type", by_instance_type)):
+        rows = unfinished.values(key, "status").annotate(n=Count("id")).order_by()
+        for row in rows:
+            load = table[row[key]]
+            if row["status"] == Status.QUEUED:
+                load.waiting += row["n"]
+            else:
+                load.running += row["n"]
+    return dict(by_compute), dict(by_instance_type)

@@ -25,7 +25,7 @@ def key_from_header(value: bytes | str | None) -> str | None:
 
 def user_for_key(key: str) -> AbstractBaseUser | None:
     token = ApiToken.objects.select_related("user").filter(key_hash=hash_token(key)).first()
-    if token is None or not token.user.is_active:
+    if token is None or not token.user.is_active or token.expired:
         return None
     # Only touch the row once a minute: a busy CLI should not turn reads into writes.
     now = timezone.now()
@@ -41,7 +41,7 @@ class TokenAuthentication(authentication.BaseAuthentication):
             return None
         user = user_for_key(key)
         if user is None:
-            raise exceptions.AuthenticationFailed("Invalid or revoked API token.")
+            raise exceptions.AuthenticationFailed("Invalid, expired or revoked API token.")
         return user, None
 
     def authenticate_header(self, request: Request) -> str:

@@ -12,6 +12,7 @@ import io
 import json
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, NoReturn
@@ -406,15 +407,23 @@ def job_download(
     else:
         outputs = [output_name or "default"]
     for output in outputs:
-        response = studio.request("GET", studio.jobs_path(name) + f"outputs/{output}/")
         if output == "default":
             target = Path(download_path) / "artifacts" / "outputs"
         else:
             target = Path(download_path) / "named-outputs" / output
         target.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
-            archive.extractall(target)  # noqa: S202 - zipfile drops absolute and .. paths
-            count = len(archive.namelist())
+        # Spooled to disk as it arrives: an output may be larger than memory.
+        with tempfile.TemporaryFile() as spool:
+            path = studio.jobs_path(name) + f"outputs/{output}/"
+            with studio.http.stream("GET", path) as response:
+                if response.status_code != 200:
+                    response.read()
+                    studio.request("GET", path)  # reports the error and exits
+                for chunk in response.iter_bytes(1024 * 1024):
+                    spool.write(chunk)
+            with zipfile.ZipFile(spool) as archive:
+                archive.extractall(target)  # noqa: S202 - zipfile drops absolute and .. paths
+                count = len(archive.namelist())
         click.echo(f"Downloaded {count} file(s) of output {output!r} to {target}")
 
 

@@ -48,3 +48,15 @@ class AddMemberForm(forms.Form):
         return run_service(
             self, lambda: services.add_member(self.workspace, data["username"], data["role"])
         )
+
+
+class NewTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="Where you will use it: a laptop, CI.")
+    expires_in_days = forms.TypedChoiceField(
+        label="Expires",
+        choices=[("30", "in 30 days"), ("90", "in 90 days"), ("365", "in a year"), ("", "never")],
+        coerce=int,
+        empty_value=None,
+        required=False,
+        initial="90",
+    )

@@ -2,11 +2,13 @@
 
 import hashlib
 import secrets
+from datetime import datetime
 from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
+from django.utils import timezone
 
 # Names that appear in URLs and in CLI arguments: the same rule as Azure ML's.
 name_validator = RegexValidator(
@@ -69,12 +71,24 @@ class ApiToken(models.Model):
     hint = models.CharField(max_length=12, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Never, when empty.")
+
+    class Meta:
+        ordering = ("-created_at", "-id")
 
     def __str__(self) -> str:
         return f"{self.user} {self.hint}…"
 
     @classmethod
-    def issue(cls, user: Any, name: str = "") -> tuple["ApiToken", str]:
+    def issue(
+        cls, user: Any, name: str = "", expires_at: datetime | None = None
+    ) -> tuple["ApiToken", str]:
         key = cls.PREFIX + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name, key_hash=hash_token(key), hint=key[:8])
+        token = cls.objects.create(
+            user=user, name=name, key_hash=hash_token(key), hint=key[:8], expires_at=expires_at
+        )
         return token, key
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()

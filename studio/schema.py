@@ -10,4 +10,8 @@ class TokenScheme(OpenApiAuthenticationExtension):
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
-        return {"type": "http", "scheme": "bearer", "description": "manage.py createtoken USER"}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token from your profile page, or manage.py createtoken USER",
+        }

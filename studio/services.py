@@ -6,15 +6,18 @@ shows them next to that field (forms) or as {field, message} (API).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
 
 from compute.services import seed_local
 from studio import events
-from studio.models import Membership, Role, Workspace
+from studio.models import ApiToken, Membership, Role, Workspace
 
 
 def create_workspace(name: str, description: str = "", owner: Any = None) -> Workspace:
@@ -95,3 +98,35 @@ def remove_member(membership: Membership) -> None:
         _keep_an_owner(membership)
         membership.delete()
         events.publish(events.access_changed(membership.user_id))
+
+
+# -- API tokens -------------------------------------------------------------------------------
+MAX_TOKEN_DAYS = 3650
+
+
+def issue_token(user: Any, name: str, expires_in_days: int | None) -> tuple[ApiToken, str]:
+    """A new token for the user; the key is returned once and never stored."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "give the token a name, so you know it later"})
+    if len(name) > 100:
+        raise ValidationError({"name": "at most 100 characters"})
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+        raise ValidationError(
+            {"expires_in_days": f"must be between 1 and {MAX_TOKEN_DAYS}, or empty for never"}
+        )
+    expires_at = (
+        timezone.now() + timedelta(days=expires_in_days) if expires_in_days is not None else None
+    )
+    return ApiToken.issue(user, name, expires_at)
+
+
+def tokens_of(user: Any) -> QuerySet[ApiToken]:
+    return ApiToken.objects.filter(user=user)
+
+
+def revoke_token(token: ApiToken) -> None:
+    """The token stops working at once, its open sockets included."""
+    with transaction.atomic():
+        token.delete()
+        events.publish(events.access_changed(token.user_id))

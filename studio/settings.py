@@ -142,6 +142,10 @@ if REDIS_URL:
             },
         }
     }
+    # Rate limits count across every web worker.
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
 else:
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 2000}}
@@ -241,20 +245,32 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "studio.api.pagination.Pagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "studio.api.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {
+        "sign_in_address": env_str("STUDIO_SIGN_IN_RATE_PER_ADDRESS", "30/min"),
+        "sign_in_username": env_str("STUDIO_SIGN_IN_RATE_PER_USERNAME", "10/min"),
+        "tokens": env_str("STUDIO_TOKEN_RATE", "30/hour"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "KubeStudio API",
-    "DESCRIPTION": "Workspaces, compute targets, instance types and jobs.",
+    "DESCRIPTION": "Workspaces, compute targets, instance types, jobs and your API tokens. "
+    "Send `Authorization: Bearer <token>`; create tokens on your profile page.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+# One line per HTTP request (uvicorn's access log); websocket handshakes at debug.
+STUDIO_ACCESS_LOG = env_bool("STUDIO_ACCESS_LOG", True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
 
 X_FRAME_OPTIONS = "DENY"

@@ -6,7 +6,9 @@ from studio import views
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", views.SignInView.as_view(), name="login"),
+    path("profile/", views.profile, name="profile"),
+    path("profile/tokens/<int:token_id>/revoke/", views.token_revoke, name="token-revoke"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("workspaces/<str:workspace>/jobs/", include("jobs.urls")),
     path("workspaces/<str:workspace>/members/", views.members, name="members"),

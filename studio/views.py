@@ -1,13 +1,30 @@
+import math
+from typing import Any
+
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from studio import access, services
-from studio.forms import AddMemberForm, NewWorkspaceForm
+from studio import access, services, throttles
+from studio.forms import AddMemberForm, NewTokenForm, NewWorkspaceForm
 from studio.models import Role
+
+
+class SignInView(auth_views.LoginView):
+    """Django's sign-in, with attempts rate-limited per address and per username."""
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        wait = throttles.sign_in_wait(request)
+        if wait is not None:
+            context = {"form": self.get_form(), "wait": math.ceil(wait)}
+            response = render(request, "registration/login.html", context, status=429)
+            response["Retry-After"] = str(math.ceil(wait))
+            return response
+        return super().post(request, *args, **kwargs)
 
 
 @login_required
@@ -92,3 +109,42 @@ def workspace_new(request: HttpRequest) -> HttpResponse:
         {"form": form, "title": "New workspace"},
         status=400 if form.errors else 200,
     )
+
+
+# -- the user's own API tokens ----------------------------------------------------------------
+@login_required
+def profile(request: HttpRequest) -> HttpResponse:
+    """The user's API tokens: create (the key is shown once), list, revoke."""
+    form = NewTokenForm(request.POST or None)
+    new_key = None
+    if request.method == "POST" and form.is_valid():
+        wait = throttles.token_issue_wait(request)
+        if wait is not None:
+            messages.error(request, f"Too many new tokens; try again in {math.ceil(wait)} s.")
+        else:
+            try:
+                token, new_key = services.issue_token(
+                    request.user, form.cleaned_data["name"], form.cleaned_data["expires_in_days"]
+                )
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                form = NewTokenForm()
+                messages.success(
+                    request, f"Token {token.name} created. Copy it now: it is not shown again."
+                )
+    context = {
+        "form": form,
+        "new_key": new_key,
+        "tokens": services.tokens_of(request.user),
+    }
+    return render(request, "studio/profile.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = get_object_or_404(services.tokens_of(request.user), pk=token_id)
+    services.revoke_token(token)
+    messages.success(request, f"Token {token.name} ({token.hint}…) revoked.")
+    return redirect("profile")

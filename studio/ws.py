@@ -10,6 +10,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
+from django.utils import timezone
 
 from studio import events
 from studio.auth import key_from_header, user_for_key
@@ -57,9 +58,11 @@ class OriginOrTokenValidator:
 def _signed_in_still(user_id: int, token_hash: str | None, session: SessionBase | None) -> bool:
     """The account is active and what it signed in with (token or session) still holds."""
     if token_hash is not None:
-        return ApiToken.objects.filter(
-            key_hash=token_hash, user_id=user_id, user__is_active=True
-        ).exists()
+        return (
+            ApiToken.objects.filter(key_hash=token_hash, user_id=user_id, user__is_active=True)
+            .exclude(expires_at__lte=timezone.now())
+            .exists()
+        )
     from django.contrib.auth import get_user_model
 
     if not get_user_model().objects.filter(pk=user_id, is_active=True).exists():

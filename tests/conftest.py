@@ -8,6 +8,7 @@ import os
 import signal
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ def studio_dirs(settings: Any, tmp_path: Any) -> None:
             break
         folder.chmod(folder.stat().st_mode | 0o111)
     settings.STUDIO_JOBS_DIR = tmp_path / "jobs"
+    # Rate-limit counts start afresh in each test (a key space of its own, on the real
+    # cache of the mode: Redis in server mode).
+    default = settings.CACHES["default"]
+    settings.CACHES = {"default": {**default, "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
     settings.STUDIO_UPLOADS_DIR = tmp_path / "uploads"
     settings.STUDIO_CANCEL_GRACE_SECONDS = 2
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -175,3 +175,18 @@ def test_workspace_flag_after_the_command(kstudio):
     other = kstudio("job", "list", "-w", "elsewhere")
     assert other.returncode == 1
     assert other.stderr.strip() == "ERROR: No such workspace."
+
+
+def test_the_shipped_example_trains_and_downloads(kstudio, tmp_path):
+    """README's example, from a fresh clone: code, a local input, outputs."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "train" / "job.yml"
+    result = kstudio("job", "create", "-f", str(example), "--stream")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert result.stdout.splitlines()[-1].startswith("y = 2.0")
+    name = json.loads(kstudio("job", "list", "-o", "json", check=True).stdout)[0]["name"]
+    kstudio("job", "download", name, "--all", "--download-path", str(tmp_path), check=True)
+    model = json.loads((tmp_path / "named-outputs" / "model" / "model.json").read_text())
+    assert abs(model["a"] - 2) < 0.1
+    assert (tmp_path / "artifacts" / "outputs" / "metrics.json").exists()

@@ -85,6 +85,8 @@ def test_serve_runs_a_job_and_stops_cleanly(tmp_path):
     assert server.returncode == 0, output
     assert "controller embedded stopped" in output
     assert "Traceback" not in output
+    # The access log: one line per request.
+    assert '"POST /api/v1/workspaces/demo/jobs/ HTTP/1.1" 201' in output
     assert_private(tmp_path / "var")
 
 

@@ -189,6 +189,30 @@ def test_console_is_for_it_ops(signed_in, people):
     assert b"defaultinstancetype" in response.content
 
 
+def test_console_shows_running_and_waiting_jobs_per_target_and_type(signed_in, people, workspace):
+    import re
+
+    from jobs.models import Status
+
+    jobs = [
+        submit_yaml(workspace, people.contributor, HELLO + f"resources: {{instance_type: {t}}}\n")
+        for t in ("cpu-small", "cpu-small", "cpu-small", "cpu-large")
+    ]
+    Job.objects.filter(pk__in=[jobs[0].pk, jobs[3].pk]).update(status=Status.RUNNING)
+    Job.objects.filter(pk=jobs[2].pk).update(status=Status.COMPLETED)
+    page = signed_in(people.it_ops).get("/console/").content.decode()
+
+    def counts(row_start: str) -> tuple[str, str]:
+        row = page[page.index(row_start) :]
+        running = re.search(r"<td data-running>(\d+)</td><td data-waiting>(\d+)</td>", row)
+        return running[1], running[2]
+
+    assert counts(">cpu-small</a>") == ("1", "1")
+    assert counts(">cpu-large</a>") == ("1", "0")
+    assert counts(">defaultinstancetype</a>") == ("0", "0")
+    assert counts(">local</a>") == ("2", "1")
+
+
 def test_console_instance_type_form_validates_each_quantity(signed_in, people):
     client = signed_in(people.it_ops)
     response = client.post(
@@ -323,3 +347,13 @@ def test_form_submits_local_input_files(signed_in, people, workspace):
     from pathlib import Path
 
     assert (Path(job.upload_dir) / "inputs.data").read_bytes() == b"a,b\n"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/docs/", "/api/v1/redoc/"])
+def test_api_reference_is_served_without_a_cdn(signed_in, people, path):
+    import re
+
+    page = signed_in(people.reader).get(path)
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page.content.decode())
+    assert sources and all(s.startswith("/static/drf_spectacular_sidecar/") for s in sources)

@@ -82,6 +82,7 @@ class JobViewSet(
 
     filter_backends = (DjangoFilterBackend,)
     filterset_class = JobFilter
+    queryset = Job.objects.none()  # for the schema; get_queryset is the workspace's
 
     def get_queryset(self) -> QuerySet[Job]:
         jobs = Job.objects.filter(workspace=self.get_workspace()).select_related(
@@ -158,7 +159,10 @@ class JobViewSet(
         """One output of the job as a zip archive (`default` is ./outputs)."""
         return output_download(self.get_object(), output)
 
-    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @extend_schema(
+        operation_id="workspaces_jobs_outputs_file",
+        responses={(200, "application/octet-stream"): bytes},
+    )
     def download_file(
         self, request: Request, output: str, path: str, *args: Any, **kwargs: Any
     ) -> HttpResponseBase:

@@ -8,10 +8,11 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 
 from studio import access, services
 from studio.api import WorkspaceMixin
-from studio.models import Membership, Role, Workspace
+from studio.models import ApiToken, Membership, Role, Workspace
 
 
 class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
@@ -114,3 +115,65 @@ class MemberViewSet(WorkspaceMixin, viewsets.ModelViewSet[Membership]):
 
     def perform_destroy(self, instance: Membership) -> None:
         services.remove_member(instance)
+
+
+class TokenSerializer(serializers.ModelSerializer[ApiToken]):
+    expired = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = ApiToken
+        fields: tuple[str, ...] = (
+            "id",
+            "name",
+            "hint",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "expired",
+        )
+
+
+class NewTokenSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=100)
+    expires_in_days = serializers.IntegerField(
+        required=False, allow_null=True, help_text="Empty or null: never."
+    )
+
+
+class IssuedTokenSerializer(TokenSerializer):
+    key = serializers.CharField(read_only=True, help_text="Shown this once; never stored.")
+
+    class Meta(TokenSerializer.Meta):
+        fields = (*TokenSerializer.Meta.fields, "key")
+
+
+class TokenViewSet(
+    mixins.ListModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet[ApiToken],
+):
+    """Your own API tokens: list, create (the key is in the answer, once), revoke."""
+
+    serializer_class = TokenSerializer
+    queryset = ApiToken.objects.none()  # for the schema; get_queryset is the user's own
+    throttle_scope = "tokens"
+
+    def get_throttles(self) -> list[Any]:
+        return [ScopedRateThrottle()] if self.action == "create" else []
+
+    def get_queryset(self) -> QuerySet[ApiToken]:
+        return services.tokens_of(self.request.user)
+
+    @extend_schema(request=NewTokenSerializer, responses={201: IssuedTokenSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = NewTokenSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        token, key = services.issue_token(
+            request.user, data.validated_data["name"], data.validated_data.get("expires_in_days")
+        )
+        token.key = key  # type: ignore[attr-defined]
+        return Response(IssuedTokenSerializer(token).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: ApiToken) -> None:
+        services.revoke_token(instance)

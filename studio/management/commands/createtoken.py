@@ -1,9 +1,12 @@
 """Print an API token for a user (the last line of output is the token)."""
 
+import sys
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
@@ -26,6 +29,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--it-ops", action="store_true", help="Add the user to IT-ops.")
         parser.add_argument("--name", default="cli", help="A label for the token.")
+        parser.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="Set the user's password from standard input (for signing in to the pages); "
+            "without it, a user created here signs in with tokens only.",
+        )
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
@@ -38,7 +47,21 @@ class Command(BaseCommand):
             user = users.objects.create_user(username=username)
             user.set_unusable_password()
             user.save()
-            self.stdout.write(f"Created user {username!r} (no password; sign-in by token only).")
+            if not options["password_stdin"]:
+                self.stdout.write(
+                    f"Created user {username!r} (no password: API and CLI by token only)."
+                )
+            else:
+                self.stdout.write(f"Created user {username!r}.")
+        if options["password_stdin"]:
+            password = sys.stdin.readline().rstrip("\n")
+            try:
+                validate_password(password, user)
+            except ValidationError as exc:
+                raise CommandError("password: " + " ".join(exc.messages)) from exc
+            user.set_password(password)
+            user.save(update_fields=["password"])
+            self.stdout.write(f"Password set for {username!r}.")
         if options["workspace"]:
             workspace = Workspace.objects.filter(name=options["workspace"]).first()
             if workspace is None:

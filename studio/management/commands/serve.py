@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from studio.env import env_int, env_str
+from studio.logging import uvicorn_log_config
 
 
 class Command(BaseCommand):
@@ -40,7 +41,8 @@ class Command(BaseCommand):
                 port=options["port"],
                 workers=options["workers"],
                 lifespan="off",
-                log_level="warning",
+                log_config=uvicorn_log_config(settings.LOG_LEVEL),
+                access_log=settings.STUDIO_ACCESS_LOG,
             )
             return
         self.stdout.write(
@@ -55,8 +57,8 @@ class Command(BaseCommand):
             host=host,
             port=port,
             lifespan="off",
-            log_level="info",
-            access_log=False,
+            log_config=uvicorn_log_config(settings.LOG_LEVEL),
+            access_log=settings.STUDIO_ACCESS_LOG,
         )
         server = uvicorn.Server(config)
         stop = asyncio.Event()
