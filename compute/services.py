@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import transaction
+from django.utils.module_loading import import_string
 
 from compute.models import ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE, DEFAULT_RESOURCES
+from studio.errors import Conflict
 from studio.models import Workspace
 
 
-class ComputeInUse(Exception):
+class ComputeInUse(Conflict):
     """Refused: the object is needed (active jobs, or Azure ML's default instance type)."""
 
 
@@ -22,14 +25,12 @@ def became_available(compute: ComputeTarget) -> None:
 
 
 def delete_compute(compute: ComputeTarget) -> None:
-    from jobs.models import ACTIVE, Status
-
-    active = compute.jobs.filter(status__in=(Status.QUEUED, *ACTIVE)).count()
-    if active:
-        raise ComputeInUse(
-            f"Compute target {compute.name!r} has {active} queued or running job(s); "
-            "cancel them or wait for them to end first."
-        )
+    """Refused while something still needs the target: each app that uses compute targets
+    says so through STUDIO_COMPUTE_IN_USE (jobs: its queued and running jobs)."""
+    for path in settings.STUDIO_COMPUTE_IN_USE:
+        reason = import_string(path)(compute)
+        if reason:
+            raise ComputeInUse(f"Compute target {compute.name!r} {reason}.")
     compute.delete()
 
 

@@ -23,10 +23,11 @@ from compute.resources import DEFAULT_INSTANCE_TYPE
 from jobs import events, names
 from jobs.models import ACTIVE, TERMINAL, Job, LogLine, Status, StatusChange
 from jobs.spec import CommandJob, SpecError, load_yaml, parse
+from studio.errors import Conflict
 from studio.models import Workspace
 
 
-class JobConflict(Exception):
+class JobConflict(Conflict):
     """The job is not in a state that allows this (e.g. canceling a finished job)."""
 
 
@@ -362,6 +363,16 @@ def log_lines(job: Job, after: int = 0, limit: int | None = None) -> QuerySet[Lo
 
 
 # -- load ------------------------------------------------------------------------------------
+def compute_in_use(compute: ComputeTarget) -> str | None:
+    """Why the compute target may not go (compute.services.delete_compute asks)."""
+    unfinished = compute.jobs.filter(status__in=(Status.QUEUED, *ACTIVE)).count()
+    if unfinished:
+        return (
+            f"has {unfinished} queued or running job(s); cancel them or wait for them to end first"
+        )
+    return None
+
+
 @dataclass
 class Load:
     running: int = 0

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from compute.launcher import references
+from studio.errors import FieldErrors
 
 # libyaml's loader when PyYAML was built with it: several times faster than pure Python.
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -46,10 +47,8 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
 INPUT_MODES = {"ro_mount", "rw_mount", "download", "direct", "eval_mount", "eval_download"}
 
 
-class SpecError(Exception):
-    def __init__(self, errors: list[tuple[str, str]]) -> None:
-        super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
-        self.errors = errors
+class SpecError(FieldErrors):
+    """A job document's problems, each with the field path it concerns."""
 
 
 Literal_ = StrictStr | StrictBool | StrictInt | StrictFloat

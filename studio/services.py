@@ -9,26 +9,34 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
-from compute.services import seed_local
 from studio import events
 from studio.models import ApiToken, Membership, Role, Workspace
 
 
+def set_up(workspace: Workspace) -> None:
+    """What each app gives a workspace it did not have: STUDIO_WORKSPACE_SETUP names the
+    functions (compute's gives it a local compute target). Idempotent."""
+    for path in settings.STUDIO_WORKSPACE_SETUP:
+        import_string(path)(workspace)
+
+
 def create_workspace(name: str, description: str = "", owner: Any = None) -> Workspace:
-    """A new workspace with its local compute target, and its first owner."""
+    """A new workspace, set up by each app (a local compute target), and its first owner."""
     workspace = Workspace(name=name, description=description)
     # Checks the name's shape and that it is free, with the model's own messages.
     workspace.full_clean(exclude=["default_compute"])
     try:
         with transaction.atomic():
             workspace.save()
-            seed_local(workspace)
+            set_up(workspace)
             if owner is not None:
                 Membership.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
     except IntegrityError as exc:  # created by someone else since the check

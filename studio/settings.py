@@ -151,6 +151,11 @@ else:
         "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 2000}}
     }
 
+# What each app gives a new workspace (called in order, idempotent).
+STUDIO_WORKSPACE_SETUP = ["compute.services.seed_local"]
+# Who may refuse a compute target's deletion (each returns a reason, or None).
+STUDIO_COMPUTE_IN_USE = ["jobs.services.compute_in_use"]
+
 # The controller runs inside the web process unless told otherwise (server mode).
 STUDIO_EMBEDDED_CONTROLLER = env_bool("STUDIO_EMBEDDED_CONTROLLER", not REDIS_URL)
 STUDIO_JOBS_DIR = VAR_DIR / "jobs"

@@ -19,7 +19,10 @@ urlpatterns = [
     ),
     path("console/workspaces/new/", views.workspace_new, name="workspace-new"),
     path("console/", include("compute.urls")),
+    # Each app routes its own API (the root URLconf is the one place that knows them all).
     path("api/v1/", include("studio.api.urls")),
+    path("api/v1/", include("compute.api.urls")),
+    path("api/v1/", include("jobs.api.urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -14,10 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from compute.services import ComputeInUse
-from jobs.services import JobConflict
-from jobs.spec import SpecError
 from studio import access
+from studio.errors import Conflict, FieldErrors
 from studio.models import Role, Workspace
 
 
@@ -41,14 +39,14 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
     return [{"field": prefix or "(document)", "message": str(detail)}]
 
 
-def spec_errors(error: SpecError) -> list[dict[str, str]]:
+def field_errors(error: FieldErrors) -> list[dict[str, str]]:
     return [{"field": field, "message": message} for field, message in error.errors]
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, SpecError):
-        return Response({"errors": spec_errors(exc)}, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, JobConflict | ComputeInUse):
+    if isinstance(exc, FieldErrors):
+        return Response({"errors": field_errors(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, Conflict):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, exceptions.ValidationError):
         return Response({"errors": _flatten(exc.detail)}, status=status.HTTP_400_BAD_REQUEST)

@@ -8,7 +8,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from compute.services import seed_local
+from studio import services
 from studio.access import IT_OPS_GROUP
 from studio.env import env_str
 from studio.models import Membership, Role, Workspace
@@ -23,7 +23,7 @@ class Command(BaseCommand):
         workspace, _ = Workspace.objects.get_or_create(
             name="demo", defaults={"description": "A workspace to try the studio in."}
         )
-        seed_local(workspace)
+        services.set_up(workspace)
         users = get_user_model()
         if not users.objects.filter(is_superuser=True).exists():
             password = env_str("STUDIO_ADMIN_PASSWORD")

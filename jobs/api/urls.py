@@ -1,0 +1,16 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from jobs.api.views import JobViewSet
+
+router = SimpleRouter()
+router.register(r"workspaces/(?P<workspace>[^/]+)/jobs", JobViewSet, basename="job")
+urlpatterns = [
+    # A file path ends the URL: no trailing slash, so it is not under the router.
+    path(
+        "workspaces/<str:workspace>/jobs/<str:name>/outputs/<str:output>/<path:path>",
+        JobViewSet.as_view({"get": "download_file"}),
+        name="job-output-file",
+    ),
+    *router.urls,
+]
