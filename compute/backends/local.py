@@ -202,6 +202,7 @@ class LocalBackend(ComputeBackend):
             state = _read_json(root / "state.json")
             phase = state.get("phase")
             if phase not in launcher.TERMINAL:
+                self._end_orphans(runtime, state)
                 return Observation(
                     lines=lines,
                     cursor=new_cursor,
@@ -217,6 +218,15 @@ class LocalBackend(ComputeBackend):
             reason=str(state.get("reason") or ""),
             outputs=list(state.get("outputs") or []),
         )
+
+    def _end_orphans(self, runtime: dict[str, Any], state: dict[str, Any]) -> None:
+        """The launcher died (killed, out of memory) and left the command running: end it,
+        as the launcher would have."""
+        if runtime.get("uid") is not None:
+            launcher.kill_user_processes(int(runtime["uid"]))
+        elif state.get("child_pgid"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(state["child_pgid"]), signal.SIGKILL)
 
     def cancel(self, runtime: dict[str, Any], *, force: bool = False) -> None:
         if not self._alive(runtime):
