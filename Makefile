@@ -9,9 +9,9 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
 .PHONY: run install test lint test-embedded test-server chromium bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml cli/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ./cli -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

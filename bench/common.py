@@ -94,7 +94,8 @@ def studio(mode: str = "embedded", workers: int = 1, controller: bool = True) ->
         env.update(
             STUDIO_VAR_DIR=var,
             STUDIO_ADMIN_PASSWORD="bench-password-1",
-            LOG_LEVEL="WARNING",
+            # The default level: the access log (a line per request) is part of the cost.
+            LOG_LEVEL="INFO",
             STUDIO_MAX_RUNNING_JOBS="64",
         )
         if mode == "server":

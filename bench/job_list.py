@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> None:
     for label, url in [
         ("first page", "/workspaces/demo/jobs/"),
         ("status=Failed", "/workspaces/demo/jobs/?status=Failed"),
-        ("experiment=exp-7", "/workspaces/demo/jobs/?experiment=exp-7"),
+        ("experiment=exp-7", "/workspaces/demo/jobs/?experiment_name=exp-7"),
         ("page 2000", "/workspaces/demo/jobs/?page=2000"),
     ]:
         client.get(url)  # warm

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,8 @@ async def watch(url: str, token: str, ready: asyncio.Event, counter: list[int], 
 
 async def main(args: argparse.Namespace) -> None:
     with studio(args.mode) as s, tempfile.TemporaryDirectory() as tmp:
+        # The job runs as a uid of its own (under root): it must be able to see the file.
+        os.chmod(tmp, 0o711)
         go = Path(tmp) / "go"
         with s.client() as http:
             job = http.post(

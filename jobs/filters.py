@@ -33,7 +33,7 @@ class JobFilter(django_filters.FilterSet):
         choices=Status.choices, help_text="Only jobs in this state."
     )
     experiment_name = django_filters.CharFilter(
-        lookup_expr="iexact", label="Experiment", help_text="Only this experiment's jobs."
+        label="Experiment", help_text="Only this experiment's jobs."
     )
     ordering = django_filters.OrderingFilter(
         fields=SORTABLE, help_text="Sort by " + ", ".join(name for _f, name in SORTABLE)

@@ -27,7 +27,7 @@ def kstudio(live_studio, people):
 
     def run(*args: str, check: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "studio.cli", *args],
+            [sys.executable, "-m", "kstudio_cli", *args],
             env={**base, **env},
             capture_output=True,
             text=True,
@@ -190,3 +190,29 @@ def test_the_shipped_example_trains_and_downloads(kstudio, tmp_path):
     model = json.loads((tmp_path / "named-outputs" / "model" / "model.json").read_text())
     assert abs(model["a"] - 2) < 0.1
     assert (tmp_path / "artifacts" / "outputs" / "metrics.json").exists()
+
+
+def test_the_cli_needs_nothing_of_the_server(live_studio, people, tmp_path):
+    """`kstudio` is its own package (cli/): with Django and the studio's packages made
+    unimportable, it still talks to a studio."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "for name in ('django', 'rest_framework', 'channels', 'studio', 'compute', 'jobs'):\n"
+        "    sys.modules[name] = None  # any import of them fails\n"
+        "from kstudio_cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), "workspace", "list", "-o", "json"],
+        env=dict(
+            os.environ,
+            KSTUDIO_URL=live_studio.url,
+            KSTUDIO_TOKEN=token_for(people.contributor),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [w["name"] for w in json.loads(result.stdout)] == ["demo"]

@@ -1,0 +1,3 @@
+from kstudio_cli import main
+
+main()
