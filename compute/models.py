@@ -19,6 +19,8 @@ class ComputeTarget(models.Model):
     kind = models.CharField(max_length=20, choices=ComputeKind.choices, default=ComputeKind.LOCAL)
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Its backend is rebuilt when this moves (compute.backends).
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ("name",)

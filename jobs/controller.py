@@ -166,7 +166,9 @@ class Controller:
                 return 0
             claimed = [
                 job
-                for job in Job.objects.filter(pk__in=ids, status=Status.QUEUED)
+                for job in Job.objects.filter(pk__in=ids, status=Status.QUEUED).select_related(
+                    "compute"
+                )
                 if services.transition(job, Status.PREPARING, **self._lease_fields())
             ]
         for job in claimed:
@@ -174,7 +176,7 @@ class Controller:
         return len(claimed)
 
     def start(self, job: Job) -> None:
-        backend = backend_for(job.compute_kind)
+        backend = backend_for(job.compute, job.compute_kind)
         try:
             runtime = backend.submit(launch_spec(job))
         except Exception as exc:
@@ -192,7 +194,9 @@ class Controller:
 
     def adopt(self) -> None:
         """Take over active jobs whose controller stopped renewing its lease."""
-        expired = Job.objects.filter(status__in=ACTIVE, lease_expires_at__lt=timezone.now())
+        expired = Job.objects.filter(
+            status__in=ACTIVE, lease_expires_at__lt=timezone.now()
+        ).select_related("compute")
         for job in expired.exclude(pk__in=list(self.held)):
             taken = Job.objects.filter(
                 pk=job.pk, lease_owner=job.lease_owner, lease_expires_at=job.lease_expires_at
@@ -203,7 +207,7 @@ class Controller:
             if not job.runtime:  # died before its compute got it: start it now
                 self.start(job)
                 continue
-            self.held[job.pk] = Held(job=job, backend=backend_for(job.compute_kind))
+            self.held[job.pk] = Held(job=job, backend=backend_for(job.compute, job.compute_kind))
 
     def sweep(self) -> None:
         """Renew leases and pick up state changes made by others (cancel requests)."""

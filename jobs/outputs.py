@@ -43,7 +43,7 @@ def output_root(job: Job, output: str) -> Path | None:
         raise NoSuchOutput(f"Job {job.name} has no output named {output!r}.")
     if not job.runtime:
         return None
-    root = backend_for(job.compute_kind).output_root(job.runtime, output)
+    root = backend_for(job.compute, job.compute_kind).output_root(job.runtime, output)
     return Path(root) if root else None
 
 

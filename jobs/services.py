@@ -180,7 +180,7 @@ def submit(
 ) -> Job:
     """Validate and store a job, then queue it. Nothing is stored when anything is wrong."""
     spec, compute, instance_type = validate(workspace, data, uploads)
-    backend = backend_for(compute.kind)
+    backend = backend_for(compute)
     upload_root: Path | None = None
     try:
         with transaction.atomic():

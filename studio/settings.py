@@ -153,6 +153,8 @@ else:
 
 # What each app gives a new workspace (called in order, idempotent).
 STUDIO_WORKSPACE_SETUP = ["compute.services.seed_local"]
+# The backend class of each kind of compute target (compute.backends).
+STUDIO_COMPUTE_BACKENDS = {"local": "compute.backends.local.LocalBackend"}
 # Who may refuse a compute target's deletion (each returns a reason, or None).
 STUDIO_COMPUTE_IN_USE = ["jobs.services.compute_in_use"]
 

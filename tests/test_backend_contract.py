@@ -163,3 +163,20 @@ def test_a_job_whose_process_vanishes_fails_with_a_reason_and_leaves_nothing(bac
 def test_enforcement_notes_are_sentences(backend):
     notes = backend.enforcement_notes({"cpu": "1"}, {"cpu": "2", "memory": "1Gi"})
     assert notes and all(isinstance(n, str) and n.endswith(".") for n in notes)
+
+
+@pytest.mark.django_db
+def test_a_targets_backend_is_built_once_and_again_when_the_target_changes(workspace):
+    from compute.backends import backend_for
+    from compute.models import ComputeTarget
+
+    local = ComputeTarget.objects.get(workspace=workspace, name="local")
+    other = ComputeTarget.objects.create(workspace=workspace, name="other", kind="local")
+    first = backend_for(local)
+    assert backend_for(ComputeTarget.objects.get(pk=local.pk)) is first  # kept
+    assert backend_for(other) is not first  # one per target
+    local.description = "changed"
+    local.save()
+    assert backend_for(local) is not first  # rebuilt from the new settings
+    with pytest.raises(LookupError, match="No backend for compute kind 'quantum'"):
+        backend_for(None, "quantum")

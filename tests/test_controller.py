@@ -343,7 +343,7 @@ async def test_submitting_twice_runs_once(workspace, people, controller):
     from jobs.controller import launch_spec
 
     job = await finished(await submit(workspace, people.contributor, "command: echo once\n"))
-    backend = backend_for("local")
+    backend = backend_for(None, "local")
     again = await sync_to_async(backend.submit)(await sync_to_async(launch_spec)(job))
     assert again == job.runtime  # the same handle; nothing new started
 

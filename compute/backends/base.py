@@ -48,6 +48,12 @@ class Observation:
 class ComputeBackend(abc.ABC):
     kind: str
 
+    @classmethod
+    def from_target(cls, target: Any) -> ComputeBackend:
+        """Build the backend for one compute target, from its settings and credentials
+        (read once: compute.backends keeps the instance until the target changes)."""
+        return cls()
+
     @abc.abstractmethod
     def enforcement_notes(self, requests: dict[str, Any], limits: dict[str, Any]) -> list[str]:
         """Plain sentences on what of an instance type this compute cannot enforce."""
