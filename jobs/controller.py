@@ -35,7 +35,7 @@ from django.db import close_old_connections, transaction
 from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
 
-from compute.backends import LaunchSpec, backend_for
+from compute.backends import LaunchSpec, backend_class, backend_for
 from compute.backends.base import ComputeBackend
 from jobs import events, services
 from jobs.models import ACTIVE, TERMINAL, Job, Status
@@ -69,9 +69,8 @@ class Controller:
         self.wake = asyncio.Event()
         self.last_claim = 0.0
         self.last_sweep = 0.0
-        self.waiting = False
+        self.full: set[str] = set()  # kinds of compute with no room left at the last claim
         self.grace = float(settings.STUDIO_CANCEL_GRACE_SECONDS)
-        self.capacity = int(settings.STUDIO_MAX_RUNNING_JOBS)
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -133,13 +132,14 @@ class Controller:
     def step(self) -> None:
         """One pass; runs in the controller's worker thread."""
         now = time.monotonic()
-        if now - self.last_claim >= IDLE_TICK or (self.waiting and len(self.held) < self.capacity):
+        # Full with work still queued: claim again as soon as a job of that kind ends.
+        if now - self.last_claim >= IDLE_TICK or (self.full - self._full_kinds()):
             self.last_claim = now
             self.adopt()
             while self.claim():
                 pass
-            # Full with work still queued: claim again as soon as a job ends.
-            self.waiting = len(self.held) >= self.capacity
+            self.full = self._full_kinds()
+            self._say_why_waiting()
         if now - self.last_sweep >= 1.0:
             self.last_sweep = now
             self.sweep()
@@ -150,18 +150,55 @@ class Controller:
     def _lease_fields(self) -> dict[str, Any]:
         return {"lease_owner": self.name, "lease_expires_at": timezone.now() + LEASE}
 
+    def _room(self, kind: str) -> int | None:
+        """Jobs of this kind the controller may still take; None: no limit."""
+        try:
+            capacity = backend_class(kind).capacity()
+        except LookupError:
+            return 0  # a kind this studio cannot run: never claimed
+        if capacity is None:
+            return None
+        return capacity - sum(1 for h in self.held.values() if h.job.compute_kind == kind)
+
+    def _full_kinds(self) -> set[str]:
+        kinds = set(settings.STUDIO_COMPUTE_BACKENDS) | {
+            h.job.compute_kind for h in self.held.values()
+        }
+        return {kind for kind in kinds if (room := self._room(kind)) is not None and room <= 0}
+
+    def _say_why_waiting(self) -> None:
+        """Queued jobs of a full kind say why they wait (shown on the job and in the API)."""
+        for kind in self.full:
+            capacity = backend_class(kind).capacity()
+            reason = (
+                f"Waiting for a free slot: {capacity} {kind} job(s) run at once per "
+                "controller (STUDIO_MAX_RUNNING_JOBS)."
+            )
+            Job.objects.filter(status=Status.QUEUED, compute_kind=kind).exclude(
+                waiting_reason=reason
+            ).update(waiting_reason=reason)
+
     def claim(self) -> int:
-        """Take queued jobs while there is room; return how many were taken."""
-        room = min(CLAIM_BATCH, self.capacity - len(self.held))
-        if room <= 0:
+        """Take queued jobs while their compute has room; return how many were taken.
+        Each kind of compute has its own room (local: this host's slots), so jobs bound
+        for a cluster never wait behind local ones, nor use their slots."""
+        room = {kind: self._room(kind) for kind in settings.STUDIO_COMPUTE_BACKENDS}
+        open_kinds = [kind for kind, left in room.items() if left is None or left > 0]
+        if not open_kinds:
             return 0
         with transaction.atomic():
-            ids = list(
-                Job.objects.filter(status=Status.QUEUED)
+            candidates = list(
+                Job.objects.filter(status=Status.QUEUED, compute_kind__in=open_kinds)
                 .order_by("created_at", "id")
                 .select_for_update(skip_locked=True)
-                .values_list("pk", flat=True)[:room]
+                .values_list("pk", "compute_kind")[:CLAIM_BATCH]
             )
+            ids = []
+            for pk, kind in candidates:
+                left = room[kind]
+                if left is None or left > 0:
+                    ids.append(pk)
+                    room[kind] = None if left is None else left - 1
             if not ids:
                 return 0
             claimed = [
@@ -169,7 +206,9 @@ class Controller:
                 for job in Job.objects.filter(pk__in=ids, status=Status.QUEUED).select_related(
                     "compute"
                 )
-                if services.transition(job, Status.PREPARING, **self._lease_fields())
+                if services.transition(
+                    job, Status.PREPARING, waiting_reason="", **self._lease_fields()
+                )
             ]
         for job in claimed:
             self.start(job)

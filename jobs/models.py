@@ -52,6 +52,8 @@ class Job(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.NOT_STARTED)
     exit_code = models.IntegerField(null=True, blank=True)
     failure_reason = models.TextField(blank=True)
+    # Why a Queued job has not started yet (no free slot on its compute, say).
+    waiting_reason = models.CharField(max_length=500, blank=True)
     outputs = models.JSONField(default=list, blank=True)
 
     created_by = models.ForeignKey(

@@ -17,6 +17,7 @@ import psutil
 import pytest
 from asgiref.sync import sync_to_async
 
+from compute.backends.local import LocalBackend
 from jobs import outputs, services
 from jobs.controller import Controller
 from jobs.models import Job
@@ -377,9 +378,50 @@ async def test_jobs_beyond_capacity_wait_in_queued(workspace, people, settings):
             return (await reload(blocker)).status == "Running"
 
         await await_until(blocker_runs, what="the first job to run")
-        assert (await reload(waiting)).status == "Queued"
+
+        async def says_why():
+            job = await reload(waiting)
+            return job.status == "Queued" and "free slot" in job.waiting_reason
+
+        await await_until(says_why, what="the waiting job to say why")
         Path((await reload(blocker)).runtime["root"], "wd", "go").touch()
-        assert (await finished(waiting)).status == "Completed"
+        done = await finished(waiting)
+        assert done.status == "Completed" and done.waiting_reason == ""
+
+
+class Unlimited(LocalBackend):
+    """A compute that queues work itself, as a cluster does (local processes underneath)."""
+
+    kind = "cluster"
+
+    @classmethod
+    def capacity(cls):
+        return None
+
+
+async def test_a_full_local_compute_does_not_hold_up_other_kinds(workspace, people, settings):
+    from compute.models import ComputeTarget
+
+    settings.STUDIO_MAX_RUNNING_JOBS = 1
+    settings.STUDIO_COMPUTE_BACKENDS = {
+        **settings.STUDIO_COMPUTE_BACKENDS,
+        "cluster": "tests.test_controller.Unlimited",
+    }
+    await ComputeTarget.objects.acreate(workspace=workspace, name="big", kind="cluster")
+    blocker = await submit(
+        workspace, people.contributor, "command: while [ ! -f go ]; do sleep 0.05; done\n"
+    )
+    local_waits = await submit(workspace, people.contributor, "command: echo local\n")
+    elsewhere = [
+        await submit(workspace, people.contributor, f"command: echo c{i}\ncompute: big\n")
+        for i in range(3)
+    ]
+    async with running("mixed"):
+        for job in elsewhere:  # all three run while local has no free slot
+            assert (await finished(job)).status == "Completed"
+        assert (await reload(local_waits)).status == "Queued"
+        Path((await reload(blocker)).runtime["root"], "wd", "go").touch()
+        assert (await finished(local_waits)).status == "Completed"
 
 
 async def test_a_job_the_controller_cannot_follow_fails_and_others_go_on(

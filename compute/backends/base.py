@@ -49,6 +49,12 @@ class ComputeBackend(abc.ABC):
     kind: str
 
     @classmethod
+    def capacity(cls) -> int | None:
+        """How many jobs of this kind one controller may hold at once; None: no limit
+        here, as a compute that queues work itself (a cluster) needs none."""
+        return None
+
+    @classmethod
     def from_target(cls, target: Any) -> ComputeBackend:
         """Build the backend for one compute target, from its settings and credentials
         (read once: compute.backends keeps the instance until the target changes)."""

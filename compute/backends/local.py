@@ -39,6 +39,11 @@ def available_cpus() -> list[int]:
 class LocalBackend(ComputeBackend):
     kind = "local"
 
+    @classmethod
+    def capacity(cls) -> int | None:
+        """Local jobs share this host: at most STUDIO_MAX_RUNNING_JOBS at once."""
+        return int(settings.STUDIO_MAX_RUNNING_JOBS)
+
     def __init__(self, jobs_dir: Path | None = None) -> None:
         self.jobs_dir = Path(jobs_dir or settings.STUDIO_JOBS_DIR)
 

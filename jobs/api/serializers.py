@@ -66,6 +66,7 @@ def job_detail(job: Job, request: Any = None) -> dict[str, Any]:
         services={"Studio": {"endpoint": studio_url(job, request), "job_service_type": "Studio"}},
         exit_code=job.exit_code,
         failure_reason=job.failure_reason,
+        waiting_reason=job.waiting_reason if job.status == "Queued" else "",
         status_history=[
             {"status": change.status, "at": _time(change.at), "message": change.message}
             for change in job.status_changes.all()
@@ -122,6 +123,7 @@ class JobSerializer(JobListSerializer):
     services = serializers.DictField()
     exit_code = serializers.IntegerField(allow_null=True)
     failure_reason = serializers.CharField()
+    waiting_reason = serializers.CharField(help_text="Why a Queued job has not started yet.")
     status_history = StatusChangeSerializer(many=True)
     instance_type_resources = serializers.DictField()
     enforcement_notes = serializers.ListField(child=serializers.CharField())
