@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,11 +44,16 @@ from jobs.spec import parse
 
 log = logging.getLogger(__name__)
 
-BUSY_TICK = 0.02  # seconds between looks at running jobs
+BUSY_TICK = 0.02  # seconds between looks at jobs whose compute cannot tell news
+# A job with news is followed at most this often, so that a chatty job's lines go out in
+# batches: the web workers fan each message out to every socket watching the job, and
+# one message per line (100 watchers, a line every 10 ms) outran them.
+NEWS_EVERY = 0.05
 IDLE_TICK = 1.0  # fallback poll for queued jobs when no wake message came
 LEASE = timedelta(seconds=15)
 CLAIM_BATCH = 20
-MAX_FOLLOW_ERRORS = 50  # consecutive; about a second of passes while busy
+# A job that cannot be followed for this long, retried every tick meanwhile, fails.
+GIVE_UP_AFTER = 2.0
 # The order the phases follow: a phase seen late passes through the ones before it, so
 # the record of a job that ran in a blink still shows every state.
 PHASE_PATH = (Status.PREPARING, Status.RUNNING, Status.FINALIZING)
@@ -59,6 +65,9 @@ class Held:
     backend: ComputeBackend
     cancel_sent_at: float | None = None
     errors: int = 0  # consecutive failures to follow the job
+    failing_since: float = 0.0
+    watched: str | None = None  # the backend tells when this job has news
+    followed_at: float = 0.0
 
 
 class Controller:
@@ -71,17 +80,26 @@ class Controller:
         self.last_sweep = 0.0
         self.full: set[str] = set()  # kinds of compute with no room left at the last claim
         self.grace = float(settings.STUDIO_CANCEL_GRACE_SECONDS)
+        # Told, not asking: backends that report news (compute/backends/base.py) mark jobs
+        # here from the event loop; a pass follows those (and every job once a second).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.news: set[int] = set()
+        self.news_lock = threading.Lock()
+        self.by_key: dict[tuple[int, str], int] = {}  # (backend, watch key) -> job id
+        self.readers: dict[int, ComputeBackend] = {}  # events fd -> backend
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         log.info("controller %s started", self.name)
+        self.loop = asyncio.get_running_loop()
         listener = asyncio.create_task(self._listen(stop))
         step = sync_to_async(self.step, thread_sensitive=False, executor=self.executor)
         try:
             while not stop.is_set():
                 self.wake.clear()
                 try:
-                    await step()
+                    if await step():
+                        continue  # room opened for jobs that wait: claim at once
                 except Exception:
                     # A database outage, say: keep going, the next pass retries.
                     log.exception("controller pass failed; retrying")
@@ -89,13 +107,20 @@ class Controller:
                         close_old_connections, thread_sensitive=False, executor=self.executor
                     )()
                     await asyncio.sleep(IDLE_TICK)
-                timeout = BUSY_TICK if self.held else IDLE_TICK
+                # Jobs whose backend cannot tell news, jobs that just failed to be
+                # followed and news held back for batching are looked at every tick.
+                asking = bool(self.news) or any(
+                    h.watched is None or h.errors for h in self.held.values()
+                )
+                timeout = BUSY_TICK if asking else IDLE_TICK
                 waiters = [asyncio.create_task(self.wake.wait()), asyncio.create_task(stop.wait())]
                 await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waiters:
                     waiter.cancel()
         finally:
             listener.cancel()
+            for fd in list(self.readers):
+                self.loop.remove_reader(fd)
             await sync_to_async(self.release_all, thread_sensitive=False, executor=self.executor)()
             self.executor.shutdown(wait=True)
             log.info("controller %s stopped", self.name)
@@ -129,8 +154,9 @@ class Controller:
             self.last_claim = 0.0
         self.wake.set()
 
-    def step(self) -> None:
-        """One pass; runs in the controller's worker thread."""
+    def step(self) -> bool:
+        """One pass; runs in the controller's worker thread. True when another should
+        follow at once (a kind of compute that was full has room again)."""
         now = time.monotonic()
         # Full with work still queued: claim again as soon as a job of that kind ends.
         if now - self.last_claim >= IDLE_TICK or (self.full - self._full_kinds()):
@@ -140,11 +166,26 @@ class Controller:
                 pass
             self.full = self._full_kinds()
             self._say_why_waiting()
-        if now - self.last_sweep >= 1.0:
+        everyone = now - self.last_sweep >= 1.0
+        if everyone:  # also the fallback for news lost or never told (a launcher killed)
             self.last_sweep = now
             self.sweep()
-        for job_id in list(self.held):
-            self.follow_safely(self.held[job_id])
+        with self.news_lock:
+            news, self.news = self.news, set()
+        later = set()
+        for held in list(self.held.values()):
+            due = everyone or held.watched is None or bool(held.errors)
+            if not due and held.job.pk in news:
+                due = now - held.followed_at >= NEWS_EVERY
+                if not due:
+                    later.add(held.job.pk)
+            if due:
+                held.followed_at = now
+                self.follow_safely(held)
+        if later:
+            with self.news_lock:
+                self.news |= later
+        return bool(self.full - self._full_kinds())
 
     # -- claiming --------------------------------------------------------------------------
     def _lease_fields(self) -> dict[str, Any]:
@@ -229,7 +270,38 @@ class Controller:
             return
         Job.objects.filter(pk=job.pk).update(runtime=runtime)
         job.runtime = runtime
-        self.held[job.pk] = Held(job=job, backend=backend)
+        self.hold(Held(job=job, backend=backend))
+
+    def hold(self, held: Held) -> None:
+        """Follow a job from now on; ask its backend to tell when it has news."""
+        self.held[held.job.pk] = held
+        with self.news_lock:
+            self.news.add(held.job.pk)  # look at it in this pass
+        fd = held.backend.events_fd()
+        if fd is None:
+            return
+        held.watched = held.backend.watch(held.job.runtime)
+        if held.watched is None:
+            return
+        self.by_key[(id(held.backend), held.watched)] = held.job.pk
+        if fd not in self.readers and self.loop is not None:
+            self.readers[fd] = held.backend
+            self.loop.call_soon_threadsafe(self.loop.add_reader, fd, self._told, held.backend)
+
+    def let_go(self, job_id: int) -> None:
+        held = self.held.pop(job_id, None)
+        if held is not None and held.watched is not None:
+            self.by_key.pop((id(held.backend), held.watched), None)
+            held.backend.unwatch(held.job.runtime)
+
+    def _told(self, backend: ComputeBackend) -> None:
+        """In the event loop: a backend's descriptor is readable, some jobs have news."""
+        jobs = {self.by_key.get((id(backend), key)) for key in backend.changed()}
+        jobs.discard(None)
+        if jobs:
+            with self.news_lock:
+                self.news.update(j for j in jobs if j is not None)
+            self.wake.set()
 
     def adopt(self) -> None:
         """Take over active jobs whose controller stopped renewing its lease."""
@@ -246,7 +318,7 @@ class Controller:
             if not job.runtime:  # died before its compute got it: start it now
                 self.start(job)
                 continue
-            self.held[job.pk] = Held(job=job, backend=backend_for(job.compute, job.compute_kind))
+            self.hold(Held(job=job, backend=backend_for(job.compute, job.compute_kind)))
 
     def sweep(self) -> None:
         """Renew leases and pick up state changes made by others (cancel requests)."""
@@ -260,7 +332,7 @@ class Controller:
         for job_id, held in list(self.held.items()):
             status, owner = current.get(job_id, (held.job.status, ""))
             if owner != self.name:  # someone else adopted it, or it was deleted
-                del self.held[job_id]
+                self.let_go(job_id)
                 continue
             held.job.status = status
 
@@ -270,19 +342,21 @@ class Controller:
         try:
             self.follow(held)
             held.errors = 0
+            held.failing_since = 0.0
         except (OperationalError, InterfaceError):
             raise  # the database itself is in trouble: the whole pass is
         except Exception as exc:  # this job's data, backend or bug: this job only
             held.errors += 1
+            held.failing_since = held.failing_since or time.monotonic()
             log.exception("following job %s failed (%d in a row)", held.job.name, held.errors)
-            if held.errors >= MAX_FOLLOW_ERRORS:
+            if time.monotonic() - held.failing_since >= GIVE_UP_AFTER:
                 held.backend.cancel(held.job.runtime, force=True)
                 services.transition(
                     held.job,
                     Status.FAILED,
                     failure_reason=f"The studio lost track of the job: {exc}",
                 )
-                self.held.pop(held.job.pk, None)
+                self.let_go(held.job.pk)
 
     def follow(self, held: Held) -> None:
         job = held.job
@@ -296,7 +370,7 @@ class Controller:
             self._advance_to(job, phase)
         elif phase in TERMINAL:
             self._finish(job, phase, observation.exit_code, observation.reason, observation.outputs)
-            del self.held[job.pk]
+            self.let_go(job.pk)
 
     def _advance_to(self, job: Job, phase: str) -> None:
         if job.status == Status.CANCEL_REQUESTED or job.status not in PHASE_PATH:
@@ -342,7 +416,8 @@ class Controller:
             Job.objects.filter(pk__in=list(self.held), lease_owner=self.name).update(
                 lease_expires_at=timezone.now()
             )
-        self.held.clear()
+        for job_id in list(self.held):
+            self.let_go(job_id)
         close_old_connections()
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import tarfile
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -484,3 +485,31 @@ async def test_one_bad_job_does_not_block_the_others(workspace, people, monkeypa
         bad = await finished(bad, timeout=30)
     assert bad.status == "Failed"
     assert bad.failure_reason.startswith("The studio lost track of the job: invalid byte")
+
+
+async def test_a_quiet_job_is_not_asked_about_every_tick(workspace, people, monkeypatch):
+    """The local backend tells the controller when a job writes; a job that writes nothing
+    is looked at once a second (the fallback), not every 20 ms; its lines still arrive
+    as they are written."""
+    looks: list[float] = []
+    real_observe = LocalBackend.observe
+
+    def counted(self, runtime, cursor):
+        looks.append(time.monotonic())
+        return real_observe(self, runtime, cursor)
+
+    monkeypatch.setattr(LocalBackend, "observe", counted)
+    text = "command: echo start; while [ ! -f go ]; do sleep 0.05; done; echo go\n"
+    async with running("quiet"):
+        job = await submit(workspace, people.contributor, text)
+
+        async def started():
+            return await lines_of(job) == ["start"]
+
+        await await_until(started, what="the first line")
+        looks.clear()
+        await asyncio.sleep(2)  # a quiet stretch: how often is the job asked about?
+        assert len(looks) <= 4, f"{len(looks)} looks in 2 s"
+        Path((await reload(job)).runtime["root"], "wd", "go").touch()
+        assert (await finished(job)).status == "Completed"
+    assert await lines_of(job) == ["start", "go"]

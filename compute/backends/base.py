@@ -83,3 +83,21 @@ class ComputeBackend(abc.ABC):
     @abc.abstractmethod
     def output_root(self, runtime: dict[str, Any], output: str) -> str | None:
         """Where the files of one output can be read, or None when it has none."""
+
+    # -- being told instead of asking (optional) -------------------------------------------
+    # A backend that can tell when a job has news (a watch, a file written) offers a file
+    # descriptor that becomes readable then. The controller looks at those jobs at once and
+    # at the others only once a second; a backend without one is looked at every tick.
+    def events_fd(self) -> int | None:
+        return None
+
+    def watch(self, runtime: dict[str, Any]) -> str | None:
+        """Start reporting news of this job; returns the key `changed` will report."""
+        return None
+
+    def unwatch(self, runtime: dict[str, Any]) -> None:  # noqa: B027 - optional, no-op
+        """Stop reporting news of this job."""
+
+    def changed(self) -> set[str]:
+        """Keys (from `watch`) of the jobs with news since the last call; never blocks."""
+        return set()

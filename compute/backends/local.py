@@ -16,11 +16,13 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import psutil
 from django.conf import settings
+from inotify_simple import INotify, flags
 
 from compute import launcher
 from compute.backends.base import ComputeBackend, LaunchSpec, LogRecord, Observation
@@ -45,7 +47,10 @@ class LocalBackend(ComputeBackend):
         return int(settings.STUDIO_MAX_RUNNING_JOBS)
 
     def __init__(self, jobs_dir: Path | None = None) -> None:
-        self.jobs_dir = Path(jobs_dir or settings.STUDIO_JOBS_DIR)
+        self._jobs_dir = jobs_dir
+        self._inotify: INotify | None = None
+        self._watches: dict[int, str] = {}  # inotify watch -> job root
+        self._watch_lock = threading.Lock()
 
     # -- instance types ------------------------------------------------------------------
     def enforcement_notes(self, requests: dict[str, Any], limits: dict[str, Any]) -> list[str]:
@@ -84,6 +89,11 @@ class LocalBackend(ComputeBackend):
         return cpus[: min(wanted, len(cpus))]
 
     # -- lifecycle -----------------------------------------------------------------------
+    @property
+    def jobs_dir(self) -> Path:
+        """Read when used: a kept backend follows the setting (tests change it)."""
+        return Path(self._jobs_dir or settings.STUDIO_JOBS_DIR)
+
     def job_uid(self, spec: LaunchSpec) -> int | None:
         """The uid the job's command runs as: its own when the studio is root."""
         base = int(settings.STUDIO_JOB_UID_BASE)
@@ -248,6 +258,51 @@ class LocalBackend(ComputeBackend):
             # The launcher forwards it to the command's process group, waits the grace
             # period, then kills.
             os.kill(runtime["pid"], signal.SIGTERM)
+
+    # -- news: the launcher writing its log or replacing its state file ------------------
+    # One inotify watch on each followed job's folder (not recursive: the job's own files
+    # below it make no news), so a line is followed as soon as it is written.
+    NEWS = flags.MODIFY | flags.MOVED_TO | flags.CLOSE_WRITE
+
+    def events_fd(self) -> int | None:
+        with self._watch_lock:
+            if self._inotify is None:
+                try:
+                    self._inotify = INotify(nonblocking=True)
+                except OSError:  # no inotify here (or out of instances): ask instead
+                    return None
+            return self._inotify.fileno()
+
+    def watch(self, runtime: dict[str, Any]) -> str | None:
+        if self.events_fd() is None or not runtime.get("root"):
+            return None
+        root = str(runtime["root"])
+        with self._watch_lock:
+            assert self._inotify is not None
+            try:
+                self._watches[self._inotify.add_watch(root, self.NEWS)] = root
+            except OSError:
+                return None
+        return root
+
+    def unwatch(self, runtime: dict[str, Any]) -> None:
+        root = str(runtime.get("root"))
+        with self._watch_lock:
+            for wd, watched in list(self._watches.items()):
+                if watched == root and self._inotify is not None:
+                    del self._watches[wd]
+                    with contextlib.suppress(OSError):
+                        self._inotify.rm_watch(wd)
+
+    def changed(self) -> set[str]:
+        with self._watch_lock:
+            if self._inotify is None:
+                return set()
+            try:
+                events = self._inotify.read(timeout=0)
+            except BlockingIOError:
+                return set()
+            return {self._watches[e.wd] for e in events if e.wd in self._watches}
 
     def output_root(self, runtime: dict[str, Any], output: str) -> str | None:
         if not runtime.get("root"):
