@@ -210,3 +210,33 @@ def test_pages_fit_a_phone_held_upright(people, workspace, page, where):
     )
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"{overflow}px wider than the screen"
+
+
+A11Y_PAGES = [
+    ("carl", "/workspaces/demo/jobs/"),
+    ("carl", "/workspaces/demo/jobs/new/"),
+    ("carl", "job"),
+    ("carl", "/workspaces/demo/members/"),
+    ("carl", "/profile/"),
+    ("ivan", "/console/"),
+    (None, "/login/"),
+]
+
+
+@pytest.mark.parametrize(("who", "where"), A11Y_PAGES)
+def test_pages_pass_axe_wcag_aa(people, workspace, page, who, where):
+    """axe-core (bundled with axe-playwright-python) finds no WCAG 2 A/AA violation:
+    contrast, labels, roles, landmarks."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    from jobs.services import submit_yaml
+
+    job = orm(lambda: submit_yaml(workspace, people.contributor, "command: echo hi\n"))
+    if who:
+        sign_in(page, who, f"pw-{who}-12345")
+    page.goto(f"/workspaces/demo/jobs/{job.name}/" if where == "job" else where)
+    page.wait_for_load_state("networkidle")
+    results = Axe().run(
+        page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}}
+    )
+    assert results.violations_count == 0, results.generate_report()
