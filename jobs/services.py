@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from compute.backends import LogRecord, backend_for
-from compute.launcher import archive_problem
+from compute.launcher import address_problem, archive_problem
 from compute.models import ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
 from jobs import events, names
@@ -127,6 +129,9 @@ def _check_uploads(
     if "code" in uploads and not spec.code:
         errors.append(("code", "an archive was uploaded but the job has no code field"))
     for name, item in data_inputs.items():
+        problem = _url_problem(item.path)
+        if problem:
+            errors.append((f"inputs.{name}.path", problem))
         local = not item.path.lower().startswith(("http://", "https://"))
         if local and f"inputs.{name}" not in uploads:
             errors.append(
@@ -152,6 +157,19 @@ def _check_uploads(
             )
             if problem:
                 errors.append((field, problem))
+
+
+def _url_problem(path: str) -> str | None:
+    """An http(s) input whose host is an address the job may not fetch from, said at once.
+    (A host name is checked by the launcher on the address it connects to.)"""
+    if not path.lower().startswith(("http://", "https://")):
+        return None
+    host = urllib.parse.urlsplit(path).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return address_problem(host, list(settings.STUDIO_ALLOWED_INPUT_NETWORKS))
 
 
 def _resolve_compute(

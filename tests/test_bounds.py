@@ -184,3 +184,20 @@ def test_log_lines_with_nul_and_odd_streams_are_stored(people, workspace):
     assert append_logs(job, records, {"offset": 1}) == 2
     stored = list(LogLine.objects.filter(job=job).order_by("seq").values_list("stream", "line"))
     assert stored == [("stdout", "a\ufffdb"), ("stdout", "lone ? surrogate")]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "169.254.169.254", "[::1]", "10.1.2.3"])
+def test_an_input_from_an_inward_address_is_refused_at_submit(api, people, host):
+    text = f"command: cat ${{{{inputs.f}}}}\ninputs: {{f: {{type: uri_file, path: 'http://{host}/x'}}}}\n"
+    response = api(people.contributor).post(JOBS, {"yaml": text}, format="json")
+    assert response.status_code == 400
+    (error,) = response.json()["errors"]
+    assert error["field"] == "inputs.f.path"
+    assert "STUDIO_ALLOWED_INPUT_NETWORKS" in error["message"]
+    assert not Job.objects.exists()
+
+
+def test_an_allowed_network_may_be_an_input(api, people, settings):
+    settings.STUDIO_ALLOWED_INPUT_NETWORKS = ["10.0.0.0/8"]
+    text = "command: cat ${{inputs.f}}\ninputs: {f: {type: uri_file, path: 'http://10.1.2.3/x'}}\n"
+    assert api(people.contributor).post(JOBS, {"yaml": text}, format="json").status_code == 201
