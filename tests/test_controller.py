@@ -240,7 +240,8 @@ async def test_timeout_is_enforced(workspace, people, controller):
     assert "limits.timeout (1 s)" in job.failure_reason
 
 
-async def test_failed_preparation_is_reported(workspace, people, controller):
+async def test_failed_preparation_is_reported(workspace, people, controller, settings):
+    settings.STUDIO_ALLOWED_INPUT_NETWORKS = ["127.0.0.1/32"]  # allowed, but nobody listens
     text = "command: cat ${{inputs.f}}\ninputs: {f: {type: uri_file, path: 'http://127.0.0.1:9/none'}}\n"
     job = await finished(await submit(workspace, people.contributor, text))
     assert job.status == "Failed"
