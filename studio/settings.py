@@ -6,6 +6,7 @@ REDIS_URL set; web workers and `manage.py runcontroller` run as separate process
 Nothing else in the code branches on the mode.
 """
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -160,7 +161,22 @@ STUDIO_COMPUTE_IN_USE = ["jobs.services.compute_in_use"]
 
 # The controller runs inside the web process unless told otherwise (server mode).
 STUDIO_EMBEDDED_CONTROLLER = env_bool("STUDIO_EMBEDDED_CONTROLLER", not REDIS_URL)
-STUDIO_JOBS_DIR = VAR_DIR / "jobs"
+
+
+def jobs_dir(var_dir: Path, euid: int) -> Path:
+    """Where local jobs' folders go: under var/, unless jobs run as uids of their own
+    (a root studio) and cannot pass through the folders above var/ (a checkout in /root
+    or in a 0750 home): then under /var/lib/kstudio, one folder per studio."""
+    if explicit := env_str("STUDIO_JOBS_DIR"):
+        return Path(explicit).resolve()
+    passable = all(folder.stat().st_mode & 0o001 for folder in var_dir.parents)
+    if euid != 0 or passable:
+        return var_dir / "jobs"
+    studio = hashlib.sha256(str(var_dir).encode()).hexdigest()[:12]
+    return Path("/var/lib/kstudio") / studio / "jobs"
+
+
+STUDIO_JOBS_DIR = jobs_dir(VAR_DIR, os.geteuid())
 STUDIO_UPLOADS_DIR = VAR_DIR / "uploads"
 STUDIO_CANCEL_GRACE_SECONDS = env_int("STUDIO_CANCEL_GRACE_SECONDS", 10)
 # How many jobs one controller runs at once; more wait in Queued.

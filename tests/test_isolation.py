@@ -194,3 +194,27 @@ async def test_a_job_log_stops_at_its_cap_with_a_note(workspace, people, control
     assert 10 < len(lines) < 60
     assert lines[-1].startswith("[kstudio] This job's log reached its limit (2,000 bytes)")
     assert [f["path"] for f in job.outputs] == ["x"]  # the job itself ran to its end
+
+
+def test_job_folders_move_out_of_a_private_home_under_root(tmp_path, monkeypatch):
+    """A root studio in /root/kubestudio (or a 0750 home) would give jobs folders their uid
+    cannot reach: they go under /var/lib/kstudio instead, one folder per studio."""
+    from studio.settings import jobs_dir
+
+    monkeypatch.delenv("STUDIO_JOBS_DIR", raising=False)
+    home = tmp_path / "home"
+    var = home / "checkout" / "var"
+    var.mkdir(parents=True)
+    (home / "checkout").chmod(0o755)  # the studio's own umask made it private
+    home.chmod(0o700)
+    try:
+        moved = jobs_dir(var, euid=0)
+        assert moved.parts[:4] == ("/", "var", "lib", "kstudio") and moved.name == "jobs"
+        assert jobs_dir(var, euid=0) == moved  # the same studio, the same folder
+        (tmp_path / "other" / "var").mkdir(parents=True)
+        assert jobs_dir(tmp_path / "other" / "var", euid=0) != moved
+        assert jobs_dir(var, euid=1000) == var / "jobs"  # jobs run as the studio's user
+        home.chmod(0o711)
+        assert jobs_dir(var, euid=0) == var / "jobs"
+    finally:
+        home.chmod(0o755)

@@ -102,8 +102,12 @@ class LocalBackend(ComputeBackend):
         return base + spec.job_id
 
     def _make_reachable(self, root: Path) -> None:
-        """Folders from / down to the job's must let the job's uid pass (not list)."""
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        """Folders from / down to the job's must let the job's uid pass (not list): those
+        the studio makes or owns on the way are 0711, the others must already allow it."""
+        above = [root.parent, *root.parent.parents]
+        for folder in reversed([f for f in above if not f.exists()]):
+            folder.mkdir()
+            folder.chmod(0o711)
         for folder in (self.jobs_dir, *[p for p in root.parents if self.jobs_dir in p.parents]):
             folder.chmod(0o711)  # traverse only; nothing in them is readable
         for folder in self.jobs_dir.parents:
@@ -112,7 +116,7 @@ class LocalBackend(ComputeBackend):
                 raise RuntimeError(
                     f"job folders are under {folder}, which other users cannot pass through "
                     f"(mode {stat.S_IMODE(mode):o}); jobs run as uids of their own: give it "
-                    "o+x or set STUDIO_VAR_DIR elsewhere"
+                    "o+x or set STUDIO_JOBS_DIR elsewhere"
                 )
 
     def submit(self, spec: LaunchSpec) -> dict[str, Any]:
@@ -120,10 +124,10 @@ class LocalBackend(ComputeBackend):
         handle_file = root / "handle.json"
         if handle_file.exists():  # already started: same handle, nothing new runs
             return dict(json.loads(handle_file.read_text()))
-        root.mkdir(parents=True, exist_ok=True)
         uid = self.job_uid(spec)
         if uid is not None:
             self._make_reachable(root)
+        root.mkdir(parents=True, exist_ok=True)
         limits: dict[str, Any] = {}
         if "memory" in spec.limits:
             limits["memory_bytes"] = int(quantity(spec.limits["memory"]))
