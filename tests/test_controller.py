@@ -514,3 +514,12 @@ async def test_a_quiet_job_is_not_asked_about_every_tick(workspace, people, monk
         Path((await reload(job)).runtime["root"], "wd", "go").touch()
         assert (await finished(job)).status == "Completed"
     assert await lines_of(job) == ["start", "go"]
+
+
+async def test_without_news_the_controller_asks(workspace, people, monkeypatch):
+    """Where the backend cannot tell (no inotify: macOS), jobs are followed by asking."""
+    monkeypatch.setattr(LocalBackend, "events_fd", lambda self: None)
+    async with running("asking"):
+        job = await finished(await submit(workspace, people.contributor, "command: echo hi\n"))
+    assert job.status == "Completed"
+    assert await lines_of(job) == ["hi"]

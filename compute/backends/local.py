@@ -22,9 +22,13 @@ from typing import Any
 
 import psutil
 from django.conf import settings
-from inotify_simple import INotify, flags
 
 from compute import launcher
+
+try:  # Linux; elsewhere the controller asks about local jobs instead of being told
+    from inotify_simple import INotify, flags
+except (ImportError, AttributeError, OSError):  # pragma: no cover - not Linux
+    INotify = None
 from compute.backends.base import ComputeBackend, LaunchSpec, LogRecord, Observation
 from compute.resources import quantity
 
@@ -48,7 +52,7 @@ class LocalBackend(ComputeBackend):
 
     def __init__(self, jobs_dir: Path | None = None) -> None:
         self._jobs_dir = jobs_dir
-        self._inotify: INotify | None = None
+        self._inotify: Any = None  # an inotify_simple.INotify once asked for
         self._watches: dict[int, str] = {}  # inotify watch -> job root
         self._watch_lock = threading.Lock()
 
@@ -266,11 +270,11 @@ class LocalBackend(ComputeBackend):
     # -- news: the launcher writing its log or replacing its state file ------------------
     # One inotify watch on each followed job's folder (not recursive: the job's own files
     # below it make no news), so a line is followed as soon as it is written.
-    NEWS = flags.MODIFY | flags.MOVED_TO | flags.CLOSE_WRITE
-
     def events_fd(self) -> int | None:
         with self._watch_lock:
             if self._inotify is None:
+                if INotify is None:
+                    return None
                 try:
                     self._inotify = INotify(nonblocking=True)
                 except OSError:  # no inotify here (or out of instances): ask instead
@@ -284,7 +288,8 @@ class LocalBackend(ComputeBackend):
         with self._watch_lock:
             assert self._inotify is not None
             try:
-                self._watches[self._inotify.add_watch(root, self.NEWS)] = root
+                news = flags.MODIFY | flags.MOVED_TO | flags.CLOSE_WRITE
+                self._watches[self._inotify.add_watch(root, news)] = root
             except OSError:
                 return None
         return root
