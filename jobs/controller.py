@@ -423,7 +423,6 @@ class Controller:
 
 def launch_spec(job: Job) -> LaunchSpec:
     spec = parse(dict(job.spec))
-    upload_dir = Path(job.upload_dir) if job.upload_dir else None
     inputs: dict[str, dict[str, Any]] = {
         name: {"type": "literal", "value": value} for name, value in spec.literal_values().items()
     }
@@ -431,21 +430,15 @@ def launch_spec(job: Job) -> LaunchSpec:
         if item.path.lower().startswith(("http://", "https://")):
             inputs[name] = {"type": item.type, "url": item.path}
         else:
-            assert upload_dir is not None
-            stored = upload_dir / f"inputs.{name}"
-            if item.type == "uri_folder":
-                inputs[name] = {"type": item.type, "archive": str(stored)}
-            else:
-                filename = (upload_dir / f"inputs.{name}.filename").read_text()
-                inputs[name] = {"type": item.type, "file": str(stored), "filename": filename}
-    code = str(upload_dir / "code") if upload_dir and spec.code else None
+            inputs[name] = {"type": item.type, **_uploaded(job, f"inputs.{name}")}
+    code = _uploaded(job, "code") if spec.code else None
     resources = job.resources or {}
     return LaunchSpec(
         job_key=f"{job.workspace_id}/{job.name}",
         job_id=job.pk,
         name=job.name,
         command=spec.command,
-        code_archive=code,
+        code=code,
         inputs=inputs,
         outputs={name: {"type": "uri_folder"} for name in spec.outputs},
         environment_variables={k: str(v) for k, v in spec.environment_variables.items()},
@@ -455,3 +448,16 @@ def launch_spec(job: Job) -> LaunchSpec:
         node_selector=dict(resources.get("node_selector") or {}),
         grace_seconds=float(settings.STUDIO_CANCEL_GRACE_SECONDS),
     )
+
+
+def _uploaded(job: Job, key: str) -> dict[str, str]:
+    """An upload as the backend fetches it: its artifact, or (jobs submitted before the
+    artifact store) a file on the studio's host."""
+    if key in (job.uploads or {}):
+        return dict(job.uploads[key])
+    folder = Path(job.upload_dir)
+    filename = folder / f"{key}.filename"
+    return {
+        "path": str(folder / key),
+        "filename": filename.read_text() if filename.exists() else "",
+    }

@@ -46,7 +46,10 @@ class Job(models.Model):
     # The instance type's node selector and resources as they were at submission.
     resources = models.JSONField(default=dict)
     enforcement_notes = models.JSONField(default=list, blank=True)
-    # Where uploaded code and inputs are kept until the job runs.
+    # Uploaded code and inputs, in the artifact store: {"code" | "inputs.<name>":
+    # {"artifact": name, "filename": ...}} (jobs.artifacts).
+    uploads = models.JSONField(default=dict, blank=True)
+    # Before the artifact store: the host folder of a job's uploads (older jobs only).
     upload_dir = models.CharField(max_length=500, blank=True)
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.NOT_STARTED)

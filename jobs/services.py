@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -22,7 +20,7 @@ from compute.backends import LogRecord, backend_for
 from compute.launcher import address_problem, archive_problem
 from compute.models import ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
-from jobs import events, names
+from jobs import artifacts, events, names
 from jobs.models import ACTIVE, TERMINAL, Job, LogLine, Status, StatusChange
 from jobs.spec import CommandJob, SpecError, load_yaml, parse
 from studio.errors import Conflict
@@ -199,7 +197,7 @@ def submit(
     """Validate and store a job, then queue it. Nothing is stored when anything is wrong."""
     spec, compute, instance_type = validate(workspace, data, uploads)
     backend = backend_for(compute)
-    upload_root: Path | None = None
+    stored: dict[str, dict[str, str]] = {}  # upload key -> its artifact
     try:
         with transaction.atomic():
             job = Job.objects.create(
@@ -226,10 +224,10 @@ def submit(
                 status=Status.QUEUED,
             )
             if uploads:
-                upload_root = Path(settings.STUDIO_UPLOADS_DIR) / str(job.pk)
-                _store_uploads(upload_root, uploads)
-                Job.objects.filter(pk=job.pk).update(upload_dir=str(upload_root))
-                job.upload_dir = str(upload_root)
+                for key, upload in uploads.items():
+                    stored[key] = artifacts.save_upload(job.pk, key, upload.file, upload.filename)
+                Job.objects.filter(pk=job.pk).update(uploads=stored)
+                job.uploads = stored
             # Stored already Queued, with both states on record: one write fewer on the
             # hot path of every submission.
             history = StatusChange.objects.bulk_create(
@@ -242,24 +240,13 @@ def submit(
             job._prefetched_objects_cache = {"status_changes": history}  # type: ignore[attr-defined]
             events.publish(events.status_message(job), events.wake_message(job.pk))
     except IntegrityError as exc:
-        if upload_root is not None:
-            shutil.rmtree(upload_root, ignore_errors=True)
+        artifacts.delete(stored.values())
         # Two submissions raced for the same explicit name.
         raise SpecError([("name", f"a job named {spec.name!r} already exists")]) from exc
     except BaseException:
-        if upload_root is not None:
-            shutil.rmtree(upload_root, ignore_errors=True)
+        artifacts.delete(stored.values())
         raise
     return job
-
-
-def _store_uploads(root: Path, uploads: Mapping[str, Upload]) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    for key, upload in uploads.items():
-        upload.file.seek(0)
-        with open(root / key, "wb") as out:
-            shutil.copyfileobj(upload.file, out)
-        (root / f"{key}.filename").write_text(Path(upload.filename).name or "file")
 
 
 # -- state changes ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Nothing else in the code branches on the mode.
 """
 
 import hashlib
+import json
 import os
 import secrets
 from pathlib import Path
@@ -177,7 +178,19 @@ def jobs_dir(var_dir: Path, euid: int) -> Path:
 
 
 STUDIO_JOBS_DIR = jobs_dir(VAR_DIR, os.geteuid())
-STUDIO_UPLOADS_DIR = VAR_DIR / "uploads"
+# What jobs bring (code snapshots, uploaded inputs): any Django storage backend, with its
+# options as JSON (say storages.backends.s3.S3Storage and {"bucket_name": ...}).
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "artifacts": {
+        "BACKEND": env_str(
+            "STUDIO_ARTIFACTS_BACKEND", "django.core.files.storage.FileSystemStorage"
+        ),
+        "OPTIONS": json.loads(env_str("STUDIO_ARTIFACTS_OPTIONS", "{}"))
+        or {"location": str(VAR_DIR / "artifacts")},
+    },
+}
 STUDIO_CANCEL_GRACE_SECONDS = env_int("STUDIO_CANCEL_GRACE_SECONDS", 10)
 # How many jobs one controller runs at once; more wait in Queued.
 STUDIO_MAX_RUNNING_JOBS = env_int("STUDIO_MAX_RUNNING_JOBS", max(4, 2 * (os.cpu_count() or 1)))

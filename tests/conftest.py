@@ -38,7 +38,13 @@ def studio_dirs(settings: Any, tmp_path: Any) -> None:
     # cache of the mode: Redis in server mode).
     default = settings.CACHES["default"]
     settings.CACHES = {"default": {**default, "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
-    settings.STUDIO_UPLOADS_DIR = tmp_path / "uploads"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "artifacts")},
+        },
+    }
     settings.STUDIO_CANCEL_GRACE_SECONDS = 2
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

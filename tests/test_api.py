@@ -5,7 +5,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from django.conf import settings
+from django.core.files.storage import storages
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -54,11 +54,8 @@ def test_submit_json_document(api, people):
 
 
 def test_bad_input_is_400_with_every_problem_and_nothing_stored(api, people):
-    uploads_before = (
-        list(Path(settings.STUDIO_UPLOADS_DIR).glob("*"))
-        if Path(settings.STUDIO_UPLOADS_DIR).exists()
-        else []
-    )
+    store = Path(storages["artifacts"].location)
+    uploads_before = list(store.rglob("*")) if store.exists() else []
     text = (
         "command: echo ${{inputs.nope}}\n"
         "compute: azureml:gpu-cluster\n"
@@ -73,12 +70,7 @@ def test_bad_input_is_400_with_every_problem_and_nothing_stored(api, people):
     assert errors["frobnicate"] == "unknown field"
     assert "resources.instance_count" in errors
     assert Job.objects.count() == 0 and StatusChange.objects.count() == 0
-    after = (
-        list(Path(settings.STUDIO_UPLOADS_DIR).glob("*"))
-        if Path(settings.STUDIO_UPLOADS_DIR).exists()
-        else []
-    )
-    assert after == uploads_before
+    assert (list(store.rglob("*")) if store.exists() else []) == uploads_before
 
 
 def test_unknown_compute_and_instance_type(api, people):
@@ -140,7 +132,9 @@ def test_multipart_with_code_archive_is_stored(api, people):
     )
     assert response.status_code == 201, response.content
     job = Job.objects.get(name=response.json()["name"])
-    assert (Path(job.upload_dir) / "code").is_file()
+    stored = storages["artifacts"].open(job.uploads["code"]["artifact"])
+    with stored, tarfile.open(fileobj=stored) as archive:
+        assert archive.getnames() == ["main.py"]
 
 
 def test_validate_stores_nothing(api, people):

@@ -40,7 +40,7 @@ def spec(command: str, **overrides: Any) -> LaunchSpec:
         "job_id": job_id,
         "name": f"job-{job_id}",
         "command": command,
-        "code_archive": None,
+        "code": None,
         "inputs": {},
         "outputs": {},
         "environment_variables": {},

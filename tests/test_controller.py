@@ -117,7 +117,17 @@ async def test_inputs_env_outputs_and_stderr(workspace, people, controller):
         assert f.read() == b"model\n"
 
 
-async def test_code_snapshot_and_uploaded_file_input(workspace, people, controller):
+@pytest.mark.parametrize("store", ["filesystem", "in-memory"])
+async def test_code_snapshot_and_uploaded_file_input(
+    workspace, people, controller, settings, store
+):
+    """Uploads go through the artifact store: with one that has no files on this host
+    (Django's in-memory storage), the job still gets its code and data."""
+    if store == "in-memory":
+        settings.STORAGES = {
+            **settings.STORAGES,
+            "artifacts": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+        }
     code = io.BytesIO()
     with tarfile.open(fileobj=code, mode="w:gz") as archive:
         data = b"import sys\nprint(open(sys.argv[1]).read().strip().upper())\n"

@@ -12,6 +12,7 @@ import psutil
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
+from django.core.files.storage import storages
 from django.test import Client
 
 from jobs import services
@@ -49,7 +50,7 @@ async def test_a_job_sees_none_of_the_studios_environment(
 @as_root
 async def test_a_job_cannot_read_or_change_the_studios_data(workspace, people, controller):
     secret = django_settings.VAR_DIR / "secret_key"
-    uploads = Path(django_settings.STUDIO_UPLOADS_DIR)
+    uploads = Path(storages["artifacts"].location)  # other jobs' code and data
     uploads.mkdir(parents=True, exist_ok=True)
     text = (
         f"command: id -u; cat {secret} || echo no-secret; ls {uploads} || echo no-uploads;"

@@ -344,9 +344,11 @@ def test_form_submits_local_input_files(signed_in, people, workspace):
     )
     assert response.status_code == 302, response.content.decode()
     job = Job.objects.get()
-    from pathlib import Path
+    from django.core.files.storage import storages
 
-    assert (Path(job.upload_dir) / "inputs.data").read_bytes() == b"a,b\n"
+    assert job.uploads["inputs.data"]["filename"] == "data.csv"
+    with storages["artifacts"].open(job.uploads["inputs.data"]["artifact"]) as stored:
+        assert stored.read() == b"a,b\n"
 
 
 @pytest.mark.parametrize("path", ["/api/v1/docs/", "/api/v1/redoc/"])

@@ -15,7 +15,9 @@ class LaunchSpec:
     job_id: int  # the job's id: unique, never reused
     name: str
     command: str
-    code_archive: str | None
+    # Uploads are artifact references, {"artifact": name, "filename": ...}: the backend
+    # fetches them from the artifact store (compute.backends.artifacts) for the job.
+    code: dict[str, str] | None
     inputs: dict[str, dict[str, Any]]
     outputs: dict[str, dict[str, Any]]
     environment_variables: dict[str, str]

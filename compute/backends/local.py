@@ -24,6 +24,7 @@ import psutil
 from django.conf import settings
 
 from compute import launcher
+from compute.backends import artifacts
 
 try:  # Linux; elsewhere the controller asks about local jobs instead of being told
     from inotify_simple import INotify, flags
@@ -137,12 +138,13 @@ class LocalBackend(ComputeBackend):
             limits["memory_bytes"] = int(quantity(spec.limits["memory"]))
         if "cpu" in spec.limits:
             limits["cpus"] = self._cpu_set(spec.limits["cpu"])
+        code, inputs = self._fetch_uploads(spec, root)
         launch = {
             "root": str(root),
             "name": spec.name,
             "command": spec.command,
-            "code": spec.code_archive,
-            "inputs": spec.inputs,
+            "code": code,
+            "inputs": inputs,
             "outputs": spec.outputs,
             "environment_variables": spec.environment_variables,
             "timeout": spec.timeout,
@@ -179,6 +181,35 @@ class LocalBackend(ComputeBackend):
         _children[process.pid] = process
         handle_file.write_text(json.dumps(handle))
         return handle
+
+    def _fetch_uploads(
+        self, spec: LaunchSpec, root: Path
+    ) -> tuple[str | None, dict[str, dict[str, Any]]]:
+        """The job's uploads from the artifact store into its folder (the launcher's own
+        copies, which the job cannot touch), as the launch file names them: a code
+        archive path, and uploaded inputs as an `archive` (folders) or a `file`."""
+
+        def local(ref: dict[str, str], key: str) -> str:
+            if "path" in ref:  # a job submitted before the artifact store
+                return ref["path"]
+            return str(artifacts.fetch(ref["artifact"], root / "uploads" / key))
+
+        code = local(spec.code, "code") if spec.code else None
+        inputs: dict[str, dict[str, Any]] = {}
+        for name, item in spec.inputs.items():
+            if "artifact" in item or "path" in item:
+                path = local(item, f"inputs.{name}")
+                if item["type"] == "uri_folder":
+                    inputs[name] = {"type": item["type"], "archive": path}
+                else:
+                    inputs[name] = {
+                        "type": item["type"],
+                        "file": path,
+                        "filename": item["filename"],
+                    }
+            else:
+                inputs[name] = item
+        return code, inputs
 
     def _alive(self, runtime: dict[str, Any]) -> bool:
         pid = runtime.get("pid")
