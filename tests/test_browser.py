@@ -11,6 +11,7 @@ from typing import TypeVar
 import pytest
 from django.db import connections
 
+from compute.backends.local import LocalBackend
 from jobs.models import Job
 
 T = TypeVar("T")
@@ -240,3 +241,54 @@ def test_pages_pass_axe_wcag_aa(people, workspace, page, who, where):
         page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}}
     )
     assert results.violations_count == 0, results.generate_report()
+
+
+class NoRoom(LocalBackend):
+    @classmethod
+    def capacity(cls):
+        return 0
+
+
+def test_a_change_during_a_rows_refresh_is_not_lost(people, workspace, page, settings):
+    """A row is refreshing (its answer held back) when the job's next states are
+    announced: the row must still end at the last one, not at what it was fetching."""
+    import time as clock
+
+    from playwright.sync_api import expect
+
+    from compute.models import ComputeTarget
+    from jobs import services
+    from jobs.models import Status
+
+    # A compute with no room: no controller takes the job, this test moves it itself.
+    settings.STUDIO_COMPUTE_BACKENDS = {
+        **settings.STUDIO_COMPUTE_BACKENDS,
+        "idle": "tests.test_browser.NoRoom",
+    }
+    orm(lambda: ComputeTarget.objects.create(workspace=workspace, name="idle", kind="idle"))
+    job = orm(
+        lambda: services.submit_yaml(workspace, people.contributor, "command: x\ncompute: idle\n")
+    )
+    sign_in(page, "rita", "pw-rita-12345")
+    page.goto("/workspaces/demo/jobs/")
+    row = page.locator(f"#job-row-{job.name} [data-status]")
+    expect(row).to_have_text("Queued")
+    expect(page.locator("body[data-workspace-live=true]")).to_have_count(1)
+    page.wait_for_load_state("networkidle")  # the refresh made on connecting is over
+    moves = iter([[Status.PREPARING, Status.RUNNING], [Status.FINALIZING, Status.COMPLETED]])
+
+    def move(statuses):
+        for status in statuses:
+            orm(lambda status=status: services.transition(Job.objects.get(pk=job.pk), status))
+
+    def held_back(route):
+        answer = route.fetch()  # rendered now ...
+        next_move = next(moves, None)
+        if next_move:
+            move(next_move)  # ... the next states are announced meanwhile ...
+            clock.sleep(0.3)
+        route.fulfill(response=answer)  # ... and the older answer shown after them
+
+    page.route("**/row/", held_back)
+    move([Status.PREPARING])  # no wait: the first refresh starts the chain
+    expect(row).to_have_text("Completed", timeout=5_000)  # well before the 15 s poll

@@ -112,12 +112,32 @@
   }
 
   // -- status changes in the workspace ------------------------------------------------------
+  // htmx drops a request on an element that has one in flight: a change that arrives
+  // during a refresh (Finalizing, then Completed a moment later) would never be shown.
+  // It is remembered and asked for once the refresh has settled.
+  var stale = {};
+  function refresh(el, name) {
+    if (el.classList.contains("htmx-request")) { stale[name] = true; return; }
+    htmx.trigger(el, "job-changed");
+  }
+  document.addEventListener("htmx:afterSettle", function () {
+    Object.keys(stale).forEach(function (name) {
+      var busy = false;
+      var targets = document.querySelectorAll('[data-job="' + CSS.escape(name) + '"]');
+      targets.forEach(function (el) { busy = busy || el.classList.contains("htmx-request"); });
+      if (busy) return;
+      delete stale[name];
+      targets.forEach(function (el) { htmx.trigger(el, "job-changed"); });
+    });
+  });
+
   function followWorkspace(path) {
     var attempt = 0;
     function connect() {
       var ws = new WebSocket(socketUrl(path));
       ws.onopen = function () {
         attempt = 0;
+        document.body.dataset.workspaceLive = "true";  // status changes arrive from now on
         // Changes made before the socket opened were not heard: refresh once.
         if (window.htmx) {
           document.querySelectorAll("[data-job]:not(tr)").forEach(function (el) {
@@ -133,14 +153,17 @@
         if (msg.type !== "status" || !window.htmx) return;
         var targets = document.querySelectorAll('[data-job="' + CSS.escape(msg.name) + '"]');
         if (targets.length) {
-          targets.forEach(function (el) { htmx.trigger(el, "job-changed"); });
+          targets.forEach(function (el) { refresh(el, msg.name); });
         } else {
           document.querySelectorAll("[data-job-table]").forEach(function (el) {
             htmx.trigger(el, "jobs-changed");
           });
         }
       };
-      ws.onclose = function () { setTimeout(connect, backoff(attempt++)); };
+      ws.onclose = function () {
+        delete document.body.dataset.workspaceLive;
+        setTimeout(connect, backoff(attempt++));
+      };
     }
     connect();
   }
