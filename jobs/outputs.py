@@ -59,11 +59,16 @@ def open_file(job: Job, output: str, relative: str) -> BinaryIO:
     root = output_root(job, output)
     if root is None:
         raise NoSuchOutput(f"Job {job.name} has no files in output {output!r}.")
+    return _open_beneath(root, relative, output)
+
+
+def _open_beneath(root: Path, relative: str, output: str) -> BinaryIO:
+    """Open root/relative a folder at a time, never through a link; regular files only."""
     parts = _parts(relative)
     try:
         folder = os.open(root, _DIR)
     except OSError as exc:
-        raise NoSuchOutput(f"Job {job.name} has no files in output {output!r}.") from exc
+        raise NoSuchOutput(f"No files in output {output!r}.") from exc
     try:
         for part in parts[:-1]:
             inner = os.open(part, _DIR, dir_fd=folder)
@@ -81,10 +86,10 @@ def open_file(job: Job, output: str, relative: str) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def _chunks(job: Job, output: str, relative: str) -> Iterator[bytes]:
+def _chunks(root: Path, relative: str, output: str) -> Iterator[bytes]:
     """A file's content, opened only when the zip reaches it (few open files at a time)."""
     try:
-        f = open_file(job, output, relative)
+        f = _open_beneath(root, relative, output)
     except NoSuchOutput:
         return  # gone or swapped for a link since it was listed: served empty
     with f:
@@ -113,5 +118,5 @@ def zip_stream(job: Job, output: str) -> Iterator[bytes]:
     archive = zipstream.ZipStream(compress_type=zipfile.ZIP_DEFLATED)
     if root is not None and not root.is_symlink() and root.is_dir():
         for relative in _listing(root):
-            archive.add(_chunks(job, output, relative), relative)
+            archive.add(_chunks(root, relative, output), relative)
     return iter(archive)

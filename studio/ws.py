@@ -1,6 +1,7 @@
 """Websockets: the API token in the Authorization header, as on the API, and sockets
 that stop serving a user who lost access while they were open."""
 
+import abc
 import asyncio
 import contextlib
 from typing import Any
@@ -9,6 +10,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.base import SessionBase
 from django.utils import timezone
 
@@ -63,24 +65,22 @@ def _signed_in_still(user_id: int, token_hash: str | None, session: SessionBase 
             .exclude(expires_at__lte=timezone.now())
             .exists()
         )
-    from django.contrib.auth import get_user_model
-
     if not get_user_model().objects.filter(pk=user_id, is_active=True).exists():
         return False
     key = session.session_key if session is not None else None
     return key is not None and session is not None and session.exists(key)
 
 
-class AccessWatchingConsumer(AsyncJsonWebsocketConsumer):
+class AccessWatchingConsumer(AsyncJsonWebsocketConsumer, metaclass=abc.ABCMeta):
     """A socket that closes (code 4403) once its user may no longer see what it shows.
 
     It looks again when told (studio.events.access_changed: a membership, token or
     account changed through the studio) and every STUDIO_WS_RECHECK_SECONDS (changes made
     elsewhere, such as the Django admin, and sessions that ended)."""
 
+    @abc.abstractmethod
     async def still_allowed(self) -> bool:
         """Whether the user may still see what this socket shows (membership)."""
-        raise NotImplementedError
 
     async def watch_access(self) -> None:
         """Call once the socket is accepted."""

@@ -533,3 +533,19 @@ async def test_without_news_the_controller_asks(workspace, people, monkeypatch):
         job = await finished(await submit(workspace, people.contributor, "command: echo hi\n"))
     assert job.status == "Completed"
     assert await lines_of(job) == ["hi"]
+
+
+async def test_a_job_queued_before_the_artifact_store_still_runs(workspace, people, tmp_path):
+    """Jobs submitted by an older studio keep their uploads in a host folder."""
+    text = "command: cat ${{inputs.words}}\ninputs: {words: {type: uri_file, path: ./w.txt}}\n"
+    uploads = {"inputs.words": services.Upload(io.BytesIO(b"old layout\n"), "w.txt")}
+    job = await submit(workspace, people.contributor, text, uploads)
+    legacy = tmp_path / "uploads" / str(job.pk)
+    legacy.mkdir(parents=True)
+    (legacy / "inputs.words").write_bytes(b"old layout\n")
+    (legacy / "inputs.words.filename").write_text("w.txt")
+    await Job.objects.filter(pk=job.pk).aupdate(uploads={}, upload_dir=str(legacy))
+    async with running("legacy"):
+        job = await finished(job)
+    assert job.status == "Completed", job.failure_reason
+    assert await lines_of(job) == ["old layout"]
