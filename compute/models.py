@@ -18,6 +18,9 @@ class ComputeTarget(models.Model):
     name = models.CharField(max_length=255, validators=[name_validator])
     kind = models.CharField(max_length=20, choices=ComputeKind.choices, default=ComputeKind.LOCAL)
     description = models.TextField(blank=True)
+    # What a job that names no compute runs on; one per workspace. Kept here, not on the
+    # workspace, so that the core app never refers to compute (no migration cycle).
+    is_default = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # Its backend is rebuilt when this moves (compute.backends).
     updated_at = models.DateTimeField(auto_now=True)
@@ -25,7 +28,14 @@ class ComputeTarget(models.Model):
     class Meta:
         ordering = ("name",)
         constraints: ClassVar = [
-            models.UniqueConstraint(fields=("workspace", "name"), name="compute_name_per_workspace")
+            models.UniqueConstraint(
+                fields=("workspace", "name"), name="compute_name_per_workspace"
+            ),
+            models.UniqueConstraint(
+                fields=("workspace",),
+                condition=models.Q(is_default=True),
+                name="one_default_compute_per_workspace",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -16,12 +16,18 @@ class ComputeInUse(Conflict):
     """Refused: the object is needed (active jobs, or Azure ML's default instance type)."""
 
 
+def default_compute(workspace: Workspace) -> ComputeTarget | None:
+    """What a job that names no compute target runs on: the workspace's default, else its
+    first target (the default may have been deleted)."""
+    targets = workspace.computes.order_by("-is_default", "name")
+    return targets.first()
+
+
 def became_available(compute: ComputeTarget) -> None:
     """A new compute target is the workspace's default when it has none yet."""
-    workspace = compute.workspace
-    if workspace.default_compute_id is None:
-        workspace.default_compute = compute
-        workspace.save(update_fields=["default_compute"])
+    if not compute.workspace.computes.filter(is_default=True).exists():
+        ComputeTarget.objects.filter(pk=compute.pk).update(is_default=True)
+        compute.is_default = True
 
 
 def delete_compute(compute: ComputeTarget) -> None:

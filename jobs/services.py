@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
+from compute import services as compute_services
 from compute.backends import LogRecord, backend_for
 from compute.launcher import address_problem, archive_problem
 from compute.models import ComputeKind, ComputeTarget, InstanceType
@@ -180,7 +181,7 @@ def _resolve_compute(
                 ("compute", f"no compute target named {name!r} in workspace {workspace.name!r}")
             )
         return compute
-    compute = workspace.default_compute or workspace.computes.first()
+    compute = compute_services.default_compute(workspace)
     if compute is None:
         errors.append(("compute", "the workspace has no compute target; ask IT-ops to add one"))
     return compute

@@ -13,7 +13,7 @@ class MembershipInline(admin.TabularInline[Membership, Workspace]):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin[Workspace]):
-    list_display = ("name", "default_compute", "created_at")
+    list_display = ("name", "created_at")
     search_fields = ("name",)
     inlines = (MembershipInline,)
 

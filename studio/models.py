@@ -26,9 +26,6 @@ class Role(models.TextChoices):
 class Workspace(models.Model):
     name = models.CharField(max_length=255, unique=True, validators=[name_validator])
     description = models.TextField(blank=True)
-    default_compute = models.ForeignKey(
-        "compute.ComputeTarget", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -32,7 +32,7 @@ def create_workspace(name: str, description: str = "", owner: Any = None) -> Wor
     """A new workspace, set up by each app (a local compute target), and its first owner."""
     workspace = Workspace(name=name, description=description)
     # Checks the name's shape and that it is free, with the model's own messages.
-    workspace.full_clean(exclude=["default_compute"])
+    workspace.full_clean()
     try:
         with transaction.atomic():
             workspace.save()

@@ -109,11 +109,12 @@ if DATABASE_URL:
     # Pages run in the web threads, socket consumers and the controller in threads of
     # their own: a pool (Django's psycopg pool support) shares and bounds the connections.
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 1,
-        "max_size": env_int("DATABASE_POOL_SIZE", 10),
-        "timeout": 30,
-    }
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": env_int("DATABASE_POOL_SIZE", 10),
+            "timeout": 30,
+        }
 else:
     DATABASES = {
         "default": {

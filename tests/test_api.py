@@ -347,4 +347,10 @@ def test_first_compute_of_a_workspace_becomes_its_default(api, people):
     url = "/api/v1/workspaces/fresh/computes/"
     assert api(people.it_ops).post(url, {"name": "first", "type": "local"}).status_code == 201
     assert api(people.it_ops).post(url, {"name": "second", "type": "local"}).status_code == 201
-    assert Workspace.objects.get(name="fresh").default_compute.name == "first"
+    from studio.access import with_default_compute
+
+    assert with_default_compute(Workspace.objects.filter(name="fresh")).get().default_compute == (
+        "first"
+    )
+    defaults = Workspace.objects.get(name="fresh").computes.filter(is_default=True)
+    assert [c.name for c in defaults] == ["first"]

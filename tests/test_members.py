@@ -136,4 +136,19 @@ def test_console_creates_a_workspace(client, people):
     made = client.post("/console/workspaces/new/", {"name": "team-c", "owner": "ivan"})
     assert made.status_code == 302
     assert roles("team-c") == {"ivan": "owner"}
-    assert User.objects.get(username="ivan").memberships.get().workspace.default_compute
+    assert User.objects.get(username="ivan").memberships.get().workspace.computes.get().is_default
+
+
+def test_the_core_apps_migrations_need_no_feature_app():
+    """The core (studio) is migrated before the apps built on it, never after: its
+    migrations depend on no feature app's, so the two no longer form a cycle."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    needs = {
+        app
+        for (app_label, _), migration in loader.disk_migrations.items()
+        if app_label == "studio"
+        for app, _ in migration.dependencies
+    }
+    assert needs <= {"studio", "auth", "__setting__"}, needs

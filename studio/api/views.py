@@ -16,8 +16,8 @@ from studio.models import ApiToken, Membership, Role, Workspace
 
 
 class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
-    default_compute: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="name", read_only=True
+    default_compute = serializers.CharField(
+        read_only=True, allow_null=True, help_text="The compute target jobs get by default."
     )
 
     class Meta:
@@ -55,7 +55,7 @@ class WorkspaceViewSet(
     lookup_value_regex = "[^/]+"
 
     def get_queryset(self) -> QuerySet[Workspace]:
-        return access.visible_workspaces(self.request.user).select_related("default_compute")
+        return access.with_default_compute(access.visible_workspaces(self.request.user))
 
     @extend_schema(request=NewWorkspaceSerializer, responses={201: WorkspaceSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -70,6 +70,7 @@ class WorkspaceViewSet(
             data.validated_data["description"],
             owner=services.user_named(owner, "owner") if owner else request.user,
         )
+        workspace = access.with_default_compute(Workspace.objects.filter(pk=workspace.pk)).get()
         return Response(WorkspaceSerializer(workspace).data, status=status.HTTP_201_CREATED)
 
 
