@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/kstudio
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run install test lint test-embedded test-server chromium bench clean
+.PHONY: run install test lint test-embedded test-server test-servers chromium bench clean
 
 $(STAMP): pyproject.toml cli/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ run: install
 	$(PY) manage.py seed
 	$(PY) manage.py serve
 
-test: install chromium lint test-embedded test-server
+test: install chromium test-servers lint test-embedded test-server
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -44,6 +44,16 @@ test-server: install
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATABASE_POOL_SIZE=40 \
 		$(PY) -m pytest
 
+# The artifact store is tested on real object stores: moto's S3 server (a dev dependency)
+# and Azurite, Microsoft's Azure Storage emulator, from npm (Node.js 18 or later).
+SERVERS_STAMP := tests/servers/node_modules/.installed-stamp
+$(SERVERS_STAMP): tests/servers/package.json tests/servers/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed for the test servers (Azurite): install Node.js"; exit 1; }
+	npm ci --prefix tests/servers --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test-servers: $(SERVERS_STAMP)
+
 # Browser tests use Debian's Chromium (Playwright's own browser download cannot work offline).
 chromium:
 	@if [ -x /usr/bin/chromium ]; then :; \
@@ -57,4 +67,4 @@ bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache tests/servers/node_modules

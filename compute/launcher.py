@@ -11,6 +11,10 @@ Given a launch file (JSON) it:
    (one JSON object a line: ts, stream, line), enforcing limits.timeout,
 5. lists what the job wrote to ./outputs and its named outputs,
 
+and, on a host that shares no disk with the studio (a pod), fetches the job's uploads from
+the studio and publishes its outputs there, over HTTP with a token good for this job only
+(the launch file's `studio`: its `url` and `token`; uploads named as `{"fetch": key}`),
+
 and keeps its phase in `state.json` (rewritten atomically) so that whoever watches
 the job, including a controller restarted mid-run, knows where it stands.
 
@@ -284,6 +288,60 @@ class Launcher:
             json.dump(self.state, f)
         os.replace(tmp, os.path.join(self.root, "state.json"))
 
+    # -- talking to the studio (remote hosts only) ----------------------------------------
+    def studio_request(self, path: str, **kwargs: Any) -> http.client.HTTPResponse:
+        studio = self.spec["studio"]
+        headers = {"Authorization": f"Bearer {studio['token']}", **kwargs.pop("headers", {})}
+        url = studio["url"].rstrip("/") + "/api/v1/job-io/" + path
+        # The studio may well be at a private address: not the guarded opener of inputs.
+        request = urllib.request.Request(url, headers=headers, **kwargs)  # noqa: S310
+        return urllib.request.urlopen(request, timeout=60)  # noqa: S310 - the studio's URL
+
+    def fetch_uploads(self) -> None:
+        """Bring `{"fetch": key}` uploads (code, uploaded inputs) from the studio, and name
+        them by their local copies, as a local launch file would."""
+        folder = os.path.join(self.root, "uploads")
+
+        def local(key: str) -> str:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, key)
+            try:
+                response = self.studio_request("uploads/" + urllib.parse.quote(key))
+                with response, open(path, "wb") as out:
+                    shutil.copyfileobj(response, out, 1024 * 1024)
+            except (OSError, http.client.HTTPException) as exc:
+                raise LaunchError(f"could not fetch {key} from the studio: {exc}") from exc
+            return path
+
+        code = self.spec.get("code")
+        if isinstance(code, dict):
+            self.spec["code"] = local(code["fetch"])
+        for item in self.spec.get("inputs", {}).values():
+            if "fetch" in item:
+                item["archive" if item["type"] == "uri_folder" else "file"] = local(item["fetch"])
+
+    def publish_outputs(self, listed: list[dict[str, object]]) -> list[dict[str, object]]:
+        """Send each output file to the studio's artifact store; returns the listing with
+        the name each was kept under."""
+        published = []
+        for entry in listed:
+            output, relative = str(entry["output"]), str(entry["path"])
+            folder = self.output_folders()[output]
+            quoted = urllib.parse.quote(f"{output}/{relative}")
+            with open(os.path.join(folder, relative), "rb") as f:
+                response = self.studio_request(
+                    "outputs/" + quoted,
+                    data=f,
+                    method="PUT",
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(os.fstat(f.fileno()).st_size),
+                    },
+                )
+            with response:
+                published.append({**entry, "artifact": json.load(response)["artifact"]})
+        return published
+
     # -- preparing -----------------------------------------------------------------------
     def unpack(self, archive: str, target: str) -> None:
         with open(archive, "rb") as f:
@@ -362,6 +420,8 @@ class Launcher:
     def prepare(self) -> dict[str, str]:
         for folder in (self.workdir, self.home, self.tmp):
             os.makedirs(folder, exist_ok=True)
+        if self.spec.get("studio"):
+            self.fetch_uploads()
         if self.spec.get("code"):
             self.unpack(self.spec["code"], self.workdir)
         values = self.materialize_inputs()
@@ -527,13 +587,16 @@ class Launcher:
         return code
 
     # -- finishing -----------------------------------------------------------------------
-    def list_outputs(self) -> list[dict[str, object]]:
-        """Regular files only: a link is the job pointing elsewhere, never an output."""
-        found = []
+    def output_folders(self) -> dict[str, str]:
         folders = {"default": os.path.join(self.workdir, "outputs")}
         for name in self.spec.get("outputs", {}):
             folders[name] = os.path.join(self.root, "outputs", name)
-        for output, folder in folders.items():
+        return folders
+
+    def list_outputs(self) -> list[dict[str, object]]:
+        """Regular files only: a link is the job pointing elsewhere, never an output."""
+        found = []
+        for output, folder in self.output_folders().items():
             for dirpath, dirs, files in os.walk(folder):
                 dirs.sort()
                 for filename in sorted(files):
@@ -575,6 +638,13 @@ class Launcher:
             return 1
         self.set_state(phase="Finalizing", exit_code=code)
         outputs = self.list_outputs()
+        if self.spec.get("studio"):
+            try:
+                outputs = self.publish_outputs(outputs)
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+                reason = f"Publishing the outputs to the studio failed: {exc}"
+                self.set_state(phase="Failed", exit_code=code, reason=reason, outputs=[])
+                return 1
         if self.canceled:
             phase, reason = "Canceled", "Canceled by request."
         elif self.state.get("timed_out"):

@@ -38,7 +38,7 @@ from django.utils import timezone
 
 from compute.backends import LaunchSpec, backend_class, backend_for
 from compute.backends.base import ComputeBackend
-from jobs import events, services
+from jobs import events, services, tokens
 from jobs.models import ACTIVE, TERMINAL, Job, Status
 from jobs.spec import parse
 
@@ -447,6 +447,7 @@ def launch_spec(job: Job) -> LaunchSpec:
         limits=dict(resources.get("limits") or {}),
         node_selector=dict(resources.get("node_selector") or {}),
         grace_seconds=float(settings.STUDIO_CANCEL_GRACE_SECONDS),
+        job_token=tokens.token_for(job),
     )
 
 
@@ -454,7 +455,7 @@ def _uploaded(job: Job, key: str) -> dict[str, str]:
     """An upload as the backend fetches it: its artifact, or (jobs submitted before the
     artifact store) a file on the studio's host."""
     if key in (job.uploads or {}):
-        return dict(job.uploads[key])
+        return {**job.uploads[key], "key": key}
     folder = Path(job.upload_dir)
     filename = folder / f"{key}.filename"
     return {

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
+import tarfile
 import tempfile
 import time
 import uuid
@@ -180,6 +182,20 @@ async def await_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def code_archive(files: dict[str, bytes] | None = None) -> io.BytesIO:
+    """A job's code snapshot as the CLI uploads it: a tar.gz, by default one main.py that
+    prints its first argument's file in capitals."""
+    files = files or {"main.py": b"import sys\nprint(open(sys.argv[1]).read().strip().upper())\n"}
+    code = io.BytesIO()
+    with tarfile.open(fileobj=code, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    code.seek(0)
+    return code
 
 
 @pytest.fixture

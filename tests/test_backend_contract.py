@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from compute.backends import artifacts
 from compute.backends.base import ComputeBackend, LaunchSpec, LogRecord
 from compute.backends.local import LocalBackend
 
@@ -131,7 +132,7 @@ def test_force_cancel_ends_a_job_that_ignores_terminate(backend):
     assert seen.phases[-1] in ("Canceled", "Failed")
 
 
-def test_outputs_are_listed_and_readable(backend):
+def test_outputs_are_listed_and_published_to_the_artifact_store(backend):
     runtime = backend.submit(
         spec(
             "echo a > outputs/a.txt; echo m > ${{outputs.model}}/m.bin",
@@ -143,9 +144,9 @@ def test_outputs_are_listed_and_readable(backend):
         ("default", "a.txt"),
         ("model", "m.bin"),
     ]
-    root = backend.output_root(runtime, "model")
-    assert root is not None and (Path(root) / "m.bin").read_text() == "m\n"
-    assert backend.output_root(runtime, "absent") is None
+    published = {o["path"]: o["artifact"] for o in seen.outputs}
+    with artifacts.store().open(published["m.bin"], "rb") as f:
+        assert f.read() == b"m\n"
 
 
 def test_a_job_whose_process_vanishes_fails_with_a_reason_and_leaves_nothing(backend):

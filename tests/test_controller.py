@@ -7,11 +7,12 @@ import contextlib
 import http.server
 import io
 import os
+import shutil
 import signal
-import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator
+import zipfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psutil
@@ -23,7 +24,8 @@ from jobs import outputs, services
 from jobs.controller import Controller
 from jobs.models import Job
 from studio.models import Workspace
-from tests.conftest import await_until
+from tests import stores
+from tests.conftest import await_until, code_archive
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db_thread")]
 
@@ -117,26 +119,49 @@ async def test_inputs_env_outputs_and_stderr(workspace, people, controller):
         assert f.read() == b"model\n"
 
 
-@pytest.mark.parametrize("store", ["filesystem", "in-memory"])
-async def test_code_snapshot_and_uploaded_file_input(
-    workspace, people, controller, settings, store
+@pytest.fixture(scope="session")
+def s3_store() -> Iterator[dict]:
+    with stores.s3_server() as options:
+        yield options
+
+
+@pytest.fixture(scope="session")
+def azure_store() -> Iterator[dict]:
+    with stores.azurite_server() as options:
+        yield options
+
+
+STORES = {
+    "in-memory": "django.core.files.storage.InMemoryStorage",
+    "s3": "storages.backends.s3.S3Storage",
+    "azure": "storages.backends.azure_storage.AzureStorage",
+}
+
+
+@pytest.mark.parametrize("store", ["filesystem", "in-memory", "s3", "azure"])
+async def test_code_inputs_and_outputs_go_through_the_artifact_store(
+    workspace, people, controller, settings, store, request
 ):
-    """Uploads go through the artifact store: with one that has no files on this host
-    (Django's in-memory storage), the job still gets its code and data."""
-    if store == "in-memory":
+    """Code and uploads are fetched from the artifact store and outputs published to it,
+    on each kind of store (S3 and Azure blob on real servers): the outputs are served
+    from the store after the job's folder is gone."""
+    if store != "filesystem":
+        options = {}
+        if store in ("s3", "azure"):
+            options = request.getfixturevalue(f"{store}_store")
         settings.STORAGES = {
             **settings.STORAGES,
-            "artifacts": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+            "artifacts": {"BACKEND": STORES[store], "OPTIONS": options},
         }
-    code = io.BytesIO()
-    with tarfile.open(fileobj=code, mode="w:gz") as archive:
-        data = b"import sys\nprint(open(sys.argv[1]).read().strip().upper())\n"
-        info = tarfile.TarInfo("main.py")
-        info.size = len(data)
-        archive.addfile(info, io.BytesIO(data))
+    code = code_archive()
     text = (
-        "command: python main.py ${{inputs.words}}\ncode: src\n"
+        "command: >-\n"
+        "  python main.py ${{inputs.words}} &&\n"
+        "  python main.py ${{inputs.words}} > ${{outputs.model}}/m.bin &&\n"
+        "  mkdir -p outputs/deep && echo hi > outputs/deep/a.txt\n"
+        "code: src\n"
         "inputs: {words: {type: uri_file, path: ./words.txt}}\n"
+        "outputs: {model: {type: uri_folder}}\n"
     )
     uploads = {
         "code": services.Upload(code, "code.tar.gz"),
@@ -145,6 +170,18 @@ async def test_code_snapshot_and_uploaded_file_input(
     job = await finished(await submit(workspace, people.contributor, text, uploads))
     assert job.status == "Completed", job.failure_reason
     assert await lines_of(job) == ["FROM A FILE"]
+
+    shutil.rmtree(job.runtime["root"])  # the compute's copy is gone; the store's remains
+    with await sync_to_async(outputs.open_file)(job, "model", "m.bin") as f:
+        assert f.read() == b"FROM A FILE\n"
+    zipped = b"".join(await sync_to_async(lambda: list(outputs.zip_stream(job, "default")))())
+    with zipfile.ZipFile(io.BytesIO(zipped)) as z:
+        assert z.read("deep/a.txt") == b"hi\n"
+    if store in ("s3", "azure"):
+        held = stores.stored_names(store, options)
+        assert f"jobs/{job.pk}/outputs/model/m.bin" in held
+        assert f"jobs/{job.pk}/outputs/default/deep/a.txt" in held
+        assert any(name.startswith(f"jobs/{job.pk}/uploads/") for name in held)
 
 
 class Files(http.server.SimpleHTTPRequestHandler):

@@ -6,6 +6,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+
 
 @dataclass
 class LaunchSpec:
@@ -26,6 +28,22 @@ class LaunchSpec:
     limits: dict[str, Any] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     grace_seconds: float = 10.0
+    # For a launcher on another host: opens this job's uploads and outputs at the studio
+    # (jobs/api/io.py), and nothing else. Uploads name their `key` there.
+    job_token: str = ""
+
+
+def launcher_bounds() -> dict[str, Any]:
+    """The limits every launcher applies, wherever it runs, as its launch file says them."""
+    return {
+        "bounds": {
+            "max_log_bytes": settings.STUDIO_MAX_LOG_BYTES,
+            "max_archive_members": settings.STUDIO_MAX_ARCHIVE_MEMBERS,
+            "max_archive_bytes": settings.STUDIO_MAX_ARCHIVE_BYTES,
+            "max_download_bytes": settings.STUDIO_MAX_DOWNLOAD_BYTES,
+        },
+        "allowed_networks": list(settings.STUDIO_ALLOWED_INPUT_NETWORKS),
+    }
 
 
 @dataclass
@@ -44,6 +62,8 @@ class Observation:
     phase: str | None = None  # Preparing, Running, Finalizing, Completed, Failed, Canceled
     exit_code: int | None = None
     reason: str = ""
+    # With a terminal phase: the files the job left, each {"output", "path", "size",
+    # "artifact"}, already published to the artifact store under that name.
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -82,9 +102,10 @@ class ComputeBackend(abc.ABC):
     def cancel(self, runtime: dict[str, Any], *, force: bool = False) -> None:
         """Ask the job to stop (terminate); with force, kill it outright."""
 
-    @abc.abstractmethod
     def output_root(self, runtime: dict[str, Any], output: str) -> str | None:
-        """Where the files of one output can be read, or None when it has none."""
+        """Where one output's files still lie on this host, for jobs that ended before the
+        artifact store (their listing has no `artifact`); None for everything else."""
+        return None
 
     # -- being told instead of asking (optional) -------------------------------------------
     # A backend that can tell when a job has news (a watch, a file written) offers a file

@@ -30,7 +30,13 @@ try:  # Linux; elsewhere the controller asks about local jobs instead of being t
     from inotify_simple import INotify, flags
 except (ImportError, AttributeError, OSError):  # pragma: no cover - not Linux
     INotify = None
-from compute.backends.base import ComputeBackend, LaunchSpec, LogRecord, Observation
+from compute.backends.base import (
+    ComputeBackend,
+    LaunchSpec,
+    LogRecord,
+    Observation,
+    launcher_bounds,
+)
 from compute.resources import quantity
 
 # Read at most this much log per look, so one chatty job cannot starve the others.
@@ -151,13 +157,7 @@ class LocalBackend(ComputeBackend):
             "limits": limits,
             "grace_seconds": spec.grace_seconds,
             "run_as": uid,
-            "bounds": {
-                "max_log_bytes": settings.STUDIO_MAX_LOG_BYTES,
-                "max_archive_members": settings.STUDIO_MAX_ARCHIVE_MEMBERS,
-                "max_archive_bytes": settings.STUDIO_MAX_ARCHIVE_BYTES,
-                "max_download_bytes": settings.STUDIO_MAX_DOWNLOAD_BYTES,
-            },
-            "allowed_networks": list(settings.STUDIO_ALLOWED_INPUT_NETWORKS),
+            **launcher_bounds(),
             "python": job_python(os.environ.get("PATH", os.defpath), uid is not None),
         }
         (root / "launch.json").write_text(json.dumps(launch))
@@ -176,6 +176,7 @@ class LocalBackend(ComputeBackend):
             "pid": process.pid,
             "create_time": psutil.Process(process.pid).create_time(),
             "uid": uid,
+            "job_id": spec.job_id,
         }
         # Reap it when it exits so it does not linger as a zombie of the studio.
         _children[process.pid] = process
@@ -264,14 +265,36 @@ class LocalBackend(ComputeBackend):
                     exit_code=state.get("exit_code"),
                     reason="The job's process ended unexpectedly (killed, or the host restarted).",
                 )
+        outputs = list(state.get("outputs") or [])
+        if phase in launcher.TERMINAL:
+            outputs = self._publish(runtime, outputs)
         return Observation(
             lines=lines,
             cursor=new_cursor,
             phase=phase,
             exit_code=state.get("exit_code"),
             reason=str(state.get("reason") or ""),
-            outputs=list(state.get("outputs") or []),
+            outputs=outputs,
         )
+
+    def _publish(
+        self, runtime: dict[str, Any], listed: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Copy the files the launcher listed into the artifact store, each opened without
+        following links; a file the job removed or swapped for a link since is left out.
+        (Copied while the controller waits: big outputs delay its other jobs by as long.)"""
+        if "job_id" not in runtime:  # started before the artifact store: served from disk
+            return listed
+        published = []
+        for entry in listed:
+            folder = self._output_folder(runtime, str(entry["output"]))
+            try:
+                with artifacts.open_beneath(folder, str(entry["path"])) as f:
+                    name = artifacts.output_name(runtime["job_id"], entry["output"], entry["path"])
+                    published.append({**entry, "artifact": artifacts.publish(name, f)})
+            except artifacts.NotBeneath:
+                continue
+        return published
 
     def _end_orphans(self, runtime: dict[str, Any], state: dict[str, Any]) -> None:
         """The launcher died (killed, out of memory) and left the command running: end it,
@@ -344,11 +367,15 @@ class LocalBackend(ComputeBackend):
                 return set()
             return {self._watches[e.wd] for e in events if e.wd in self._watches}
 
+    @staticmethod
+    def _output_folder(runtime: dict[str, Any], output: str) -> Path:
+        root = Path(runtime["root"])
+        return root / "wd" / "outputs" if output == "default" else root / "outputs" / output
+
     def output_root(self, runtime: dict[str, Any], output: str) -> str | None:
         if not runtime.get("root"):
             return None
-        root = Path(runtime["root"])
-        path = root / "wd" / "outputs" if output == "default" else root / "outputs" / output
+        path = self._output_folder(runtime, output)
         return str(path) if path.is_dir() else None
 
 

@@ -1,6 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from jobs.api.io import OutputView, UploadView
 from jobs.api.views import JobViewSet
 
 router = SimpleRouter()
@@ -12,5 +13,8 @@ urlpatterns = [
         JobViewSet.as_view({"get": "download_file"}),
         name="job-output-file",
     ),
+    # A job's own launcher, with its job token (jobs/api/io.py).
+    path("job-io/uploads/<str:key>", UploadView.as_view(), name="job-io-upload"),
+    path("job-io/outputs/<str:output>/<path:path>", OutputView.as_view(), name="job-io-output"),
     *router.urls,
 ]

@@ -1,0 +1,87 @@
+"""What a job's launcher asks of the studio when it runs elsewhere (a pod): its uploads,
+and a place for its outputs. Authenticated by the job's own token (`jobs.tokens`), never
+a user's: `Authorization: Bearer kjt_...`."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.http import FileResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework import authentication, exceptions, permissions, views
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from compute.backends import artifacts
+from jobs import outputs, tokens
+from jobs.models import Job
+from studio.auth import key_from_header
+from studio.middleware import too_large_error
+
+
+class JobTokenAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[Any, Job] | None:
+        key = key_from_header(authentication.get_authorization_header(request))
+        if key is None:
+            return None
+        job = tokens.job_for(key)
+        if job is None:
+            raise exceptions.AuthenticationFailed("Invalid job token, or its job has ended.")
+        return AnonymousUser(), job
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="job"'
+
+
+def job_of(request: Request) -> Job:
+    assert isinstance(request.auth, Job)  # HasJobToken let the request in
+    return request.auth
+
+
+class HasJobToken(permissions.BasePermission):
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return isinstance(request.auth, Job)
+
+
+class JobIOView(views.APIView):
+    authentication_classes = (JobTokenAuthentication,)
+    permission_classes = (HasJobToken,)
+    throttle_classes = ()
+
+
+@extend_schema(exclude=True)  # for launchers, not people
+class UploadView(JobIOView):
+    def get(self, request: Request, key: str) -> FileResponse:
+        """One of the job's uploads (`code`, `inputs.<name>`), streamed from the store."""
+        ref = (job_of(request).uploads or {}).get(key)
+        if ref is None or "artifact" not in ref:
+            raise exceptions.NotFound(f"The job has no upload named {key!r}.")
+        return FileResponse(artifacts.store().open(ref["artifact"], "rb"), as_attachment=True)
+
+
+@extend_schema(exclude=True)
+class OutputView(JobIOView):
+    def put(self, request: Request, output: str, path: str) -> Response:
+        """Keep one output file (the raw body) in the artifact store; returns its name."""
+        job = job_of(request)
+        if output not in outputs.output_names(job):
+            raise exceptions.ValidationError({"output": f"the job has no output {output!r}"})
+        try:
+            artifacts.parts_of(path)
+        except artifacts.NotBeneath as exc:
+            raise exceptions.ValidationError({"path": str(exc)}) from exc
+        # Spooled: small files in memory, big ones on disk, never all of one in memory.
+        stream, limit = request.stream, settings.STUDIO_MAX_UPLOAD_BYTES
+        with tempfile.SpooledTemporaryFile(max_size=1024 * 1024) as body:
+            size = 0
+            while stream is not None and (chunk := stream.read(artifacts.CHUNK)):
+                size += len(chunk)
+                if size > limit:  # a body sent without its length is counted here
+                    return Response(too_large_error(limit), status=413)
+                body.write(chunk)
+            body.seek(0)
+            name = artifacts.publish(artifacts.output_name(job.pk, output, path), body)
+        return Response({"artifact": name, "size": size}, status=201)

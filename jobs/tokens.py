@@ -1,0 +1,34 @@
+"""Job tokens: what a job's own launcher, on a host that shares no disk with the studio (a
+pod), shows to fetch the job's uploads and publish its outputs (`jobs.api.io`).
+
+A token is the job's id signed with the studio's secret key: the same job always gets the
+same token, so a retried launch hands its pod the same one and nothing is stored. It opens
+only that job's uploads and outputs, and only while the job has not ended.
+"""
+
+from __future__ import annotations
+
+from django.core import signing
+
+from jobs.models import Job
+
+PREFIX = "kjt_"
+_signer = signing.Signer(salt="kstudio.job-token")
+
+
+def token_for(job: Job) -> str:
+    return PREFIX + _signer.sign(str(job.pk))
+
+
+def job_for(token: str) -> Job | None:
+    """The live job this token was made for, or None (forged, or the job has ended)."""
+    if not token.startswith(PREFIX):
+        return None
+    try:
+        pk = int(_signer.unsign(token[len(PREFIX) :]))
+    except (signing.BadSignature, ValueError):
+        return None
+    job = Job.objects.filter(pk=pk).first()
+    if job is None or job.is_terminal:
+        return None
+    return job
