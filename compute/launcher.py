@@ -266,7 +266,12 @@ class Launcher:
         with open(launch_file, encoding="utf-8") as f:
             self.spec = json.load(f)
         self.limits = {**DEFAULT_LIMITS, **self.spec.get("bounds", {})}
-        self.root = self.spec["root"]
+        # In a pod, the job's folder is where the pod mounted it.
+        self.root = os.environ.get("KSTUDIO_ROOT") or self.spec["root"]
+        self.spec["root"] = self.root
+        # In a pod, the container's log is the job's log, and the termination message
+        # says how it ended (the studio reads both through the Kubernetes API).
+        self.in_pod = bool(os.environ.get("KSTUDIO_ROOT"))
         self.workdir = os.path.join(self.root, "wd")
         self.home = os.path.join(self.root, "home")
         self.tmp = os.path.join(self.root, "tmp")
@@ -283,10 +288,16 @@ class Launcher:
     # -- state ---------------------------------------------------------------------------
     def set_state(self, **values: object) -> None:
         self.state.update(values, updated_at=time.time())
+        os.makedirs(self.root, exist_ok=True)
         tmp = os.path.join(self.root, "state.json.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.state, f)
         os.replace(tmp, os.path.join(self.root, "state.json"))
+        termination_log = os.environ.get("KSTUDIO_TERMINATION_LOG")
+        if termination_log and self.state.get("phase") in ("Completed", "Failed", "Canceled"):
+            ending = {k: self.state.get(k) for k in ("phase", "exit_code", "reason")}
+            with contextlib.suppress(OSError), open(termination_log, "w", encoding="utf-8") as f:
+                f.write(json.dumps(ending)[:4000])  # Kubernetes keeps 4096 bytes
 
     # -- talking to the studio (remote hosts only) ----------------------------------------
     def studio_request(self, path: str, **kwargs: Any) -> http.client.HTTPResponse:
@@ -541,7 +552,9 @@ class Launcher:
         selector.register(self.child.stdout, selectors.EVENT_READ, "stdout")
         selector.register(self.child.stderr, selectors.EVENT_READ, "stderr")
         partial = {"stdout": b"", "stderr": b""}
-        log = LogWriter(os.path.join(self.root, "log.jsonl"), int(self.limits["max_log_bytes"]))
+        log = LogWriter(
+            os.path.join(self.root, "log.jsonl"), int(self.limits["max_log_bytes"]), self.in_pod
+        )
         try:
             while selector.get_map():
                 now = time.monotonic()
@@ -657,15 +670,16 @@ class Launcher:
         else:
             phase, reason = "Failed", f"The command exited with code {code}."
         self.set_state(phase=phase, exit_code=code, reason=reason, outputs=outputs)
-        return 0
+        return 0 if phase == "Completed" else 1
 
 
 class LogWriter:
     """log.jsonl, one JSON object a line; past `cap` bytes, one note and then nothing."""
 
-    def __init__(self, path: str, cap: int) -> None:
+    def __init__(self, path: str, cap: int, echo: bool = False) -> None:
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
         self.cap = cap
+        self.echo = echo  # also to the launcher's own output: a pod's container log
         self.written = self.file.tell()
         self.full = False
 
@@ -683,6 +697,10 @@ class LogWriter:
             record = json.dumps({"ts": time.time(), "stream": "stderr", "line": line}) + "\n"
         self.file.write(record)
         self.written += len(record)
+        if self.echo:
+            out = sys.stdout if stream == "stdout" else sys.stderr
+            out.write(line + "\n")
+            out.flush()
 
     def flush(self) -> None:
         self.file.flush()

@@ -2,15 +2,50 @@
 
 from typing import ClassVar
 
+from django.core.validators import RegexValidator
 from django.db import models
 
 from compute.resources import validate_node_selector, validate_resources
+from studio.crypto import EncryptedTextField
 from studio.models import Workspace, name_validator
 
 
 class ComputeKind(models.TextChoices):
     LOCAL = "local", "Local (processes on the studio host)"
-    # KUBERNETES arrives with the Kubernetes compute issue.
+    KUBERNETES = "kubernetes", "Kubernetes (a namespace of a registered cluster)"
+
+
+# Kubernetes names: namespaces are DNS-1123 labels.
+namespace_validator = RegexValidator(
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+    "Use at most 63 lowercase letters, digits and '-', starting and ending with a letter or "
+    "digit (a Kubernetes namespace name).",
+)
+
+
+class Cluster(models.Model):
+    """A Kubernetes cluster IT-ops registered: how to reach it, and its extension settings.
+    Workspaces use it through attachments (compute targets of kind kubernetes)."""
+
+    name = models.CharField(max_length=255, unique=True, validators=[name_validator])
+    description = models.TextField(blank=True)
+    # The whole kubeconfig, encrypted; empty with in_cluster (the studio's own pod's
+    # service account). Never shown back, logged, or sent in a response.
+    kubeconfig = EncryptedTextField(blank=True)
+    context = models.CharField(max_length=255, blank=True)
+    in_cluster = models.BooleanField(default=False)
+    server = models.CharField(max_length=500, blank=True, help_text="The API server's URL.")
+    # How this cluster's pods reach the studio (job tokens, uploads, outputs).
+    studio_url = models.URLField(blank=True)
+    settings = models.JSONField(default=dict, blank=True)  # the extension's, as Azure's
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class ComputeTarget(models.Model):
@@ -21,6 +56,11 @@ class ComputeTarget(models.Model):
     # What a job that names no compute runs on; one per workspace. Kept here, not on the
     # workspace, so that the core app never refers to compute (no migration cycle).
     is_default = models.BooleanField(default=False)
+    # Kubernetes targets: an attachment of a cluster, with the namespace its work runs in.
+    cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="attachments"
+    )
+    namespace = models.CharField(max_length=63, blank=True, validators=[namespace_validator])
     created_at = models.DateTimeField(auto_now_add=True)
     # Its backend is rebuilt when this moves (compute.backends).
     updated_at = models.DateTimeField(auto_now=True)

@@ -33,6 +33,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, transaction
+from django.db.models import Q
 from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
 
@@ -40,7 +41,7 @@ from compute.backends import LaunchSpec, backend_class, backend_for
 from compute.backends.base import ComputeBackend
 from jobs import events, services, tokens
 from jobs.models import ACTIVE, TERMINAL, Job, Status
-from jobs.spec import parse
+from jobs.spec import CommandJob, InlineEnvironment, parse
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,9 @@ class Controller:
             return 0
         with transaction.atomic():
             candidates = list(
-                Job.objects.filter(status=Status.QUEUED, compute_kind__in=open_kinds)
+                Job.objects.filter(
+                    status=Status.QUEUED, compute_kind__in=open_kinds, lease_owner=""
+                )
                 .order_by("created_at", "id")
                 .select_for_update(skip_locked=True)
                 .values_list("pk", "compute_kind")[:CLAIM_BATCH]
@@ -305,9 +308,11 @@ class Controller:
 
     def adopt(self) -> None:
         """Take over active jobs whose controller stopped renewing its lease."""
-        expired = Job.objects.filter(
-            status__in=ACTIVE, lease_expires_at__lt=timezone.now()
-        ).select_related("compute")
+        # Queued jobs with an owner are held by a compute that cannot start them yet.
+        held = Q(status__in=ACTIVE) | Q(status=Status.QUEUED) & ~Q(lease_owner="")
+        expired = Job.objects.filter(held, lease_expires_at__lt=timezone.now()).select_related(
+            "compute"
+        )
         for job in expired.exclude(pk__in=list(self.held)):
             taken = Job.objects.filter(
                 pk=job.pk, lease_owner=job.lease_owner, lease_expires_at=job.lease_expires_at
@@ -366,11 +371,26 @@ class Controller:
         if observation.lines or observation.cursor != job.log_cursor:
             services.append_logs(job, observation.lines, observation.cursor)
         phase = observation.phase
-        if phase in (Status.RUNNING, Status.FINALIZING):
+        if phase == Status.QUEUED:
+            self._wait_in_queue(job, observation.waiting_reason)
+        elif phase == Status.PREPARING and job.status == Status.QUEUED:
+            services.transition(job, Status.PREPARING, waiting_reason="")
+        elif phase in (Status.RUNNING, Status.FINALIZING):
+            if job.status == Status.QUEUED:
+                services.transition(job, Status.PREPARING, waiting_reason="")
             self._advance_to(job, phase)
         elif phase in TERMINAL:
             self._finish(job, phase, observation.exit_code, observation.reason, observation.outputs)
             self.let_go(job.pk)
+
+    def _wait_in_queue(self, job: Job, reason: str) -> None:
+        """The compute holds the job but cannot start it yet (a cluster without room):
+        Queued again, saying why, still held by this controller."""
+        reason = reason[:500]
+        if job.status == Status.PREPARING:
+            services.transition(job, Status.QUEUED, reason, waiting_reason=reason)
+        elif job.status == Status.QUEUED and job.waiting_reason != reason:
+            services.set_waiting_reason(job, reason)
 
     def _advance_to(self, job: Job, phase: str) -> None:
         if job.status == Status.CANCEL_REQUESTED or job.status not in PHASE_PATH:
@@ -448,7 +468,14 @@ def launch_spec(job: Job) -> LaunchSpec:
         node_selector=dict(resources.get("node_selector") or {}),
         grace_seconds=float(settings.STUDIO_CANCEL_GRACE_SECONDS),
         job_token=tokens.token_for(job),
+        image=_image(spec),
     )
+
+
+def _image(spec: CommandJob) -> str:
+    """An inline environment's image; named environments come with their own issue."""
+    environment = spec.environment
+    return (environment.image or "") if isinstance(environment, InlineEnvironment) else ""
 
 
 def _uploaded(job: Job, key: str) -> dict[str, str]:

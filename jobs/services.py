@@ -252,18 +252,21 @@ def submit(
 
 # -- state changes ---------------------------------------------------------------------------
 ALLOWED_FROM: dict[str, tuple[str, ...]] = {
-    Status.QUEUED: (Status.NOT_STARTED,),
+    # Back from Preparing: a cluster took the job but has no room for it yet.
+    Status.QUEUED: (Status.NOT_STARTED, Status.PREPARING),
     Status.PREPARING: (Status.QUEUED,),
     Status.RUNNING: (Status.PREPARING,),
     Status.FINALIZING: (Status.RUNNING,),
-    Status.CANCEL_REQUESTED: (Status.PREPARING, Status.RUNNING, Status.FINALIZING),
+    Status.CANCEL_REQUESTED: (Status.QUEUED, Status.PREPARING, Status.RUNNING, Status.FINALIZING),
     Status.COMPLETED: (Status.FINALIZING, Status.CANCEL_REQUESTED),
     Status.FAILED: (Status.PREPARING, Status.RUNNING, Status.FINALIZING, Status.CANCEL_REQUESTED),
     Status.CANCELED: (Status.NOT_STARTED, Status.QUEUED, *ACTIVE),
 }
 
 
-def transition(job: Job, to: str, message: str = "", **fields: Any) -> bool:
+def transition(
+    job: Job, to: str, message: str = "", *, unheld: bool = False, **fields: Any
+) -> bool:
     """Move the job to `to` if its current state allows it; record and announce the change.
 
     A conditional UPDATE, so that two actors (a user canceling, the controller finishing)
@@ -276,9 +279,10 @@ def transition(job: Job, to: str, message: str = "", **fields: Any) -> bool:
         fields.setdefault("ended_at", now)
         fields.setdefault("lease_owner", "")
     with transaction.atomic():
-        updated = Job.objects.filter(pk=job.pk, status__in=ALLOWED_FROM[to]).update(
-            status=to, **fields
-        )
+        matching = Job.objects.filter(pk=job.pk, status__in=ALLOWED_FROM[to])
+        if unheld:  # only if no controller holds it (a queued job a cluster took is held)
+            matching = matching.filter(lease_owner="")
+        updated = matching.update(status=to, **fields)
         if not updated:
             return False
         StatusChange.objects.create(job=job, status=to, at=now, message=message)
@@ -293,16 +297,26 @@ def transition(job: Job, to: str, message: str = "", **fields: Any) -> bool:
     return True
 
 
+def set_waiting_reason(job: Job, reason: str) -> None:
+    """Why a queued job waits changed (the scheduler says something new): shown live."""
+    Job.objects.filter(pk=job.pk).update(waiting_reason=reason)
+    job.waiting_reason = reason
+    events.publish(events.status_message(job))
+
+
 def cancel(job: Job) -> Job:
     """Cancel a job: at once if it has not started, else ask its compute to stop it."""
     for _attempt in range(3):
-        job.refresh_from_db(fields=["status"])
+        job.refresh_from_db(fields=["status", "lease_owner"])
         if job.status in TERMINAL:
             raise JobConflict(f"Job {job.name} has already ended ({job.status}).")
         if job.status == Status.CANCEL_REQUESTED:
             return job
-        if job.status in (Status.NOT_STARTED, Status.QUEUED):
-            if transition(job, Status.CANCELED, "Canceled before it started."):
+        unheld = job.status == Status.NOT_STARTED or (
+            job.status == Status.QUEUED and not job.lease_owner
+        )
+        if unheld:
+            if transition(job, Status.CANCELED, "Canceled before it started.", unheld=True):
                 return job
         elif transition(job, Status.CANCEL_REQUESTED, "Cancel requested."):
             events.publish(events.wake_message(job.pk, reason="cancel"))

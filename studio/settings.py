@@ -157,7 +157,10 @@ else:
 # What each app gives a new workspace (called in order, idempotent).
 STUDIO_WORKSPACE_SETUP = ["compute.services.seed_local"]
 # The backend class of each kind of compute target (compute.backends).
-STUDIO_COMPUTE_BACKENDS = {"local": "compute.backends.local.LocalBackend"}
+STUDIO_COMPUTE_BACKENDS = {
+    "local": "compute.backends.local.LocalBackend",
+    "kubernetes": "compute.backends.kubernetes.KubernetesBackend",
+}
 # Who may refuse a compute target's deletion (each returns a reason, or None).
 STUDIO_COMPUTE_IN_USE = ["jobs.services.compute_in_use"]
 
@@ -196,6 +199,11 @@ STUDIO_CANCEL_GRACE_SECONDS = env_int("STUDIO_CANCEL_GRACE_SECONDS", 10)
 # How many jobs one controller runs at once; more wait in Queued.
 STUDIO_MAX_RUNNING_JOBS = env_int("STUDIO_MAX_RUNNING_JOBS", max(4, 2 * (os.cpu_count() or 1)))
 STUDIO_PUBLIC_URL = env_str("STUDIO_PUBLIC_URL", "")
+# Fernet keys for credentials at rest (studio/crypto.py), newest first; derived from
+# SECRET_KEY when unset.
+STUDIO_ENCRYPTION_KEYS = env_list("STUDIO_ENCRYPTION_KEYS", [])
+# The image of a Kubernetes job whose environment names none (it needs python3, 3.8+).
+STUDIO_KUBERNETES_IMAGE = env_str("STUDIO_KUBERNETES_IMAGE", "python:3.11-slim")
 
 # -- What a local job may touch (see README, "Local compute isolation") ---------------------
 # When the studio runs as root, each local job runs as uid STUDIO_JOB_UID_BASE + its id

@@ -7,6 +7,8 @@ import contextlib
 import io
 import os
 import signal
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -204,3 +206,28 @@ def live_studio(transactional_db: None) -> Iterator[LiveStudio]:
     studio.start()
     yield studio
     studio.close()
+
+
+@pytest.fixture
+def kstudio(live_studio: LiveStudio, people: People) -> Callable[..., Any]:
+    """Run the CLI as a user would; keyword arguments override its environment."""
+    base = dict(
+        os.environ,
+        KSTUDIO_URL=live_studio.url,
+        KSTUDIO_TOKEN=token_for(people.contributor),
+        KSTUDIO_WORKSPACE="demo",
+    )
+
+    def run(*args: str, check: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "kstudio_cli", *args],
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    return run

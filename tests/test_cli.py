@@ -15,31 +15,6 @@ from tests.test_spec import BASICS, needs_compat
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def kstudio(live_studio, people):
-    """Run the CLI as a user would; keyword arguments override its environment."""
-    base = dict(
-        os.environ,
-        KSTUDIO_URL=live_studio.url,
-        KSTUDIO_TOKEN=token_for(people.contributor),
-        KSTUDIO_WORKSPACE="demo",
-    )
-
-    def run(*args: str, check: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "kstudio_cli", *args],
-            env={**base, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
-
-    return run
-
-
 @needs_compat
 def test_hello_world_create_stream_show(kstudio):
     result = kstudio("job", "create", "-f", str(BASICS / "hello-world.yml"), "--stream")

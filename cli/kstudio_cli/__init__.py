@@ -470,8 +470,57 @@ def compute_list(studio: Studio, fmt: str) -> None:
     emit(
         studio.request("GET", path).json()["results"],
         fmt,
-        ["name", "type", "description", "instance_types"],
+        ["name", "type", "cluster", "namespace", "description", "instance_types"],
     )
+
+
+@compute.command("attach")
+@click.option("--name", help="The compute target's name in the workspace.")
+@click.option("--type", "kind", type=click.Choice(["kubernetes"]), default=None)
+@click.option("--cluster", "cluster_name", help="A cluster IT-ops registered.")
+@click.option("--namespace", default=None, help="Where its work runs (default: default).")
+@click.option("--create-namespace", is_flag=True, help="Create the namespace if missing.")
+@click.option("--description", default=None)
+@click.option(
+    "-f", "--file", "file", type=click.File("r"), help="Azure's compute YAML (type: kubernetes)."
+)
+@output_option
+@pass_studio
+def compute_attach(
+    studio: Studio,
+    name: str | None,
+    kind: str | None,
+    cluster_name: str | None,
+    namespace: str | None,
+    create_namespace: bool,
+    description: str | None,
+    file: Any,
+    fmt: str,
+) -> None:
+    """Attach a cluster to the workspace as a compute target (IT-ops)."""
+    body: dict[str, Any] = {}
+    if file is not None:
+        loaded = yaml.safe_load(file)
+        if not isinstance(loaded, dict):
+            fail("the compute YAML must be a mapping", 2)
+        body.update({k: v for k, v in loaded.items() if k != "$schema"})
+    given = {"name": name, "type": kind, "cluster": cluster_name, "namespace": namespace,
+             "description": description}  # fmt: skip
+    body.update({k: v for k, v in given.items() if v is not None})
+    body["create_namespace"] = create_namespace
+    body.setdefault("type", "kubernetes")
+    path = f"/workspaces/{studio.workspace}/computes/"
+    made = studio.request("POST", path, json=body).json()
+    emit(made, fmt, ["name", "type", "cluster", "namespace", "is_default"])
+
+
+@compute.command("detach")
+@click.argument("name")
+@pass_studio
+def compute_detach(studio: Studio, name: str) -> None:
+    """Remove a compute target (refused while it has active jobs); nothing running stops."""
+    studio.request("DELETE", f"/workspaces/{studio.workspace}/computes/{name}/")
+    click.echo(f"Detached {name}.")
 
 
 @compute.command("show")
@@ -482,6 +531,92 @@ def compute_show(studio: Studio, name: str, fmt: str) -> None:
     """Show one compute target."""
     path = f"/workspaces/{studio.workspace}/computes/{name}/"
     emit(studio.request("GET", path).json(), fmt, ["name", "type", "description", "instance_types"])
+
+
+# -- clusters (IT-ops) --------------------------------------------------------------------
+@main.group()
+def cluster() -> None:
+    """Kubernetes clusters (IT-ops): register, check, remove."""
+
+
+@cluster.command("create")
+@click.option("--name", required=True)
+@click.option(
+    "--kubeconfig",
+    "kubeconfig_file",
+    type=click.File("r"),
+    help="The kubeconfig file (kept encrypted by the studio, never shown again).",
+)
+@click.option("--context", default="", help="Its context (default: the current one).")
+@click.option("--in-cluster", is_flag=True, help="Use the studio pod's own service account.")
+@click.option("--studio-url", default="", help="How the cluster's pods reach the studio.")
+@click.option("--description", default="")
+@output_option
+@pass_studio
+def cluster_create(
+    studio: Studio,
+    name: str,
+    kubeconfig_file: Any,
+    context: str,
+    in_cluster: bool,
+    studio_url: str,
+    description: str,
+    fmt: str,
+) -> None:
+    """Register a cluster from a kubeconfig."""
+    body = {
+        "name": name,
+        "kubeconfig": kubeconfig_file.read() if kubeconfig_file else "",
+        "context": context,
+        "in_cluster": in_cluster,
+        "studio_url": studio_url,
+        "description": description,
+    }
+    emit(studio.request("POST", "/clusters/", json=body).json(), fmt, ["name", "server", "context"])
+
+
+@cluster.command("list")
+@output_option
+@pass_studio
+def cluster_list(studio: Studio, fmt: str) -> None:
+    """List the registered clusters."""
+    items = studio.request("GET", "/clusters/", params={"limit": 500}).json()["results"]
+    emit(items, fmt, ["name", "server", "context", "attachments"])
+
+
+@cluster.command("show")
+@click.argument("name")
+@output_option
+@pass_studio
+def cluster_show(studio: Studio, name: str, fmt: str) -> None:
+    """A cluster, and what it answers now: version, nodes, what the credentials may do."""
+    data = studio.request("GET", f"/clusters/{name}/").json()
+    if fmt == "json":
+        emit(data, fmt)
+        return
+    status = data.get("status") or {}
+    rows = [
+        ("name", data["name"]),
+        ("server", data["server"]),
+        ("context", data["context"]),
+        ("attachments", _cell(data.get("attachments"))),
+        ("reachable", "yes" if status.get("reachable") else "no"),
+        ("version", status.get("version", "")),
+        ("nodes ready", _cell(status.get("nodes_ready"))),
+        ("may", _cell(status.get("allowed"))),
+        ("may not", _cell(status.get("denied"))),
+        ("problem", status.get("message", "")),
+    ]
+    click.echo(tabulate([r for r in rows if r[1] not in ("", None)], tablefmt="plain"))
+
+
+@cluster.command("delete")
+@click.argument("name")
+@pass_studio
+def cluster_delete(studio: Studio, name: str) -> None:
+    """Forget a cluster (refused while it is attached anywhere)."""
+    studio.request("DELETE", f"/clusters/{name}/")
+    click.echo(f"Deleted cluster {name}.")
 
 
 @main.group("instance-type")

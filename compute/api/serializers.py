@@ -1,6 +1,8 @@
+from typing import Any
+
 from rest_framework import serializers
 
-from compute.models import ComputeKind, ComputeTarget, InstanceType
+from compute.models import Cluster, ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE, validate_node_selector
 
 
@@ -26,14 +28,61 @@ class InstanceTypeSerializer(serializers.ModelSerializer[InstanceType]):
         return value
 
 
+# Azure's attach YAML has these; this studio has no Azure identities or resource ids.
+AZURE_ONLY = ("identity", "resource_id")
+
+
 class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
     type = serializers.ChoiceField(source="kind", choices=ComputeKind.choices)
     instance_types = serializers.SerializerMethodField()
+    cluster: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="name", queryset=Cluster.objects.all(), required=False, allow_null=True,
+        help_text="kubernetes: the registered cluster attached.",
+    )  # fmt: skip
+    namespace = serializers.CharField(
+        required=False, allow_blank=True, help_text="kubernetes: where its work runs (default)."
+    )
+    create_namespace = serializers.BooleanField(
+        write_only=True, required=False, default=False,
+        help_text="kubernetes: create the namespace if it does not exist.",
+    )  # fmt: skip
 
     class Meta:
         model = ComputeTarget
-        fields = ("name", "type", "description", "instance_types", "created_at")
-        read_only_fields = ("created_at",)
+        fields = (
+            "name",
+            "type",
+            "description",
+            "cluster",
+            "namespace",
+            "create_namespace",
+            "instance_types",
+            "is_default",
+            "created_at",
+        )
+        read_only_fields = ("created_at", "is_default")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        errors = {
+            name: f"Azure's {name} has no meaning here: leave it out"
+            for name in AZURE_ONLY
+            if name in (self.initial_data or {})
+        }
+        if attrs.get("kind", getattr(self.instance, "kind", None)) != ComputeKind.KUBERNETES:
+            for name in ("cluster", "namespace"):
+                if attrs.get(name):
+                    errors[name] = "only for compute targets of type kubernetes"
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
+
+    def create(self, validated_data: dict[str, Any]) -> ComputeTarget:
+        validated_data.pop("create_namespace", None)  # an instruction, not a field
+        return super().create(validated_data)
+
+    def update(self, instance: ComputeTarget, validated_data: dict[str, Any]) -> ComputeTarget:
+        validated_data.pop("create_namespace", None)
+        return super().update(instance, validated_data)
 
     def get_instance_types(self, compute: ComputeTarget) -> list[str]:
         return list(compute.instance_types().values_list("name", flat=True))

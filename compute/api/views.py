@@ -5,9 +5,9 @@ from rest_framework import viewsets
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.serializers import BaseSerializer
 
-from compute import services
+from compute import clusters, services
 from compute.api.serializers import ComputeTargetSerializer, InstanceTypeSerializer
-from compute.models import ComputeTarget, InstanceType
+from compute.models import ComputeKind, ComputeTarget, InstanceType
 from studio.api import IsItOpsOrReadOnly, WorkspaceMixin
 
 
@@ -30,6 +30,19 @@ class ComputeTargetViewSet(WorkspaceMixin, viewsets.ModelViewSet[ComputeTarget])
         return context
 
     def perform_create(self, serializer: BaseSerializer[ComputeTarget]) -> None:
+        data = dict(serializer.validated_data)
+        create_namespace = data.pop("create_namespace", False)
+        if data["kind"] == ComputeKind.KUBERNETES:
+            # Checked with the cluster (the namespace exists, or is made) before it is kept.
+            serializer.instance = clusters.attach(
+                self.get_workspace(),
+                data["name"],
+                data.get("cluster"),
+                data.get("namespace") or "default",
+                create_namespace=create_namespace,
+                description=data.get("description", ""),
+            )
+            return
         services.became_available(serializer.save(workspace=self.get_workspace()))
 
     def perform_destroy(self, instance: ComputeTarget) -> None:

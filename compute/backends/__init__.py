@@ -49,7 +49,7 @@ def backend_for(target: ComputeTarget | None, kind: str | None = None) -> Comput
             backend = cls.from_target(target) if target is not None else cls()
             if target is not None:  # an older build of the same target is let go
                 for old in [k for k in _built if k[:2] == key[:2]]:
-                    del _built[old]
+                    _built.pop(old).close()
             _built[key] = backend
         return backend
 

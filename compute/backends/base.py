@@ -31,6 +31,7 @@ class LaunchSpec:
     # For a launcher on another host: opens this job's uploads and outputs at the studio
     # (jobs/api/io.py), and nothing else. Uploads name their `key` there.
     job_token: str = ""
+    image: str = ""  # the environment's image, for computes that run images
 
 
 def launcher_bounds() -> dict[str, Any]:
@@ -59,9 +60,12 @@ class Observation:
 
     lines: list[LogRecord]
     cursor: dict[str, Any]  # opaque; stored with the lines and handed back next time
-    phase: str | None = None  # Preparing, Running, Finalizing, Completed, Failed, Canceled
+    # Queued (the compute holds it but cannot start it yet: `waiting_reason` says why),
+    # Preparing, Running, Finalizing, Completed, Failed, Canceled; None: no change.
+    phase: str | None = None
     exit_code: int | None = None
     reason: str = ""
+    waiting_reason: str = ""
     # With a terminal phase: the files the job left, each {"output", "path", "size",
     # "artifact"}, already published to the artifact store under that name.
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -120,6 +124,9 @@ class ComputeBackend(abc.ABC):
 
     def unwatch(self, runtime: dict[str, Any]) -> None:  # noqa: B027 - optional, no-op
         """Stop reporting news of this job."""
+
+    def close(self) -> None:  # noqa: B027 - optional, no-op
+        """This instance is being replaced (its target changed): stop its threads."""
 
     def changed(self) -> set[str]:
         """Keys (from `watch`) of the jobs with news since the last call; never blocks."""

@@ -96,3 +96,10 @@ class WorkspaceMixin:
                     needed = self.write_role
                 self._workspace, _role = access.workspace_for(user, name, needed)
         return self._workspace
+
+
+class IsItOps(BasePermission):
+    message = "Only IT-ops may see and manage clusters."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return access.is_it_ops(request.user)

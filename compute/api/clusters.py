@@ -1,0 +1,112 @@
+"""Clusters (IT-ops only): register from a kubeconfig, see whether it answers and what the
+credentials may do, delete once nothing is attached. The kubeconfig is write-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema, extend_schema_field
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from compute import clusters
+from compute.models import Cluster
+from studio.api import IsItOps
+
+
+class ClusterSerializer(serializers.ModelSerializer[Cluster]):
+    attachments = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Cluster
+        fields: tuple[str, ...] = (
+            "name",
+            "description",
+            "server",
+            "context",
+            "in_cluster",
+            "studio_url",
+            "settings",
+            "attachments",
+            "created_at",
+        )
+        read_only_fields: tuple[str, ...] = fields
+
+    def get_attachments(self, cluster: Cluster) -> list[str]:
+        """Compute targets using it, as workspace/name."""
+        return [f"{a.workspace.name}/{a.name}" for a in cluster.attachments.all()]
+
+
+class NewClusterSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    kubeconfig = serializers.CharField(
+        required=False, allow_blank=True, default="", trim_whitespace=False,
+        help_text="The kubeconfig's YAML. Kept encrypted; never shown again.",
+    )  # fmt: skip
+    in_cluster = serializers.BooleanField(required=False, default=False)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    studio_url = serializers.URLField(
+        required=False, allow_blank=True, default="",
+        help_text="How this cluster's pods reach the studio (default STUDIO_PUBLIC_URL).",
+    )  # fmt: skip
+
+    def get_fields(self) -> dict[str, Any]:
+        # `context` is the serializer's own attribute: this field cannot be declared as one.
+        fields = super().get_fields()
+        fields["context"] = serializers.CharField(
+            required=False, allow_blank=True, default="", help_text="The kubeconfig's context."
+        )
+        return fields
+
+
+class ClusterStatusSerializer(serializers.Serializer[Any]):
+    reachable = serializers.BooleanField()
+    version = serializers.CharField()
+    message = serializers.CharField()
+    nodes_ready = serializers.IntegerField(allow_null=True)
+    allowed = serializers.ListField(child=serializers.CharField())
+    denied = serializers.ListField(child=serializers.CharField())
+
+
+class ClusterDetailSerializer(ClusterSerializer):
+    status = serializers.SerializerMethodField()
+
+    class Meta(ClusterSerializer.Meta):
+        fields = (*ClusterSerializer.Meta.fields, "status")
+        read_only_fields = fields
+
+    @extend_schema_field(ClusterStatusSerializer)
+    def get_status(self, cluster: Cluster) -> dict[str, Any]:
+        """Asked of the cluster now: version, reachability, what the credentials may do."""
+        return clusters.status(cluster)
+
+
+class ClusterViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet[Cluster],
+):
+    permission_classes = (IsAuthenticated, IsItOps)
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self) -> QuerySet[Cluster]:
+        return Cluster.objects.prefetch_related("attachments__workspace")
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer[Any]]:
+        return ClusterDetailSerializer if self.action == "retrieve" else ClusterSerializer
+
+    @extend_schema(request=NewClusterSerializer, responses={201: ClusterSerializer})
+    def create(self, request: Request) -> Response:
+        """Register a cluster from a kubeconfig (and one of its contexts)."""
+        data = NewClusterSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        cluster = clusters.register(**data.validated_data)
+        return Response(ClusterSerializer(cluster).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: Cluster) -> None:
+        clusters.delete(instance)

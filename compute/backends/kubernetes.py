@@ -1,0 +1,612 @@
+"""Kubernetes compute: each job a `batch/v1` Job in its attachment's namespace, run by the
+same launcher as local jobs (shipped in a ConfigMap), followed through watches and pod
+logs, never by asking the API server about each job on each tick.
+
+Per backend (one attachment: a cluster and a namespace): two watch threads (Jobs, Pods,
+by the studio's label) keep a cache and say which jobs have news through a pipe, the
+controller's `events_fd`; one log follower per pod streams its container log. The API
+server sees two writes per job to start it (the Job, then its ConfigMap owned by it) and
+one when it is over (a TTL, so the cluster cleans up after the studio has read all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from django.conf import settings
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from compute import kube, launcher
+from compute.backends import artifacts
+from compute.backends.base import ComputeBackend, LaunchSpec, LogRecord, Observation
+from compute.backends.remote import launch_file
+
+log = logging.getLogger(__name__)
+
+MANAGED = "app.kubernetes.io/managed-by"
+STUDIO = "kubestudio"
+JOB_LABEL = "kstudio.io/job"
+MOUNT = "/kstudio"  # the ConfigMap: launcher.py and launch.json
+ROOT = "/job"  # the job's folder (an emptyDir): code, inputs, outputs
+DONE_TTL = 600  # seconds a finished Job stays for `kubectl` after the studio read it all
+IMAGE_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+
+
+def object_name(job_key: str, name: str) -> str:
+    """A DNS-1123 label (63 characters) unique across workspaces sharing a namespace, the
+    same for the same job (a retried submit finds the Job it made)."""
+    digest = hashlib.sha256(job_key.encode()).hexdigest()[:10]
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40].strip("-") or "job"
+    return f"ks-{slug}-{digest}"
+
+
+def render(
+    spec: LaunchSpec,
+    name: str,
+    namespace: str,
+    studio_url: str,
+    image: str,
+    extension_selector: dict[str, str],
+    shm_size: str = "2g",
+) -> tuple[dict, dict]:
+    """The Job and its ConfigMap, as plain objects (validated in the tests). The pods go
+    where the instance type's selector and the extension's (AND-ed) both allow."""
+    labels = {MANAGED: STUDIO, JOB_LABEL: name}
+    launch = launch_file(spec, ROOT, studio_url)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "data": {
+            "launcher.py": Path(launcher.__file__).read_text(encoding="utf-8"),
+            "launch.json": json.dumps(launch),
+        },
+    }
+    resources: dict[str, Any] = {}
+    if spec.requests:
+        resources["requests"] = {k: str(v) for k, v in spec.requests.items()}
+    if spec.limits:
+        resources["limits"] = {k: str(v) for k, v in spec.limits.items()}
+    container = {
+        "name": "job",
+        "image": image,
+        "command": ["python3", "$(KSTUDIO_DIR)/launcher.py", "$(KSTUDIO_DIR)/launch.json"],
+        "env": [
+            {"name": "KSTUDIO_DIR", "value": MOUNT},
+            {"name": "KSTUDIO_ROOT", "value": ROOT},
+            {"name": "KSTUDIO_TERMINATION_LOG", "value": "/dev/termination-log"},
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+        "resources": resources,
+        "volumeMounts": [
+            {"name": "kstudio", "mountPath": MOUNT, "readOnly": True},
+            {"name": "work", "mountPath": ROOT},
+            {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 - the pod's own
+        ],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [
+            {"name": "kstudio", "configMap": {"name": name}},
+            {"name": "work", "emptyDir": {}},
+            {
+                "name": "dshm",
+                "emptyDir": {
+                    "medium": "Memory",
+                    "sizeLimit": shm_size.upper().replace("G", "Gi").replace("M", "Mi"),
+                },
+            },
+        ],
+        "enableServiceLinks": False,
+    }
+    node_selector = {**spec.node_selector, **extension_selector}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        # A pod lost to node disruption (drain, eviction, preemption) is replaced instead
+        # of failing the job; the command's own failure fails it.
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if spec.timeout:
+        # The launcher stops the command at limits.timeout; this is the backstop.
+        job_spec["activeDeadlineSeconds"] = int(spec.timeout) + int(spec.grace_seconds) + 60
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": job_spec,
+    }
+    return job, config_map
+
+
+def shm_quantity(size: str) -> str:
+    """Azure's `shm_size` (docker's "2g", "512m") as a Kubernetes quantity ("2Gi")."""
+    match = re.fullmatch(r"(\d+)([bkmg]?)", size.strip().lower())
+    if match is None:
+        return size
+    return match[1] + {"": "", "b": "", "k": "Ki", "m": "Mi", "g": "Gi"}[match[2]]
+
+
+def parse_stamp(text: str) -> tuple[int, int]:
+    """An RFC 3339 time with up to nanoseconds as (seconds, nanoseconds): comparable."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = int(datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+    return seconds, int((fraction + "000000000")[:9]) if fraction else 0
+
+
+@dataclass
+class Follower:
+    """One pod's container log, streamed in a thread: lines wait in `lines` until the
+    controller takes them. Resumes where the cursor says, skipping what was read."""
+
+    pod: str
+    job: str
+    after: str = ""  # the timestamp of the last line taken
+    seen: int = 0  # how many lines with exactly that timestamp were taken
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    done: bool = False  # the container ended and its whole log is in `lines`
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class KubernetesBackend(ComputeBackend):
+    kind = "kubernetes"
+
+    @classmethod
+    def from_target(cls, target: Any) -> KubernetesBackend:
+        cluster = target.cluster
+        if cluster is None:
+            raise LookupError(f"Compute target {target.name!r} has no cluster attached.")
+        extension = cluster.settings or {}
+        return cls(
+            kube.api_client(cluster),
+            namespace=target.namespace or "default",
+            studio_url=cluster.studio_url or settings.STUDIO_PUBLIC_URL,
+            node_selector=dict(extension.get("nodeSelector") or {}),
+        )
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        studio_url: str,
+        node_selector: dict[str, str] | None = None,
+    ) -> None:
+        self.api = api
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.studio_url = studio_url
+        self.node_selector = node_selector or {}
+        self.jobs: dict[str, dict[str, Any]] = {}  # by name, from the watch
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.synced = {"jobs": threading.Event(), "pods": threading.Event()}
+        self.followers: dict[str, Follower] = {}
+        self.canceled: set[str] = set()
+        self.done_marked: set[str] = set()
+        self.news: set[str] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.watching = False
+
+    # -- starting ------------------------------------------------------------------------------
+    def enforcement_notes(self, requests: dict[str, Any], limits: dict[str, Any]) -> list[str]:
+        return []  # the kubelet enforces requests and limits, GPUs included
+
+    def submit(self, spec: LaunchSpec) -> dict[str, Any]:
+        name = object_name(spec.job_key, spec.name)
+        job, config_map = render(
+            spec,
+            name,
+            self.namespace,
+            self.studio_url,
+            spec.image or settings.STUDIO_KUBERNETES_IMAGE,
+            self.node_selector,
+        )
+        try:
+            made: Any = self.batch.create_namespaced_job(self.namespace, cast(Any, job))
+        except ApiException as exc:
+            if exc.status != 409:  # 409: made by an earlier try, which got no answer
+                raise RuntimeError(kube.in_words(exc)) from exc
+            made = self.batch.read_namespaced_job(name, self.namespace)
+        config_map["metadata"]["ownerReferences"] = [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": name,
+                "uid": made.metadata.uid,
+                "controller": True,
+                "blockOwnerDeletion": False,
+            }
+        ]
+        try:
+            self.core.create_namespaced_config_map(self.namespace, cast(Any, config_map))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise RuntimeError(kube.in_words(exc)) from exc
+        return {
+            "namespace": self.namespace,
+            "name": name,
+            "uid": made.metadata.uid,
+            "job_id": spec.job_id,
+            "outputs": ["default", *spec.outputs],
+        }
+
+    # -- watching --------------------------------------------------------------------------------
+    def _start_watching(self) -> None:
+        with self.lock:
+            if self.watching:
+                return
+            self.watching = True
+        for kind in ("jobs", "pods"):
+            threading.Thread(
+                target=self._watch,
+                args=(kind,),
+                daemon=True,
+                name=f"k8s-watch-{kind}-{self.namespace}",
+            ).start()
+
+    def _watch(self, kind: str) -> None:
+        """List, then watch from the list's resourceVersion; 410 Gone: list again;
+        trouble: wait (up to 30 s, doubling) and go on. Raw JSON throughout: the client's
+        models would cost more than the rest of the work."""
+        lister: Any = (
+            self.batch.list_namespaced_job if kind == "jobs" else self.core.list_namespaced_pod
+        )
+        cache = self.jobs if kind == "jobs" else self.pods
+        selector = f"{MANAGED}={STUDIO}"
+        backoff = 0.2
+        version = ""
+        while not self.stop.is_set():
+            try:
+                if not version:
+                    response = lister(
+                        self.namespace, label_selector=selector, _preload_content=False
+                    )
+                    listed = json.loads(response.data)
+                    fresh = {o["metadata"]["name"]: o for o in listed["items"]}
+                    with self.lock:
+                        gone = set(cache) - set(fresh)
+                        cache.clear()
+                        cache.update(fresh)
+                    self.synced[kind].set()
+                    self._tell({self._job_of(kind, o) for o in fresh.values()} | gone)
+                    version = listed["metadata"]["resourceVersion"]
+                response = lister(
+                    self.namespace,
+                    label_selector=selector,
+                    resource_version=version,
+                    watch=True,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=60,
+                    _preload_content=False,
+                )
+                for raw in response:  # one JSON event a line
+                    event = json.loads(raw)
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        if obj.get("code") == 410:
+                            version = ""  # too old: list again
+                            break
+                        raise RuntimeError(obj.get("message", "watch error"))
+                    version = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    name = obj["metadata"]["name"]
+                    with self.lock:
+                        if event["type"] == "DELETED":
+                            cache.pop(name, None)
+                        else:
+                            cache[name] = obj
+                    self._tell({self._job_of(kind, obj)})
+                    if self.stop.is_set():
+                        return
+                backoff = 0.2
+            except Exception as exc:
+                if isinstance(exc, ApiException) and exc.status == 410:
+                    version = ""
+                    continue
+                log.warning("watching %s in %s: %s", kind, self.namespace, kube.in_words(exc))
+                self.stop.wait(backoff)
+                backoff = min(30.0, backoff * 2)
+
+    @staticmethod
+    def _job_of(kind: str, obj: dict[str, Any]) -> str:
+        labels = obj["metadata"].get("labels") or {}
+        return str(labels.get(JOB_LABEL) or obj["metadata"]["name"])
+
+    def _tell(self, names: set[str]) -> None:
+        names.discard("")
+        if not names:
+            return
+        with self.lock:
+            self.news |= names
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.write_fd, b"!")
+
+    def events_fd(self) -> int | None:
+        self._start_watching()
+        return self.read_fd
+
+    def watch(self, runtime: dict[str, Any]) -> str | None:
+        self._start_watching()
+        return str(runtime["name"])
+
+    def unwatch(self, runtime: dict[str, Any]) -> None:
+        name = str(runtime.get("name"))
+        with self.lock:
+            for pod, follower in list(self.followers.items()):
+                if pod.startswith(name + "-"):
+                    del self.followers[pod]
+                    follower.done = True
+
+    def changed(self) -> set[str]:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.read_fd, 4096)
+        with self.lock:
+            news, self.news = self.news, set()
+        return news
+
+    # -- logs --------------------------------------------------------------------------------
+    def _follow(self, follower: Follower) -> None:
+        backoff = 0.2
+        while not follower.done and not self.stop.is_set():
+            skip = follower.seen  # lines at exactly `after` taken already
+            since = None
+            if follower.after:  # resume a little before it (clocks differ), skip what was read
+                since = int(time.time() - parse_stamp(follower.after)[0]) + 5
+            try:
+                response: Any = self.core.read_namespaced_pod_log(
+                    follower.pod,
+                    self.namespace,
+                    container="job",
+                    follow=True,
+                    timestamps=True,
+                    since_seconds=since,
+                    _preload_content=False,
+                )
+                pending = b""
+                for chunk in response.stream(64 * 1024):
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    skip = self._take(follower, complete, skip)
+                self._take(follower, [pending] if pending else [], skip)
+            except ApiException as exc:
+                if exc.status == 404:  # the pod is gone, and its log with it
+                    follower.done = True
+                # else (400: not started yet; 5xx): try again
+            except Exception as exc:
+                log.debug("following %s: %s", follower.pod, exc)
+            with self.lock:
+                pod = self.pods.get(follower.pod)
+            if follower.done or pod is None or self._terminated(pod) is not None:
+                follower.done = True  # the stream ended after the container: all is read
+                self._tell({follower.job})
+                return
+            self.stop.wait(backoff)
+            backoff = min(5.0, backoff * 2)
+
+    def _take(self, follower: Follower, raw_lines: list[bytes], skip: int) -> int:
+        """Keep the new lines of a (re)connected stream; returns how many lines at the
+        resume point are still to be skipped."""
+        taken = []
+        last = parse_stamp(follower.after) if follower.after else None
+        for raw in raw_lines:
+            stamp_text, _, line = raw.decode("utf-8", errors="replace").rstrip("\r").partition(" ")
+            try:
+                at = parse_stamp(stamp_text)
+            except ValueError:
+                continue
+            if last is not None and at < last:
+                continue
+            if last is not None and at == last and skip > 0:
+                skip -= 1
+                continue
+            taken.append((stamp_text, line))
+            if last is not None and at == last:
+                follower.seen += 1
+            else:
+                follower.after, follower.seen, last = stamp_text, 1, at
+        if taken:
+            with follower.lock:
+                follower.lines.extend(taken)
+            self._tell({follower.job})
+        return skip
+
+    # -- observing ---------------------------------------------------------------------------------
+    @staticmethod
+    def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            if "terminated" in (status.get("state") or {}):
+                return dict(status["state"]["terminated"])
+        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            return {"exitCode": None, "reason": pod["status"].get("reason", "")}
+        return None
+
+    def observe(self, runtime: dict[str, Any], cursor: dict[str, Any]) -> Observation:
+        self._start_watching()
+        name = str(runtime["name"])
+        if not all(e.wait(10) for e in self.synced.values()):
+            return Observation(lines=[], cursor=cursor)  # not listed yet: nothing known
+        with self.lock:
+            job = self.jobs.get(name)
+            pods = sorted(
+                (
+                    p
+                    for p in self.pods.values()
+                    if (p["metadata"].get("labels") or {}).get(JOB_LABEL) == name
+                ),
+                key=lambda p: p["metadata"].get("creationTimestamp") or "",
+            )
+        lines, cursor, logs_complete = self._read_logs(pods, cursor)
+        if job is None:
+            if name in self.canceled:
+                return Observation(lines, cursor, phase="Canceled", reason="Canceled by request.")
+            gone = "The Kubernetes Job was deleted outside the studio."
+            return Observation(lines, cursor, phase="Failed", reason=gone)
+        pod = pods[-1] if pods else None
+        conditions = {
+            c["type"]: c
+            for c in (job.get("status") or {}).get("conditions") or []
+            if c.get("status") == "True"
+        }
+        ended = "Complete" in conditions or "Failed" in conditions
+        if ended and not logs_complete:
+            return Observation(lines, cursor, phase="Finalizing")
+        if "Complete" in conditions:
+            self._mark_done(name)
+            return Observation(
+                lines, cursor, phase="Completed", exit_code=0, outputs=self._outputs(runtime)
+            )
+        if "Failed" in conditions:
+            self._mark_done(name)
+            code, reason = self._why_failed(conditions["Failed"], pod, runtime)
+            return Observation(
+                lines,
+                cursor,
+                phase="Failed",
+                exit_code=code,
+                reason=reason,
+                outputs=self._outputs(runtime),
+            )
+        if pod is None:
+            waiting = "Waiting for the cluster to create the pod."
+            return Observation(lines, cursor, phase="Queued", waiting_reason=waiting)
+        status = pod.get("status") or {}
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                waiting = f"Not scheduled: {condition.get('message')}"
+                return Observation(lines, cursor, phase="Queued", waiting_reason=waiting)
+        for container in status.get("containerStatuses") or []:
+            stuck = (container.get("state") or {}).get("waiting") or {}
+            if stuck.get("reason") in IMAGE_FAILURES:
+                image = pod["spec"]["containers"][0].get("image")
+                self.cancel(runtime, force=True)
+                self.canceled.discard(name)
+                why = f"The image {image} could not be pulled ({stuck['reason']})"
+                detail = stuck.get("message")
+                return Observation(
+                    lines,
+                    cursor,
+                    phase="Failed",
+                    reason=f"{why}: {detail}" if detail else why + ".",
+                )
+        if status.get("phase") == "Running":
+            return Observation(lines, cursor, phase="Running")
+        return Observation(lines, cursor, phase="Preparing")
+
+    def _read_logs(
+        self, pods: list[dict[str, Any]], cursor: dict[str, Any]
+    ) -> tuple[list[LogRecord], dict[str, Any], bool]:
+        """New lines of the job's pods, oldest pod first; whether every log is complete."""
+        records: list[LogRecord] = []
+        cursor = dict(cursor)
+        complete = True
+        for pod in pods:
+            pod_name = pod["metadata"]["name"]
+            if (
+                self._terminated(pod) is None
+                and (pod.get("status") or {}).get("phase") != "Running"
+            ):
+                continue  # not started: no log yet (and none at all if it never starts)
+            with self.lock:
+                follower = self.followers.get(pod_name)
+                if follower is None:
+                    mark = (cursor.get("pods") or {}).get(pod_name) or {}
+                    follower = Follower(
+                        pod_name,
+                        self._job_of("pods", pod),
+                        mark.get("after", ""),
+                        int(mark.get("seen", 0)),
+                    )
+                    self.followers[pod_name] = follower
+                    threading.Thread(target=self._follow, args=(follower,), daemon=True).start()
+            with follower.lock:
+                taken, follower.lines = follower.lines, []
+            mark = (cursor.setdefault("pods", {})).setdefault(pod_name, {"after": "", "seen": 0})
+            for stamp_text, line in taken:
+                if stamp_text == mark["after"]:
+                    mark["seen"] += 1
+                else:
+                    mark["after"], mark["seen"] = stamp_text, 1
+                seconds, nanos = parse_stamp(stamp_text)
+                records.append(LogRecord(ts=seconds + nanos / 1e9, stream="stdout", line=line))
+            complete = complete and follower.done
+        return records, cursor, complete
+
+    def _why_failed(
+        self, condition: dict[str, Any], pod: dict[str, Any] | None, runtime: dict[str, Any]
+    ) -> tuple[int | None, str]:
+        if condition.get("reason") == "DeadlineExceeded":
+            return None, "The job exceeded limits.timeout and Kubernetes stopped it."
+        terminated = self._terminated(pod) if pod else None
+        if not terminated:
+            return None, f"The Kubernetes Job failed: {condition.get('message', '')}".rstrip(": ")
+        code = terminated.get("exitCode")
+        if terminated.get("reason") == "OOMKilled":
+            return code, "The job ran out of memory (OOMKilled): raise its instance type's memory."
+        if (pod or {}).get("status", {}).get("reason") == "Evicted":
+            return code, f"The pod was evicted: {pod['status'].get('message', '')}"  # type: ignore[index]
+        with contextlib.suppress(ValueError, TypeError):
+            ending = json.loads(terminated.get("message") or "")
+            if ending.get("reason"):
+                return ending.get("exit_code", code), str(ending["reason"])
+        return code, f"The command exited with code {code}."
+
+    def _outputs(self, runtime: dict[str, Any]) -> list[dict[str, Any]]:
+        return artifacts.published_outputs(int(runtime["job_id"]), list(runtime["outputs"]))
+
+    def _mark_done(self, name: str) -> None:
+        """The studio has read everything: the cluster may remove the Job in a while."""
+        if name in self.done_marked:
+            return
+        self.done_marked.add(name)
+        with contextlib.suppress(ApiException):
+            self.batch.patch_namespaced_job(
+                name, self.namespace, {"spec": {"ttlSecondsAfterFinished": DONE_TTL}}
+            )
+
+    # -- stopping --------------------------------------------------------------------------
+    def cancel(self, runtime: dict[str, Any], *, force: bool = False) -> None:
+        name = str(runtime["name"])
+        self.canceled.add(name)
+        body = client.V1DeleteOptions(
+            propagation_policy="Foreground", grace_period_seconds=0 if force else None
+        )
+        try:
+            self.batch.delete_namespaced_job(name, self.namespace, body=body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def close(self) -> None:
+        """Stop watching and following (the target changed: a new backend takes over)."""
+        self.stop.set()
+        with self.lock:
+            for follower in self.followers.values():
+                follower.done = True

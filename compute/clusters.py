@@ -1,0 +1,166 @@
+"""Clusters and their attachments, for IT-ops: shared by the console, the API and (through
+the API) the CLI. Credentials go in encrypted and never come back out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from compute import kube, services
+from compute.models import Cluster, ComputeKind, ComputeTarget, namespace_validator
+from studio.errors import Conflict, FieldErrors
+from studio.models import Workspace
+
+MANAGED_LABELS = {"app.kubernetes.io/managed-by": "kubestudio"}
+
+
+def _model_errors(exc: ValidationError) -> FieldErrors:
+    return FieldErrors([(f, m) for f, ms in exc.message_dict.items() for m in ms])
+
+
+def register(
+    name: str,
+    kubeconfig: str = "",
+    context: str = "",
+    *,
+    in_cluster: bool = False,
+    description: str = "",
+    studio_url: str = "",
+) -> Cluster:
+    """A new cluster from a kubeconfig (its context picked) or from the studio's own pod's
+    service account. Not contacted here: `status` says whether it answers."""
+    errors: list[tuple[str, str]] = []
+    server = ""
+    if in_cluster:
+        if kubeconfig:
+            errors.append(("kubeconfig", "give a kubeconfig or in_cluster, not both"))
+    elif not kubeconfig.strip():
+        errors.append(("kubeconfig", "required (or in_cluster, inside the cluster)"))
+    else:
+        try:
+            loaded, context = kube.read_kubeconfig(kubeconfig, context)
+            server = kube.server_of(loaded, context)
+        except kube.ClusterError as exc:
+            field, _, message = str(exc).partition(": ")
+            errors.append((field, message))
+    cluster = Cluster(
+        name=name,
+        kubeconfig=kubeconfig,
+        context=context,
+        in_cluster=in_cluster,
+        server=server,
+        description=description,
+        studio_url=studio_url,
+    )
+    try:
+        cluster.full_clean(exclude=["kubeconfig"])
+    except ValidationError as exc:
+        errors.extend(_model_errors(exc).errors)
+    if errors:
+        raise FieldErrors(errors)
+    cluster.save()
+    return cluster
+
+
+def delete(cluster: Cluster) -> None:
+    attached = list(cluster.attachments.select_related("workspace"))
+    if attached:
+        names = ", ".join(f"{a.workspace.name}/{a.name}" for a in attached)
+        raise Conflict(f"Cluster {cluster.name!r} is attached to {names}: detach them first.")
+    cluster.delete()
+
+
+def status(cluster: Cluster) -> dict[str, Any]:
+    checked = kube.check(cluster)
+    return {
+        "reachable": checked.reachable,
+        "version": checked.version,
+        "message": checked.message,
+        "nodes_ready": checked.nodes_ready,
+        "allowed": checked.allowed,
+        "denied": checked.denied,
+    }
+
+
+def attach(
+    workspace: Workspace,
+    name: str,
+    cluster: Cluster | None,
+    namespace: str = "default",
+    *,
+    create_namespace: bool = False,
+    description: str = "",
+) -> ComputeTarget:
+    """Attach a cluster to a workspace as a compute target whose work runs in `namespace`.
+    Unlike Azure, the namespace is checked now (or created), not at the first job."""
+    errors: list[tuple[str, str]] = []
+    if cluster is None:
+        errors.append(("cluster", "required for a kubernetes compute target"))
+    namespace = namespace or "default"
+    try:
+        namespace_validator(namespace)
+    except ValidationError as exc:
+        errors.append(("namespace", exc.messages[0]))
+    compute = ComputeTarget(
+        workspace=workspace,
+        name=name,
+        kind=ComputeKind.KUBERNETES,
+        cluster=cluster,
+        namespace=namespace,
+        description=description,
+    )
+    try:
+        compute.full_clean(exclude=["workspace", "cluster"])
+    except ValidationError as exc:
+        errors.extend(_model_errors(exc).errors)
+    if ComputeTarget.objects.filter(workspace=workspace, name=name).exists():
+        errors.append(("name", f"a compute target named {name!r} already exists in this workspace"))
+    if errors:
+        raise FieldErrors(errors)
+    assert cluster is not None
+    ensure_namespace(cluster, namespace, create=create_namespace)
+    with transaction.atomic():
+        compute.save()
+        services.became_available(compute)
+    return compute
+
+
+def ensure_namespace(cluster: Cluster, namespace: str, *, create: bool) -> None:
+    """The namespace exists, or is made now when asked; else a clear refusal."""
+    try:
+        core = client.CoreV1Api(kube.api_client(cluster))
+        try:
+            core.read_namespace(namespace)
+            return
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        if not create:
+            raise FieldErrors(
+                [
+                    (
+                        "namespace",
+                        f"{namespace!r} does not exist in cluster {cluster.name!r}: create it, "
+                        "or ask for it to be created (--create-namespace)",
+                    )
+                ]
+            )
+        body: Any = {"metadata": {"name": namespace, "labels": MANAGED_LABELS}}
+        try:
+            core.create_namespace(body)
+        except ApiException as exc:
+            if exc.status != 409:  # made meanwhile: as good
+                raise
+    except FieldErrors:
+        raise
+    except Exception as exc:
+        raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+
+
+def changed(cluster: Cluster) -> None:
+    """New credentials or settings: each attachment's backend is built again."""
+    cluster.attachments.update(updated_at=cluster.updated_at)

@@ -1,0 +1,143 @@
+"""Talking to a registered cluster with the official `kubernetes` client: building its
+client from the stored kubeconfig, and saying in words what went wrong."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import urllib3
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+if TYPE_CHECKING:
+    from compute.models import Cluster
+
+# What the studio does in an attachment's namespace, and must be allowed to.
+NEEDED = [
+    ("create", "batch", "jobs"),
+    ("delete", "batch", "jobs"),
+    ("watch", "batch", "jobs"),
+    ("create", "", "configmaps"),
+    ("watch", "", "pods"),
+    ("get", "", "pods/log"),
+]
+
+
+class ClusterError(Exception):
+    """The cluster could not be used; the message says why, for a person."""
+
+
+def read_kubeconfig(text: str, context: str = "") -> tuple[dict[str, Any], str]:
+    """The kubeconfig as a mapping and the context to use, or ClusterError naming the
+    problem (the YAML, a missing context)."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ClusterError(f"kubeconfig: not YAML ({exc.__class__.__name__})") from None
+    if not isinstance(loaded, dict) or not loaded.get("contexts"):
+        raise ClusterError("kubeconfig: no contexts in it (is it a kubeconfig file?)")
+    names = [c.get("name") for c in loaded["contexts"] if isinstance(c, dict)]
+    chosen = context or loaded.get("current-context") or (names[0] if len(names) == 1 else "")
+    if chosen not in names:
+        raise ClusterError(
+            f"context: {chosen!r} is not in the kubeconfig (it has: {', '.join(map(str, names))})"
+            if chosen
+            else f"context: the kubeconfig has several ({', '.join(map(str, names))}); pick one"
+        )
+    return loaded, str(chosen)
+
+
+def server_of(kubeconfig: dict[str, Any], context: str) -> str:
+    ctx = next(c["context"] for c in kubeconfig["contexts"] if c.get("name") == context)
+    for entry in kubeconfig.get("clusters") or []:
+        if entry.get("name") == ctx.get("cluster"):
+            return str((entry.get("cluster") or {}).get("server", ""))
+    return ""
+
+
+def api_client(cluster: Cluster) -> client.ApiClient:
+    """A client for the cluster, as its kubeconfig (or the pod's service account) says:
+    plain http:// servers included, TLS verified as the kubeconfig says."""
+    configuration = client.Configuration()
+    if cluster.in_cluster:
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        kubeconfig, context = read_kubeconfig(cluster.kubeconfig, cluster.context)
+        config.load_kube_config_from_dict(
+            kubeconfig, context=context, client_configuration=configuration
+        )
+    # Requests fail fast and are retried by the caller, never hang a controller pass.
+    configuration.retries = urllib3.Retry(total=2, connect=2, read=0, backoff_factor=0.2)
+    return client.ApiClient(configuration)
+
+
+def in_words(exc: Exception) -> str:
+    """What a failed call means for IT-ops; never the credentials."""
+    if isinstance(exc, ApiException):
+        message = ""
+        with contextlib.suppress(ValueError, AttributeError):
+            message = json.loads(exc.body or "{}").get("message", "")
+        if exc.status == 401:
+            return "unauthorized: the cluster refused these credentials (expired or revoked?)"
+        if exc.status == 403:
+            return f"forbidden: {message or 'the credentials may not do this'}"
+        if exc.status == 404:
+            return f"not found: {message}" if message else "not found"
+        return f"the API server answered {exc.status} {exc.reason}: {message}".rstrip(": ")
+    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        reason = getattr(exc, "reason", None) or exc
+        return f"unreachable: {reason.__class__.__name__}: {str(reason).split(': ', 1)[-1]}"
+    if isinstance(exc, config.ConfigException):
+        return f"kubeconfig: {exc}"
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+@dataclass
+class ClusterStatus:
+    reachable: bool
+    message: str = ""
+    version: str = ""
+    nodes_ready: int | None = None
+    allowed: list[str] = field(default_factory=list)
+    denied: list[str] = field(default_factory=list)
+
+
+def check(cluster: Cluster, namespace: str = "default") -> ClusterStatus:
+    """The server version, whether the credentials work, and what they may do."""
+    try:
+        api = api_client(cluster)
+        version = client.VersionApi(api).get_code().git_version
+    except Exception as exc:
+        return ClusterStatus(reachable=False, message=in_words(exc))
+    status = ClusterStatus(reachable=True, version=version)
+    try:
+        auth = client.AuthorizationV1Api(api)
+        for verb, group, resource in NEEDED:
+            plural, _, sub = resource.partition("/")
+            review = client.V1SelfSubjectAccessReview(
+                spec=client.V1SelfSubjectAccessReviewSpec(
+                    resource_attributes=client.V1ResourceAttributes(
+                        namespace=namespace,
+                        verb=verb,
+                        group=group,
+                        resource=plural,
+                        subresource=sub or None,
+                    )
+                )
+            )
+            answer: Any = auth.create_self_subject_access_review(review)
+            allowed = bool(answer.status and answer.status.allowed)
+            (status.allowed if allowed else status.denied).append(f"{verb} {resource}")
+        nodes: Any = client.CoreV1Api(api).list_node().items
+        status.nodes_ready = sum(
+            1
+            for node in nodes
+            if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+        )
+    except Exception as exc:
+        status.message = in_words(exc)
+    return status

@@ -1,0 +1,539 @@
+"""The cluster behind the fake API server: nodes, a scheduler, the Job controller, a
+kubelet that really runs each pod's command on this host, and pod logs as the kubelet
+reports them (RFC 3339 timestamps, `sinceTime`, `follow`).
+
+A pod's volumes are folders in a sandbox of its own: a container path under a volume's
+mountPath (or the termination message path) is rewritten to the sandbox in the
+container's environment, the only place this kubelet looks, as it cannot remount the
+host's file system. Images are not pulled: the command runs on this host's programs,
+except that an image named `*:unpullable` fails to pull, as a wrong name would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tests.kube.apiserver import ApiError, ApiServer, Kind, now_rfc3339
+
+UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def quantity(value: Any) -> float:
+    text = str(value)
+    if text.endswith("m"):
+        return float(text[:-1]) / 1000
+    for suffix, factor in UNITS.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def stamp(at: float) -> str:
+    whole = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{whole}.{int((at % 1) * 1e9):09d}Z"
+
+
+def parse_time(text: str) -> float:
+    text = text.rstrip("Z")
+    whole, _, fraction = text.partition(".")
+    base = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return base + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+@dataclass
+class Running:
+    """A pod's container as the kubelet runs it."""
+
+    process: subprocess.Popen[bytes] | None = None
+    sandbox: str = ""
+    lines: list[tuple[float, bytes]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str = ""
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.api = ApiServer()
+        self.api.on_change.append(self._heard)
+        self.api.log_source = self.logs
+        self.work: queue.Queue[tuple[str, Kind, dict[str, Any]] | None] = queue.Queue()
+        self.pods: dict[tuple[str, str], Running] = {}
+        self.lock = threading.RLock()
+        self.worker = threading.Thread(target=self._work, daemon=True, name="fake-cluster")
+        self.url = ""
+
+    def start(self) -> FakeCluster:
+        self.url = self.api.start()
+        self.worker.start()
+        return self
+
+    def stop(self) -> None:
+        self.work.put(None)
+        with self.lock:
+            running = list(self.pods.values())
+        for pod in running:
+            self._kill(pod, "cluster stopped")
+        self.api.stop()
+
+    def kubeconfig(self, token: str | None = None) -> dict[str, Any]:
+        return self.api.kubeconfig(self.url, token)
+
+    # -- nodes ---------------------------------------------------------------------------
+    def add_node(
+        self,
+        name: str,
+        labels: dict[str, str] | None = None,
+        cpu: str = "4",
+        memory: str = "16Gi",
+        gpus: int = 0,
+        ready: bool = True,
+    ) -> None:
+        allocatable = {"cpu": cpu, "memory": memory, "pods": "110"}
+        if gpus:
+            allocatable["nvidia.com/gpu"] = str(gpus)
+        self.api.create(
+            self.api.kind("", "nodes"),
+            "",
+            {
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubernetes.io/hostname": name, **(labels or {})},
+                },
+                "status": {
+                    "allocatable": allocatable,
+                    "capacity": allocatable,
+                    "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                },
+            },
+        )
+
+    # -- reacting to writes, one at a time, as controllers do ------------------------------
+    def _heard(self, event: str, kind: Kind, obj: dict[str, Any]) -> None:
+        self.work.put((event, kind, obj))
+
+    def _work(self) -> None:
+        while (item := self.work.get()) is not None:
+            event, kind, obj = item
+            # ApiError: the object went away meanwhile, as in a real cluster.
+            with contextlib.suppress(ApiError):
+                self._react(event, kind, obj)
+
+    def _react(self, event: str, kind: Kind, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        if kind.plural == "jobs" and event == "ADDED":
+            self._create_pod(obj)
+            deadline = obj["spec"].get("activeDeadlineSeconds")
+            if deadline:
+                timer = threading.Timer(deadline, self._deadline, (meta["namespace"], meta["name"]))
+                timer.daemon = True
+                timer.start()
+        elif kind.plural == "pods" and event == "ADDED":
+            self._schedule(obj)
+        elif kind.plural == "pods" and event == "DELETED":
+            with self.lock:
+                pod = self.pods.get((meta["namespace"], meta["name"]))
+            if pod is not None:
+                self._kill(pod, "deleted")
+        elif kind.plural == "nodes":
+            pods = self.api.list(self.api.kind("", "pods"), "")["items"]
+            for pod in pods:
+                if not pod["spec"].get("nodeName") and pod["status"].get("phase") == "Pending":
+                    self._schedule(pod)
+
+    # -- the Job controller ----------------------------------------------------------------
+    def _create_pod(self, job: dict[str, Any]) -> None:
+        meta, template = job["metadata"], job["spec"]["template"]
+        labels = {
+            **(template.get("metadata", {}).get("labels") or {}),
+            "batch.kubernetes.io/job-name": meta["name"],
+            "job-name": meta["name"],
+            "controller-uid": meta["uid"],
+        }
+        self.api.create(
+            self.api.kind("", "pods"),
+            meta["namespace"],
+            {
+                "metadata": {
+                    "name": f"{meta['name']}-{uuid.uuid4().hex[:5]}",
+                    "labels": labels,
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "batch/v1",
+                            "kind": "Job",
+                            "name": meta["name"],
+                            "uid": meta["uid"],
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": template["spec"],
+                "status": {"phase": "Pending"},
+            },
+        )
+
+    def _job_of(self, pod: dict[str, Any]) -> dict[str, Any] | None:
+        name = (pod["metadata"].get("labels") or {}).get("job-name")
+        if not name:
+            return None
+        try:
+            return self.api.get(self.api.kind("batch", "jobs"), pod["metadata"]["namespace"], name)
+        except ApiError:
+            return None
+
+    def _pod_ended(self, pod: dict[str, Any], disrupted: bool) -> None:
+        job = self._job_of(pod)
+        if job is None:
+            return
+        phase = pod["status"]["phase"]
+        policy = (job["spec"].get("podFailurePolicy") or {}).get("rules") or []
+        ignored = disrupted and any(
+            rule.get("action") == "Ignore"
+            and any(c.get("type") == "DisruptionTarget" for c in rule.get("onPodConditions") or [])
+            for rule in policy
+        )
+        if phase == "Failed" and ignored:
+            self._create_pod(job)  # not counted against backoffLimit: a new pod
+            return
+        status = dict(job.get("status") or {})
+        if phase == "Succeeded":
+            status.update(succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+        else:
+            status.update(
+                failed=(status.get("failed") or 0) + 1,
+                conditions=[
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": "Job has reached the specified backoff limit",
+                    }
+                ],
+            )
+        status["completionTime"] = now_rfc3339()
+        self._set_status(self.api.kind("batch", "jobs"), job, status)
+
+    def _deadline(self, namespace: str, name: str) -> None:
+        try:
+            job = self.api.get(self.api.kind("batch", "jobs"), namespace, name)
+        except ApiError:
+            return
+        if any(
+            c["type"] in ("Complete", "Failed")
+            for c in job.get("status", {}).get("conditions") or []
+        ):
+            return
+        self._set_status(
+            self.api.kind("batch", "jobs"),
+            job,
+            {
+                **job.get("status", {}),
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "DeadlineExceeded",
+                        "message": "Job was active longer than specified deadline",
+                    }
+                ],
+            },
+        )
+        for pod in self.api.list(self.api.kind("", "pods"), namespace, f"job-name={name}")["items"]:
+            with contextlib.suppress(ApiError):
+                self.api.delete(self.api.kind("", "pods"), namespace, pod["metadata"]["name"])
+
+    def _set_status(self, kind: Kind, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        for _ in range(5):  # optimistic concurrency, as controllers retry a 409
+            current = self.api.get(kind, meta.get("namespace", ""), meta["name"])
+            current["status"] = status
+            try:
+                self.api.replace(kind, meta.get("namespace", ""), meta["name"], current)
+                return
+            except ApiError as error:
+                if error.code != 409:
+                    raise
+
+    # -- the scheduler -----------------------------------------------------------------------
+    def _schedule(self, pod: dict[str, Any]) -> None:
+        spec = pod["spec"]
+        wanted: dict[str, float] = {}
+        for container in spec["containers"]:
+            for name, value in ((container.get("resources") or {}).get("requests") or {}).items():
+                wanted[name] = wanted.get(name, 0) + quantity(value)
+            limits = (container.get("resources") or {}).get("limits") or {}
+            if "nvidia.com/gpu" in limits:
+                wanted["nvidia.com/gpu"] = wanted.get("nvidia.com/gpu", 0) + quantity(
+                    limits["nvidia.com/gpu"]
+                )
+        nodes = self.api.list(self.api.kind("", "nodes"), "")["items"]
+        selector = spec.get("nodeSelector") or {}
+        reasons: dict[str, int] = {}
+        chosen = None
+        for node in nodes:
+            labels = node["metadata"].get("labels") or {}
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in node["status"].get("conditions") or []
+            )
+            if not ready:
+                reasons["node(s) had untolerated taint {node.kubernetes.io/not-ready: }"] = (
+                    reasons.get("node(s) had untolerated taint {node.kubernetes.io/not-ready: }", 0)
+                    + 1
+                )
+                continue
+            if any(labels.get(k) != v for k, v in selector.items()):
+                key = "node(s) didn't match Pod's node affinity/selector"
+                reasons[key] = reasons.get(key, 0) + 1
+                continue
+            free = self._free(node)
+            short = [name for name, amount in wanted.items() if amount > free.get(name, 0) + 1e-9]
+            if short:
+                for name in short:
+                    reasons[f"Insufficient {name}"] = reasons.get(f"Insufficient {name}", 0) + 1
+                continue
+            chosen = node
+            break
+        meta = pod["metadata"]
+        if chosen is None:
+            detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+            message = (
+                f"0/{len(nodes)} nodes are available: {detail}."
+                if nodes
+                else ("no nodes available to schedule pods")
+            )
+            self._patch_pod(
+                meta,
+                {
+                    "phase": "Pending",
+                    "conditions": [
+                        {
+                            "type": "PodScheduled",
+                            "status": "False",
+                            "reason": "Unschedulable",
+                            "message": message,
+                        }
+                    ],
+                },
+            )
+            return
+        current = self.api.get(self.api.kind("", "pods"), meta["namespace"], meta["name"])
+        current["spec"]["nodeName"] = chosen["metadata"]["name"]
+        self.api.replace(self.api.kind("", "pods"), meta["namespace"], meta["name"], current)
+        threading.Thread(target=self._run, args=(current,), daemon=True).start()
+
+    def _free(self, node: dict[str, Any]) -> dict[str, float]:
+        free = {k: quantity(v) for k, v in node["status"]["allocatable"].items()}
+        for pod in self.api.list(self.api.kind("", "pods"), "")["items"]:
+            if pod["spec"].get("nodeName") != node["metadata"]["name"]:
+                continue
+            if pod["status"].get("phase") in ("Succeeded", "Failed"):
+                continue
+            for container in pod["spec"]["containers"]:
+                for name, value in (
+                    (container.get("resources") or {}).get("requests") or {}
+                ).items():
+                    free[name] = free.get(name, 0) - quantity(value)
+        return free
+
+    @staticmethod
+    def _container(container: dict[str, Any], state: dict[str, Any], ready: bool = False) -> list:
+        """A container status as a kubelet reports it (every required field)."""
+        return [
+            {
+                "name": container["name"],
+                "image": container.get("image", ""),
+                "imageID": "",
+                "ready": ready,
+                "restartCount": 0,
+                "started": "running" in state,
+                "state": state,
+            }
+        ]
+
+    def _patch_pod(self, meta: dict[str, Any], status: dict[str, Any]) -> None:
+        pod = self.api.get(self.api.kind("", "pods"), meta["namespace"], meta["name"])
+        self._set_status(self.api.kind("", "pods"), pod, {**pod.get("status", {}), **status})
+
+    # -- the kubelet -------------------------------------------------------------------------
+    def _run(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        key = (meta["namespace"], meta["name"])
+        container = pod["spec"]["containers"][0]
+        running = Running(sandbox=tempfile.mkdtemp(prefix="pod-"))
+        with self.lock:
+            self.pods[key] = running
+        os.chmod(running.sandbox, 0o755)
+        try:
+            if str(container.get("image", "")).endswith(":unpullable"):
+                message = f'failed to pull image "{container["image"]}": not found'
+                waiting = {"waiting": {"reason": "ErrImagePull", "message": message}}
+                self._patch_pod(meta, {"containerStatuses": self._container(container, waiting)})
+                return
+            creating = {"waiting": {"reason": "ContainerCreating"}}
+            self._patch_pod(meta, {"containerStatuses": self._container(container, creating)})
+            paths = self._mount(pod, running.sandbox)
+            env = {"PATH": os.environ.get("PATH", os.defpath), "HOSTNAME": meta["name"]}
+            for item in container.get("env") or []:
+                value = item.get("value", "")
+                for path, local in paths.items():
+                    if value == path or value.startswith(path.rstrip("/") + "/"):
+                        value = local + value[len(path) :]
+                env[item["name"]] = value
+            argv = [
+                re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), arg)
+                for arg in [*(container.get("command") or []), *(container.get("args") or [])]
+            ]
+            running.process = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=running.sandbox,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            started = {"running": {"startedAt": now_rfc3339()}}
+            statuses = self._container(container, started, ready=True)
+            self._patch_pod(meta, {"phase": "Running", "containerStatuses": statuses})
+            assert running.process.stdout is not None
+            for line in iter(running.process.stdout.readline, b""):
+                running.lines.append((time.time(), line.rstrip(b"\n")))
+            code = running.process.wait()
+            message_file = paths.get(
+                container.get("terminationMessagePath", "/dev/termination-log"), ""
+            )
+            message = ""
+            if message_file and os.path.exists(message_file):
+                with open(message_file, encoding="utf-8", errors="replace") as f:
+                    message = f.read(4096)
+            if running.stop_reason:
+                return  # evicted or deleted: the one who stopped it reports
+            terminated = {
+                "exitCode": code if code >= 0 else 128 - code,
+                "reason": "Completed" if code == 0 else "Error",
+                "message": message,
+                "finishedAt": now_rfc3339(),
+            }
+            phase = "Succeeded" if code == 0 else "Failed"
+            with contextlib.suppress(ApiError):
+                statuses = self._container(container, {"terminated": terminated})
+                self._patch_pod(meta, {"phase": phase, "containerStatuses": statuses})
+                self._pod_ended(self.api.get(self.api.kind("", "pods"), *key), disrupted=False)
+        except ApiError:
+            pass  # deleted meanwhile
+        finally:
+            running.done.set()
+            shutil.rmtree(running.sandbox, ignore_errors=True)
+
+    def _mount(self, pod: dict[str, Any], sandbox: str) -> dict[str, str]:
+        """The pod's volumes as folders of the sandbox; returns container path -> local."""
+        meta, spec = pod["metadata"], pod["spec"]
+        container = spec["containers"][0]
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        paths: dict[str, str] = {}
+        for mount in container.get("volumeMounts") or []:
+            local = os.path.join(sandbox, mount["mountPath"].lstrip("/"))
+            os.makedirs(local, exist_ok=True)
+            os.chmod(local, 0o777)
+            volume = volumes[mount["name"]]
+            if "configMap" in volume:
+                config = None
+                for _ in range(100):  # the kubelet retries until the ConfigMap exists
+                    try:
+                        config = self.api.get(
+                            self.api.kind("", "configmaps"),
+                            meta["namespace"],
+                            volume["configMap"]["name"],
+                        )
+                        break
+                    except ApiError:
+                        time.sleep(0.05)
+                if config is None:
+                    raise ApiError(404, "NotFound", "configmap never appeared")
+                import base64
+
+                for name, text in (config.get("data") or {}).items():
+                    with open(os.path.join(local, name), "w", encoding="utf-8") as f:
+                        f.write(text)
+                for name, data in (config.get("binaryData") or {}).items():
+                    with open(os.path.join(local, name), "wb") as f:
+                        f.write(base64.b64decode(data))
+            paths[mount["mountPath"]] = local
+        termination = container.get("terminationMessagePath", "/dev/termination-log")
+        paths[termination] = os.path.join(sandbox, "termination-log")
+        return paths
+
+    def _kill(self, pod: Running, why: str) -> None:
+        pod.stop_reason = pod.stop_reason or why
+        if pod.process is not None and pod.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pod.process.pid, signal.SIGTERM)
+            try:
+                pod.process.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pod.process.pid, signal.SIGKILL)
+
+    def evict(self, namespace: str, name: str) -> None:
+        """A node drain or preemption: the pod is killed and fails as disrupted."""
+        with self.lock:
+            running = self.pods.get((namespace, name))
+        if running is not None:
+            self._kill(running, "evicted")
+            running.done.wait(10)
+        pod = self.api.get(self.api.kind("", "pods"), namespace, name)
+        self._set_status(
+            self.api.kind("", "pods"),
+            pod,
+            {
+                **pod["status"],
+                "phase": "Failed",
+                "reason": "Evicted",
+                "message": "The node was low on resource: memory.",
+                "conditions": [
+                    {
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "EvictionByEvictionAPI",
+                    }
+                ],
+            },
+        )
+        self._pod_ended(self.api.get(self.api.kind("", "pods"), namespace, name), disrupted=True)
+
+    # -- pod logs ----------------------------------------------------------------------------
+    def logs(self, namespace: str, name: str, query: dict[str, str]) -> Iterator[bytes]:
+        with self.lock:
+            running = self.pods.get((namespace, name))
+        if running is None:
+            raise ApiError(400, "BadRequest", f'container in pod "{name}" is waiting to start')
+        # sinceTime has whole seconds (metav1.Time): a reader resuming must skip what it has.
+        since = int(parse_time(query["sinceTime"])) if query.get("sinceTime") else 0.0
+        if query.get("sinceSeconds"):
+            since = time.time() - int(query["sinceSeconds"])
+        timestamps = query.get("timestamps") == "true"
+        follow = query.get("follow") == "true"
+        sent = 0
+        while True:
+            finished = running.done.is_set()
+            lines = running.lines[sent:]
+            sent += len(lines)
+            for at, line in lines:
+                if at >= since:
+                    yield (f"{stamp(at)} ".encode() if timestamps else b"") + line + b"\n"
+            if not follow or finished:
+                return
+            running.done.wait(0.05)

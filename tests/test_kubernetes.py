@@ -1,0 +1,289 @@
+"""Kubernetes compute, driven over real HTTP with the official client against the fake API
+server of tests/kube (no cluster exists here), whose kubelet really runs each pod."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from django.db import connection
+
+from compute.backends.base import LaunchSpec
+from compute.backends.kubernetes import object_name, render
+from compute.models import Cluster, ComputeTarget
+from jobs import services
+from jobs.models import Job
+from tests.conftest import code_archive, token_for, wait_until
+from tests.kube.cluster import FakeCluster
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+K8S_VERSION = "1.31"
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeCluster]:
+    cluster = FakeCluster().start()
+    cluster.add_node("node-1", {"pool": "cpu"}, cpu="4", memory="16Gi")
+    yield cluster
+    cluster.stop()
+
+
+def register(api: Any, user: Any, kube: FakeCluster, name: str = "lab", **extra: Any) -> Any:
+    body = {"name": name, "kubeconfig": yaml.safe_dump(kube.kubeconfig()), **extra}
+    return api(user).post("/api/v1/clusters/", body, format="json")
+
+
+@pytest.fixture
+def attached(api, people, kube, live_studio) -> ComputeTarget:
+    """A cluster registered and attached to the demo workspace as `k8s` (namespace team-a)."""
+    assert register(api, people.it_ops, kube, studio_url=live_studio.url).status_code == 201
+    made = api(people.it_ops).post(
+        "/api/v1/workspaces/demo/computes/",
+        {"name": "k8s", "type": "kubernetes", "cluster": "lab", "namespace": "team-a",
+         "create_namespace": True},
+        format="json",
+    )  # fmt: skip
+    assert made.status_code == 201, made.content
+    return ComputeTarget.objects.get(name="k8s")
+
+
+def finished(job: Job, timeout: float = 60) -> Job:
+    def ended() -> Job | None:
+        job.refresh_from_db()
+        return job if job.is_terminal else None
+
+    return wait_until(ended, timeout, f"job {job.name} to end")
+
+
+def lines_of(job: Job) -> list[str]:
+    return list(job.log_lines.order_by("seq").values_list("line", flat=True))
+
+
+# -- clusters ------------------------------------------------------------------------------
+def test_a_cluster_is_registered_with_its_credentials_encrypted_and_never_shown(api, people, kube):
+    assert register(api, people.contributor, kube).status_code == 403
+    made = register(api, people.it_ops, kube)
+    assert made.status_code == 201, made.content
+    assert made.json()["server"] == kube.url
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT kubeconfig FROM compute_cluster")
+        stored = cursor.fetchone()[0]
+    assert kube.api.token not in stored and "clusters" not in stored  # encrypted at rest
+    assert Cluster.objects.get().kubeconfig.count(kube.api.token) == 1  # and readable back
+
+    shown = api(people.it_ops).get("/api/v1/clusters/lab/")
+    assert kube.api.token not in shown.content.decode()
+    status = shown.json()["status"]
+    assert status["reachable"] and status["version"] == kube.api.git_version, status
+    assert "create jobs" in status["allowed"] and status["nodes_ready"] == 1
+    listed = api(people.it_ops).get("/api/v1/clusters/").content.decode()
+    assert "lab" in listed and kube.api.token not in listed
+
+
+def test_show_says_in_words_when_a_cluster_is_unreachable_unauthorized_or_limited(
+    api, people, kube
+):
+    config = kube.kubeconfig(token="wrong")
+    body = {"name": "badtoken", "kubeconfig": yaml.safe_dump(config)}
+    assert api(people.it_ops).post("/api/v1/clusters/", body, format="json").status_code == 201
+    status = api(people.it_ops).get("/api/v1/clusters/badtoken/").json()["status"]
+    assert not status["reachable"] and status["message"].startswith("unauthorized")
+
+    config = kube.kubeconfig()
+    config["clusters"][0]["cluster"]["server"] = "http://127.0.0.1:9"  # nothing listens
+    body = {"name": "gone", "kubeconfig": yaml.safe_dump(config)}
+    assert api(people.it_ops).post("/api/v1/clusters/", body, format="json").status_code == 201
+    status = api(people.it_ops).get("/api/v1/clusters/gone/").json()["status"]
+    assert not status["reachable"] and status["message"].startswith("unreachable")
+
+    kube.api.forbidden.add(("create", "jobs"))
+    register(api, people.it_ops, kube)
+    status = api(people.it_ops).get("/api/v1/clusters/lab/").json()["status"]
+    assert "create jobs" in status["denied"] and "watch pods" in status["allowed"]
+
+
+def test_a_bad_kubeconfig_is_refused_naming_the_field(api, people, kube):
+    bad = api(people.it_ops).post(
+        "/api/v1/clusters/", {"name": "x", "kubeconfig": "a: [b"}, format="json"
+    )
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "kubeconfig"
+    wrong_context = register(api, people.it_ops, kube, context="prod")
+    assert wrong_context.status_code == 400
+    assert wrong_context.json()["errors"][0] == {
+        "field": "context",
+        "message": "'prod' is not in the kubeconfig (it has: fake)",
+    }
+    assert not Cluster.objects.exists()
+
+
+def test_attaching_checks_the_namespace_or_creates_it(api, people, kube):
+    assert register(api, people.it_ops, kube).status_code == 201
+    url = "/api/v1/workspaces/demo/computes/"
+    body = {"name": "k8s", "type": "kubernetes", "cluster": "lab", "namespace": "team-a"}
+    missing = api(people.it_ops).post(url, body, format="json")
+    assert missing.status_code == 400
+    assert missing.json()["errors"][0]["field"] == "namespace"
+    assert "does not exist" in missing.json()["errors"][0]["message"]
+    azure = api(people.it_ops).post(url, {**body, "identity": {"type": "system"}}, format="json")
+    assert azure.status_code == 400 and azure.json()["errors"][0]["field"] == "identity"
+    assert not ComputeTarget.objects.filter(name="k8s").exists()
+
+    made = api(people.it_ops).post(url, {**body, "create_namespace": True}, format="json")
+    assert made.status_code == 201, made.content
+    assert made.json()["cluster"] == "lab" and made.json()["namespace"] == "team-a"
+    kube.api.get(kube.api.kind("", "namespaces"), "", "team-a")  # made in the cluster
+    default = api(people.it_ops).post(
+        url, {"name": "k8s-default", "type": "kubernetes", "cluster": "lab"}, format="json"
+    )
+    assert default.status_code == 201 and default.json()["namespace"] == "default"
+
+    refused = api(people.it_ops).delete("/api/v1/clusters/lab/")
+    assert refused.status_code == 409 and "demo/k8s" in refused.json()["detail"]
+
+
+# -- rendering -----------------------------------------------------------------------------
+def test_rendered_objects_are_valid_kubernetes():
+    spec = LaunchSpec(
+        job_key="1/quirky_Name_42",
+        job_id=7,
+        name="quirky_Name_42",
+        command="python train.py",
+        code={"artifact": "x", "filename": "code.tar.gz", "key": "code"},
+        inputs={},
+        outputs={"model": {"type": "uri_folder"}},
+        environment_variables={"A": "1"},
+        timeout=600,
+        requests={"cpu": "500m", "memory": "1Gi"},
+        limits={"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": 1},
+        node_selector={"pool": "gpu"},
+        job_token="kjt_x",
+    )
+    name = object_name(spec.job_key, spec.name)
+    assert len(name) <= 63 and name == object_name(spec.job_key, spec.name)
+    assert name != object_name("2/quirky_Name_42", spec.name)  # another workspace's job
+    job, config_map = render(spec, name, "team-a", "http://studio", "python:3.11-slim", {})
+    for obj in (job, config_map):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert job["spec"]["backoffLimit"] == 0
+
+
+# -- jobs ----------------------------------------------------------------------------------
+JOB = """\
+command: >-
+  python main.py ${{inputs.words}} &&
+  python main.py ${{inputs.words}} > ${{outputs.model}}/m.txt &&
+  echo done
+code: src
+compute: azureml:k8s
+inputs: {words: {type: uri_file, path: ./words.txt}}
+outputs: {model: {type: uri_folder}}
+"""
+
+
+def test_a_job_runs_as_a_kubernetes_job_with_logs_and_outputs(
+    attached, workspace, people, api, kube
+):
+    uploads = {
+        "code": services.Upload(code_archive(), "code.tar.gz"),
+        "inputs.words": services.Upload(io.BytesIO(b"hello pods\n"), "words.txt"),
+    }
+    job = services.submit_yaml(workspace, people.contributor, JOB, uploads)
+    job = finished(job)
+    assert job.status == "Completed", job.failure_reason
+    assert lines_of(job) == ["HELLO PODS", "done"]
+    made = kube.api.get(kube.api.kind("batch", "jobs"), "team-a", job.runtime["name"])
+    assert made["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubestudio"
+    kubernetes_validate.validate(
+        {k: v for k, v in made.items() if k != "status"}, K8S_VERSION, strict=False
+    )
+    response = api(people.reader).get(
+        f"/api/v1/workspaces/demo/jobs/{job.name}/outputs/model/m.txt"
+    )
+    assert response.status_code == 200 and b"".join(response) == b"HELLO PODS\n"
+    history = list(job.status_changes.values_list("status", flat=True))
+    assert history[-3:] == ["Running", "Finalizing", "Completed"]
+
+
+def test_an_unschedulable_job_waits_queued_saying_why_and_runs_once_a_node_fits(
+    attached, workspace, people, kube
+):
+    text = "command: echo fitted\ncompute: azureml:k8s\nresources: {instance_type: big}\n"
+    from compute.models import InstanceType
+
+    InstanceType.objects.create(
+        name="big",
+        node_selector={"pool": "gpu"},
+        resources={"requests": {"cpu": "8", "memory": "4Gi"}, "limits": {"cpu": "8"}},
+    )
+    job = services.submit_yaml(workspace, people.contributor, text, {})
+
+    def waiting() -> bool:
+        job.refresh_from_db()
+        return job.status == "Queued" and "nodes are available" in job.waiting_reason
+
+    wait_until(waiting, 30, "the job to wait with the scheduler's reason")
+    assert "didn't match Pod's node affinity/selector" in job.waiting_reason
+    kube.add_node("gpu-1", {"pool": "gpu"}, cpu="16", memory="64Gi")
+    job = finished(job)
+    assert job.status == "Completed", job.failure_reason
+    assert lines_of(job) == ["fitted"]
+
+
+def test_cancel_deletes_the_kubernetes_job(attached, workspace, people, kube):
+    text = "command: echo started; sleep 60\ncompute: azureml:k8s\n"
+    job = services.submit_yaml(workspace, people.contributor, text, {})
+    wait_until(lambda: lines_of(job) == ["started"], 30, "the job to start")
+    services.cancel(job)
+    job = finished(job)
+    assert job.status == "Canceled"
+    jobs = kube.api.list(kube.api.kind("batch", "jobs"), "team-a")["items"]
+    assert jobs == []  # deleted, its pods and ConfigMap with it
+    assert kube.api.list(kube.api.kind("", "configmaps"), "team-a")["items"] == []
+
+
+def test_a_failing_command_fails_the_job_with_its_exit_code(attached, workspace, people):
+    job = services.submit_yaml(
+        workspace, people.contributor, "command: echo no >&2; exit 3\ncompute: azureml:k8s\n", {}
+    )
+    job = finished(job)
+    assert job.status == "Failed"
+    assert job.exit_code == 3 and "exited with code 3" in job.failure_reason
+    assert lines_of(job) == ["no"]
+
+
+def test_it_ops_register_check_and_attach_a_cluster_with_the_cli(kstudio, people, kube, tmp_path):
+    it_ops = {"KSTUDIO_TOKEN": token_for(people.it_ops)}
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump(kube.kubeconfig()))
+    made = kstudio("cluster", "create", "--name", "lab", "--kubeconfig", str(config), **it_ops)
+    assert made.returncode == 0, made.stderr
+    assert kube.api.token not in made.stdout
+    shown = kstudio("cluster", "show", "lab", **it_ops)
+    assert "reachable    yes" in shown.stdout and kube.api.git_version in shown.stdout
+    as_json = json.loads(kstudio("cluster", "show", "lab", "-o", "json", **it_ops).stdout)
+    assert as_json["status"]["nodes_ready"] == 1 and "kubeconfig" not in as_json
+
+    refused = kstudio("compute", "attach", "--name", "k8s", "--cluster", "lab",
+                      "--namespace", "team-b", **it_ops)  # fmt: skip
+    assert refused.returncode == 2 and "ERROR: namespace: 'team-b' does not exist" in refused.stderr
+    azure = tmp_path / "compute.yml"
+    azure.write_text("name: k8s\ntype: kubernetes\nnamespace: team-b\n")
+    attached = kstudio("compute", "attach", "-f", str(azure), "--cluster", "lab",
+                       "--create-namespace", "-o", "json", **it_ops)  # fmt: skip
+    assert attached.returncode == 0, attached.stderr
+    assert json.loads(attached.stdout)["namespace"] == "team-b"
+    in_use = kstudio("cluster", "delete", "lab", **it_ops)
+    assert in_use.returncode == 1 and "detach them first" in in_use.stderr
+    assert kstudio("compute", "detach", "k8s", **it_ops).returncode == 0
+    assert kstudio("cluster", "delete", "lab", **it_ops).returncode == 0
+    denied = kstudio("cluster", "list")  # a data scientist
+    assert denied.returncode == 1 and "Only IT-ops" in denied.stderr
