@@ -70,8 +70,20 @@ def api_client(cluster: Cluster) -> client.ApiClient:
         config.load_kube_config_from_dict(
             kubeconfig, context=context, client_configuration=configuration
         )
-    # Requests fail fast and are retried by the caller, never hang a controller pass.
-    configuration.retries = urllib3.Retry(total=2, connect=2, read=0, backoff_factor=0.2)
+    # Throttling (429, with its Retry-After) and passing server trouble are retried a few
+    # times, then reported; a POST retried after a lost answer meets 409, which the
+    # backend treats as done (its names are deterministic).
+    configuration.retries = urllib3.Retry(
+        total=4,
+        connect=3,
+        read=0,
+        status=3,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=None,
+        backoff_factor=0.2,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
     return client.ApiClient(configuration)
 
 

@@ -287,3 +287,109 @@ def test_it_ops_register_check_and_attach_a_cluster_with_the_cli(kstudio, people
     assert kstudio("cluster", "delete", "lab", **it_ops).returncode == 0
     denied = kstudio("cluster", "list")  # a data scientist
     assert denied.returncode == 1 and "Only IT-ops" in denied.stderr
+
+
+# -- faults -------------------------------------------------------------------------------------
+def test_throttling_and_server_errors_are_retried_and_forbidden_is_said(
+    attached, workspace, people, kube
+):
+    kube.api.fail_next("POST", r"/jobs$", 500)
+    kube.api.fail_next("POST", r"/configmaps$", 429)
+    job = finished(services.submit_yaml(workspace, people.contributor, JOB_ECHO, {}))
+    assert job.status == "Completed", job.failure_reason
+    assert lines_of(job) == ["hello"]
+
+    kube.api.forbidden.add(("create", "jobs"))
+    job = finished(services.submit_yaml(workspace, people.contributor, JOB_ECHO, {}))
+    assert job.status == "Failed"
+    assert "forbidden" in job.failure_reason and "jobs" in job.failure_reason
+
+
+JOB_ECHO = "command: echo hello\ncompute: azureml:k8s\n"
+TICKS = "command: for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.3; done\ncompute: azureml:k8s\n"
+
+
+def test_watches_resume_after_a_dropped_connection_and_relist_after_410(
+    attached, workspace, people, kube
+):
+    job = services.submit_yaml(workspace, people.contributor, TICKS, {})
+    wait_until(lambda: len(lines_of(job)) >= 2, 30, "the first lines")
+    kube.api.interrupt_watches()  # a blip: resume from the last resourceVersion
+    wait_until(lambda: len(lines_of(job)) >= 4, 30, "more lines")
+    kube.api.interrupt_watches(expire=True)  # and one that outlived the history: 410
+    job = finished(job)
+    assert job.status == "Completed", job.failure_reason
+    assert lines_of(job) == [f"tick {i}" for i in range(1, 7)]  # none lost, none twice
+    watches = [p for m, p in kube.api.requests if m == "GET" and p.endswith("/pods")]
+    assert len(watches) >= 4  # list, watch, resumed watch, relist (+ watch)
+
+
+def test_an_evicted_pod_is_replaced_instead_of_failing_the_job(attached, workspace, people, kube):
+    text = "command: echo up; sleep 1.5; echo finished\ncompute: azureml:k8s\n"
+    job = services.submit_yaml(workspace, people.contributor, text, {})
+    wait_until(lambda: lines_of(job) == ["up"], 30, "the first pod to run")
+    first = kube.api.list(kube.api.kind("", "pods"), "team-a")["items"][0]["metadata"]["name"]
+    kube.evict("team-a", first)
+    job = finished(job)
+    assert job.status == "Completed", job.failure_reason
+    assert lines_of(job) == ["up", "up", "finished"]  # the first pod's line, then the new one's
+    pods = kube.api.list(kube.api.kind("", "pods"), "team-a")["items"]
+    assert len(pods) == 2
+
+
+def test_a_restarted_controller_adopts_running_jobs_without_losing_or_repeating_lines(
+    workspace, people, kube
+):
+    from compute import backends, clusters
+
+    cluster = clusters.register("lab", yaml.safe_dump(kube.kubeconfig()))
+    clusters.attach(workspace, "k8s", cluster, "team-a", create_namespace=True)
+    job = services.submit_yaml(workspace, people.contributor, TICKS, {})
+
+    first = controller_thread("first")
+    wait_until(lambda: len(lines_of(job)) >= 2, 30, "the first lines")
+    first.stop()
+    with backends._lock:  # a new process: no backend, watch or log follower survives
+        for backend in backends._built.values():
+            backend.close()
+        backends._built.clear()
+    second = controller_thread("second")
+    try:
+        job = finished(job)
+    finally:
+        second.stop()
+    assert job.status == "Completed", job.failure_reason
+    assert lines_of(job) == [f"tick {i}" for i in range(1, 7)]
+    assert len(kube.api.list(kube.api.kind("batch", "jobs"), "team-a")["items"]) == 1
+    assert (
+        job.lease_owner == ""
+        and Job.objects.get(pk=job.pk).status_changes.filter(status="Running").count() == 1
+    )
+
+
+class controller_thread:
+    """A controller in a thread of its own, stopped cleanly (as on SIGTERM); its event
+    loop is closed at the end, as a process's would be."""
+
+    def __init__(self, name: str) -> None:
+        import asyncio
+        import threading
+
+        from jobs.controller import Controller
+
+        self.controller = Controller(name=name)
+        self.started = threading.Event()
+
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.stopping = asyncio.Event()
+            self.started.set()
+            await self.controller.run(self.stopping)
+
+        self.thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+        self.thread.start()
+        self.started.wait(10)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.stopping.set)
+        self.thread.join(30)

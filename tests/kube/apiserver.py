@@ -168,6 +168,8 @@ class Store:
     owners: dict[tuple[str, str, str], dict[tuple[str, ...], str]] = field(default_factory=dict)
     history: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
     version: int = 100
+    expired_before: int = 0  # watches from before this version get 410 Gone
+    generation: int = 0  # bumped to end every open watch (a dropped connection)
     lock: threading.Condition = field(default_factory=threading.Condition)
 
     def key(self, kind: Kind, namespace: str, name: str) -> tuple[str, str, str]:
@@ -427,17 +429,18 @@ class ApiServer:
         prefix = f"{kind.group}/{kind.plural}"
         deadline = time.monotonic() + timeout
         with self.store.lock:
-            if self.store.history and since < self.store.history[0][0] - 1:
-                yield {
-                    "type": "ERROR",
-                    "object": ApiError(
-                        410,
-                        "Expired",
-                        f"too old resource version: {since} ({self.store.history[0][0] - 1})",
-                    ).status(),
-                }
+            generation = self.store.generation
+            oldest = self.store.history[0][0] - 1 if self.store.history else self.store.version
+            oldest = max(oldest, self.store.expired_before)
+            if since < oldest:
+                message = f"too old resource version: {since} ({oldest})"
+                yield {"type": "ERROR", "object": ApiError(410, "Expired", message).status()}
                 return
-        while not stop.is_set() and time.monotonic() < deadline:
+        while (
+            not stop.is_set()
+            and time.monotonic() < deadline
+            and generation == self.store.generation
+        ):
             with self.store.lock:
                 pending = [
                     (version, event, obj)
@@ -472,6 +475,16 @@ class ApiServer:
             self.http.shutdown()
             self.http.server_close()
         with self.store.lock:
+            self.store.lock.notify_all()
+
+    def interrupt_watches(self, expire: bool = False) -> None:
+        """End every open watch, as a restarted API server or a network blip would; with
+        expire, also forget the history, so resuming from an old version gets 410."""
+        with self.store.lock:
+            self.store.generation += 1
+            if expire:
+                self.store.expired_before = self.store.version
+                self.store.history.clear()
             self.store.lock.notify_all()
 
     def fail_next(self, method: str, path: str, code: int, times: int = 1) -> None:
