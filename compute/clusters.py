@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from compute import kube, services
+from compute import extension, kube, services
 from compute.models import Cluster, ComputeKind, ComputeTarget, namespace_validator
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
@@ -164,3 +165,38 @@ def ensure_namespace(cluster: Cluster, namespace: str, *, create: bool) -> None:
 def changed(cluster: Cluster) -> None:
     """New credentials or settings: each attachment's backend is built again."""
     cluster.attachments.update(updated_at=cluster.updated_at)
+
+
+# -- the extension --------------------------------------------------------------------------
+def attached_namespaces(cluster: Cluster) -> list[str]:
+    return sorted(set(cluster.attachments.values_list("namespace", flat=True)))
+
+
+def install(cluster: Cluster, pairs: list[str]) -> extension.Outcome:
+    """Apply the extension with these settings (`key=value`, as Azure's names them)."""
+    try:
+        settings = extension.parse_settings(pairs, cluster.settings or {})
+    except ValueError as exc:
+        raise FieldErrors([(f"set.{key}", message) for key, message in exc.args[0]]) from exc
+    try:
+        outcome = extension.install(cluster, attached_namespaces(cluster))
+    except Exception as exc:
+        raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+    if not outcome.problems:
+        cluster.settings = settings
+        cluster.save(update_fields=["settings", "updated_at"])
+        changed(cluster)
+    return outcome
+
+
+def manifests(cluster: Cluster) -> str:
+    """The extension as one YAML stream, for GitOps."""
+    objects = extension.manifests(cluster, attached_namespaces(cluster))
+    return yaml.safe_dump_all(objects, sort_keys=False)
+
+
+def uninstall(cluster: Cluster) -> list[dict[str, str]]:
+    try:
+        return extension.uninstall(cluster, attached_namespaces(cluster))
+    except Exception as exc:
+        raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc

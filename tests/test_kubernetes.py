@@ -393,3 +393,63 @@ class controller_thread:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.stopping.set)
         self.thread.join(30)
+
+
+# -- the extension -----------------------------------------------------------------------------
+def test_the_extension_installs_idempotently_and_uninstalls_only_what_it_made(
+    kstudio, people, kube, tmp_path
+):
+    it_ops = {"KSTUDIO_TOKEN": token_for(people.it_ops)}
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump(kube.kubeconfig()))
+    kstudio("cluster", "create", "--name", "lab", "--kubeconfig", str(config), check=True, **it_ops)
+    kstudio("compute", "attach", "--name", "k8s", "--cluster", "lab", "--namespace", "team-a",
+            "--create-namespace", check=True, **it_ops)  # fmt: skip
+
+    printed = kstudio("cluster", "manifests", "lab", check=True, **it_ops).stdout
+    objects = list(yaml.safe_load_all(printed))
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    kinds = [
+        (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in objects
+    ]
+    assert ("CustomResourceDefinition", "", "instancetypes.kstudio.io") in kinds
+    assert ("Role", "team-a", "kstudio") in kinds and ("Namespace", "", "team-a") in kinds
+
+    first = kstudio("cluster", "install", "lab", "--set", "nodeSelector.pool=cpu",
+                    "-o", "json", **it_ops)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    outcomes = {a["name"]: a["outcome"] for a in json.loads(first.stdout)["applied"]}
+    assert outcomes["instancetypes.kstudio.io"] == "created"
+    assert outcomes["team-a"] == "exists (left as it was)"  # attach made it
+    assert Cluster.objects.get().settings["nodeSelector"] == {"pool": "cpu"}
+    again = json.loads(kstudio("cluster", "install", "lab", "-o", "json", **it_ops).stdout)
+    assert {a["outcome"] for a in again["applied"]} <= {"unchanged", "exists (left as it was)"}
+    managers = kube.api.store.owners[("rbac.authorization.k8s.io/clusterroles", "", "kstudio")]
+    assert set(managers.values()) == {"kubestudio"}  # server-side apply, our field manager
+
+    bad = kstudio("cluster", "install", "lab", "--set", "inferenceRouterServiceType=ingress",
+                  **it_ops)  # fmt: skip
+    assert bad.returncode == 2 and "set.inferenceRouterServiceType" in bad.stderr
+
+    removed = json.loads(kstudio("cluster", "uninstall", "lab", "-o", "json", **it_ops).stdout)
+    outcomes = {a["name"]: a["outcome"] for a in removed["removed"]}
+    assert outcomes["instancetypes.kstudio.io"] == "deleted"
+    assert outcomes["team-a"] == "kept" and outcomes["kstudio-system"] == "deleted"
+    kube.api.get(kube.api.kind("", "namespaces"), "", "team-a")  # the users' work stays
+
+
+def test_install_preflight_lists_problems_and_applies_nothing(api, people, kube):
+    assert register(api, people.it_ops, kube).status_code == 201
+    kube.api.forbidden.add(("patch", "clusterroles"))
+    foreign = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": "instancetypes.kstudio.io"},
+               "spec": {"group": "kstudio.io", "scope": "Cluster", "versions": [],
+                        "names": {"plural": "instancetypes", "kind": "InstanceType"}}}  # fmt: skip
+    kube.api.create(kube.api.kind("apiextensions.k8s.io", "customresourcedefinitions"), "", foreign)
+    result = api(people.it_ops).post("/api/v1/clusters/lab/install/", {}, format="json").json()
+    assert result["applied"] == []
+    assert any("may not apply ClusterRole kstudio" in p for p in result["problems"])
+    assert any("is not the studio's" in p for p in result["problems"])
+    roles = kube.api.list(kube.api.kind("rbac.authorization.k8s.io", "clusterroles"), "")
+    assert roles["items"] == []

@@ -610,6 +610,44 @@ def cluster_show(studio: Studio, name: str, fmt: str) -> None:
     click.echo(tabulate([r for r in rows if r[1] not in ("", None)], tablefmt="plain"))
 
 
+@cluster.command("install")
+@click.argument("name")
+@click.option("--set", "pairs", multiple=True, help="A setting, key=value (repeatable).")
+@output_option
+@pass_studio
+def cluster_install(studio: Studio, name: str, pairs: tuple[str, ...], fmt: str) -> None:
+    """Install or update the studio's extension (CRD, RBAC, namespaces) in the cluster."""
+    result = studio.request("POST", f"/clusters/{name}/install/", json={"set": list(pairs)}).json()
+    if fmt == "json":
+        emit(result, fmt)
+    for problem in result["problems"]:
+        click.echo(f"PROBLEM: {problem}", err=True)
+    if result["problems"]:
+        fail("nothing was applied: fix the problems above and install again")
+    if fmt != "json":
+        emit(result["applied"], fmt, ["kind", "name", "outcome"])
+    if any(a["outcome"].startswith("failed") for a in result["applied"]):
+        sys.exit(1)
+
+
+@cluster.command("manifests")
+@click.argument("name")
+@pass_studio
+def cluster_manifests(studio: Studio, name: str) -> None:
+    """Print the extension's objects as one YAML stream (for GitOps)."""
+    click.echo(studio.request("GET", f"/clusters/{name}/manifests/").text, nl=False)
+
+
+@cluster.command("uninstall")
+@click.argument("name")
+@output_option
+@pass_studio
+def cluster_uninstall(studio: Studio, name: str, fmt: str) -> None:
+    """Remove what install made (attached namespaces are kept)."""
+    result = studio.request("POST", f"/clusters/{name}/uninstall/").json()
+    emit(result["removed"] if fmt != "json" else result, fmt, ["kind", "name", "outcome"])
+
+
 @cluster.command("delete")
 @click.argument("name")
 @pass_studio

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -62,6 +64,29 @@ class NewClusterSerializer(serializers.Serializer[Any]):
         return fields
 
 
+class InstallSerializer(serializers.Serializer[Any]):
+    set = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list,
+        help_text="Settings as key=value: enableTraining, enableInference, nodeSelector.<key>, "
+        "inferenceRouterServiceType, inferenceRouterHA, allowInsecureConnections.",
+    )  # fmt: skip
+
+
+class AppliedSerializer(serializers.Serializer[Any]):
+    kind = serializers.CharField()
+    name = serializers.CharField()
+    outcome = serializers.CharField()
+
+
+class InstallResultSerializer(serializers.Serializer[Any]):
+    problems = serializers.ListField(child=serializers.CharField())
+    applied = AppliedSerializer(many=True)
+
+
+class UninstallResultSerializer(serializers.Serializer[Any]):
+    removed = AppliedSerializer(many=True)
+
+
 class ClusterStatusSerializer(serializers.Serializer[Any]):
     reachable = serializers.BooleanField()
     version = serializers.CharField()
@@ -110,3 +135,25 @@ class ClusterViewSet(
 
     def perform_destroy(self, instance: Cluster) -> None:
         clusters.delete(instance)
+
+    @extend_schema(request=InstallSerializer, responses=InstallResultSerializer)
+    @action(detail=True, methods=["post"])
+    def install(self, request: Request, name: str) -> Response:
+        """Apply the extension (idempotent, server-side apply): the CRD, RBAC, namespaces.
+        With problems found first (preflight), nothing is applied."""
+        data = InstallSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        outcome = clusters.install(self.get_object(), data.validated_data["set"])
+        return Response({"problems": outcome.problems, "applied": outcome.applied})
+
+    @extend_schema(responses={(200, "application/yaml"): str})
+    @action(detail=True, methods=["get"])
+    def manifests(self, request: Request, name: str) -> HttpResponse:
+        """The extension's objects as one YAML stream (for GitOps), applied as they are."""
+        return HttpResponse(clusters.manifests(self.get_object()), content_type="application/yaml")
+
+    @extend_schema(request=None, responses=UninstallResultSerializer)
+    @action(detail=True, methods=["post"])
+    def uninstall(self, request: Request, name: str) -> Response:
+        """Remove what install made (attached namespaces are kept: they hold work)."""
+        return Response({"removed": clusters.uninstall(self.get_object())})

@@ -1,0 +1,358 @@
+"""The studio's cluster extension: everything a cluster needs, as plain objects, applied
+idempotently with server-side apply under the studio's own field manager.
+
+What it holds: the InstanceType CRD (cluster-scoped, as Azure's), a ServiceAccount for the
+studio with least-privilege RBAC (a ClusterRole for instance types, nodes and namespaces;
+a Role per attached namespace for jobs, pods, their logs and ConfigMaps) and the attached
+namespaces. `manifests` prints the same objects for GitOps; `uninstall` removes what
+`install` made (objects with the extension's label) and nothing else. Namespaces are
+created when missing and otherwise left as they are; uninstall keeps the attached ones
+(they may hold the users' work) and removes only its own kstudio-system.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from compute import kube
+
+if TYPE_CHECKING:
+    from compute.models import Cluster
+
+GROUP = "kstudio.io"
+VERSION = "v1alpha1"
+AZURE_GROUP = "amlarc.azureml.com"  # Azure's InstanceType group: its files are accepted
+CRD_NAME = f"instancetypes.{GROUP}"
+FIELD_MANAGER = "kubestudio"
+SYSTEM_NAMESPACE = "kstudio-system"
+PART_OF = {"app.kubernetes.io/managed-by": "kubestudio", "app.kubernetes.io/part-of": "kstudio"}
+
+# The extension settings, as Azure's extension names them.
+SETTINGS: dict[str, tuple[type, Any]] = {
+    "enableTraining": (bool, True),
+    "enableInference": (bool, False),
+    "inferenceRouterServiceType": (str, "loadBalancer"),
+    "inferenceRouterHA": (bool, True),
+    "allowInsecureConnections": (bool, False),
+}
+ROUTER_SERVICE_TYPES = ("loadBalancer", "nodePort", "clusterIP")
+
+
+def parse_settings(pairs: list[str], current: dict[str, Any]) -> dict[str, Any]:
+    """`key=value` pairs (as `--set` takes them) onto the current settings; a FieldErrors-
+    style list of problems is raised as ValueError with (field, message) pairs."""
+    settings = {**{k: default for k, (_, default) in SETTINGS.items()}, **current}
+    selector = dict(settings.get("nodeSelector") or {})
+    problems: list[tuple[str, str]] = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            problems.append((key, "expected key=value"))
+        elif key.startswith("nodeSelector."):
+            selector[key.removeprefix("nodeSelector.")] = value
+        elif key not in SETTINGS:
+            problems.append(
+                (key, f"unknown setting (known: {', '.join(SETTINGS)}, nodeSelector.*)")
+            )
+        elif SETTINGS[key][0] is bool:
+            if value.lower() not in ("true", "false"):
+                problems.append((key, "expected true or false"))
+            settings[key] = value.lower() == "true"
+        elif key == "inferenceRouterServiceType" and value not in ROUTER_SERVICE_TYPES:
+            problems.append((key, f"expected one of {', '.join(ROUTER_SERVICE_TYPES)}"))
+        else:
+            settings[key] = value
+    if problems:
+        raise ValueError(problems)
+    settings["nodeSelector"] = selector
+    return settings
+
+
+def _quantity_rule(path: str) -> dict[str, str]:
+    return {"rule": f"string(self.{path}) != '0'", "message": f"{path} must not be zero"}
+
+
+def _resources_schema() -> dict[str, Any]:
+    quantity = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"},
+                                                            {"type": "string"}]}  # fmt: skip
+    gpu = {"type": "integer", "minimum": 0, "nullable": True}
+    return {
+        "type": "object",
+        "required": ["requests", "limits"],
+        "properties": {
+            "requests": {
+                "type": "object",
+                "required": ["cpu", "memory"],
+                "properties": {"cpu": quantity, "memory": quantity},
+                "additionalProperties": False,
+                "x-kubernetes-validations": [_quantity_rule("cpu"), _quantity_rule("memory")],
+            },
+            "limits": {
+                "type": "object",
+                "required": ["cpu", "memory"],
+                "properties": {"cpu": quantity, "memory": quantity, "nvidia.com/gpu": gpu},
+                "additionalProperties": False,
+                "x-kubernetes-validations": [_quantity_rule("cpu"), _quantity_rule("memory")],
+            },
+        },
+    }
+
+
+def crd(group: str = GROUP) -> dict[str, Any]:
+    """The InstanceType CRD, with exactly Azure's fields: nodeSelector, resources."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"instancetypes.{group}", "labels": PART_OF},
+        "spec": {
+            "group": group,
+            "scope": "Cluster",
+            "names": {
+                "plural": "instancetypes",
+                "singular": "instancetype",
+                "kind": "InstanceType",
+                "listKind": "InstanceTypeList",
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "required": ["resources"],
+                                    "properties": {
+                                        "nodeSelector": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                        "resources": _resources_schema(),
+                                    },
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _role_rules() -> list[dict[str, Any]]:
+    return [
+        {"apiGroups": ["batch"], "resources": ["jobs"],
+         "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["configmaps", "services"],
+         "verbs": ["create", "get", "delete"]},
+    ]  # fmt: skip
+
+
+def manifests(cluster: Cluster, namespaces: list[str]) -> list[dict[str, Any]]:
+    """Every object the extension applies, in the order it applies them."""
+    labels = {**PART_OF, "kstudio.io/cluster": cluster.name}
+    subject = {"kind": "ServiceAccount", "name": "kstudio", "namespace": SYSTEM_NAMESPACE}
+    objects: list[dict[str, Any]] = [
+        crd(),
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": SYSTEM_NAMESPACE, "labels": labels}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "kstudio", "namespace": SYSTEM_NAMESPACE, "labels": labels}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "kstudio", "labels": labels},
+         "rules": [
+             {"apiGroups": [GROUP], "resources": ["instancetypes"],
+              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "create"]},
+             {"apiGroups": ["authorization.k8s.io"],
+              "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+              "verbs": ["create"]},
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "kstudio", "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "kstudio"},
+         "subjects": [subject]},
+    ]  # fmt: skip
+    for namespace in sorted(set(namespaces)):
+        objects += [
+            {"apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": namespace, "labels": labels}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "kstudio", "namespace": namespace, "labels": labels},
+             "rules": _role_rules()},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "kstudio", "namespace": namespace, "labels": labels},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                         "name": "kstudio"},
+             "subjects": [subject]},
+        ]  # fmt: skip
+    return objects
+
+
+PLURALS = {
+    "CustomResourceDefinition": "customresourcedefinitions",
+    "Namespace": "namespaces",
+    "ServiceAccount": "serviceaccounts",
+    "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "InstanceType": "instancetypes",
+}
+
+
+def path_of(obj: dict[str, Any], name: str | None = None) -> str:
+    api_version, kind = obj["apiVersion"], obj["kind"]
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    namespace = obj["metadata"].get("namespace")
+    if namespace:
+        base += f"/namespaces/{namespace}"
+    base += f"/{PLURALS[kind]}"
+    return f"{base}/{name}" if name else base
+
+
+def request(api: client.ApiClient, method: str, path: str, *, body: Any = None,
+            query: list[tuple[str, str]] | None = None,
+            content_type: str = "application/json") -> Any:  # fmt: skip
+    """One call by path, for what the typed client has no method for (apply, custom
+    resources); raises ApiException as the typed client does."""
+    method, url, headers, serialized, _ = api.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query or [],
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, url, header_params=headers, body=serialized)
+    response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException(http_resp=response)
+    return json.loads(response.data or b"null")
+
+
+def apply(api: client.ApiClient, obj: dict[str, Any]) -> str:
+    """Server-side apply of one object; returns created, configured or unchanged."""
+    name = obj["metadata"]["name"]
+    try:
+        before = request(api, "GET", path_of(obj, name))["metadata"]["resourceVersion"]
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        before = None
+    after = request(
+        api, "PATCH", path_of(obj, name), body=obj,
+        query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        content_type="application/apply-patch+yaml",
+    )["metadata"]["resourceVersion"]  # fmt: skip
+    if before is None:
+        return "created"
+    return "unchanged" if after == before else "configured"
+
+
+def ensure(api: client.ApiClient, obj: dict[str, Any]) -> str:
+    """Create when missing; an existing object (a namespace with users' work) is left."""
+    try:
+        request(api, "POST", path_of(obj), body=obj)
+        return "created"
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        return "exists (left as it was)"
+
+
+@dataclass
+class Outcome:
+    problems: list[str] = field(default_factory=list)
+    applied: list[dict[str, str]] = field(default_factory=list)
+
+
+def preflight(api: client.ApiClient, objects: list[dict[str, Any]]) -> list[str]:
+    """What would make the install fail or do harm, before anything is applied."""
+    problems = []
+    nodes: Any = client.CoreV1Api(api).list_node().items
+    ready = [n for n in nodes if any(c.type == "Ready" and c.status == "True"
+                                     for c in n.status.conditions or [])]  # fmt: skip
+    if not ready:
+        problems.append("no node is Ready: nothing the studio starts could run")
+    auth = client.AuthorizationV1Api(api)
+    for obj in objects:
+        if obj["kind"] == "Namespace":
+            continue
+        group = obj["apiVersion"].rpartition("/")[0]
+        attributes = client.V1ResourceAttributes(
+            verb="patch", group=group, resource=PLURALS[obj["kind"]],
+            namespace=obj["metadata"].get("namespace"), name=obj["metadata"]["name"])  # fmt: skip
+        answer: Any = auth.create_self_subject_access_review(
+            client.V1SelfSubjectAccessReview(
+                spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes)
+            )
+        )
+        if not (answer.status and answer.status.allowed):
+            problems.append(f"forbidden: these credentials may not apply {obj['kind']} "
+                            f"{obj['metadata']['name']}")  # fmt: skip
+    try:
+        existing = request(api, "GET", path_of(crd(), CRD_NAME))
+        if (existing["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") != (
+            "kubestudio"
+        ):
+            problems.append(f"a CustomResourceDefinition {CRD_NAME} exists and is not the studio's")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    return problems
+
+
+def install(cluster: Cluster, namespaces: list[str]) -> Outcome:
+    api = kube.api_client(cluster)
+    objects = manifests(cluster, namespaces)
+    outcome = Outcome(problems=preflight(api, objects))
+    if outcome.problems:
+        return outcome
+    for obj in objects:
+        meta = obj["metadata"]
+        where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+        try:
+            result = apply(api, obj) if obj["kind"] != "Namespace" else ensure(api, obj)
+        except ApiException as exc:
+            result = f"failed: {kube.in_words(exc)}"
+        outcome.applied.append({"kind": obj["kind"], "name": where + meta["name"],
+                                "outcome": result})  # fmt: skip
+    return outcome
+
+
+def uninstall(cluster: Cluster, namespaces: list[str]) -> list[dict[str, str]]:
+    """Delete what install made, newest first; an object not labelled as the studio's
+    (say, a namespace that existed before) is left alone."""
+    api = kube.api_client(cluster)
+    removed = []
+    for obj in reversed(manifests(cluster, namespaces)):
+        meta = obj["metadata"]
+        try:
+            found = request(api, "GET", path_of(obj, meta["name"]))
+        except ApiException as exc:
+            if exc.status == 404:
+                continue
+            raise
+        labels = found["metadata"].get("labels") or {}
+        where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+        attached = obj["kind"] == "Namespace" and meta["name"] != SYSTEM_NAMESPACE
+        if attached or labels.get("app.kubernetes.io/managed-by") != "kubestudio":
+            removed.append({"kind": obj["kind"], "name": where + meta["name"], "outcome": "kept"})
+            continue
+        request(api, "DELETE", path_of(obj, meta["name"]))
+        removed.append({"kind": obj["kind"], "name": where + meta["name"], "outcome": "deleted"})
+    return removed
