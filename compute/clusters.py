@@ -11,7 +11,7 @@ from django.db import transaction
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from compute import extension, kube, services
+from compute import extension, instance_types, kube, services
 from compute.models import Cluster, ComputeKind, ComputeTarget, namespace_validator
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
@@ -63,7 +63,9 @@ def register(
         errors.extend(_model_errors(exc).errors)
     if errors:
         raise FieldErrors(errors)
-    cluster.save()
+    with transaction.atomic():
+        cluster.save()
+        instance_types.ensure_default(cluster)
     return cluster
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +18,8 @@ from kubernetes.client.exceptions import ApiException
 
 if TYPE_CHECKING:
     from compute.models import Cluster
+
+log = logging.getLogger(__name__)
 
 # What the studio does in an attachment's namespace, and must be allowed to.
 NEEDED = [
@@ -153,3 +158,52 @@ def check(cluster: Cluster, namespace: str = "default") -> ClusterStatus:
     except Exception as exc:
         status.message = in_words(exc)
     return status
+
+
+def list_and_watch(
+    lister: Callable[..., Any],
+    on_list: Callable[[list[dict[str, Any]]], None],
+    on_event: Callable[[str, dict[str, Any]], None],
+    stop: threading.Event,
+    what: str,
+) -> None:
+    """Keep a view of some objects, as an informer does, until `stop`: list, then watch
+    from the list's resourceVersion; a 410 (too old) lists again; trouble waits (doubling
+    up to 30 s) and resumes. Raw JSON throughout: the client's models cost more than the
+    rest of the work. `lister` is a client list call with its own arguments bound."""
+    backoff = 0.2
+    version = ""
+    while not stop.is_set():
+        try:
+            if not version:
+                listed = json.loads(lister(_preload_content=False).data)
+                on_list(listed["items"])
+                version = listed["metadata"]["resourceVersion"]
+            response = lister(
+                watch=True,
+                resource_version=version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=60,
+                _preload_content=False,
+            )
+            for raw in response:  # one JSON event a line
+                event = json.loads(raw)
+                obj = event["object"]
+                if event["type"] == "ERROR":
+                    if obj.get("code") != 410:
+                        raise RuntimeError(obj.get("message", "watch error"))
+                    version = ""
+                    break
+                version = obj["metadata"]["resourceVersion"]
+                if event["type"] != "BOOKMARK":
+                    on_event(event["type"], obj)
+                if stop.is_set():
+                    return
+            backoff = 0.2
+        except Exception as exc:  # the connection or the server: wait, go on
+            if isinstance(exc, ApiException) and exc.status == 410:
+                version = ""
+                continue
+            log.warning("watching %s: %s", what, in_words(exc))
+            stop.wait(backoff)
+            backoff = min(30.0, backoff * 2)

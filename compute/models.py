@@ -82,25 +82,53 @@ class ComputeTarget(models.Model):
         return self.name
 
     def instance_types(self) -> models.QuerySet["InstanceType"]:
-        """The instance types a job on this target may pick.
+        """The instance types a job on this target may pick: its cluster's InstanceType
+        objects, shared by all its attachments; the local host's set for local targets."""
+        return InstanceType.objects.filter(cluster=self.cluster_id)
 
-        Local targets share the host's instance types, as the targets attached to one
-        Kubernetes cluster will share that cluster's InstanceType objects.
-        """
-        return InstanceType.objects.all()
+
+# Instance type names are Kubernetes object names (DNS-1123 subdomains).
+instance_type_name_validator = RegexValidator(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    "Use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit "
+    "(a Kubernetes object name, at most 253).",
+)
+
+
+class InstanceTypeOrigin(models.TextChoices):
+    STUDIO = "studio", "Made in the studio"
+    CLUSTER = "cluster", "Found in the cluster"
+    BUILTIN = "builtin", "Built in (no object of this name in the cluster)"
 
 
 class InstanceType(models.Model):
-    """Mirrors the cluster-scoped InstanceType CRD: a node selector and resources."""
+    """Mirrors the cluster-scoped InstanceType CRD: a node selector and resources. Each
+    cluster has its own set; the local host's is the set with no cluster."""
 
-    name = models.CharField(max_length=253, unique=True, validators=[name_validator])
+    cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.CASCADE, related_name="instance_types"
+    )
+    name = models.CharField(max_length=253, validators=[instance_type_name_validator])
     description = models.TextField(blank=True)
     node_selector = models.JSONField(default=dict, blank=True, validators=[validate_node_selector])
     resources = models.JSONField(default=dict, blank=True, validators=[validate_resources])
+    origin = models.CharField(
+        max_length=10, choices=InstanceTypeOrigin.choices, default=InstanceTypeOrigin.STUDIO
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ("name",)
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=("cluster", "name"), name="instance_type_name_per_cluster"
+            ),
+            models.UniqueConstraint(
+                fields=("name",),
+                condition=models.Q(cluster=None),
+                name="instance_type_name_on_local_host",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -37,6 +37,7 @@ from django.db.models import Q
 from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
 
+from compute import instance_types
 from compute.backends import LaunchSpec, backend_class, backend_for
 from compute.backends.base import ComputeBackend
 from jobs import events, services, tokens
@@ -123,6 +124,7 @@ class Controller:
             for fd in list(self.readers):
                 self.loop.remove_reader(fd)
             await sync_to_async(self.release_all, thread_sensitive=False, executor=self.executor)()
+            instance_types.stop_following()
             self.executor.shutdown(wait=True)
             log.info("controller %s stopped", self.name)
 
@@ -171,6 +173,8 @@ class Controller:
         if everyone:  # also the fallback for news lost or never told (a launcher killed)
             self.last_sweep = now
             self.sweep()
+            # Each cluster's InstanceType objects, followed into the studio.
+            instance_types.follow_clusters()
         with self.news_lock:
             news, self.news = self.news, set()
         later = set()

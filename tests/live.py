@@ -17,8 +17,9 @@ def free_port() -> int:
 
 
 class LiveStudio:
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready = threading.Event()
         self.failed: BaseException | None = None
@@ -42,7 +43,7 @@ class LiveStudio:
         from studio.asgi import application
 
         config = uvicorn.Config(
-            application, host="127.0.0.1", port=self.port, lifespan="off", log_level="warning"
+            application, host=self.host, port=self.port, lifespan="off", log_level="warning"
         )
         self.server = uvicorn.Server(config)
         stop = asyncio.Event()

@@ -15,7 +15,7 @@ from django.db import connection
 
 from compute.backends.base import LaunchSpec
 from compute.backends.kubernetes import object_name, render
-from compute.models import Cluster, ComputeTarget
+from compute.models import Cluster, ComputeTarget, InstanceType
 from jobs import services
 from jobs.models import Job
 from tests.conftest import code_archive, token_for, wait_until
@@ -220,6 +220,7 @@ def test_an_unschedulable_job_waits_queued_saying_why_and_runs_once_a_node_fits(
     from compute.models import InstanceType
 
     InstanceType.objects.create(
+        cluster=attached.cluster,
         name="big",
         node_selector={"pool": "gpu"},
         resources={"requests": {"cpu": "8", "memory": "4Gi"}, "limits": {"cpu": "8"}},
@@ -453,3 +454,149 @@ def test_install_preflight_lists_problems_and_applies_nothing(api, people, kube)
     assert any("is not the studio's" in p for p in result["problems"])
     roles = kube.api.list(kube.api.kind("rbac.authorization.k8s.io", "clusterroles"), "")
     assert roles["items"] == []
+
+
+# -- instance types --------------------------------------------------------------------------
+AZURE_LIST = """\
+apiVersion: amlarc.azureml.com/v1alpha1
+kind: InstanceTypeList
+items:
+  - metadata:
+      name: cpusmall
+    spec:
+      resources:
+        requests:
+          cpu: "100m"
+          memory: "100Mi"
+        limits:
+          cpu: "1"
+          nvidia.com/gpu: 0
+          memory: "1Gi"
+  - metadata:
+      name: defaultinstancetype
+    spec:
+      resources:
+        requests:
+          cpu: "1"
+          memory: "1Gi"
+        limits:
+          cpu: "1"
+          nvidia.com/gpu: 0
+          memory: "1Gi"
+"""
+AZURE_ONE = """\
+apiVersion: amlarc.azureml.com/v1alpha1
+kind: InstanceType
+metadata:
+  name: myinstancetypename
+spec:
+  nodeSelector:
+    mylabel: mylabelvalue
+  resources:
+    limits:
+      cpu: "1"
+      nvidia.com/gpu: 1
+      memory: "2Gi"
+    requests:
+      cpu: "700m"
+      memory: "1500Mi"
+"""
+
+
+def crd_schema() -> dict:
+    """The CRD's schema as JSON Schema (OpenAPI's `nullable` as a null type)."""
+    from compute import extension
+
+    text = json.dumps(extension.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    return json.loads(
+        text.replace('"nullable": true', '"type": ["integer", "null"]').replace(
+            '"type": "integer", "minimum": 0, "type"', '"minimum": 0, "type"'
+        )
+    )
+
+
+def test_the_crd_schema_takes_azures_examples_and_refuses_what_azure_refuses():
+    import jsonschema
+
+    schema = crd_schema()
+    for text in (AZURE_ONE, AZURE_LIST):
+        document = yaml.safe_load(text)
+        for item in document.get("items") or [document]:
+            jsonschema.validate(item, schema)
+    bad = yaml.safe_load(AZURE_ONE)
+    del bad["spec"]["resources"]["requests"]["memory"]
+    with pytest.raises(jsonschema.ValidationError, match="'memory' is a required property"):
+        jsonschema.validate(bad, schema)
+    bad = yaml.safe_load(AZURE_ONE)
+    bad["spec"]["resources"]["requests"]["nvidia.com/gpu"] = 1
+    with pytest.raises(jsonschema.ValidationError, match="Additional properties"):
+        jsonschema.validate(bad, schema)
+
+
+def test_instance_types_live_in_their_cluster_both_ways(kstudio, people, kube, tmp_path):
+    it_ops = {"KSTUDIO_TOKEN": token_for(people.it_ops)}
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump(kube.kubeconfig()))
+    kstudio("cluster", "create", "--name", "lab", "--kubeconfig", str(config), check=True, **it_ops)
+    kstudio("cluster", "install", "lab", check=True, **it_ops)
+    listed = json.loads(kstudio("instance-type", "list", "--cluster", "lab", "-o", "json").stdout)
+    assert [(i["name"], i["origin"]) for i in listed] == [("defaultinstancetype", "builtin")]
+
+    files = tmp_path / "list.yml"
+    files.write_text(AZURE_LIST)
+    made = kstudio("instance-type", "create", "-f", str(files), "--cluster", "lab", **it_ops)
+    assert made.returncode == 0, made.stderr
+    kinds = kube.api.kind("kstudio.io", "instancetypes")
+    in_cluster = {o["metadata"]["name"] for o in kube.api.list(kinds, "")["items"]}
+    assert in_cluster == {"cpusmall", "defaultinstancetype"}
+
+    # Made with kubectl: in the studio within seconds (the controller's watch).
+    one = yaml.safe_load(AZURE_ONE)
+    one["apiVersion"] = "kstudio.io/v1alpha1"
+    kube.api.create(kinds, "", one)
+
+    def names() -> set[str]:
+        out = kstudio("instance-type", "list", "--cluster", "lab", "-o", "json").stdout
+        return {i["name"] for i in json.loads(out)}
+
+    wait_until(lambda: "myinstancetypename" in names(), 15, "the kubectl-made instance type")
+    # Deleting the default object falls back to the built-in default.
+    deleted = kstudio(
+        "instance-type", "delete", "defaultinstancetype", "--cluster", "lab", **it_ops
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    default = InstanceType.objects.get(cluster__name="lab", name="defaultinstancetype")
+    assert default.origin == "builtin" and default.resources["requests"]["cpu"] == "100m"
+    kube.api.delete(kinds, "", "myinstancetypename")  # kubectl delete
+    wait_until(lambda: "myinstancetypename" not in names(), 15, "the deletion to be seen")
+    # The local host's set is another set.
+    assert "cpusmall" not in {i["name"] for i in json.loads(
+        kstudio("instance-type", "list", "-o", "json").stdout)}  # fmt: skip
+
+
+def test_a_bad_instance_type_file_is_refused_by_field_and_nothing_is_stored(
+    kstudio, people, kube, tmp_path
+):
+    it_ops = {"KSTUDIO_TOKEN": token_for(people.it_ops)}
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump(kube.kubeconfig()))
+    kstudio("cluster", "create", "--name", "lab", "--kubeconfig", str(config), check=True, **it_ops)
+    kstudio("cluster", "install", "lab", check=True, **it_ops)
+    bad = yaml.safe_load(AZURE_LIST)
+    bad["items"][1]["spec"]["resources"]["requests"]["nvidia.com/gpu"] = 1
+    bad["items"][1]["spec"]["resources"]["limits"]["cpu"] = "0"
+    path = tmp_path / "bad.yml"
+    path.write_text(yaml.safe_dump(bad))
+    refused = kstudio("instance-type", "create", "-f", str(path), "--cluster", "lab", **it_ops)
+    assert refused.returncode == 2
+    assert "items[1].spec.resources.requests.nvidia.com/gpu: GPUs are set in limits only" in (
+        refused.stderr
+    )
+    assert "items[1].spec.resources.limits.cpu: must be greater than zero" in refused.stderr
+    kinds = kube.api.kind("kstudio.io", "instancetypes")
+    assert kube.api.list(kinds, "")["items"] == []
+    assert not InstanceType.objects.filter(cluster__name="lab", name="cpusmall").exists()
+    wrong = tmp_path / "wrong.yml"
+    wrong.write_text("apiVersion: v1\nkind: ConfigMap\n")
+    refused = kstudio("instance-type", "create", "-f", str(wrong), "--cluster", "lab", **it_ops)
+    assert refused.returncode == 2 and "apiVersion: expected one of" in refused.stderr

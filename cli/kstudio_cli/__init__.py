@@ -663,11 +663,13 @@ def instance_type() -> None:
 
 
 @instance_type.command("list")
+@click.option("--cluster", default=None, help="A cluster's set (default: the local host's).")
 @output_option
 @pass_studio
-def instance_type_list(studio: Studio, fmt: str) -> None:
+def instance_type_list(studio: Studio, cluster: str | None, fmt: str) -> None:
     """List instance types with their node selector and resources."""
-    items = studio.request("GET", "/instance-types/", params={"limit": 500}).json()["results"]
+    path = f"/clusters/{cluster}/instance-types/" if cluster else "/instance-types/"
+    items = studio.request("GET", path, params={"limit": 500}).json()["results"]
     if fmt == "json":
         emit(items, fmt)
         return
@@ -677,10 +679,44 @@ def instance_type_list(studio: Studio, fmt: str) -> None:
             "node_selector": item.get("nodeSelector") or {},
             "requests": (item.get("resources") or {}).get("requests") or {},
             "limits": (item.get("resources") or {}).get("limits") or {},
+            "origin": item.get("origin", ""),
         }
         for item in items
     ]
-    emit(rows, fmt, ["name", "node_selector", "requests", "limits"])
+    emit(rows, fmt, ["name", "node_selector", "requests", "limits", "origin"])
+
+
+@instance_type.command("create")
+@click.option(
+    "-f",
+    "--file",
+    "file",
+    type=click.File("r"),
+    required=True,
+    help="An InstanceType or InstanceTypeList (kstudio.io or Azure's amlarc group).",
+)
+@click.option("--cluster", required=True, help="The cluster whose set it joins.")
+@output_option
+@pass_studio
+def instance_type_create(studio: Studio, file: Any, cluster: str, fmt: str) -> None:
+    """Create or replace instance types in a cluster, as `kubectl apply` would."""
+    try:
+        document = yaml.safe_load(file)
+    except yaml.YAMLError as exc:
+        fail(f"{file.name}: not YAML: {exc}", 2)
+    made = studio.request("POST", f"/clusters/{cluster}/instance-types/", json=document).json()
+    emit(made, fmt, ["name", "nodeSelector", "resources"])
+
+
+@instance_type.command("delete")
+@click.argument("name")
+@click.option("--cluster", required=True)
+@pass_studio
+def instance_type_delete(studio: Studio, name: str, cluster: str) -> None:
+    """Delete an instance type from a cluster (defaultinstancetype falls back to the
+    built-in one)."""
+    studio.request("DELETE", f"/clusters/{cluster}/instance-types/{name}/")
+    click.echo(f"Deleted instance type {name} from {cluster}.")
 
 
 if __name__ == "__main__":

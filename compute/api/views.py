@@ -52,7 +52,7 @@ class ComputeTargetViewSet(WorkspaceMixin, viewsets.ModelViewSet[ComputeTarget])
 class InstanceTypeViewSet(viewsets.ModelViewSet[InstanceType]):
     """Instance types (the InstanceType CRD's fields): everyone reads, IT-ops manage."""
 
-    queryset = InstanceType.objects.all()
+    queryset = InstanceType.objects.filter(cluster=None)  # the local host's set
     serializer_class = InstanceTypeSerializer
     permission_classes = (IsAuthenticated, IsItOpsOrReadOnly)
     lookup_field = "name"

@@ -12,6 +12,7 @@ one when it is over (a TTL, so the cluster cleans up after the studio has read a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -272,68 +273,31 @@ class KubernetesBackend(ComputeBackend):
             ).start()
 
     def _watch(self, kind: str) -> None:
-        """List, then watch from the list's resourceVersion; 410 Gone: list again;
-        trouble: wait (up to 30 s, doubling) and go on. Raw JSON throughout: the client's
-        models would cost more than the rest of the work."""
+        """The cache of one kind (Jobs or Pods) of the studio's, with news told."""
         lister: Any = (
             self.batch.list_namespaced_job if kind == "jobs" else self.core.list_namespaced_pod
         )
         cache = self.jobs if kind == "jobs" else self.pods
-        selector = f"{MANAGED}={STUDIO}"
-        backoff = 0.2
-        version = ""
-        while not self.stop.is_set():
-            try:
-                if not version:
-                    response = lister(
-                        self.namespace, label_selector=selector, _preload_content=False
-                    )
-                    listed = json.loads(response.data)
-                    fresh = {o["metadata"]["name"]: o for o in listed["items"]}
-                    with self.lock:
-                        gone = set(cache) - set(fresh)
-                        cache.clear()
-                        cache.update(fresh)
-                    self.synced[kind].set()
-                    self._tell({self._job_of(kind, o) for o in fresh.values()} | gone)
-                    version = listed["metadata"]["resourceVersion"]
-                response = lister(
-                    self.namespace,
-                    label_selector=selector,
-                    resource_version=version,
-                    watch=True,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=60,
-                    _preload_content=False,
-                )
-                for raw in response:  # one JSON event a line
-                    event = json.loads(raw)
-                    obj = event["object"]
-                    if event["type"] == "ERROR":
-                        if obj.get("code") == 410:
-                            version = ""  # too old: list again
-                            break
-                        raise RuntimeError(obj.get("message", "watch error"))
-                    version = obj["metadata"]["resourceVersion"]
-                    if event["type"] == "BOOKMARK":
-                        continue
-                    name = obj["metadata"]["name"]
-                    with self.lock:
-                        if event["type"] == "DELETED":
-                            cache.pop(name, None)
-                        else:
-                            cache[name] = obj
-                    self._tell({self._job_of(kind, obj)})
-                    if self.stop.is_set():
-                        return
-                backoff = 0.2
-            except Exception as exc:
-                if isinstance(exc, ApiException) and exc.status == 410:
-                    version = ""
-                    continue
-                log.warning("watching %s in %s: %s", kind, self.namespace, kube.in_words(exc))
-                self.stop.wait(backoff)
-                backoff = min(30.0, backoff * 2)
+
+        def listed(items: list[dict[str, Any]]) -> None:
+            fresh = {o["metadata"]["name"]: o for o in items}
+            with self.lock:
+                gone = set(cache) - set(fresh)
+                cache.clear()
+                cache.update(fresh)
+            self.synced[kind].set()
+            self._tell({self._job_of(kind, o) for o in fresh.values()} | gone)
+
+        def changed(event: str, obj: dict[str, Any]) -> None:
+            with self.lock:
+                if event == "DELETED":
+                    cache.pop(obj["metadata"]["name"], None)
+                else:
+                    cache[obj["metadata"]["name"]] = obj
+            self._tell({self._job_of(kind, obj)})
+
+        selected = functools.partial(lister, self.namespace, label_selector=f"{MANAGED}={STUDIO}")
+        kube.list_and_watch(selected, listed, changed, self.stop, f"{kind} in {self.namespace}")
 
     @staticmethod
     def _job_of(kind: str, obj: dict[str, Any]) -> str:
