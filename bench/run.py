@@ -11,6 +11,7 @@ RUNS = [
     ["submissions.py"],
     ["job_list.py", "--mode", "embedded"],
     ["job_list.py", "--mode", "server"],
+    ["k8s_jobs.py"],
 ]
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import yaml
 from django import forms
 from django.core.exceptions import ValidationError
 
-from compute.models import ComputeTarget, InstanceType
+from compute.models import Cluster, ComputeTarget, InstanceType
 from compute.resources import validate_node_selector, validate_resources
 
 QUANTITY_FIELDS = [
@@ -92,3 +92,65 @@ class InstanceTypeForm(forms.ModelForm[InstanceType]):
         except (yaml.YAMLError, ValidationError):
             self.add_error("node_selector_text", "Must be a YAML mapping of label: value strings.")
         return data
+
+
+class ClusterForm(forms.Form):
+    """Register a cluster: its kubeconfig pasted or uploaded, and which context."""
+
+    name = forms.CharField(max_length=255)
+    kubeconfig = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 8, "class": "code", "spellcheck": "false"}),
+        help_text="Paste it, or upload the file below. Kept encrypted; never shown again.",
+    )
+    kubeconfig_file = forms.FileField(label="…or upload a kubeconfig", required=False)
+    context = forms.CharField(required=False, help_text="Default: the kubeconfig's current one.")
+    studio_url = forms.URLField(
+        assume_scheme="http",
+        label="Studio URL for the cluster's pods",
+        required=False,
+        help_text="How pods reach this studio (default: STUDIO_PUBLIC_URL).",
+    )
+    description = forms.CharField(required=False)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("kubeconfig_file"):
+            data["kubeconfig"] = data["kubeconfig_file"].read().decode("utf-8", errors="replace")
+        return data
+
+
+class AttachForm(forms.Form):
+    """Attach a registered cluster to a workspace, with the namespace its work runs in."""
+
+    name = forms.CharField(max_length=255, help_text="The compute target's name, e.g. k8s.")
+    cluster = forms.ChoiceField()
+    namespace = forms.CharField(initial="default", max_length=63)
+    create_namespace = forms.BooleanField(required=False, label="Create it if it is missing")
+    description = forms.CharField(required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choice = self.fields["cluster"]
+        assert isinstance(choice, forms.ChoiceField)
+        choice.choices = [(c.name, c.name) for c in Cluster.objects.all()]
+
+
+class ExtensionForm(forms.Form):
+    settings = forms.CharField(
+        required=False,
+        label="Settings",
+        widget=forms.Textarea(attrs={"rows": 3, "class": "code", "spellcheck": "false"}),
+        help_text="One key=value a line, as Azure's extension names them: enableTraining, "
+        "enableInference, nodeSelector.&lt;key&gt;, inferenceRouterServiceType, "
+        "inferenceRouterHA, allowInsecureConnections.",
+    )
+
+
+class InstanceTypeYamlForm(forms.Form):
+    document = forms.CharField(
+        label="InstanceType YAML",
+        widget=forms.Textarea(attrs={"rows": 12, "class": "code", "spellcheck": "false"}),
+        help_text="An InstanceType or an InstanceTypeList (kstudio.io/v1alpha1 or Azure's "
+        "amlarc.azureml.com/v1alpha1), as you would `kubectl apply`.",
+    )

@@ -120,6 +120,30 @@ def objects_in(document: Any) -> list[dict[str, Any]]:
     return [document]
 
 
+Wanted = tuple[str, Any, Any, str]  # name, nodeSelector, resources, description
+
+
+def from_document(document: Any) -> list[Wanted]:
+    """What a file asks for, item by item (see `objects_in`)."""
+    return [
+        ((obj.get("metadata") or {}).get("name", ""), (obj.get("spec") or {}).get("nodeSelector")
+         or {}, (obj.get("spec") or {}).get("resources"), "")
+        for obj in objects_in(document)
+    ]  # fmt: skip
+
+
+def save_all(cluster: Cluster, wanted: list[Wanted]) -> list[InstanceType]:
+    """Every item checked before any is applied: one bad item stores nothing."""
+    problems = [
+        (f"items[{i}].{field}" if len(wanted) > 1 else field, message)
+        for i, (name, selector, resources, _) in enumerate(wanted)
+        for field, message in check(name, selector, resources, strict=True)
+    ]
+    if problems:
+        raise FieldErrors(problems)
+    return [save(cluster, *item) for item in wanted]
+
+
 def save(cluster: Cluster | None, name: str, node_selector: Any, resources: Any,
          description: str = "") -> InstanceType:  # fmt: skip
     """Create or replace one instance type of a cluster (or of the local host)."""

@@ -75,6 +75,9 @@ def api_client(cluster: Cluster) -> client.ApiClient:
         config.load_kube_config_from_dict(
             kubeconfig, context=context, client_configuration=configuration
         )
+    # The controller submits several jobs at once, and watches and log followers hold
+    # connections of their own.
+    configuration.connection_pool_maxsize = 32
     # Throttling (429, with its Retry-After) and passing server trouble are retried a few
     # times, then reported; a POST retried after a lost answer meets 409, which the
     # backend treats as done (its names are deterministic).

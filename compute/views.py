@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from compute import services
 from compute.forms import ComputeTargetForm, InstanceTypeForm
-from compute.models import ComputeTarget, InstanceType
+from compute.models import Cluster, ComputeTarget, InstanceType
 from jobs.services import Load, load_by_placement
 from studio import access
 from studio.models import Workspace
@@ -34,24 +34,25 @@ def it_ops_required(view: View) -> View:
 
 @it_ops_required
 def console(request: HttpRequest) -> HttpResponse:
-    workspaces = Workspace.objects.prefetch_related("computes")
+    workspaces = Workspace.objects.prefetch_related("computes__cluster")
     by_compute, by_instance_type = load_by_placement()
-    instance_types = list(InstanceType.objects.all())
+    instance_types = list(InstanceType.objects.filter(cluster=None))
     for instance_type in instance_types:
         instance_type.load = by_instance_type.get(instance_type.name, Load())  # type: ignore[attr-defined]
     for workspace in workspaces:
         for compute in workspace.computes.all():
             compute.load = by_compute.get(compute.pk, Load())  # type: ignore[attr-defined]
-    return render(
-        request,
-        "compute/console.html",
-        {"workspaces": workspaces, "instance_types": instance_types},
-    )
+    context = {
+        "workspaces": workspaces,
+        "instance_types": instance_types,
+        "clusters": Cluster.objects.prefetch_related("attachments"),
+    }
+    return render(request, "compute/console.html", context)
 
 
 @it_ops_required
 def instance_type_edit(request: HttpRequest, name: str | None = None) -> HttpResponse:
-    instance = get_object_or_404(InstanceType, name=name) if name else None
+    instance = get_object_or_404(InstanceType, cluster=None, name=name) if name else None
     form = InstanceTypeForm(request.POST or None, instance=instance)
     if request.method == "POST" and form.is_valid():
         saved = form.save()
@@ -63,7 +64,7 @@ def instance_type_edit(request: HttpRequest, name: str | None = None) -> HttpRes
 @it_ops_required
 @require_POST
 def instance_type_delete(request: HttpRequest, name: str) -> HttpResponse:
-    instance = get_object_or_404(InstanceType, name=name)
+    instance = get_object_or_404(InstanceType, cluster=None, name=name)
     try:
         services.delete_instance_type(instance)
         messages.success(request, f"Instance type {name} deleted.")

@@ -54,6 +54,7 @@ NEWS_EVERY = 0.05
 IDLE_TICK = 1.0  # fallback poll for queued jobs when no wake message came
 LEASE = timedelta(seconds=15)
 CLAIM_BATCH = 20
+SUBMITTERS = 8  # jobs handed to their computes at once
 # A job that cannot be followed for this long, retried every tick meanwhile, fails.
 GIVE_UP_AFTER = 2.0
 # The order the phases follow: a phase seen late passes through the ones before it, so
@@ -77,6 +78,8 @@ class Controller:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:100]
         self.held: dict[int, Held] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="controller")
+        # Submissions to computes, side by side (no database work happens in these).
+        self.submitter = ThreadPoolExecutor(max_workers=SUBMITTERS, thread_name_prefix="submit")
         self.wake = asyncio.Event()
         self.last_claim = 0.0
         self.last_sweep = 0.0
@@ -126,6 +129,7 @@ class Controller:
             await sync_to_async(self.release_all, thread_sensitive=False, executor=self.executor)()
             instance_types.stop_following()
             self.executor.shutdown(wait=True)
+            self.submitter.shutdown(wait=True)
             log.info("controller %s stopped", self.name)
 
     async def _listen(self, stop: asyncio.Event) -> None:
@@ -258,26 +262,29 @@ class Controller:
                     job, Status.PREPARING, waiting_reason="", **self._lease_fields()
                 )
             ]
-        for job in claimed:
-            self.start(job)
+        self.start(*claimed)
         return len(claimed)
 
-    def start(self, job: Job) -> None:
-        backend = backend_for(job.compute, job.compute_kind)
-        try:
-            runtime = backend.submit(launch_spec(job))
-        except Exception as exc:
-            log.exception("could not start job %s", job.name)
-            services.transition(
-                job,
-                Status.FAILED,
-                f"Could not start: {exc}",
-                failure_reason=f"The compute could not start the job: {exc}",
-            )
-            return
-        Job.objects.filter(pk=job.pk).update(runtime=runtime)
-        job.runtime = runtime
-        self.hold(Held(job=job, backend=backend))
+    def start(self, *jobs: Job) -> None:
+        """Hand jobs to their computes. The submissions run side by side (a cluster's API
+        answers each in milliseconds, and one after another would cap the rate at that);
+        what they return is recorded here, in the controller's own thread."""
+        work = [(job, backend_for(job.compute, job.compute_kind)) for job in jobs]
+        specs = [launch_spec(job) for job, _ in work]
+        submissions = list(self.submitter.map(_submit, [b for _, b in work], specs))
+        for (job, backend), (runtime, exc) in zip(work, submissions, strict=True):
+            if exc is not None:
+                log.error("could not start job %s: %s", job.name, exc, exc_info=exc)
+                services.transition(
+                    job,
+                    Status.FAILED,
+                    f"Could not start: {exc}",
+                    failure_reason=f"The compute could not start the job: {exc}",
+                )
+                continue
+            Job.objects.filter(pk=job.pk).update(runtime=runtime)
+            job.runtime = runtime
+            self.hold(Held(job=job, backend=backend))
 
     def hold(self, held: Held) -> None:
         """Follow a job from now on; ask its backend to tell when it has news."""
@@ -443,6 +450,13 @@ class Controller:
         for job_id in list(self.held):
             self.let_go(job_id)
         close_old_connections()
+
+
+def _submit(backend: ComputeBackend, spec: LaunchSpec) -> tuple[dict[str, Any], Exception | None]:
+    try:
+        return backend.submit(spec), None
+    except Exception as exc:  # reported for this job only
+        return {}, exc
 
 
 def launch_spec(job: Job) -> LaunchSpec:

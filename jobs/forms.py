@@ -1,6 +1,7 @@
 from typing import Any
 
 from django import forms
+from django.db.models import Q
 
 from compute.models import ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
@@ -13,12 +14,10 @@ environment:
 """
 
 
-class InstanceTypeChoice(forms.ModelChoiceField[InstanceType]):
-    """Shows the limits next to the name, so the choice is an informed one."""
-
-    def label_from_instance(self, obj: InstanceType) -> str:
-        limits = ", ".join(f"{k} {v}" for k, v in obj.limits.items())
-        return f"{obj.name} ({limits})" if limits else obj.name
+def instance_type_label(obj: InstanceType) -> str:
+    """The limits next to the name, so the choice is an informed one."""
+    limits = ", ".join(f"{k} {v}" for k, v in obj.limits.items())
+    return f"{obj.name} ({limits})" if limits else obj.name
 
 
 class SubmitJobForm(forms.Form):
@@ -30,12 +29,9 @@ class SubmitJobForm(forms.Form):
         required=False,
         empty_label="As in the YAML (else the workspace default)",
     )
-    instance_type = InstanceTypeChoice(
-        queryset=InstanceType.objects.all(),
-        to_field_name="name",
-        required=False,
-        empty_label=f"As in the YAML (else {DEFAULT_INSTANCE_TYPE})",
-    )
+    # Each compute target offers its cluster's instance types (the local host's set for
+    # local ones): grouped by target; submitting checks the name against the target's.
+    instance_type = forms.ChoiceField(required=False)
     spec = forms.CharField(
         label="Job YAML",
         required=False,
@@ -53,6 +49,19 @@ class SubmitJobForm(forms.Form):
         compute_field = self.fields["compute"]
         assert isinstance(compute_field, forms.ModelChoiceField)
         compute_field.queryset = workspace.computes.all()
+        groups: dict[str, list[tuple[str, str]]] = {}
+        clusters = workspace.computes.values("cluster")
+        types = InstanceType.objects.filter(Q(cluster__in=clusters) | Q(cluster=None))
+        by_cluster: dict[int | None, list[InstanceType]] = {}
+        for instance_type in types.order_by("name"):
+            by_cluster.setdefault(instance_type.cluster_id, []).append(instance_type)
+        for target in workspace.computes.all():
+            offered = by_cluster.get(target.cluster_id, [])
+            groups[target.name] = [(t.name, instance_type_label(t)) for t in offered]
+        choice = self.fields["instance_type"]
+        assert isinstance(choice, forms.ChoiceField)
+        grouped = [(f"Offered by {name}", items) for name, items in groups.items()]
+        choice.choices = [("", f"As in the YAML (else {DEFAULT_INSTANCE_TYPE})"), *grouped]
         self.fields["spec"].initial = EXAMPLE
 
     def clean(self) -> dict[str, Any]:

@@ -217,10 +217,10 @@ def submit(request: HttpRequest, workspace: str) -> HttpResponse:
             data = load_yaml(form.cleaned_data["spec"])
             if form.cleaned_data["compute"] is not None:
                 data["compute"] = form.cleaned_data["compute"].name
-            if form.cleaned_data["instance_type"] is not None:
+            if form.cleaned_data["instance_type"]:
                 data.setdefault("resources", {})
                 if isinstance(data["resources"], dict):
-                    data["resources"]["instance_type"] = form.cleaned_data["instance_type"].name
+                    data["resources"]["instance_type"] = form.cleaned_data["instance_type"]
             uploads = {
                 key: services.Upload(file=upload, filename=upload.name or key)
                 for key, upload in request.FILES.items()

@@ -26,6 +26,7 @@ from rest_framework.test import APIClient
 from compute.services import seed_local
 from studio.access import IT_OPS_GROUP
 from studio.models import ApiToken, Membership, Role, Workspace
+from tests.kube.cluster import FakeCluster
 from tests.live import LiveStudio
 
 
@@ -231,3 +232,21 @@ def kstudio(live_studio: LiveStudio, people: People) -> Callable[..., Any]:
         return result
 
     return run
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeCluster]:
+    """A fake Kubernetes cluster over real HTTP (tests/kube) with one 4-CPU node."""
+    cluster = FakeCluster().start()
+    cluster.add_node("node-1", {"pool": "cpu"}, cpu="4", memory="16Gi")
+    yield cluster
+    # The studio's watches and log followers of this cluster end with it, as the
+    # process they would live in would.
+    from compute import backends, instance_types
+
+    instance_types.stop_following()
+    with backends._lock:
+        for backend in backends._built.values():
+            backend.close()
+        backends._built.clear()
+    cluster.stop()

@@ -292,3 +292,58 @@ def test_a_change_during_a_rows_refresh_is_not_lost(people, workspace, page, set
     page.route("**/row/", held_back)
     move([Status.PREPARING])  # no wait: the first refresh starts the chain
     expect(row).to_have_text("Completed", timeout=5_000)  # well before the 15 s poll
+
+
+def test_it_ops_set_up_a_cluster_in_the_console_and_a_job_waits_there_saying_why(
+    people, page, kube
+):
+    """IT-ops go from a kubeconfig to a compute target in the console alone; a data scientist
+    then picks it and an instance type no node can fit, and sees the job Queued with the
+    scheduler's reason."""
+    import yaml
+    from playwright.sync_api import expect
+
+    sign_in(page, "ivan", "pw-ivan-12345")
+    page.goto("/console/")
+    page.click("text=Register a cluster")
+    page.fill("input[name=name]", "lab")
+    page.fill("textarea[name=kubeconfig]", yaml.safe_dump(kube.kubeconfig()))
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Cluster lab")
+    expect(page.locator("#cluster-reachable")).to_contain_text("yes, Kubernetes v1.31.0")
+
+    page.fill("textarea[name=settings]", "enableTraining=true")
+    page.click("text=Install or update the extension")
+    expect(page.locator("#applied")).to_contain_text("instancetypes.kstudio.io")
+
+    page.fill(
+        "textarea[name=document]",
+        "apiVersion: kstudio.io/v1alpha1\nkind: InstanceType\nmetadata: {name: gpu-huge}\n"
+        "spec:\n  nodeSelector: {pool: gpu}\n  resources:\n"
+        "    requests: {cpu: '2', memory: 8Gi}\n"
+        "    limits: {cpu: '2', memory: 8Gi, nvidia.com/gpu: 1}\n",
+    )
+    page.click("text=Apply instance types")
+    expect(page.locator("#instance-types")).to_contain_text("gpu-huge")
+
+    page.goto("/console/")
+    page.click("text=Attach a cluster")
+    page.fill("input[name=name]", "k8s")
+    page.select_option("select[name=cluster]", "lab")
+    page.fill("input[name=namespace]", "team-a")
+    page.check("input[name=create_namespace]")
+    page.click("button[type=submit]")
+    expect(page.get_by_text("k8s attached to demo (team-a).")).to_be_visible()
+
+    page.click("text=Sign out")
+    page.wait_for_url("**/login/")
+    sign_in(page, "carl", "pw-carl-12345")
+    page.goto("/workspaces/demo/jobs/new/")
+    page.select_option("select[name=compute]", "k8s")
+    page.select_option("select[name=instance_type]", "gpu-huge")
+    page.fill("textarea[name=spec]", "command: echo never\ndisplay_name: waits-for-gpu\n")
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_contain_text("waits-for-gpu")
+    expect(page.locator("#job-status")).to_have_text("Queued")
+    expect(page.locator("main")).to_contain_text("0/1 nodes are available", timeout=30_000)
+    expect(page.locator("main")).to_contain_text("didn't match Pod's node affinity/selector")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import kubernetes_validate
@@ -24,14 +23,6 @@ from tests.kube.cluster import FakeCluster
 pytestmark = pytest.mark.django_db(transaction=True)
 
 K8S_VERSION = "1.31"
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeCluster]:
-    cluster = FakeCluster().start()
-    cluster.add_node("node-1", {"pool": "cpu"}, cpu="4", memory="16Gi")
-    yield cluster
-    cluster.stop()
 
 
 def register(api: Any, user: Any, kube: FakeCluster, name: str = "lab", **extra: Any) -> Any:
@@ -600,3 +591,34 @@ def test_a_bad_instance_type_file_is_refused_by_field_and_nothing_is_stored(
     wrong.write_text("apiVersion: v1\nkind: ConfigMap\n")
     refused = kstudio("instance-type", "create", "-f", str(wrong), "--cluster", "lab", **it_ops)
     assert refused.returncode == 2 and "apiVersion: expected one of" in refused.stderr
+
+
+def test_console_pages_refuse_bad_input_by_field_and_store_nothing(client, people, kube):
+    client.force_login(people.contributor)
+    assert client.get("/console/clusters/new/").status_code == 403
+    client.force_login(people.it_ops)
+    bad = client.post("/console/clusters/new/", {"name": "lab", "kubeconfig": "a: [b"})
+    assert bad.status_code == 400 and b"kubeconfig: not YAML" in bad.content
+    assert not Cluster.objects.exists()
+    made = client.post(
+        "/console/clusters/new/", {"name": "lab", "kubeconfig": yaml.safe_dump(kube.kubeconfig())}
+    )
+    assert made.status_code == 302
+    page = client.get("/console/clusters/lab/")
+    assert (
+        b"yes, Kubernetes v1.31.0" in page.content and kube.api.token.encode() not in page.content
+    )
+    client.post("/console/clusters/lab/install/", {"settings": ""})
+    bad_item = AZURE_ONE.replace('cpu: "700m"', 'cpu: "0"')
+    refused = client.post("/console/clusters/lab/instance-types/", {"document": bad_item})
+    assert refused.status_code == 400
+    assert b"spec.resources.requests.cpu: must be greater than zero" in refused.content
+    assert not InstanceType.objects.filter(name="myinstancetypename").exists()
+    attach = client.post(
+        "/console/workspaces/demo/attach/",
+        {"name": "k8s", "cluster": "lab", "namespace": "missing"},
+    )
+    assert attach.status_code == 400 and b"does not exist in cluster" in attach.content
+    manifests = client.get("/console/clusters/lab/manifests/")
+    assert manifests["Content-Type"] == "application/yaml"
+    assert b"kind: ClusterRole" in manifests.content

@@ -17,7 +17,6 @@ from compute import instance_types
 from compute.api.serializers import InstanceTypeSerializer
 from compute.models import Cluster, InstanceType
 from studio.api import IsItOpsOrReadOnly
-from studio.errors import FieldErrors
 
 
 class ClusterInstanceTypeSerializer(InstanceTypeSerializer):
@@ -53,23 +52,11 @@ class ClusterInstanceTypeViewSet(
         cluster = self.cluster()
         body = request.data if isinstance(request.data, dict) else {}
         if "apiVersion" in body:
-            items = [
-                (o.get("metadata") or {}, o.get("spec") or {})
-                for o in instance_types.objects_in(body)
-            ]
-            wanted = [(m.get("name", ""), s.get("nodeSelector") or {}, s.get("resources"), "")
-                      for m, s in items]  # fmt: skip
+            wanted = instance_types.from_document(body)
         else:
             wanted = [(body.get("name", ""), body.get("nodeSelector") or {},
                        body.get("resources"), body.get("description", ""))]  # fmt: skip
-        problems = [
-            (f"items[{i}].{field}" if len(wanted) > 1 else field, message)
-            for i, (name, selector, resources, _) in enumerate(wanted)
-            for field, message in instance_types.check(name, selector, resources, strict=True)
-        ]
-        if problems:  # all checked before any is applied: nothing half-stored
-            raise FieldErrors(problems)
-        saved = [instance_types.save(cluster, *item) for item in wanted]
+        saved = instance_types.save_all(cluster, wanted)
         data = ClusterInstanceTypeSerializer(saved, many=True).data
         return Response(data, status=status.HTTP_201_CREATED)
 

@@ -117,7 +117,7 @@ class LocalBackend(ComputeBackend):
         the studio makes or owns on the way are 0711, the others must already allow it."""
         above = [root.parent, *root.parent.parents]
         for folder in reversed([f for f in above if not f.exists()]):
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)  # jobs start side by side: another may have made it
             folder.chmod(0o711)
         for folder in (self.jobs_dir, *[p for p in root.parents if self.jobs_dir in p.parents]):
             folder.chmod(0o711)  # traverse only; nothing in them is readable
