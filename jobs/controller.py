@@ -26,7 +26,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -40,9 +39,9 @@ from django.utils import timezone
 from compute import instance_types
 from compute.backends import LaunchSpec, backend_class, backend_for
 from compute.backends.base import ComputeBackend
-from jobs import events, services, tokens
+from jobs import events, services
+from jobs.launch import launch_spec
 from jobs.models import ACTIVE, TERMINAL, Job, Status
-from jobs.spec import CommandJob, InlineEnvironment, parse
 
 log = logging.getLogger(__name__)
 
@@ -457,53 +456,3 @@ def _submit(backend: ComputeBackend, spec: LaunchSpec) -> tuple[dict[str, Any], 
         return backend.submit(spec), None
     except Exception as exc:  # reported for this job only
         return {}, exc
-
-
-def launch_spec(job: Job) -> LaunchSpec:
-    spec = parse(dict(job.spec))
-    inputs: dict[str, dict[str, Any]] = {
-        name: {"type": "literal", "value": value} for name, value in spec.literal_values().items()
-    }
-    for name, item in spec.data_inputs().items():
-        if item.path.lower().startswith(("http://", "https://")):
-            inputs[name] = {"type": item.type, "url": item.path}
-        else:
-            inputs[name] = {"type": item.type, **_uploaded(job, f"inputs.{name}")}
-    code = _uploaded(job, "code") if spec.code else None
-    resources = job.resources or {}
-    return LaunchSpec(
-        job_key=f"{job.workspace_id}/{job.name}",
-        job_id=job.pk,
-        name=job.name,
-        command=spec.command,
-        code=code,
-        inputs=inputs,
-        outputs={name: {"type": "uri_folder"} for name in spec.outputs},
-        environment_variables={k: str(v) for k, v in spec.environment_variables.items()},
-        timeout=spec.limits.timeout,
-        requests=dict(resources.get("requests") or {}),
-        limits=dict(resources.get("limits") or {}),
-        node_selector=dict(resources.get("node_selector") or {}),
-        grace_seconds=float(settings.STUDIO_CANCEL_GRACE_SECONDS),
-        job_token=tokens.token_for(job),
-        image=_image(spec),
-    )
-
-
-def _image(spec: CommandJob) -> str:
-    """An inline environment's image; named environments come with their own issue."""
-    environment = spec.environment
-    return (environment.image or "") if isinstance(environment, InlineEnvironment) else ""
-
-
-def _uploaded(job: Job, key: str) -> dict[str, str]:
-    """An upload as the backend fetches it: its artifact, or (jobs submitted before the
-    artifact store) a file on the studio's host."""
-    if key in (job.uploads or {}):
-        return {**job.uploads[key], "key": key}
-    folder = Path(job.upload_dir)
-    filename = folder / f"{key}.filename"
-    return {
-        "path": str(folder / key),
-        "filename": filename.read_text() if filename.exists() else "",
-    }

@@ -22,6 +22,7 @@ from compute.launcher import address_problem, archive_problem
 from compute.models import ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
 from jobs import artifacts, events, names
+from jobs.launch import launch_spec
 from jobs.models import ACTIVE, TERMINAL, Job, LogLine, Status, StatusChange
 from jobs.spec import CommandJob, SpecError, load_yaml, parse
 from studio.errors import Conflict
@@ -70,6 +71,26 @@ def validate(
         raise SpecError(errors)
     assert spec is not None and compute is not None and instance_type is not None
     return spec, compute, instance_type
+
+
+def would_create(
+    workspace: Workspace, data: dict[str, Any], uploads: Mapping[str, Upload] | None = None
+) -> tuple[CommandJob, ComputeTarget, InstanceType, list[dict[str, Any]]]:
+    """`validate`, and the objects the job's compute would create for it (a cluster's Job
+    and ConfigMap; none for local processes). Nothing is stored or created."""
+    spec, compute, instance_type = validate(workspace, data, uploads)
+    job = Job(
+        pk=0,
+        workspace=workspace,
+        name=spec.name or "<generated-at-submit>",
+        spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        resources={"node_selector": instance_type.node_selector, **instance_type.resources},
+        uploads={key: {"artifact": "(kept at submit)", "filename": upload.filename}
+                 for key, upload in (uploads or {}).items()},
+    )  # fmt: skip
+    launch = launch_spec(job)
+    launch.job_token = "(a token for this job alone, made when it starts)"  # noqa: S105
+    return spec, compute, instance_type, backend_for(compute).render(launch)
 
 
 def _check_placement(

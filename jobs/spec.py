@@ -176,7 +176,8 @@ class InlineEnvironment(Strict):
 class Resources(Strict):
     instance_type: StrictStr | None = None
     instance_count: Annotated[StrictInt, Field(ge=1)] = 1
-    shm_size: StrictStr | None = None
+    # Docker's notation, as Azure takes it: 2g, 512m (the pod's /dev/shm on Kubernetes).
+    shm_size: Annotated[StrictStr, Field(pattern=r"^[0-9]+[bkmgBKMG]?$")] | None = None
     properties: dict[str, Any] | None = None
 
 

@@ -390,7 +390,7 @@ async def test_a_job_whose_process_dies_fails_definitely(workspace, people, cont
 
 async def test_submitting_twice_runs_once(workspace, people, controller):
     from compute.backends import backend_for
-    from jobs.controller import launch_spec
+    from jobs.launch import launch_spec
 
     job = await finished(await submit(workspace, people.contributor, "command: echo once\n"))
     backend = backend_for(None, "local")

@@ -14,7 +14,7 @@ from compute import launcher
 from compute.backends import artifacts
 from compute.backends.remote import launch_file
 from jobs import outputs, services, tokens
-from jobs.controller import launch_spec
+from jobs.launch import launch_spec
 from jobs.models import Job
 from tests.conftest import code_archive, token_for
 

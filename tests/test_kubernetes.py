@@ -622,3 +622,30 @@ def test_console_pages_refuse_bad_input_by_field_and_store_nothing(client, peopl
     manifests = client.get("/console/clusters/lab/manifests/")
     assert manifests["Content-Type"] == "application/yaml"
     assert b"kind: ClusterRole" in manifests.content
+
+
+def test_job_validate_prints_the_exact_objects_without_creating_anything(
+    attached, kstudio, kube, tmp_path
+):
+    job = tmp_path / "job.yml"
+    job.write_text("command: echo hi\nresources: {shm_size: 512m}\n")
+    printed = kstudio("job", "validate", "-f", str(job), "--set", "compute=azureml:k8s",
+                      "-o", "yaml")  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    objects = list(yaml.safe_load_all(printed.stdout))
+    assert [o["kind"] for o in objects] == ["Job", "ConfigMap"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pod = objects[0]["spec"]["template"]["spec"]
+    assert objects[0]["metadata"]["namespace"] == "team-a"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"}} in (
+        pod["volumes"]
+    )
+    assert kube.api.count(kube.api.kind("batch", "jobs"), "team-a") == 0  # nothing created
+    assert not Job.objects.exists()
+    local = kstudio("job", "validate", "-f", str(job), "--set", "compute=azureml:local",
+                    "-o", "yaml")  # fmt: skip
+    assert local.returncode == 1 and "creates no Kubernetes objects" in local.stderr
+    job.write_text("command: echo hi\nresources: {shm_size: lots}\n")
+    bad = kstudio("job", "validate", "-f", str(job))
+    assert bad.returncode == 2 and "resources.shm_size" in bad.stderr

@@ -295,13 +295,25 @@ def job_create(
 @job.command("validate")
 @click.option("-f", "--file", required=True, help="The job's YAML file.")
 @click.option("--set", "sets", multiple=True, help="Set a field before validating.")
-@output_option
+@click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="yaml: the exact objects a Kubernetes compute would create, as one YAML stream.",
+)
 @pass_studio
 def job_validate(studio: Studio, file: str, sets: tuple[str, ...], fmt: str) -> None:
     """Check a job file without submitting it (exit 2 with every problem when invalid)."""
     result = _submit(studio, file, sets, studio.jobs_path() + "validate/")
     if fmt == "json":
         emit(result, fmt)
+    elif fmt == "yaml":
+        if not result.get("objects"):
+            fail(f"compute {result['compute']} creates no Kubernetes objects (local processes)")
+        click.echo(yaml.safe_dump_all(result["objects"], sort_keys=False), nl=False)
     else:
         click.echo(
             f"{file} is valid: compute {result['compute']}, "

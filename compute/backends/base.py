@@ -32,6 +32,7 @@ class LaunchSpec:
     # (jobs/api/io.py), and nothing else. Uploads name their `key` there.
     job_token: str = ""
     image: str = ""  # the environment's image, for computes that run images
+    shm_size: str = "2g"  # resources.shm_size: /dev/shm, Azure's default
 
 
 def launcher_bounds() -> dict[str, Any]:
@@ -97,6 +98,11 @@ class ComputeBackend(abc.ABC):
         Idempotent: submitting a job that already started returns the same handle and
         starts nothing new.
         """
+
+    def render(self, spec: LaunchSpec) -> list[dict[str, Any]]:
+        """The objects `submit` would create for this job, where the compute has any (a
+        cluster's Job and ConfigMap), for `job validate` to show; nothing is created."""
+        return []
 
     @abc.abstractmethod
     def observe(self, runtime: dict[str, Any], cursor: dict[str, Any]) -> Observation:

@@ -109,7 +109,7 @@ def render(
                 "name": "dshm",
                 "emptyDir": {
                     "medium": "Memory",
-                    "sizeLimit": shm_size.upper().replace("G", "Gi").replace("M", "Mi"),
+                    "sizeLimit": shm_quantity(shm_size),
                 },
             },
         ],
@@ -219,16 +219,17 @@ class KubernetesBackend(ComputeBackend):
     def enforcement_notes(self, requests: dict[str, Any], limits: dict[str, Any]) -> list[str]:
         return []  # the kubelet enforces requests and limits, GPUs included
 
-    def submit(self, spec: LaunchSpec) -> dict[str, Any]:
+    def render(self, spec: LaunchSpec) -> list[dict[str, Any]]:
+        image = spec.image or settings.STUDIO_KUBERNETES_IMAGE
         name = object_name(spec.job_key, spec.name)
         job, config_map = render(
-            spec,
-            name,
-            self.namespace,
-            self.studio_url,
-            spec.image or settings.STUDIO_KUBERNETES_IMAGE,
-            self.node_selector,
+            spec, name, self.namespace, self.studio_url, image, self.node_selector, spec.shm_size
         )
+        return [job, config_map]
+
+    def submit(self, spec: LaunchSpec) -> dict[str, Any]:
+        job, config_map = self.render(spec)
+        name = job["metadata"]["name"]
         try:
             made: Any = self.batch.create_namespaced_job(self.namespace, cast(Any, job))
         except ApiException as exc:

@@ -108,13 +108,15 @@ class JobViewSet(
         """Check a job without submitting it."""
         workspace = self.get_workspace()
         data, _text, uploads = spec_from_request(request)
-        spec, compute, instance_type = services.validate(workspace, data, uploads)
+        spec, compute, instance_type, objects = services.would_create(workspace, data, uploads)
         return Response(
             {
                 "valid": True,
                 "compute": compute.name,
                 "instance_type": instance_type.name,
                 "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                # What the compute would create (a cluster's Job and ConfigMap), exactly.
+                "objects": objects,
             }
         )
 

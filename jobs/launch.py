@@ -1,0 +1,65 @@
+"""What a compute is told about a job (`LaunchSpec`): built from the stored job, by the
+controller to start it and by `job validate` to show what it would start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from compute.backends import LaunchSpec
+from jobs import tokens
+from jobs.models import Job
+from jobs.spec import CommandJob, InlineEnvironment, parse
+
+
+def launch_spec(job: Job) -> LaunchSpec:
+    spec = parse(dict(job.spec))
+    inputs: dict[str, dict[str, Any]] = {
+        name: {"type": "literal", "value": value} for name, value in spec.literal_values().items()
+    }
+    for name, item in spec.data_inputs().items():
+        if item.path.lower().startswith(("http://", "https://")):
+            inputs[name] = {"type": item.type, "url": item.path}
+        else:
+            inputs[name] = {"type": item.type, **_uploaded(job, f"inputs.{name}")}
+    code = _uploaded(job, "code") if spec.code else None
+    resources = job.resources or {}
+    return LaunchSpec(
+        job_key=f"{job.workspace_id}/{job.name}",
+        job_id=job.pk,
+        name=job.name,
+        command=spec.command,
+        code=code,
+        inputs=inputs,
+        outputs={name: {"type": "uri_folder"} for name in spec.outputs},
+        environment_variables={k: str(v) for k, v in spec.environment_variables.items()},
+        timeout=spec.limits.timeout,
+        requests=dict(resources.get("requests") or {}),
+        limits=dict(resources.get("limits") or {}),
+        node_selector=dict(resources.get("node_selector") or {}),
+        grace_seconds=float(settings.STUDIO_CANCEL_GRACE_SECONDS),
+        job_token=tokens.token_for(job),
+        image=_image(spec),
+        shm_size=spec.resources.shm_size or "2g",
+    )
+
+
+def _image(spec: CommandJob) -> str:
+    """An inline environment's image; named environments come with their own issue."""
+    environment = spec.environment
+    return (environment.image or "") if isinstance(environment, InlineEnvironment) else ""
+
+
+def _uploaded(job: Job, key: str) -> dict[str, str]:
+    """An upload as the backend fetches it: its artifact, or (jobs submitted before the
+    artifact store) a file on the studio's host."""
+    if key in (job.uploads or {}):
+        return {**job.uploads[key], "key": key}
+    folder = Path(job.upload_dir)
+    filename = folder / f"{key}.filename"
+    return {
+        "path": str(folder / key),
+        "filename": filename.read_text() if filename.exists() else "",
+    }
