@@ -202,3 +202,30 @@ def uninstall(cluster: Cluster) -> list[dict[str, str]]:
         return extension.uninstall(cluster, attached_namespaces(cluster))
     except Exception as exc:
         raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+
+
+def check_attachments() -> None:
+    """Each Kubernetes compute target's namespace still exists (the controller asks now
+    and then): what is wrong is kept on the target, shown, and refuses submissions."""
+    for compute in ComputeTarget.objects.filter(kind=ComputeKind.KUBERNETES).select_related(
+        "cluster"
+    ):
+        assert compute.cluster is not None
+        problem = namespace_problem(compute.cluster, compute.namespace)
+        if problem != compute.problem:
+            ComputeTarget.objects.filter(pk=compute.pk).update(problem=problem)
+
+
+def namespace_problem(cluster: Cluster, namespace: str) -> str:
+    try:
+        client.CoreV1Api(kube.api_client(cluster)).read_namespace(namespace, _request_timeout=10)
+        return ""
+    except ApiException as exc:
+        if exc.status == 404:
+            return (
+                f"namespace {namespace!r} no longer exists in cluster {cluster.name!r}: "
+                "IT-ops can re-create it (cluster install does) or detach this target"
+            )
+        return f"cluster {cluster.name!r}: {kube.in_words(exc)}"
+    except Exception as exc:  # unreachable: said, not raised
+        return f"cluster {cluster.name!r}: {kube.in_words(exc)}"

@@ -61,6 +61,9 @@ class ComputeTarget(models.Model):
         Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="attachments"
     )
     namespace = models.CharField(max_length=63, blank=True, validators=[namespace_validator])
+    # What stops it from taking work, as last checked (its namespace deleted behind the
+    # studio's back, say); empty when it is fine. Submissions to it are refused with it.
+    problem = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # Its backend is rebuilt when this moves (compute.backends).
     updated_at = models.DateTimeField(auto_now=True)

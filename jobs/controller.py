@@ -36,7 +36,7 @@ from django.db.models import Q
 from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
 
-from compute import instance_types
+from compute import clusters, instance_types
 from compute.backends import LaunchSpec, backend_class, backend_for
 from compute.backends.base import ComputeBackend
 from jobs import events, services
@@ -54,6 +54,7 @@ IDLE_TICK = 1.0  # fallback poll for queued jobs when no wake message came
 LEASE = timedelta(seconds=15)
 CLAIM_BATCH = 20
 SUBMITTERS = 8  # jobs handed to their computes at once
+CHECK_ATTACHMENTS_EVERY = 30.0  # seconds between looks at each Kubernetes namespace
 # A job that cannot be followed for this long, retried every tick meanwhile, fails.
 GIVE_UP_AFTER = 2.0
 # The order the phases follow: a phase seen late passes through the ones before it, so
@@ -82,6 +83,8 @@ class Controller:
         self.wake = asyncio.Event()
         self.last_claim = 0.0
         self.last_sweep = 0.0
+        self.last_check = 0.0
+        self.checking: threading.Thread | None = None
         self.full: set[str] = set()  # kinds of compute with no room left at the last claim
         self.grace = float(settings.STUDIO_CANCEL_GRACE_SECONDS)
         # Told, not asking: backends that report news (compute/backends/base.py) mark jobs
@@ -178,6 +181,7 @@ class Controller:
             self.sweep()
             # Each cluster's InstanceType objects, followed into the studio.
             instance_types.follow_clusters()
+            self._check_attachments(now)
         with self.news_lock:
             news, self.news = self.news, set()
         later = set()
@@ -334,6 +338,26 @@ class Controller:
                 self.start(job)
                 continue
             self.hold(Held(job=job, backend=backend_for(job.compute, job.compute_kind)))
+
+    def _check_attachments(self, now: float) -> None:
+        """Now and then, in a thread of its own (a cluster may be slow to answer): do the
+        Kubernetes targets' namespaces still exist?"""
+        if now - self.last_check < CHECK_ATTACHMENTS_EVERY:
+            return
+        if self.checking is not None and self.checking.is_alive():
+            return
+        self.last_check = now
+
+        def check() -> None:
+            try:
+                clusters.check_attachments()
+            except Exception:
+                log.exception("checking the Kubernetes compute targets failed")
+            finally:
+                close_old_connections()
+
+        self.checking = threading.Thread(target=check, daemon=True, name="check-attachments")
+        self.checking.start()
 
     def sweep(self) -> None:
         """Renew leases and pick up state changes made by others (cancel requests)."""

@@ -108,6 +108,8 @@ def _check_placement(
     )
     if compute is None:
         return None, None
+    if compute.problem:
+        errors.append(("compute", f"{compute.name}: {compute.problem}"))
     instance_type = None
     wanted = resources.get("instance_type") or DEFAULT_INSTANCE_TYPE
     if isinstance(wanted, str):
@@ -406,11 +408,13 @@ def log_lines(job: Job, after: int = 0, limit: int | None = None) -> QuerySet[Lo
 # -- load ------------------------------------------------------------------------------------
 def compute_in_use(compute: ComputeTarget) -> str | None:
     """Why the compute target may not go (compute.services.delete_compute asks)."""
-    unfinished = compute.jobs.filter(status__in=(Status.QUEUED, *ACTIVE)).count()
-    if unfinished:
-        return (
-            f"has {unfinished} queued or running job(s); cancel them or wait for them to end first"
+    unfinished = compute.jobs.filter(status__in=(Status.QUEUED, *ACTIVE))
+    names = list(unfinished.order_by("created_at").values_list("name", flat=True)[:11])
+    if names:
+        listed = ", ".join(names[:10]) + (
+            f" and {unfinished.count() - 10} more" if len(names) > 10 else ""
         )
+        return f"has queued or running jobs ({listed}); cancel them or wait for them to end first"
     return None
 
 

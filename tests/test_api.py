@@ -243,9 +243,10 @@ def test_only_it_ops_manage_compute(api, people):
 
 
 def test_compute_with_queued_jobs_cannot_be_deleted(api, people, workspace):
-    submit_yaml(workspace, people.contributor, HELLO)
+    job = submit_yaml(workspace, people.contributor, HELLO)
     response = api(people.it_ops).delete("/api/v1/workspaces/demo/computes/local/")
     assert response.status_code == 409
+    assert job.name in response.json()["detail"]  # the jobs in the way, by name
     assert ComputeTarget.objects.filter(name="local").exists()
 
 

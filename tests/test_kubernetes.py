@@ -649,3 +649,30 @@ def test_job_validate_prints_the_exact_objects_without_creating_anything(
     job.write_text("command: echo hi\nresources: {shm_size: lots}\n")
     bad = kstudio("job", "validate", "-f", str(job))
     assert bad.returncode == 2 and "resources.shm_size" in bad.stderr
+
+
+def test_a_namespace_deleted_behind_the_studios_back_is_shown_and_refuses_submissions(
+    attached, workspace, people, kube, api, client
+):
+    from compute import clusters
+
+    kube.api.delete(kube.api.kind("", "namespaces"), "", "team-a")  # kubectl delete ns
+    clusters.check_attachments()  # what the controller does every 30 s
+    shown = api(people.reader).get("/api/v1/workspaces/demo/computes/k8s/").json()
+    assert "namespace 'team-a' no longer exists in cluster 'lab'" in shown["problem"]
+    client.force_login(people.it_ops)
+    assert b"no longer exists in cluster" in client.get("/console/").content
+    refused = api(people.contributor).post(
+        "/api/v1/workspaces/demo/jobs/", {"yaml": JOB_ECHO}, format="json"
+    )
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["field"] == "compute"
+    assert "no longer exists" in refused.json()["errors"][0]["message"]
+    assert not Job.objects.exists()
+
+    installed = api(people.it_ops).post("/api/v1/clusters/lab/install/", {}, format="json")
+    assert installed.status_code == 200 and not installed.json()["problems"]
+    clusters.check_attachments()
+    assert api(people.reader).get("/api/v1/workspaces/demo/computes/k8s/").json()["problem"] == ""
+    job = finished(services.submit_yaml(workspace, people.contributor, JOB_ECHO, {}))
+    assert job.status == "Completed", job.failure_reason

@@ -58,9 +58,10 @@ class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
             "create_namespace",
             "instance_types",
             "is_default",
+            "problem",
             "created_at",
         )
-        read_only_fields = ("created_at", "is_default")
+        read_only_fields = ("created_at", "is_default", "problem")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         errors = {

@@ -233,6 +233,11 @@ class KubernetesBackend(ComputeBackend):
         try:
             made: Any = self.batch.create_namespaced_job(self.namespace, cast(Any, job))
         except ApiException as exc:
+            if exc.status == 404:
+                raise RuntimeError(
+                    f"namespace {self.namespace!r} no longer exists in the cluster: IT-ops can "
+                    "re-create it (cluster install does) or detach this compute target"
+                ) from exc
             if exc.status != 409:  # 409: made by an earlier try, which got no answer
                 raise RuntimeError(kube.in_words(exc)) from exc
             made = self.batch.read_namespaced_job(name, self.namespace)
