@@ -127,6 +127,8 @@ def cluster_instance_types(request: HttpRequest, name: str) -> HttpResponse:
             _show_errors(form, errors)
         else:
             messages.success(request, f"Saved {', '.join(t.name for t in saved)} in {name}.")
+            for type_name, said in instance_types.fit_warnings(cluster, saved).items():
+                messages.warning(request, f"{type_name}: {said}")
             return redirect("compute:cluster", name)
     return cluster_detail(request, name, instance_type_form=form, status=400)
 
@@ -166,3 +168,14 @@ def attach(request: HttpRequest, workspace: str) -> HttpResponse:
     status = 400 if request.method == "POST" else 200
     title = f"Attach a cluster to {ws.name}"
     return render(request, "compute/form.html", {"form": form, "title": title}, status=status)
+
+
+@it_ops_required
+def cluster_nodes(request: HttpRequest, name: str) -> HttpResponse:
+    cluster = get_object_or_404(Cluster, name=name)
+    try:
+        report = clusters.nodes_report(cluster)
+    except FieldErrors as errors:
+        messages.error(request, str(errors))
+        return redirect("compute:cluster", name)
+    return render(request, "compute/nodes.html", {"cluster": cluster, **report})

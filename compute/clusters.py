@@ -11,7 +11,7 @@ from django.db import transaction
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from compute import extension, instance_types, kube, services
+from compute import capacity, extension, instance_types, kube, services
 from compute.models import Cluster, ComputeKind, ComputeTarget, namespace_validator
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
@@ -229,3 +229,26 @@ def namespace_problem(cluster: Cluster, namespace: str) -> str:
         return f"cluster {cluster.name!r}: {kube.in_words(exc)}"
     except Exception as exc:  # unreachable: said, not raised
         return f"cluster {cluster.name!r}: {kube.in_words(exc)}"
+
+
+def nodes_report(cluster: Cluster) -> dict[str, Any]:
+    """The nodes page: each node, and where each of the cluster's instance types fits."""
+    try:
+        seen = capacity.nodes(cluster)
+    except Exception as exc:
+        raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+
+    def amounts(values: dict[str, Any]) -> dict[str, str]:
+        return {k: capacity.shown(v, k) for k, v in values.items()}
+
+    return {
+        "nodes": [
+            {"name": n.name, "ready": n.ready, "labels": n.labels, "taints": n.taints,
+             "allocatable": amounts(n.allocatable), "requested": amounts(n.requested)}
+            for n in seen
+        ],
+        "instance_types": [
+            {"name": t.name, **capacity.fit(t, seen)} for t in cluster.instance_types.all()
+        ],
+        "gpus_advertised": any(n.allocatable.get(capacity.GPU) for n in seen),
+    }  # fmt: skip

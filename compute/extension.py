@@ -175,6 +175,8 @@ def manifests(cluster: Cluster, namespaces: list[str]) -> list[dict[str, Any]]:
              {"apiGroups": [GROUP], "resources": ["instancetypes"],
               "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
              {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+             # What runs on each node, for the nodes page and the fit check.
+             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
              {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "create"]},
              {"apiGroups": ["authorization.k8s.io"],
               "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],

@@ -22,7 +22,7 @@ from django.db import IntegrityError, close_old_connections, transaction
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from compute import extension, kube
+from compute import capacity, extension, kube
 from compute.models import Cluster, InstanceType, InstanceTypeOrigin, instance_type_name_validator
 from compute.resources import (
     DEFAULT_INSTANCE_TYPE,
@@ -144,6 +144,15 @@ def save_all(cluster: Cluster, wanted: list[Wanted]) -> list[InstanceType]:
     return [save(cluster, *item) for item in wanted]
 
 
+def fit_warnings(cluster: Cluster, rows: list[InstanceType]) -> dict[str, str]:
+    """For each saved instance type that no node can take now, why (never a refusal)."""
+    try:
+        seen = capacity.nodes(cluster)
+    except Exception:  # the cluster cannot say now
+        return {}
+    return {row.name: said for row in rows if (said := capacity.warning(row, seen))}
+
+
 def save(cluster: Cluster | None, name: str, node_selector: Any, resources: Any,
          description: str = "") -> InstanceType:  # fmt: skip
     """Create or replace one instance type of a cluster (or of the local host)."""
@@ -155,6 +164,11 @@ def save(cluster: Cluster | None, name: str, node_selector: Any, resources: Any,
     if cluster is not None:  # the cluster first: nothing kept when it refuses
         try:
             extension.apply(kube.api_client(cluster), as_object(InstanceType(name=name, **fields)))
+        except ApiException as exc:
+            said = kube.in_words(exc)
+            if exc.status == 404:  # no such resource: the CRD is not there
+                said = "the studio's extension is not installed (kstudio cluster install)"
+            raise FieldErrors([("cluster", f"{cluster.name}: {said}")]) from exc
         except Exception as exc:  # whatever it said, in words
             raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
     return _upsert(cluster, name, fields)

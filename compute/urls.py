@@ -13,6 +13,7 @@ urlpatterns = [
     path("clusters/new/", cluster_views.cluster_new, name="cluster-new"),
     path("clusters/<str:name>/", cluster_views.cluster_detail, name="cluster"),
     path("clusters/<str:name>/install/", cluster_views.cluster_install, name="cluster-install"),
+    path("clusters/<str:name>/nodes/", cluster_views.cluster_nodes, name="cluster-nodes"),
     path(
         "clusters/<str:name>/manifests/", cluster_views.cluster_manifests, name="cluster-manifests"
     ),

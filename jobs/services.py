@@ -132,6 +132,15 @@ def _check_placement(
                 "(use a Kubernetes compute for distributed jobs)",
             )
         )
+    elif isinstance(count, int) and count > 1:
+        # Refused rather than run on one pod: multi-node jobs (an Indexed Job with a
+        # headless Service and each framework's variables) are not built yet.
+        errors.append(
+            (
+                "resources.instance_count",
+                "multi-node jobs are not supported yet on Kubernetes compute; use 1",
+            )
+        )
     return compute, instance_type
 
 
@@ -241,9 +250,10 @@ def submit(
                     "node_selector": instance_type.node_selector,
                     **instance_type.resources,
                 },
-                enforcement_notes=backend.enforcement_notes(
-                    instance_type.requests, instance_type.limits
-                ),
+                enforcement_notes=[
+                    *backend.enforcement_notes(instance_type.requests, instance_type.limits),
+                    *backend.placement_warnings(instance_type),
+                ],
                 created_by=user if getattr(user, "is_authenticated", False) else None,
                 status=Status.QUEUED,
             )

@@ -676,3 +676,73 @@ def test_a_namespace_deleted_behind_the_studios_back_is_shown_and_refuses_submis
     assert api(people.reader).get("/api/v1/workspaces/demo/computes/k8s/").json()["problem"] == ""
     job = finished(services.submit_yaml(workspace, people.contributor, JOB_ECHO, {}))
     assert job.status == "Completed", job.failure_reason
+
+
+# -- capacity -----------------------------------------------------------------------------------
+def test_nodes_and_fits_are_shown_and_misfits_warned_at_save_and_at_submit(
+    attached, workspace, people, api, kube, kstudio
+):
+    kube.add_node("gpu-1", {"pool": "gpu"}, cpu="8", memory="32Gi", gpus=0)
+    url = "/api/v1/clusters/lab/instance-types/"
+    body = {"name": "small", "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
+                                           "limits": {"cpu": "1", "memory": "1Gi"}}}  # fmt: skip
+    missing = api(people.it_ops).post(url, body, format="json")
+    assert missing.status_code == 400
+    assert "extension is not installed" in missing.json()["errors"][0]["message"]
+    api(people.it_ops).post("/api/v1/clusters/lab/install/", {}, format="json")
+    sizes = {
+        "small": ({}, {"cpu": "1", "memory": "1Gi"}, {}),
+        "big": ({"pool": "cpu"}, {"cpu": "6", "memory": "4Gi"}, {}),
+        "gpu": ({}, {"cpu": "1", "memory": "1Gi"}, {"nvidia.com/gpu": 1}),
+        "elsewhere": ({"zone": "mars"}, {"cpu": "1", "memory": "1Gi"}, {}),
+    }
+    warnings = {}
+    for name, (selector, requests, extra) in sizes.items():
+        body = {"name": name, "nodeSelector": selector,
+                "resources": {"requests": requests, "limits": {**requests, **extra}}}  # fmt: skip
+        made = api(people.it_ops).post(url, body, format="json")
+        assert made.status_code == 201, made.content
+        warnings[name] = made.json()[0]["warning"]
+    assert warnings["small"] == ""
+    assert "the nearest, node-1, lacks 2 cpu" in warnings["big"]
+    assert "no node advertises nvidia.com/gpu" in warnings["gpu"]
+    assert "no Ready node has the labels zone=mars" in warnings["elsewhere"]
+
+    job = services.submit_yaml(
+        workspace, people.contributor, "command: sleep 30\ncompute: azureml:k8s\n"
+        "resources: {instance_type: big}\n", {}
+    )  # fmt: skip
+    assert any("lacks 2 cpu" in note for note in job.enforcement_notes)
+    kube.api.get(kube.api.kind("", "nodes"), "", "node-1")
+    runs = services.submit_yaml(
+        workspace, people.contributor, "command: sleep 30\ncompute: azureml:k8s\n"
+        "resources: {instance_type: small}\n", {}
+    )  # fmt: skip
+
+    def requested() -> dict | None:
+        report = api(people.it_ops).get("/api/v1/clusters/lab/nodes/").json()
+        busy = [n for n in report["nodes"] if n["requested"].get("cpu") == "1"]
+        return report if busy else None
+
+    report = wait_until(requested, 30, "the small job's pod to be placed")
+    nodes = {n["name"]: n for n in report["nodes"]}
+    assert nodes["node-1"]["allocatable"] == {"cpu": "4", "memory": "16.0Gi"}
+    assert nodes["gpu-1"]["labels"]["pool"] == "gpu" and not report["gpus_advertised"]
+    fits = {t["name"]: t for t in report["instance_types"]}
+    assert sum(fits["small"]["fits"].values()) == 4 + 8 - 1  # one cpu in use by the pod
+    assert fits["big"]["fits"] == {} and "lacks" in fits["big"]["warning"]
+    shown = kstudio("cluster", "nodes", "lab", KSTUDIO_TOKEN=token_for(people.it_ops))
+    assert shown.returncode == 0 and "gpu-1" in shown.stdout and "lacks 2 cpu" in shown.stdout
+    services.cancel(job)
+    services.cancel(runs)
+    finished(job), finished(runs)
+
+
+def test_multi_node_jobs_are_refused_by_name_not_run_on_one_pod(attached, workspace, people):
+    from jobs.spec import SpecError
+
+    text = "command: echo hi\ncompute: azureml:k8s\nresources: {instance_count: 2}\n"
+    with pytest.raises(SpecError) as refused:
+        services.submit_yaml(workspace, people.contributor, text, {})
+    assert refused.value.errors[0][0] == "resources.instance_count"
+    assert not Job.objects.exists()

@@ -660,6 +660,21 @@ def cluster_uninstall(studio: Studio, name: str, fmt: str) -> None:
     emit(result["removed"] if fmt != "json" else result, fmt, ["kind", "name", "outcome"])
 
 
+@cluster.command("nodes")
+@click.argument("name")
+@output_option
+@pass_studio
+def cluster_nodes(studio: Studio, name: str, fmt: str) -> None:
+    """Nodes (allocatable, requested now) and where each instance type fits."""
+    report = studio.request("GET", f"/clusters/{name}/nodes/").json()
+    if fmt == "json":
+        emit(report, fmt)
+        return
+    emit(report["nodes"], fmt, ["name", "ready", "labels", "taints", "allocatable", "requested"])
+    click.echo()
+    emit(report["instance_types"], fmt, ["name", "fits", "warning"])
+
+
 @cluster.command("delete")
 @click.argument("name")
 @pass_studio

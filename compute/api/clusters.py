@@ -146,6 +146,13 @@ class ClusterViewSet(
         outcome = clusters.install(self.get_object(), data.validated_data["set"])
         return Response({"problems": outcome.problems, "applied": outcome.applied})
 
+    @extend_schema(responses={200: dict})
+    @action(detail=True, methods=["get"])
+    def nodes(self, request: Request, name: str) -> Response:
+        """Each node (labels, taints, allocatable, requested now) and, per instance type,
+        the nodes it fits and how many more of it each could take."""
+        return Response(clusters.nodes_report(self.get_object()))
+
     @extend_schema(responses={(200, "application/yaml"): str})
     @action(detail=True, methods=["get"])
     def manifests(self, request: Request, name: str) -> HttpResponse:

@@ -57,7 +57,11 @@ class ClusterInstanceTypeViewSet(
             wanted = [(body.get("name", ""), body.get("nodeSelector") or {},
                        body.get("resources"), body.get("description", ""))]  # fmt: skip
         saved = instance_types.save_all(cluster, wanted)
-        data = ClusterInstanceTypeSerializer(saved, many=True).data
+        warnings = instance_types.fit_warnings(cluster, saved)
+        data = [
+            {**item, "warning": warnings.get(item["name"], "")}
+            for item in ClusterInstanceTypeSerializer(saved, many=True).data
+        ]
         return Response(data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance: InstanceType) -> None:

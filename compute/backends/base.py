@@ -99,6 +99,11 @@ class ComputeBackend(abc.ABC):
         starts nothing new.
         """
 
+    def placement_warnings(self, instance_type: Any) -> list[str]:
+        """Why no node could take a job of this size now (said at submit, never refused:
+        an autoscaler may add one); nothing where the compute cannot tell."""
+        return []
+
     def render(self, spec: LaunchSpec) -> list[dict[str, Any]]:
         """The objects `submit` would create for this job, where the compute has any (a
         cluster's Job and ConfigMap), for `job validate` to show; nothing is created."""

@@ -29,7 +29,7 @@ from django.conf import settings
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from compute import kube, launcher
+from compute import capacity, kube, launcher
 from compute.backends import artifacts
 from compute.backends.base import ComputeBackend, LaunchSpec, LogRecord, Observation
 from compute.backends.remote import launch_file
@@ -41,6 +41,7 @@ STUDIO = "kubestudio"
 JOB_LABEL = "kstudio.io/job"
 MOUNT = "/kstudio"  # the ConfigMap: launcher.py and launch.json
 ROOT = "/job"  # the job's folder (an emptyDir): code, inputs, outputs
+NODES_FRESH = 30.0  # seconds a view of the nodes serves the fit check at submit
 DONE_TTL = 600  # seconds a finished Job stays for `kubectl` after the studio read it all
 IMAGE_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 
@@ -214,10 +215,23 @@ class KubernetesBackend(ComputeBackend):
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         self.watching = False
+        self.nodes_seen: tuple[float, list[capacity.Node]] | None = None
 
     # -- starting ------------------------------------------------------------------------------
     def enforcement_notes(self, requests: dict[str, Any], limits: dict[str, Any]) -> list[str]:
         return []  # the kubelet enforces requests and limits, GPUs included
+
+    def placement_warnings(self, instance_type: Any) -> list[str]:
+        """From a view of the nodes at most NODES_FRESH seconds old: a submission burst
+        asks the cluster once, not once a job."""
+        now = time.monotonic()
+        if self.nodes_seen is None or now - self.nodes_seen[0] > NODES_FRESH:
+            try:
+                self.nodes_seen = (now, capacity.nodes_from(self.api))
+            except Exception:  # the cluster cannot say now: no warning, no refusal
+                return []
+        said = capacity.warning(instance_type, self.nodes_seen[1])
+        return [f"On this cluster now, {said}"] if said else []
 
     def render(self, spec: LaunchSpec) -> list[dict[str, Any]]:
         image = spec.image or settings.STUDIO_KUBERNETES_IMAGE
