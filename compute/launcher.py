@@ -261,6 +261,32 @@ def safe_members(tar: tarfile.TarFile, target: str) -> list[tarfile.TarInfo]:
     return members
 
 
+def distribution_environment(distribution: dict[str, Any] | None, env: Any) -> dict[str, str]:
+    """The variables a distributed framework expects, as Azure ML sets them, for this
+    instance (its index from the Indexed Job: JOB_COMPLETION_INDEX). One process per
+    instance: RANK is the node's rank."""
+    if not distribution:
+        return {}
+    index = int(env.get("JOB_COMPLETION_INDEX", "0"))
+    hosts = list(distribution["hosts"])
+    port = int(distribution["port"])
+    if distribution["type"] == "tensorflow":
+        config = {
+            "cluster": {"worker": [f"{host}:{port}" for host in hosts]},
+            "task": {"type": "worker", "index": index},
+            "environment": "cloud",
+        }
+        return {"TF_CONFIG": json.dumps(config)}
+    return {
+        "MASTER_ADDR": hosts[0],
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": str(len(hosts)),
+        "NODE_RANK": str(index),
+        "RANK": str(index),
+        "LOCAL_RANK": "0",
+    }
+
+
 class Launcher:
     def __init__(self, launch_file: str) -> None:
         with open(launch_file, encoding="utf-8") as f:
@@ -511,6 +537,7 @@ class Launcher:
         )
         if self.uid is not None:
             env.update(USER="job", LOGNAME="job")
+        env.update(distribution_environment(self.spec.get("distribution"), os.environ))
         if self.spec.get("python"):
             # `python` and `python3` are the interpreter the studio chose for jobs.
             bin_dir = os.path.join(self.root, "bin")

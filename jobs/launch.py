@@ -43,6 +43,8 @@ def launch_spec(job: Job) -> LaunchSpec:
         job_token=tokens.token_for(job),
         image=_image(spec),
         shm_size=spec.resources.shm_size or "2g",
+        instance_count=spec.resources.instance_count,
+        distribution=spec.distribution.model_dump(exclude_none=True) if spec.distribution else None,
     )
 
 

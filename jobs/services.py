@@ -133,14 +133,21 @@ def _check_placement(
             )
         )
     elif isinstance(count, int) and count > 1:
-        # Refused rather than run on one pod: multi-node jobs (an Indexed Job with a
-        # headless Service and each framework's variables) are not built yet.
-        errors.append(
-            (
-                "resources.instance_count",
-                "multi-node jobs are not supported yet on Kubernetes compute; use 1",
-            )
-        )
+        distribution = data.get("distribution")
+        if not isinstance(distribution, dict):
+            distribution = {}
+        kind = distribution.get("type")
+        per_node = distribution.get("process_count_per_instance")
+        if kind not in (None, "pytorch", "tensorflow"):
+            errors.append(
+                ("distribution.type", f"{kind} is not supported on Kubernetes compute yet "
+                 "(pytorch and tensorflow are)")
+            )  # fmt: skip
+        if per_node not in (None, 1):
+            errors.append(
+                ("distribution.process_count_per_instance", "one process per instance for "
+                 "now: start more from your command (torchrun --nproc-per-node)")
+            )  # fmt: skip
     return compute, instance_type
 
 

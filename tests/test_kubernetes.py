@@ -738,11 +738,51 @@ def test_nodes_and_fits_are_shown_and_misfits_warned_at_save_and_at_submit(
     finished(job), finished(runs)
 
 
-def test_multi_node_jobs_are_refused_by_name_not_run_on_one_pod(attached, workspace, people):
+def test_a_distributed_job_runs_one_pod_per_instance_with_each_frameworks_variables(
+    attached, workspace, people, kube, kstudio, tmp_path
+):
+    text = (
+        "command: echo $MASTER_ADDR $MASTER_PORT $WORLD_SIZE $NODE_RANK $RANK $LOCAL_RANK\n"
+        "compute: azureml:k8s\nresources: {instance_count: 2}\ndistribution: {type: pytorch}\n"
+    )
+    path = tmp_path / "job.yml"
+    path.write_text(text)
+    printed = kstudio("job", "validate", "-f", str(path), "-o", "yaml")
+    assert printed.returncode == 0, printed.stderr
+    objects = list(yaml.safe_load_all(printed.stdout))
+    assert [o["kind"] for o in objects] == ["Job", "ConfigMap", "Service"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert objects[0]["spec"]["completionMode"] == "Indexed"
+    assert objects[0]["spec"]["completions"] == objects[0]["spec"]["parallelism"] == 2
+
+    job = finished(services.submit_yaml(workspace, people.contributor, text, {}))
+    assert job.status == "Completed", job.failure_reason
+    name = job.runtime["name"]
+    master = f"{name}-0.{name}"
+    assert sorted(lines_of(job)) == [f"[0] {master} 29500 2 0 0 0", f"[1] {master} 29500 2 1 1 0"]
+    service = kube.api.get(kube.api.kind("", "services"), "team-a", name)
+    assert service["spec"]["clusterIP"] == "None"
+
+    tf = "command: echo $TF_CONFIG\ncompute: azureml:k8s\nresources: {instance_count: 2}\n"
+    tf += "distribution: {type: tensorflow}\n"
+    job = finished(services.submit_yaml(workspace, people.contributor, tf, {}))
+    configs = {line[:3]: json.loads(line[4:]) for line in lines_of(job)}
+    assert configs["[1]"]["task"] == {"type": "worker", "index": 1}
+    assert configs["[0]"]["environment"] == "cloud"
+    assert len(configs["[0]"]["cluster"]["worker"]) == 2
+
+
+def test_distributions_not_built_yet_are_refused_by_name(attached, workspace, people):
     from jobs.spec import SpecError
 
-    text = "command: echo hi\ncompute: azureml:k8s\nresources: {instance_count: 2}\n"
-    with pytest.raises(SpecError) as refused:
-        services.submit_yaml(workspace, people.contributor, text, {})
-    assert refused.value.errors[0][0] == "resources.instance_count"
+    for extra, field in (
+        ("distribution: {type: mpi}", "distribution.type"),
+        ("distribution: {type: pytorch, process_count_per_instance: 4}",
+         "distribution.process_count_per_instance"),
+    ):  # fmt: skip
+        text = f"command: echo\ncompute: azureml:k8s\nresources: {{instance_count: 2}}\n{extra}\n"
+        with pytest.raises(SpecError) as refused:
+            services.submit_yaml(workspace, people.contributor, text, {})
+        assert refused.value.errors[0][0] == field
     assert not Job.objects.exists()

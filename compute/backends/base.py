@@ -33,6 +33,8 @@ class LaunchSpec:
     job_token: str = ""
     image: str = ""  # the environment's image, for computes that run images
     shm_size: str = "2g"  # resources.shm_size: /dev/shm, Azure's default
+    instance_count: int = 1  # resources.instance_count: the nodes of a distributed job
+    distribution: dict[str, Any] | None = None  # its type (pytorch, tensorflow), as Azure's
 
 
 def launcher_bounds() -> dict[str, Any]:

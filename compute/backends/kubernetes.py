@@ -42,7 +42,11 @@ JOB_LABEL = "kstudio.io/job"
 MOUNT = "/kstudio"  # the ConfigMap: launcher.py and launch.json
 ROOT = "/job"  # the job's folder (an emptyDir): code, inputs, outputs
 NODES_FRESH = 30.0  # seconds a view of the nodes serves the fit check at submit
-DONE_TTL = 600  # seconds a finished Job stays for `kubectl` after the studio read it all
+DONE_TTL = 600
+DISTRIBUTION_PORTS = {
+    "pytorch": 29500,
+    "tensorflow": 2222,
+}  # seconds a finished Job stays for `kubectl` after the studio read it all
 IMAGE_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 
 
@@ -62,11 +66,20 @@ def render(
     image: str,
     extension_selector: dict[str, str],
     shm_size: str = "2g",
-) -> tuple[dict, dict]:
+) -> list[dict[str, Any]]:
     """The Job and its ConfigMap, as plain objects (validated in the tests). The pods go
     where the instance type's selector and the extension's (AND-ed) both allow."""
     labels = {MANAGED: STUDIO, JOB_LABEL: name}
     launch = launch_file(spec, ROOT, studio_url)
+    instances = max(1, spec.instance_count)
+    if instances > 1:
+        # Each pod is <job>-<index>.<service>, found through the headless Service below.
+        kind = (spec.distribution or {}).get("type", "")
+        launch["distribution"] = {
+            "type": kind,
+            "hosts": [f"{name}-{index}.{name}" for index in range(instances)],
+            "port": DISTRIBUTION_PORTS.get(kind, 29500),
+        }
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -142,7 +155,23 @@ def render(
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": job_spec,
     }
-    return job, config_map
+    if instances == 1:
+        return [job, config_map]
+    # Distributed: one pod per instance, each knowing its index, all started together.
+    job_spec.update(completionMode="Indexed", completions=instances, parallelism=instances)
+    pod_spec["subdomain"] = name
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "clusterIP": "None",  # headless: a DNS name per pod
+            "selector": {JOB_LABEL: name},
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "distribution", "port": launch["distribution"]["port"]}],
+        },
+    }
+    return [job, config_map, service]
 
 
 def shm_quantity(size: str) -> str:
@@ -236,13 +265,12 @@ class KubernetesBackend(ComputeBackend):
     def render(self, spec: LaunchSpec) -> list[dict[str, Any]]:
         image = spec.image or settings.STUDIO_KUBERNETES_IMAGE
         name = object_name(spec.job_key, spec.name)
-        job, config_map = render(
+        return render(
             spec, name, self.namespace, self.studio_url, image, self.node_selector, spec.shm_size
         )
-        return [job, config_map]
 
     def submit(self, spec: LaunchSpec) -> dict[str, Any]:
-        job, config_map = self.render(spec)
+        job, *owned = self.render(spec)  # the Job, then what it owns (ConfigMap, Service)
         name = job["metadata"]["name"]
         try:
             made: Any = self.batch.create_namespaced_job(self.namespace, cast(Any, job))
@@ -255,27 +283,24 @@ class KubernetesBackend(ComputeBackend):
             if exc.status != 409:  # 409: made by an earlier try, which got no answer
                 raise RuntimeError(kube.in_words(exc)) from exc
             made = self.batch.read_namespaced_job(name, self.namespace)
-        config_map["metadata"]["ownerReferences"] = [
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "name": name,
-                "uid": made.metadata.uid,
-                "controller": True,
-                "blockOwnerDeletion": False,
-            }
-        ]
-        try:
-            self.core.create_namespaced_config_map(self.namespace, cast(Any, config_map))
-        except ApiException as exc:
-            if exc.status != 409:
-                raise RuntimeError(kube.in_words(exc)) from exc
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": made.metadata.uid,
+                 "controller": True, "blockOwnerDeletion": False}  # fmt: skip
+        for obj in owned:
+            obj["metadata"]["ownerReferences"] = [owner]
+            create = (self.core.create_namespaced_config_map if obj["kind"] == "ConfigMap"
+                      else self.core.create_namespaced_service)  # fmt: skip
+            try:
+                create(self.namespace, cast(Any, obj))
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise RuntimeError(kube.in_words(exc)) from exc
         return {
             "namespace": self.namespace,
             "name": name,
             "uid": made.metadata.uid,
             "job_id": spec.job_id,
             "outputs": ["default", *spec.outputs],
+            "instances": max(1, spec.instance_count),
         }
 
     # -- watching --------------------------------------------------------------------------------
@@ -447,13 +472,15 @@ class KubernetesBackend(ComputeBackend):
                 ),
                 key=lambda p: p["metadata"].get("creationTimestamp") or "",
             )
-        lines, cursor, logs_complete = self._read_logs(pods, cursor)
+        lines, cursor, logs_complete = self._read_logs(
+            pods, cursor, distributed=int(runtime.get("instances", 1)) > 1
+        )
         if job is None:
             if name in self.canceled:
                 return Observation(lines, cursor, phase="Canceled", reason="Canceled by request.")
             gone = "The Kubernetes Job was deleted outside the studio."
             return Observation(lines, cursor, phase="Failed", reason=gone)
-        pod = pods[-1] if pods else None
+        pod = pods[-1] if pods else None  # the newest: the one whose end says why
         conditions = {
             c["type"]: c
             for c in (job.get("status") or {}).get("conditions") or []
@@ -478,36 +505,45 @@ class KubernetesBackend(ComputeBackend):
                 reason=reason,
                 outputs=self._outputs(runtime),
             )
-        if pod is None:
-            waiting = "Waiting for the cluster to create the pod."
+        # The newest pod of each instance (one, unless the job is distributed).
+        current = {self._index(p): p for p in pods}
+        instances = int(runtime.get("instances", 1))
+        if len(current) < instances:
+            waiting = "Waiting for the cluster to create the pods."
             return Observation(lines, cursor, phase="Queued", waiting_reason=waiting)
-        status = pod.get("status") or {}
-        for condition in status.get("conditions") or []:
-            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-                waiting = f"Not scheduled: {condition.get('message')}"
-                return Observation(lines, cursor, phase="Queued", waiting_reason=waiting)
-        for container in status.get("containerStatuses") or []:
-            stuck = (container.get("state") or {}).get("waiting") or {}
-            if stuck.get("reason") in IMAGE_FAILURES:
-                image = pod["spec"]["containers"][0].get("image")
-                self.cancel(runtime, force=True)
-                self.canceled.discard(name)
-                why = f"The image {image} could not be pulled ({stuck['reason']})"
-                detail = stuck.get("message")
-                return Observation(
-                    lines,
-                    cursor,
-                    phase="Failed",
-                    reason=f"{why}: {detail}" if detail else why + ".",
-                )
-        if status.get("phase") == "Running":
+        running = 0
+        for each in current.values():
+            status = each.get("status") or {}
+            for condition in status.get("conditions") or []:
+                if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                    waiting = f"Not scheduled: {condition.get('message')}"
+                    return Observation(lines, cursor, phase="Queued", waiting_reason=waiting)
+            for container in status.get("containerStatuses") or []:
+                stuck = (container.get("state") or {}).get("waiting") or {}
+                if stuck.get("reason") in IMAGE_FAILURES:
+                    image = each["spec"]["containers"][0].get("image")
+                    self.cancel(runtime, force=True)
+                    self.canceled.discard(name)
+                    why = f"The image {image} could not be pulled ({stuck['reason']})"
+                    detail = stuck.get("message")
+                    reason = f"{why}: {detail}" if detail else why + "."
+                    return Observation(lines, cursor, phase="Failed", reason=reason)
+            running += status.get("phase") in ("Running", "Succeeded")
+        # A distributed job runs once all its instances do (none is reported alone).
+        if running == instances:
             return Observation(lines, cursor, phase="Running")
         return Observation(lines, cursor, phase="Preparing")
 
+    @staticmethod
+    def _index(pod: dict[str, Any]) -> int:
+        labels = pod["metadata"].get("labels") or {}
+        return int(labels.get("batch.kubernetes.io/job-completion-index", 0))
+
     def _read_logs(
-        self, pods: list[dict[str, Any]], cursor: dict[str, Any]
+        self, pods: list[dict[str, Any]], cursor: dict[str, Any], *, distributed: bool = False
     ) -> tuple[list[LogRecord], dict[str, Any], bool]:
-        """New lines of the job's pods, oldest pod first; whether every log is complete."""
+        """New lines of the job's pods, oldest pod first; whether every log is complete.
+        A distributed job's lines say which instance wrote them: "[2] ..."."""
         records: list[LogRecord] = []
         cursor = dict(cursor)
         complete = True
@@ -539,8 +575,11 @@ class KubernetesBackend(ComputeBackend):
                 else:
                     mark["after"], mark["seen"] = stamp_text, 1
                 seconds, nanos = parse_stamp(stamp_text)
+                if distributed:
+                    line = f"[{self._index(pod)}] {line}"
                 records.append(LogRecord(ts=seconds + nanos / 1e9, stream="stdout", line=line))
             complete = complete and follower.done
+        records.sort(key=lambda record: record.ts)  # instances' lines in the order written
         return records, cursor, complete
 
     def _why_failed(

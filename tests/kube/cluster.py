@@ -12,6 +12,7 @@ except that an image named `*:unpullable` fails to pull, as a wrong name would.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import queue
 import re
@@ -155,32 +156,42 @@ class FakeCluster:
                     self._schedule(pod)
 
     # -- the Job controller ----------------------------------------------------------------
-    def _create_pod(self, job: dict[str, Any]) -> None:
+    def _create_pod(self, job: dict[str, Any], index: int | None = None) -> None:
+        """One pod of the Job; an Indexed Job's pods carry their index (label and
+        JOB_COMPLETION_INDEX) and the hostname <job>-<index>, and get one each at first."""
         meta, template = job["metadata"], job["spec"]["template"]
+        indexed = job["spec"].get("completionMode") == "Indexed"
+        if indexed and index is None:
+            for each in range(int(job["spec"].get("completions") or 1)):
+                self._create_pod(job, each)
+            return
         labels = {
             **(template.get("metadata", {}).get("labels") or {}),
             "batch.kubernetes.io/job-name": meta["name"],
             "job-name": meta["name"],
             "controller-uid": meta["uid"],
         }
+        spec = copy.deepcopy(template["spec"])
+        if indexed:
+            labels["batch.kubernetes.io/job-completion-index"] = str(index)
+            spec["hostname"] = f"{meta['name']}-{index}"
+            for container in spec["containers"]:
+                container.setdefault("env", []).append(
+                    {"name": "JOB_COMPLETION_INDEX", "value": str(index)}
+                )
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                 "uid": meta["uid"], "controller": True}  # fmt: skip
         self.api.create(
             self.api.kind("", "pods"),
             meta["namespace"],
             {
                 "metadata": {
-                    "name": f"{meta['name']}-{uuid.uuid4().hex[:5]}",
+                    "name": f"{meta['name']}-{'' if index is None else f'{index}-'}"
+                    f"{uuid.uuid4().hex[:5]}",
                     "labels": labels,
-                    "ownerReferences": [
-                        {
-                            "apiVersion": "batch/v1",
-                            "kind": "Job",
-                            "name": meta["name"],
-                            "uid": meta["uid"],
-                            "controller": True,
-                        }
-                    ],
+                    "ownerReferences": [owner],
                 },
-                "spec": template["spec"],
+                "spec": spec,
                 "status": {"phase": "Pending"},
             },
         )
@@ -195,6 +206,10 @@ class FakeCluster:
             return None
 
     def _pod_ended(self, pod: dict[str, Any], disrupted: bool) -> None:
+        with self.lock:  # the Job controller counts one pod's end at a time
+            self._count_end(pod, disrupted)
+
+    def _count_end(self, pod: dict[str, Any], disrupted: bool) -> None:
         job = self._job_of(pod)
         if job is None:
             return
@@ -205,13 +220,31 @@ class FakeCluster:
             and any(c.get("type") == "DisruptionTarget" for c in rule.get("onPodConditions") or [])
             for rule in policy
         )
-        if phase == "Failed" and ignored:
-            self._create_pod(job)  # not counted against backoffLimit: a new pod
+        labels = pod["metadata"].get("labels") or {}
+        index = labels.get("batch.kubernetes.io/job-completion-index")
+        if phase == "Failed" and ignored:  # not counted against backoffLimit: a new pod
+            self._create_pod(job, None if index is None else int(index))
             return
         status = dict(job.get("status") or {})
+        completions = int(job["spec"].get("completions") or 1)
         if phase == "Succeeded":
-            status.update(succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+            status["succeeded"] = (status.get("succeeded") or 0) + 1
+            if status["succeeded"] >= completions:
+                status["conditions"] = [{"type": "Complete", "status": "True"}]
         else:
+            # backoffLimit 0: the Job fails, and its other pods are stopped.
+            for other in self.api.list(
+                self.api.kind("", "pods"), pod["metadata"]["namespace"],
+                f"job-name={job['metadata']['name']}",
+            )["items"]:  # fmt: skip
+                if other["metadata"]["name"] != pod["metadata"]["name"] and other["status"].get(
+                    "phase"
+                ) not in ("Succeeded", "Failed"):
+                    with contextlib.suppress(ApiError):
+                        self.api.delete(
+                            self.api.kind("", "pods"), other["metadata"]["namespace"],
+                            other["metadata"]["name"],
+                        )  # fmt: skip
             status.update(
                 failed=(status.get("failed") or 0) + 1,
                 conditions=[
@@ -223,7 +256,8 @@ class FakeCluster:
                     }
                 ],
             )
-        status["completionTime"] = now_rfc3339()
+        if status.get("conditions"):
+            status["completionTime"] = now_rfc3339()
         self._set_status(self.api.kind("batch", "jobs"), job, status)
 
     def _deadline(self, namespace: str, name: str) -> None:
