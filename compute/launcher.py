@@ -291,6 +291,8 @@ class Launcher:
     def __init__(self, launch_file: str) -> None:
         with open(launch_file, encoding="utf-8") as f:
             self.spec = json.load(f)
+        # Small uploads ride along with the launch file (a pod's ConfigMap), beside it.
+        self.beside = os.path.dirname(os.path.abspath(launch_file))
         self.limits = {**DEFAULT_LIMITS, **self.spec.get("bounds", {})}
         # In a pod, the job's folder is where the pod mounted it.
         self.root = os.environ.get("KSTUDIO_ROOT") or self.spec["root"]
@@ -335,11 +337,15 @@ class Launcher:
         return urllib.request.urlopen(request, timeout=60)  # noqa: S310 - the studio's URL
 
     def fetch_uploads(self) -> None:
-        """Bring `{"fetch": key}` uploads (code, uploaded inputs) from the studio, and name
-        them by their local copies, as a local launch file would."""
+        """Bring `{"fetch": key}` uploads (code, uploaded inputs) from the studio, find
+        `{"embedded": name}` ones beside the launch file, and name them by their local
+        copies, as a local launch file would."""
         folder = os.path.join(self.root, "uploads")
 
-        def local(key: str) -> str:
+        def local(ref: dict[str, str]) -> str:
+            if "embedded" in ref:  # came with the launch file: no call to the studio
+                return os.path.join(self.beside, os.path.basename(ref["embedded"]))
+            key = ref["fetch"]
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, key)
             try:
@@ -352,10 +358,10 @@ class Launcher:
 
         code = self.spec.get("code")
         if isinstance(code, dict):
-            self.spec["code"] = local(code["fetch"])
+            self.spec["code"] = local(code)
         for item in self.spec.get("inputs", {}).values():
-            if "fetch" in item:
-                item["archive" if item["type"] == "uri_folder" else "file"] = local(item["fetch"])
+            if "fetch" in item or "embedded" in item:
+                item["archive" if item["type"] == "uri_folder" else "file"] = local(item)
 
     def publish_outputs(self, listed: list[dict[str, object]]) -> list[dict[str, object]]:
         """Send each output file to the studio's artifact store; returns the listing with

@@ -191,6 +191,10 @@ def test_a_job_runs_as_a_kubernetes_job_with_logs_and_outputs(
     job = finished(job)
     assert job.status == "Completed", job.failure_reason
     assert lines_of(job) == ["HELLO PODS", "done"]
+    # Small uploads travel in the job's ConfigMap: the pod fetched nothing from the studio.
+    config = kube.api.get(kube.api.kind("", "configmaps"), "team-a", job.runtime["name"])
+    assert set(config["binaryData"]) == {"upload-code", "upload-inputs.words"}
+    assert json.loads(config["data"]["launch.json"])["code"] == {"embedded": "upload-code"}
     made = kube.api.get(kube.api.kind("batch", "jobs"), "team-a", job.runtime["name"])
     assert made["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubestudio"
     kubernetes_validate.validate(
@@ -786,3 +790,20 @@ def test_distributions_not_built_yet_are_refused_by_name(attached, workspace, pe
             services.submit_yaml(workspace, people.contributor, text, {})
         assert refused.value.errors[0][0] == field
     assert not Job.objects.exists()
+
+
+def test_big_uploads_are_fetched_from_the_studio_with_the_job_token(
+    attached, workspace, people, kube
+):
+    big = b"x" * (600 * 1024) + b"\n"
+    text = (
+        "command: wc -c < ${{inputs.data}}\ncompute: azureml:k8s\n"
+        "inputs: {data: {type: uri_file, path: ./data.txt}}\n"
+    )
+    uploads = {"inputs.data": services.Upload(io.BytesIO(big), "data.txt")}
+    job = finished(services.submit_yaml(workspace, people.contributor, text, uploads))
+    assert job.status == "Completed", job.failure_reason
+    assert lines_of(job) == [str(len(big))]
+    config = kube.api.get(kube.api.kind("", "configmaps"), "team-a", job.runtime["name"])
+    assert "binaryData" not in config
+    assert json.loads(config["data"]["launch.json"])["inputs"]["data"]["fetch"] == "inputs.data"

@@ -11,6 +11,7 @@ one when it is over (a TTL, so the cluster cleans up after the studio has read a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -43,6 +44,8 @@ MOUNT = "/kstudio"  # the ConfigMap: launcher.py and launch.json
 ROOT = "/job"  # the job's folder (an emptyDir): code, inputs, outputs
 NODES_FRESH = 30.0  # seconds a view of the nodes serves the fit check at submit
 DONE_TTL = 600
+# Uploads up to this size, together, travel in the job's ConfigMap (whose limit is 1 MiB).
+EMBED_LIMIT = 512 * 1024
 DISTRIBUTION_PORTS = {
     "pytorch": 29500,
     "tensorflow": 2222,
@@ -70,7 +73,8 @@ def render(
     """The Job and its ConfigMap, as plain objects (validated in the tests). The pods go
     where the instance type's selector and the extension's (AND-ed) both allow."""
     labels = {MANAGED: STUDIO, JOB_LABEL: name}
-    launch = launch_file(spec, ROOT, studio_url)
+    carried = _small_uploads(spec)
+    launch = launch_file(spec, ROOT, studio_url, {key: f"upload-{key}" for key in carried})
     instances = max(1, spec.instance_count)
     if instances > 1:
         # Each pod is <job>-<index>.<service>, found through the headless Service below.
@@ -89,6 +93,10 @@ def render(
             "launch.json": json.dumps(launch),
         },
     }
+    if carried:
+        config_map["binaryData"] = {
+            f"upload-{key}": base64.b64encode(data).decode() for key, data in carried.items()
+        }
     resources: dict[str, Any] = {}
     if spec.requests:
         resources["requests"] = {k: str(v) for k, v in spec.requests.items()}
@@ -172,6 +180,22 @@ def render(
         },
     }
     return [job, config_map, service]
+
+
+def _small_uploads(spec: LaunchSpec) -> dict[str, bytes]:
+    """The job's uploads, read from the artifact store, when together they fit in its
+    ConfigMap: then a job needs no way from its pod to the studio to get them."""
+    refs = [r for r in [spec.code, *spec.inputs.values()] if r and "artifact" in r]
+    try:
+        if sum(artifacts.store().size(r["artifact"]) for r in refs) > EMBED_LIMIT:
+            return {}
+        carried = {}
+        for ref in refs:
+            with artifacts.store().open(ref["artifact"], "rb") as f:
+                carried[ref["key"]] = f.read()
+        return carried
+    except OSError:  # not in the store (a preview of a job not yet submitted)
+        return {}
 
 
 def shm_quantity(size: str) -> str:

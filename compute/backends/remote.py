@@ -9,21 +9,28 @@ from typing import Any
 from compute.backends.base import LaunchSpec, launcher_bounds
 
 
-def launch_file(spec: LaunchSpec, root: str, studio_url: str) -> dict[str, Any]:
+def launch_file(
+    spec: LaunchSpec, root: str, studio_url: str, embedded: dict[str, str] | None = None
+) -> dict[str, Any]:
     """What the launcher reads, for a job whose folder is `root` on its own host and whose
-    studio answers at `studio_url` (as that host reaches it)."""
+    studio answers at `studio_url` (as that host reaches it). `embedded` names the uploads
+    (by key) that travel beside the launch file, under which file name."""
+    embedded = embedded or {}
+
+    def ref(key: str) -> dict[str, str]:
+        return {"embedded": embedded[key]} if key in embedded else {"fetch": key}
+
     inputs: dict[str, dict[str, Any]] = {}
     for name, item in spec.inputs.items():
         if "artifact" in item:
-            fetch = {"fetch": item["key"], "filename": item["filename"]}
-            inputs[name] = {"type": item["type"], **fetch}
+            inputs[name] = {"type": item["type"], **ref(item["key"]), "filename": item["filename"]}
         else:
             inputs[name] = item  # literals and http(s) URLs need nothing of the studio
     return {
         "root": root,
         "name": spec.name,
         "command": spec.command,
-        "code": {"fetch": spec.code["key"]} if spec.code else None,
+        "code": ref(spec.code["key"]) if spec.code else None,
         "inputs": inputs,
         "outputs": spec.outputs,
         "environment_variables": spec.environment_variables,
