@@ -3,6 +3,8 @@ controller to start it and by `job validate` to show what it would start."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +45,24 @@ def launch_spec(job: Job) -> LaunchSpec:
         job_token=tokens.token_for(job),
         image=_image(spec),
         shm_size=spec.resources.shm_size or "2g",
+        labels={
+            "kstudio.io/workspace": label_value(job.workspace.name),
+            "kstudio.io/job-name": label_value(job.name),
+            "kstudio.io/compute": label_value(job.compute_name or ""),
+        },
         instance_count=spec.resources.instance_count,
         distribution=spec.distribution.model_dump(exclude_none=True) if spec.distribution else None,
     )
+
+
+def label_value(text: str) -> str:
+    """A Kubernetes label value (63 characters of [A-Za-z0-9._-], alphanumeric at both
+    ends); a longer name keeps its start and a hash of the whole."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", text).strip("-._")
+    if len(cleaned) > 63:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        cleaned = cleaned[:54].rstrip("-._") + "-" + digest
+    return cleaned
 
 
 def _image(spec: CommandJob) -> str:

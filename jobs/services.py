@@ -82,7 +82,8 @@ def would_create(
     job = Job(
         pk=0,
         workspace=workspace,
-        name=spec.name or "<generated-at-submit>",
+        compute_name=compute.name,
+        name=spec.name or "generated-at-submit",
         spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
         resources={"node_selector": instance_type.node_selector, **instance_type.resources},
         uploads={key: {"artifact": "(kept at submit)", "filename": upload.filename}

@@ -807,3 +807,39 @@ def test_big_uploads_are_fetched_from_the_studio_with_the_job_token(
     config = kube.api.get(kube.api.kind("", "configmaps"), "team-a", job.runtime["name"])
     assert "binaryData" not in config
     assert json.loads(config["data"]["launch.json"])["inputs"]["data"]["fetch"] == "inputs.data"
+
+
+def test_an_image_without_python_fails_the_job_saying_so(attached, workspace, people):
+    text = "command: echo hi\ncompute: azureml:k8s\nenvironment: {image: 'busybox:no-python'}\n"
+    job = finished(services.submit_yaml(workspace, people.contributor, text, {}))
+    assert job.status == "Failed"
+    assert "busybox:no-python could not run the studio's launcher" in job.failure_reason
+    assert "python3 (3.8 or newer)" in job.failure_reason
+
+
+def test_a_repeated_submit_finds_the_job_it_made_and_labels_name_the_job(
+    attached, workspace, people, kube
+):
+    from compute.backends import backend_for
+    from jobs.launch import launch_spec
+
+    workspace.name = "a-workspace-with-a-rather-long-name_that_kubernetes_labels_cannot_hold_" * 2
+    workspace.save()
+    job = services.submit_yaml(
+        workspace, people.contributor, "command: sleep 30\ncompute: azureml:k8s\n", {}
+    )
+    backend = backend_for(attached)
+    spec = launch_spec(Job.objects.select_related("workspace").get(pk=job.pk))
+    first = backend.submit(spec)
+    again = backend.submit(spec)  # the answer to the first was lost, say: 409, same Job
+    assert again["uid"] == first["uid"]
+    made = kube.api.list(kube.api.kind("batch", "jobs"), "team-a")["items"]
+    assert len(made) == 1
+    labels = made[0]["spec"]["template"]["metadata"]["labels"]
+    assert labels["kstudio.io/job-name"] == job.name and labels["kstudio.io/compute"] == "k8s"
+    assert len(labels["kstudio.io/workspace"]) <= 63
+    kubernetes_validate.validate(
+        {k: v for k, v in made[0].items() if k != "status"}, K8S_VERSION, strict=False
+    )
+    services.cancel(job)
+    finished(job)

@@ -34,6 +34,7 @@ class LaunchSpec:
     image: str = ""  # the environment's image, for computes that run images
     shm_size: str = "2g"  # resources.shm_size: /dev/shm, Azure's default
     instance_count: int = 1  # resources.instance_count: the nodes of a distributed job
+    labels: dict[str, str] = field(default_factory=dict)  # workspace, job, compute (k8s labels)
     distribution: dict[str, Any] | None = None  # its type (pytorch, tensorflow), as Azure's
 
 

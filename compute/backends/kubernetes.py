@@ -72,7 +72,7 @@ def render(
 ) -> list[dict[str, Any]]:
     """The Job and its ConfigMap, as plain objects (validated in the tests). The pods go
     where the instance type's selector and the extension's (AND-ed) both allow."""
-    labels = {MANAGED: STUDIO, JOB_LABEL: name}
+    labels = {MANAGED: STUDIO, JOB_LABEL: name, **spec.labels}
     carried = _small_uploads(spec)
     launch = launch_file(spec, ROOT, studio_url, {key: f"upload-{key}" for key in carried})
     instances = max(1, spec.instance_count)
@@ -623,6 +623,13 @@ class KubernetesBackend(ComputeBackend):
             ending = json.loads(terminated.get("message") or "")
             if ending.get("reason"):
                 return ending.get("exit_code", code), str(ending["reason"])
+        # The launcher never ran (it leaves how it ended in the termination message).
+        if terminated.get("reason") in ("StartError", "ContainerCannotRun") or code in (126, 127):
+            image = ((pod or {}).get("spec") or {}).get("containers", [{}])[0].get("image")
+            return code, (
+                f"The image {image} could not run the studio's launcher: it needs python3 "
+                f"(3.8 or newer) on its PATH. {terminated.get('message', '')}".rstrip()
+            )
         return code, f"The command exited with code {code}."
 
     def _outputs(self, runtime: dict[str, Any]) -> list[dict[str, Any]]:

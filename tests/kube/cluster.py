@@ -417,6 +417,15 @@ class FakeCluster:
                 waiting = {"waiting": {"reason": "ErrImagePull", "message": message}}
                 self._patch_pod(meta, {"containerStatuses": self._container(container, waiting)})
                 return
+            if str(container.get("image", "")).endswith(":no-python"):
+                # An image without the program the command names: the runtime cannot start it.
+                message = 'exec: "python3": executable file not found in $PATH'
+                terminated = {"exitCode": 128, "reason": "StartError", "message": message}
+                ended = {"terminated": {**terminated, "finishedAt": now_rfc3339()}}
+                statuses = self._container(container, ended)
+                self._patch_pod(meta, {"phase": "Failed", "containerStatuses": statuses})
+                self._pod_ended(self.api.get(self.api.kind("", "pods"), *key), disrupted=False)
+                return
             creating = {"waiting": {"reason": "ContainerCreating"}}
             self._patch_pod(meta, {"containerStatuses": self._container(container, creating)})
             paths = self._mount(pod, running.sandbox)
