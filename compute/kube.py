@@ -207,6 +207,8 @@ def list_and_watch(
             if isinstance(exc, ApiException) and exc.status == 410:
                 version = ""
                 continue
-            log.warning("watching %s: %s", what, in_words(exc))
+            # Said once per outage, not at every retry (a cluster without the CRD yet, say).
+            level = logging.WARNING if backoff == 0.2 else logging.DEBUG
+            log.log(level, "watching %s: %s (retrying)", what, in_words(exc))
             stop.wait(backoff)
             backoff = min(30.0, backoff * 2)
