@@ -263,8 +263,9 @@ def safe_members(tar: tarfile.TarFile, target: str) -> list[tarfile.TarInfo]:
 
 def distribution_environment(distribution: dict[str, Any] | None, env: Any) -> dict[str, str]:
     """The variables a distributed framework expects, as Azure ML sets them, for this
-    instance (its index from the Indexed Job: JOB_COMPLETION_INDEX). One process per
-    instance: RANK is the node's rank."""
+    instance (its index from the Indexed Job: JOB_COMPLETION_INDEX). With several
+    processes per instance, each process's RANK and LOCAL_RANK are set as it starts
+    (see `per_process`)."""
     if not distribution:
         return {}
     index = int(env.get("JOB_COMPLETION_INDEX", "0"))
@@ -277,14 +278,38 @@ def distribution_environment(distribution: dict[str, Any] | None, env: Any) -> d
             "environment": "cloud",
         }
         return {"TF_CONFIG": json.dumps(config)}
+    processes = int(distribution.get("process_count_per_instance") or 1)
     return {
         "MASTER_ADDR": hosts[0],
         "MASTER_PORT": str(port),
-        "WORLD_SIZE": str(len(hosts)),
+        "WORLD_SIZE": str(len(hosts) * processes),
         "NODE_RANK": str(index),
-        "RANK": str(index),
+        "RANK": str(index * processes),
         "LOCAL_RANK": "0",
+        "KSTUDIO_PROCESSES": str(processes),
     }
+
+
+# Runs the job's command (in $KSTUDIO_COMMAND) once per process of the instance, each
+# with its own LOCAL_RANK and RANK, and ends with the first failure's status.
+PER_PROCESS = """\
+status=0; pids=""; i=0
+while [ "$i" -lt "$KSTUDIO_PROCESSES" ]; do
+  LOCAL_RANK=$i RANK=$((NODE_RANK * KSTUDIO_PROCESSES + i)) "$0" -c "$KSTUDIO_COMMAND" &
+  pids="$pids $!"; i=$((i + 1))
+done
+for pid in $pids; do wait "$pid"; code=$?; [ "$status" -eq 0 ] && status=$code; done
+exit "$status"
+"""
+
+
+def per_process(command: str, distribution: dict[str, Any] | None) -> tuple[str, dict[str, str]]:
+    """The command as run, and what it needs in its environment: itself, started once
+    per process when an instance runs several."""
+    processes = int((distribution or {}).get("process_count_per_instance") or 1)
+    if processes <= 1:
+        return command, {}
+    return PER_PROCESS, {"KSTUDIO_COMMAND": command}
 
 
 class Launcher:
@@ -558,11 +583,12 @@ class Launcher:
 
     def run(self, command: str) -> int:
         shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+        command, extra = per_process(command, self.spec.get("distribution"))
         try:
             self.child = subprocess.Popen(
                 [shell, "-c", command],
                 cwd=self.workdir,
-                env=self.child_environment(),
+                env={**self.child_environment(), **extra},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -144,10 +144,10 @@ def _check_placement(
                 ("distribution.type", f"{kind} is not supported on Kubernetes compute yet "
                  "(pytorch and tensorflow are)")
             )  # fmt: skip
-        if per_node not in (None, 1):
+        if per_node not in (None, 1) and kind != "pytorch":
             errors.append(
-                ("distribution.process_count_per_instance", "one process per instance for "
-                 "now: start more from your command (torchrun --nproc-per-node)")
+                ("distribution.process_count_per_instance", "several processes per "
+                 "instance are for pytorch only")
             )  # fmt: skip
     return compute, instance_type
 

@@ -782,7 +782,7 @@ def test_distributions_not_built_yet_are_refused_by_name(attached, workspace, pe
 
     for extra, field in (
         ("distribution: {type: mpi}", "distribution.type"),
-        ("distribution: {type: pytorch, process_count_per_instance: 4}",
+        ("distribution: {type: tensorflow, process_count_per_instance: 4}",
          "distribution.process_count_per_instance"),
     ):  # fmt: skip
         text = f"command: echo\ncompute: azureml:k8s\nresources: {{instance_count: 2}}\n{extra}\n"
@@ -843,3 +843,22 @@ def test_a_repeated_submit_finds_the_job_it_made_and_labels_name_the_job(
     )
     services.cancel(job)
     finished(job)
+
+
+def test_several_processes_per_instance_each_get_their_rank(attached, workspace, people):
+    text = (
+        "command: echo rank $RANK local $LOCAL_RANK of $WORLD_SIZE\ncompute: azureml:k8s\n"
+        "resources: {instance_count: 2}\n"
+        "distribution: {type: pytorch, process_count_per_instance: 2}\n"
+    )
+    job = finished(services.submit_yaml(workspace, people.contributor, text, {}))
+    assert job.status == "Completed", job.failure_reason
+    assert sorted(lines_of(job)) == [
+        "[0] rank 0 local 0 of 4",
+        "[0] rank 1 local 1 of 4",
+        "[1] rank 2 local 0 of 4",
+        "[1] rank 3 local 1 of 4",
+    ]
+    failing = text.replace("echo rank $RANK local $LOCAL_RANK of $WORLD_SIZE", "exit $RANK")
+    job = finished(services.submit_yaml(workspace, people.contributor, failing, {}))
+    assert job.status == "Failed"  # rank 1 exits 1 (and ranks 2, 3 too): the job fails

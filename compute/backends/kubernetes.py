@@ -83,6 +83,9 @@ def render(
             "type": kind,
             "hosts": [f"{name}-{index}.{name}" for index in range(instances)],
             "port": DISTRIBUTION_PORTS.get(kind, 29500),
+            "process_count_per_instance": (spec.distribution or {}).get(
+                "process_count_per_instance", 1
+            ),
         }
     config_map = {
         "apiVersion": "v1",
