@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> None:
     controller = controller_thread("bench")
     started = time.perf_counter()
     while kube.api.count(jobs_kind, "bench") < args.jobs:
-        time.sleep(0.02)
+        time.sleep(0.05)
     created = time.perf_counter() - started
     deadline = time.monotonic() + 120
     while Job.objects.filter(waiting_reason__contains="nodes available").count() < args.jobs:

@@ -258,8 +258,9 @@ class Controller:
                 return 0
             claimed = [
                 job
+                # The launch spec names the workspace: read with the job, not once a job.
                 for job in Job.objects.filter(pk__in=ids, status=Status.QUEUED).select_related(
-                    "compute"
+                    "compute", "workspace"
                 )
                 if services.transition(
                     job, Status.PREPARING, waiting_reason="", **self._lease_fields()
@@ -275,6 +276,7 @@ class Controller:
         work = [(job, backend_for(job.compute, job.compute_kind)) for job in jobs]
         specs = [launch_spec(job) for job, _ in work]
         submissions = list(self.submitter.map(_submit, [b for _, b in work], specs))
+        started: list[tuple[Job, ComputeBackend]] = []
         for (job, backend), (runtime, exc) in zip(work, submissions, strict=True):
             if exc is not None:
                 log.error("could not start job %s: %s", job.name, exc, exc_info=exc)
@@ -285,8 +287,11 @@ class Controller:
                     failure_reason=f"The compute could not start the job: {exc}",
                 )
                 continue
-            Job.objects.filter(pk=job.pk).update(runtime=runtime)
             job.runtime = runtime
+            started.append((job, backend))
+        # One write for the batch: what each compute said about its job.
+        Job.objects.bulk_update([job for job, _ in started], ["runtime"])
+        for job, backend in started:
             self.hold(Held(job=job, backend=backend))
 
     def hold(self, held: Held) -> None:
@@ -325,7 +330,7 @@ class Controller:
         # Queued jobs with an owner are held by a compute that cannot start them yet.
         held = Q(status__in=ACTIVE) | Q(status=Status.QUEUED) & ~Q(lease_owner="")
         expired = Job.objects.filter(held, lease_expires_at__lt=timezone.now()).select_related(
-            "compute"
+            "compute", "workspace"
         )
         for job in expired.exclude(pk__in=list(self.held)):
             taken = Job.objects.filter(

@@ -92,7 +92,7 @@ def render(
         "kind": "ConfigMap",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "data": {
-            "launcher.py": Path(launcher.__file__).read_text(encoding="utf-8"),
+            "launcher.py": launcher_source(),
             "launch.json": json.dumps(launch),
         },
     }
@@ -185,6 +185,12 @@ def render(
     return [job, config_map, service]
 
 
+@functools.cache
+def launcher_source() -> str:
+    """The launcher as shipped to pods (read once: it is the same for every job)."""
+    return Path(launcher.__file__).read_text(encoding="utf-8")
+
+
 def _small_uploads(spec: LaunchSpec) -> dict[str, bytes]:
     """The job's uploads, read from the artifact store, when together they fit in its
     ConfigMap: then a job needs no way from its pod to the studio to get them."""
@@ -261,6 +267,8 @@ class KubernetesBackend(ComputeBackend):
         self.node_selector = node_selector or {}
         self.jobs: dict[str, dict[str, Any]] = {}  # by name, from the watch
         self.pods: dict[str, dict[str, Any]] = {}
+        # The same pods by the job they belong to: observing a job does not scan them all.
+        self.pods_of_job: dict[str, dict[str, dict[str, Any]]] = {}
         self.synced = {"jobs": threading.Event(), "pods": threading.Event()}
         self.followers: dict[str, Follower] = {}
         self.canceled: set[str] = set()
@@ -354,19 +362,28 @@ class KubernetesBackend(ComputeBackend):
         def listed(items: list[dict[str, Any]]) -> None:
             fresh = {o["metadata"]["name"]: o for o in items}
             with self.lock:
-                gone = set(cache) - set(fresh)
+                gone = {self._job_of(kind, o) for n, o in cache.items() if n not in fresh}
                 cache.clear()
                 cache.update(fresh)
+                if kind == "pods":
+                    self.pods_of_job.clear()
+                    for pod_name, pod in fresh.items():
+                        self.pods_of_job.setdefault(self._job_of(kind, pod), {})[pod_name] = pod
             self.synced[kind].set()
             self._tell({self._job_of(kind, o) for o in fresh.values()} | gone)
 
         def changed(event: str, obj: dict[str, Any]) -> None:
+            name, job = obj["metadata"]["name"], self._job_of(kind, obj)
             with self.lock:
                 if event == "DELETED":
-                    cache.pop(obj["metadata"]["name"], None)
+                    cache.pop(name, None)
+                    if kind == "pods":
+                        self.pods_of_job.get(job, {}).pop(name, None)
                 else:
-                    cache[obj["metadata"]["name"]] = obj
-            self._tell({self._job_of(kind, obj)})
+                    cache[name] = obj
+                    if kind == "pods":
+                        self.pods_of_job.setdefault(job, {})[name] = obj
+            self._tell({job})
 
         selected = functools.partial(lister, self.namespace, label_selector=f"{MANAGED}={STUDIO}")
         kube.list_and_watch(selected, listed, changed, self.stop, f"{kind} in {self.namespace}")
@@ -492,11 +509,7 @@ class KubernetesBackend(ComputeBackend):
         with self.lock:
             job = self.jobs.get(name)
             pods = sorted(
-                (
-                    p
-                    for p in self.pods.values()
-                    if (p["metadata"].get("labels") or {}).get(JOB_LABEL) == name
-                ),
+                self.pods_of_job.get(name, {}).values(),
                 key=lambda p: p["metadata"].get("creationTimestamp") or "",
             )
         lines, cursor, logs_complete = self._read_logs(

@@ -13,6 +13,7 @@ namespace POST, and has no resourceVersion, pod logs or server-side apply).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import copy
 import http.server
@@ -449,12 +450,13 @@ class ApiServer:
             and generation == self.store.generation
         ):
             with self.store.lock:
-                pending = [
-                    (version, event, obj)
-                    for version, k, event, obj in self.store.history
-                    if version > since and k == prefix
-                ]
+                # The history is in version order: start after `since`, not at the top.
+                start = bisect.bisect_right(self.store.history, since, key=lambda e: e[0])
+                newer = self.store.history[start:]
+                pending = [(version, event, obj) for version, k, event, obj in newer if k == prefix]
                 if not pending:
+                    if newer:
+                        since = newer[-1][0]  # other kinds' events: seen, not ours
                     self.store.lock.wait(min(0.5, max(0.0, deadline - time.monotonic())))
                     continue
             for version, event, obj in pending:
