@@ -407,6 +407,8 @@ class Controller:
         if job.status == Status.CANCEL_REQUESTED:
             self._forward_cancel(held)
         observation = held.backend.observe(job.runtime, job.log_cursor)
+        if observation.instances is not None and observation.instances != job.instances:
+            services.set_instances(job, observation.instances)
         if observation.lines or observation.cursor != job.log_cursor:
             services.append_logs(job, observation.lines, observation.cursor)
         phase = observation.phase

@@ -58,6 +58,8 @@ class Job(models.Model):
     # Why a Queued job has not started yet (no free slot on its compute, say).
     waiting_reason = models.CharField(max_length=500, blank=True)
     outputs = models.JSONField(default=list, blank=True)
+    # A distributed job's instances as its compute last saw them: index, phase, node, why.
+    instances = models.JSONField(default=list, blank=True)
 
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"

@@ -338,6 +338,13 @@ def transition(
     return True
 
 
+def set_instances(job: Job, instances: list[dict[str, Any]]) -> None:
+    """A distributed job's instances changed state: kept, and shown live."""
+    Job.objects.filter(pk=job.pk).update(instances=instances)
+    job.instances = instances
+    events.publish(events.status_message(job))
+
+
 def set_waiting_reason(job: Job, reason: str) -> None:
     """Why a queued job waits changed (the scheduler says something new): shown live."""
     Job.objects.filter(pk=job.pk).update(waiting_reason=reason)

@@ -743,7 +743,7 @@ def test_nodes_and_fits_are_shown_and_misfits_warned_at_save_and_at_submit(
 
 
 def test_a_distributed_job_runs_one_pod_per_instance_with_each_frameworks_variables(
-    attached, workspace, people, kube, kstudio, tmp_path
+    attached, workspace, people, kube, kstudio, tmp_path, api, client
 ):
     text = (
         "command: echo $MASTER_ADDR $MASTER_PORT $WORLD_SIZE $NODE_RANK $RANK $LOCAL_RANK\n"
@@ -767,6 +767,15 @@ def test_a_distributed_job_runs_one_pod_per_instance_with_each_frameworks_variab
     assert sorted(lines_of(job)) == [f"[0] {master} 29500 2 0 0 0", f"[1] {master} 29500 2 1 1 0"]
     service = kube.api.get(kube.api.kind("", "services"), "team-a", name)
     assert service["spec"]["clusterIP"] == "None"
+    assert [(i["index"], i["phase"], i["node"]) for i in job.instances] == [
+        (0, "Succeeded", "node-1"),
+        (1, "Succeeded", "node-1"),
+    ]
+    shown = api(people.reader).get(f"/api/v1/workspaces/demo/jobs/{job.name}/").json()
+    assert len(shown["instances"]) == 2
+    client.force_login(people.reader)
+    page = client.get(f"/workspaces/demo/jobs/{job.name}/").content.decode()
+    assert "<h3>Instances</h3>" in page and "Succeeded" in page
 
     tf = "command: echo $TF_CONFIG\ncompute: azureml:k8s\nresources: {instance_count: 2}\n"
     tf += "distribution: {type: tensorflow}\n"

@@ -70,6 +70,8 @@ class Observation:
     exit_code: int | None = None
     reason: str = ""
     waiting_reason: str = ""
+    # A distributed job's instances, each {"index", "phase", "node", "reason"}; None: no news.
+    instances: list[dict[str, Any]] | None = None
     # With a terminal phase: the files the job left, each {"output", "path", "size",
     # "artifact"}, already published to the artifact store under that name.
     outputs: list[dict[str, Any]] = field(default_factory=list)

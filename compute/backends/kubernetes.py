@@ -507,14 +507,28 @@ class KubernetesBackend(ComputeBackend):
         if not all(e.wait(10) for e in self.synced.values()):
             return Observation(lines=[], cursor=cursor)  # not listed yet: nothing known
         with self.lock:
-            job = self.jobs.get(name)
             pods = sorted(
                 self.pods_of_job.get(name, {}).values(),
                 key=lambda p: p["metadata"].get("creationTimestamp") or "",
             )
-        lines, cursor, logs_complete = self._read_logs(
-            pods, cursor, distributed=int(runtime.get("instances", 1)) > 1
-        )
+        distributed = int(runtime.get("instances", 1)) > 1
+        lines, cursor, logs_complete = self._read_logs(pods, cursor, distributed=distributed)
+        observed = self._observe(runtime, cursor, lines, logs_complete, pods)
+        if distributed:
+            observed.instances = self._instances({self._index(p): p for p in pods})
+        return observed
+
+    def _observe(
+        self,
+        runtime: dict[str, Any],
+        cursor: dict[str, Any],
+        lines: list[LogRecord],
+        logs_complete: bool,
+        pods: list[dict[str, Any]],
+    ) -> Observation:
+        name = str(runtime["name"])
+        with self.lock:
+            job = self.jobs.get(name)
         if job is None:
             if name in self.canceled:
                 return Observation(lines, cursor, phase="Canceled", reason="Canceled by request.")
@@ -573,6 +587,23 @@ class KubernetesBackend(ComputeBackend):
         if running == instances:
             return Observation(lines, cursor, phase="Running")
         return Observation(lines, cursor, phase="Preparing")
+
+    def _instances(self, current: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each instance's pod as a person would read it: its phase, node and trouble."""
+        described = []
+        for index, pod in sorted(current.items()):
+            status = pod.get("status") or {}
+            reason = ""
+            for condition in status.get("conditions") or []:
+                if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                    reason = str(condition.get("message", ""))
+            ended = self._terminated(pod)
+            if ended is not None and ended.get("exitCode"):
+                reason = f"exited with code {ended['exitCode']}"
+            described.append({"index": index, "phase": status.get("phase", "Pending"),
+                              "node": (pod.get("spec") or {}).get("nodeName", ""),
+                              "reason": reason})  # fmt: skip
+        return described
 
     @staticmethod
     def _index(pod: dict[str, Any]) -> int:

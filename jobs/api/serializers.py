@@ -74,6 +74,7 @@ def job_detail(job: Job, request: Any = None) -> dict[str, Any]:
         instance_type_resources=job.resources,
         enforcement_notes=job.enforcement_notes,
         output_files=job.outputs,
+        instances=job.instances,
     )
     return data
 
@@ -128,6 +129,10 @@ class JobSerializer(JobListSerializer):
     instance_type_resources = serializers.DictField()
     enforcement_notes = serializers.ListField(child=serializers.CharField())
     output_files = serializers.ListField(child=serializers.DictField())
+    instances = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="A distributed job's instances: index, phase, node, reason.",
+    )
 
     def to_representation(self, job: Job) -> dict[str, Any]:
         return job_detail(job, self.context.get("request"))
