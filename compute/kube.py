@@ -53,7 +53,31 @@ def read_kubeconfig(text: str, context: str = "") -> tuple[dict[str, Any], str]:
             if chosen
             else f"context: the kubeconfig has several ({', '.join(map(str, names))}); pick one"
         )
+    _refuse_host_access(loaded)
     return loaded, str(chosen)
+
+
+# Kubeconfig fields that make the studio read a file or run a program on its own host: a
+# kubeconfig pasted into the console must not reach the studio's files or run as it.
+HOST_FIELDS = {
+    "clusters": ("certificate-authority",),
+    "users": ("client-certificate", "client-key", "tokenFile", "exec", "auth-provider"),
+}
+
+
+def _refuse_host_access(kubeconfig: dict[str, Any]) -> None:
+    for section, fields in HOST_FIELDS.items():
+        for i, entry in enumerate(kubeconfig.get(section) or []):
+            inner = (entry or {}).get(section[:-1]) if isinstance(entry, dict) else None
+            for name in fields:
+                if isinstance(inner, dict) and inner.get(name):
+                    raise ClusterError(
+                        f"kubeconfig: {section}[{i}].{section[:-1]}.{name} would make the "
+                        "studio read a file or run a program on its own host; give the "
+                        "credentials inline instead (token, client-certificate-data, "
+                        "client-key-data, certificate-authority-data), e.g. a ServiceAccount "
+                        "token"
+                    )
 
 
 def server_of(kubeconfig: dict[str, Any], context: str) -> str:

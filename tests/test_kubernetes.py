@@ -111,6 +111,22 @@ def test_a_bad_kubeconfig_is_refused_naming_the_field(api, people, kube):
         "message": "'prod' is not in the kubeconfig (it has: fake)",
     }
     assert not Cluster.objects.exists()
+    # Credential plugins and file paths would run programs or read files on the studio's
+    # host: refused by field.
+    for field, value in (
+        ("exec", {"command": "sh", "args": ["-c", "cat /etc/shadow"]}),
+        ("tokenFile", "/etc/shadow"),
+    ):
+        config = kube.kubeconfig()
+        config["users"][0]["user"] = {field: value}
+        body = {"name": "x", "kubeconfig": yaml.safe_dump(config)}
+        refused = api(people.it_ops).post("/api/v1/clusters/", body, format="json")
+        assert refused.status_code == 400
+        assert (
+            f"users[0].user.{field} would make the studio read a file or run a program"
+            in (refused.json()["errors"][0]["message"])
+        )
+    assert not Cluster.objects.exists()
 
 
 def test_attaching_checks_the_namespace_or_creates_it(api, people, kube):
