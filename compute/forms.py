@@ -67,6 +67,16 @@ class InstanceTypeForm(forms.ModelForm[InstanceType]):
                 if value is not None:
                     self.fields[field].initial = value
 
+    def clean_name(self) -> str:
+        """Unique within the local host's set (a cluster may have the same name)."""
+        name: str = self.cleaned_data["name"]
+        taken = InstanceType.objects.filter(cluster=None, name=name)
+        if self.instance.pk:
+            taken = taken.exclude(pk=self.instance.pk)
+        if taken.exists():
+            raise ValidationError(f"An instance type named {name!r} already exists.")
+        return name
+
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         resources: dict[str, dict[str, str]] = {}

@@ -51,6 +51,7 @@ def delete_instance_type(instance_type: InstanceType) -> None:
 
 def ensure_default_instance_type() -> InstanceType:
     instance_type, _ = InstanceType.objects.get_or_create(
+        cluster=None,  # the local host's; each cluster has its own
         name=DEFAULT_INSTANCE_TYPE,
         defaults={
             "resources": DEFAULT_RESOURCES,
@@ -77,7 +78,9 @@ def seed_local(workspace: Workspace) -> ComputeTarget:
     """What a first visit needs: a local compute target and a few instance types."""
     ensure_default_instance_type()
     for name, resources in SEED_INSTANCE_TYPES.items():
-        InstanceType.objects.get_or_create(name=name, defaults={"resources": resources})
+        InstanceType.objects.get_or_create(
+            cluster=None, name=name, defaults={"resources": resources}
+        )
     compute, _ = ComputeTarget.objects.get_or_create(
         workspace=workspace,
         name="local",

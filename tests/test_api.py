@@ -355,3 +355,15 @@ def test_first_compute_of_a_workspace_becomes_its_default(api, people):
     )
     defaults = Workspace.objects.get(name="fresh").computes.filter(is_default=True)
     assert [c.name for c in defaults] == ["first"]
+
+
+def test_a_local_instance_type_name_is_taken_once_whatever_the_clusters_have(api, people, client):
+    body = {"name": "cpu-small", "resources": {"requests": {"cpu": "1"}}}
+    taken = api(people.it_ops).post("/api/v1/instance-types/", body, format="json")
+    assert taken.status_code == 400
+    assert taken.json()["errors"] == [
+        {"field": "name", "message": "an instance type named 'cpu-small' already exists."}
+    ]
+    client.force_login(people.it_ops)
+    page = client.post("/console/instance-types/new/", {"name": "cpu-small"})
+    assert page.status_code == 400 and b"already exists" in page.content

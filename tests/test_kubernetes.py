@@ -887,3 +887,21 @@ def test_several_processes_per_instance_each_get_their_rank(attached, workspace,
     failing = text.replace("echo rank $RANK local $LOCAL_RANK of $WORLD_SIZE", "exit $RANK")
     job = finished(services.submit_yaml(workspace, people.contributor, failing, {}))
     assert job.status == "Failed"  # rank 1 exits 1 (and ranks 2, 3 too): the job fails
+
+
+def test_two_workspaces_share_a_namespace_and_a_job_name_without_colliding(
+    attached, workspace, people, kube
+):
+    from compute import clusters
+    from studio.services import create_workspace
+
+    other = create_workspace("other", owner=people.contributor)
+    clusters.attach(other, "k8s", attached.cluster, "team-a")  # the same namespace
+    text = "name: train\ncommand: echo from $KSTUDIO_JOB_NAME\ncompute: azureml:k8s\n"
+    ours = services.submit_yaml(workspace, people.contributor, text, {})
+    theirs = services.submit_yaml(other, people.contributor, text, {})
+    ours, theirs = finished(ours), finished(theirs)
+    assert ours.status == theirs.status == "Completed"
+    assert lines_of(ours) == lines_of(theirs) == ["from train"]
+    assert ours.runtime["name"] != theirs.runtime["name"]
+    assert kube.api.count(kube.api.kind("batch", "jobs"), "team-a") == 2

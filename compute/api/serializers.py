@@ -25,6 +25,12 @@ class InstanceTypeSerializer(serializers.ModelSerializer[InstanceType]):
             and (value != DEFAULT_INSTANCE_TYPE)
         ):
             raise serializers.ValidationError(f"{DEFAULT_INSTANCE_TYPE} cannot be renamed.")
+        # Unique within the local host's set (other clusters may have the same name).
+        taken = InstanceType.objects.filter(cluster=None, name=value)
+        if self.instance is not None:
+            taken = taken.exclude(pk=self.instance.pk)
+        if taken.exists():
+            raise serializers.ValidationError(f"an instance type named {value!r} already exists.")
         return value
 
 
