@@ -4,7 +4,7 @@ import yaml
 from django import forms
 from django.core.exceptions import ValidationError
 
-from compute.models import Cluster, ComputeTarget, InstanceType
+from compute.models import Cluster, ComputeKind, ComputeTarget, InstanceType
 from compute.resources import validate_node_selector, validate_resources
 
 QUANTITY_FIELDS = [
@@ -23,6 +23,15 @@ class ComputeTargetForm(forms.ModelForm[ComputeTarget]):
     def __init__(self, *args: Any, workspace: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.instance.workspace = workspace
+        # Kubernetes targets are made by attaching a cluster (with its namespace), and a
+        # target's type does not change.
+        kind = self.fields["kind"]
+        assert isinstance(kind, forms.ChoiceField)
+        if self.instance.pk:
+            kind.choices = [(self.instance.kind, self.instance.get_kind_display())]
+        else:
+            kind.choices = [(ComputeKind.LOCAL.value, ComputeKind.LOCAL.label)]
+        kind.help_text = "For Kubernetes, use “Attach a cluster” in the console."
 
     def clean_name(self) -> str:
         name: str = self.cleaned_data["name"]

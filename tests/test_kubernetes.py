@@ -905,3 +905,18 @@ def test_two_workspaces_share_a_namespace_and_a_job_name_without_colliding(
     assert lines_of(ours) == lines_of(theirs) == ["from train"]
     assert ours.runtime["name"] != theirs.runtime["name"]
     assert kube.api.count(kube.api.kind("batch", "jobs"), "team-a") == 2
+
+
+def test_a_kubernetes_target_is_only_made_by_attaching_and_no_target_changes_type(
+    api, people, client, attached
+):
+    url = "/api/v1/workspaces/demo/computes/"
+    changed = api(people.it_ops).patch(url + "local/", {"type": "kubernetes"}, format="json")
+    assert changed.status_code == 400 and changed.json()["errors"][0]["field"] == "type"
+    client.force_login(people.it_ops)
+    form = client.post(
+        "/console/workspaces/demo/computes/new/", {"name": "k", "kind": "kubernetes"}
+    )
+    assert form.status_code == 400 and b"Select a valid choice" in form.content
+    assert not ComputeTarget.objects.filter(name="k").exists()
+    assert ComputeTarget.objects.get(name="local").kind == "local"

@@ -75,6 +75,11 @@ class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
             for name in AZURE_ONLY
             if name in (self.initial_data or {})
         }
+        if (
+            self.instance is not None
+            and attrs.get("kind", self.instance.kind) != self.instance.kind
+        ):
+            errors["type"] = "a compute target's type cannot change; detach it and attach anew"
         if attrs.get("kind", getattr(self.instance, "kind", None)) != ComputeKind.KUBERNETES:
             for name in ("cluster", "namespace"):
                 if attrs.get(name):
