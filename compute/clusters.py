@@ -161,7 +161,7 @@ def ensure_namespace(cluster: Cluster, namespace: str, *, create: bool) -> None:
     except FieldErrors:
         raise
     except Exception as exc:
-        raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+        raise kube.refused(cluster, exc) from exc
 
 
 def changed(cluster: Cluster) -> None:
@@ -183,7 +183,7 @@ def install(cluster: Cluster, pairs: list[str]) -> extension.Outcome:
     try:
         outcome = extension.install(cluster, attached_namespaces(cluster))
     except Exception as exc:
-        raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+        raise kube.refused(cluster, exc) from exc
     if not outcome.problems:
         cluster.settings = settings
         cluster.save(update_fields=["settings", "updated_at"])
@@ -201,7 +201,7 @@ def uninstall(cluster: Cluster) -> list[dict[str, str]]:
     try:
         return extension.uninstall(cluster, attached_namespaces(cluster))
     except Exception as exc:
-        raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+        raise kube.refused(cluster, exc) from exc
 
 
 def check_attachments() -> None:
@@ -236,7 +236,7 @@ def nodes_report(cluster: Cluster) -> dict[str, Any]:
     try:
         seen = capacity.nodes(cluster)
     except Exception as exc:
-        raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+        raise kube.refused(cluster, exc) from exc
 
     def amounts(values: dict[str, Any]) -> dict[str, str]:
         return {k: capacity.shown(v, k) for k, v in values.items()}

@@ -30,7 +30,7 @@ from compute.resources import (
     quantity,
     validate_resources,
 )
-from studio.errors import Conflict, FieldErrors
+from studio.errors import FieldErrors
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,9 @@ def save(cluster: Cluster | None, name: str, node_selector: Any, resources: Any,
             said = kube.in_words(exc)
             if exc.status == 404:  # no such resource: the CRD is not there
                 said = "the studio's extension is not installed (kstudio cluster install)"
-            raise FieldErrors([("cluster", f"{cluster.name}: {said}")]) from exc
+            raise kube.refused(cluster, exc, said) from exc
         except Exception as exc:  # whatever it said, in words
-            raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+            raise kube.refused(cluster, exc) from exc
     return _upsert(cluster, name, fields)
 
 
@@ -189,25 +189,18 @@ def _upsert(cluster: Cluster | None, name: str, fields: dict[str, Any]) -> Insta
     raise AssertionError("unreachable")
 
 
-def delete(cluster: Cluster | None, name: str) -> None:
-    row = InstanceType.objects.filter(cluster=cluster, name=name).first()
-    if row is None:
-        raise FieldErrors([("name", f"no instance type {name!r} here")])
-    if cluster is None:
-        if name == DEFAULT_INSTANCE_TYPE:
-            raise Conflict(
-                f"{DEFAULT_INSTANCE_TYPE} is used by every job that names no instance type; "
-                "edit it instead of deleting it."
-            )
-        row.delete()
-        return
+def delete(cluster: Cluster, name: str) -> None:
+    """Delete one of a cluster's instance types, there first (the local host's go through
+    compute.services.delete_instance_type)."""
+    if not InstanceType.objects.filter(cluster=cluster, name=name).exists():
+        raise FieldErrors([("name", f"no instance type {name!r} in cluster {cluster.name!r}")])
     try:
         extension.request(kube.api_client(cluster), "DELETE", _path(name))
     except ApiException as exc:
         if exc.status != 404:
-            raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+            raise kube.refused(cluster, exc) from exc
     except Exception as exc:
-        raise FieldErrors([("cluster", f"{cluster.name}: {kube.in_words(exc)}")]) from exc
+        raise kube.refused(cluster, exc) from exc
     _gone(cluster, name)
 
 

@@ -16,6 +16,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from studio.errors import FieldErrors
+
 if TYPE_CHECKING:
     from compute.models import Cluster
 
@@ -138,6 +140,11 @@ def in_words(exc: Exception) -> str:
     if isinstance(exc, config.ConfigException):
         return f"kubeconfig: {exc}"
     return f"{exc.__class__.__name__}: {exc}"
+
+
+def refused(cluster: Cluster, exc: Exception, said: str = "") -> FieldErrors:
+    """What the cluster answered (or why it did not), as a 400 on the `cluster` field."""
+    return FieldErrors([("cluster", f"{cluster.name}: {said or in_words(exc)}")])
 
 
 @dataclass

@@ -154,6 +154,16 @@ def test_attaching_checks_the_namespace_or_creates_it(api, people, kube):
     assert refused.status_code == 409 and "demo/k8s" in refused.json()["detail"]
 
 
+def registered_with_the_cli(kstudio: Any, people: Any, kube: Any, tmp_path: Any) -> dict:
+    """Cluster `lab` registered by IT-ops with `kstudio cluster create`; returns the
+    environment that makes kstudio act as IT-ops."""
+    it_ops = {"KSTUDIO_TOKEN": token_for(people.it_ops)}
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump(kube.kubeconfig()))
+    kstudio("cluster", "create", "--name", "lab", "--kubeconfig", str(config), check=True, **it_ops)
+    return it_ops
+
+
 # -- rendering -----------------------------------------------------------------------------
 def test_rendered_objects_are_valid_kubernetes():
     spec = LaunchSpec(
@@ -411,10 +421,7 @@ class controller_thread:
 def test_the_extension_installs_idempotently_and_uninstalls_only_what_it_made(
     kstudio, people, kube, tmp_path
 ):
-    it_ops = {"KSTUDIO_TOKEN": token_for(people.it_ops)}
-    config = tmp_path / "kubeconfig"
-    config.write_text(yaml.safe_dump(kube.kubeconfig()))
-    kstudio("cluster", "create", "--name", "lab", "--kubeconfig", str(config), check=True, **it_ops)
+    it_ops = registered_with_the_cli(kstudio, people, kube, tmp_path)
     kstudio("compute", "attach", "--name", "k8s", "--cluster", "lab", "--namespace", "team-a",
             "--create-namespace", check=True, **it_ops)  # fmt: skip
 
@@ -545,10 +552,7 @@ def test_the_crd_schema_takes_azures_examples_and_refuses_what_azure_refuses():
 
 
 def test_instance_types_live_in_their_cluster_both_ways(kstudio, people, kube, tmp_path):
-    it_ops = {"KSTUDIO_TOKEN": token_for(people.it_ops)}
-    config = tmp_path / "kubeconfig"
-    config.write_text(yaml.safe_dump(kube.kubeconfig()))
-    kstudio("cluster", "create", "--name", "lab", "--kubeconfig", str(config), check=True, **it_ops)
+    it_ops = registered_with_the_cli(kstudio, people, kube, tmp_path)
     kstudio("cluster", "install", "lab", check=True, **it_ops)
     listed = json.loads(kstudio("instance-type", "list", "--cluster", "lab", "-o", "json").stdout)
     assert [(i["name"], i["origin"]) for i in listed] == [("defaultinstancetype", "builtin")]
@@ -588,10 +592,7 @@ def test_instance_types_live_in_their_cluster_both_ways(kstudio, people, kube, t
 def test_a_bad_instance_type_file_is_refused_by_field_and_nothing_is_stored(
     kstudio, people, kube, tmp_path
 ):
-    it_ops = {"KSTUDIO_TOKEN": token_for(people.it_ops)}
-    config = tmp_path / "kubeconfig"
-    config.write_text(yaml.safe_dump(kube.kubeconfig()))
-    kstudio("cluster", "create", "--name", "lab", "--kubeconfig", str(config), check=True, **it_ops)
+    it_ops = registered_with_the_cli(kstudio, people, kube, tmp_path)
     kstudio("cluster", "install", "lab", check=True, **it_ops)
     bad = yaml.safe_load(AZURE_LIST)
     bad["items"][1]["spec"]["resources"]["requests"]["nvidia.com/gpu"] = 1

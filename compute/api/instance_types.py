@@ -65,4 +65,4 @@ class ClusterInstanceTypeViewSet(
         return Response(data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance: InstanceType) -> None:
-        instance_types.delete(instance.cluster, instance.name)
+        instance_types.delete(self.cluster(), instance.name)
