@@ -40,7 +40,7 @@ from compute import clusters, instance_types
 from compute.backends import LaunchSpec, backend_class, backend_for
 from compute.backends.base import ComputeBackend
 from jobs import events, services
-from jobs.launch import launch_spec
+from jobs.launch import DataProblem, launch_spec
 from jobs.models import ACTIVE, TERMINAL, Job, Status
 
 log = logging.getLogger(__name__)
@@ -273,8 +273,16 @@ class Controller:
         """Hand jobs to their computes. The submissions run side by side (a cluster's API
         answers each in milliseconds, and one after another would cap the rate at that);
         what they return is recorded here, in the controller's own thread."""
-        work = [(job, backend_for(job.compute, job.compute_kind)) for job in jobs]
-        specs = [launch_spec(job) for job, _ in work]
+        work: list[tuple[Job, ComputeBackend]] = []
+        specs: list[LaunchSpec] = []
+        for job in jobs:
+            try:
+                specs.append(launch_spec(job))
+            except DataProblem as problem:  # its data is gone, or its storage refuses
+                reason = f"Preparing failed: {problem}"
+                services.transition(job, Status.FAILED, reason, failure_reason=reason)
+                continue
+            work.append((job, backend_for(job.compute, job.compute_kind)))
         submissions = list(self.submitter.map(_submit, [b for _, b in work], specs))
         started: list[tuple[Job, ComputeBackend]] = []
         for (job, backend), (runtime, exc) in zip(work, submissions, strict=True):

@@ -11,9 +11,19 @@ from typing import Any
 from django.conf import settings
 
 from compute.backends import LaunchSpec
+from data import services as data_services
 from jobs import tokens
 from jobs.models import Job
 from jobs.spec import CommandJob, InlineEnvironment, parse
+
+
+class DataProblem(ValueError):
+    """An input's data cannot be read now (gone, or the storage refuses): the job fails
+    with this, naming the input."""
+
+
+# Modes the computes here cannot do as Azure does (a FUSE mount): the files are downloaded.
+MOUNT_MODES = {"ro_mount", "rw_mount", "eval_mount"}
 
 
 def launch_spec(job: Job) -> LaunchSpec:
@@ -22,10 +32,14 @@ def launch_spec(job: Job) -> LaunchSpec:
         name: {"type": "literal", "value": value} for name, value in spec.literal_values().items()
     }
     for name, item in spec.data_inputs().items():
-        if item.path.lower().startswith(("http://", "https://")):
-            inputs[name] = {"type": item.type, "url": item.path}
+        # The launcher knows files and folders; an MLTable is a folder holding one.
+        kind = "uri_file" if item.type == "uri_file" else "uri_folder"
+        if name in job.data_inputs:
+            inputs[name] = _data_input(job, name, kind, item.mode)
+        elif item.path.lower().startswith(("http://", "https://")):
+            inputs[name] = {"type": kind, "url": item.path}
         else:
-            inputs[name] = {"type": item.type, **_uploaded(job, f"inputs.{name}")}
+            inputs[name] = {"type": kind, **_uploaded(job, f"inputs.{name}")}
     code = _uploaded(job, "code") if spec.code else None
     resources = job.resources or {}
     return LaunchSpec(
@@ -53,6 +67,24 @@ def launch_spec(job: Job) -> LaunchSpec:
         instance_count=spec.resources.instance_count,
         distribution=spec.distribution.model_dump(exclude_none=True) if spec.distribution else None,
     )
+
+
+def _data_input(job: Job, name: str, kind: str, mode: str | None) -> dict[str, Any]:
+    """What the launcher needs to bring a datastore path: each file and how to read it."""
+    try:
+        location = data_services.locate(job.workspace, job.data_inputs[name]["uri"])
+        assert location is not None
+        if mode == "direct":  # the job reads it itself
+            return {"type": "literal", "value": data_services.native_url(location)}
+        if location.url:
+            return {"type": kind, "url": location.url}
+        files, _folder = data_services.files_of(location, kind)
+    except ValueError as exc:
+        raise DataProblem(f"inputs.{name}: {exc}") from exc
+    notes = []
+    if mode in MOUNT_MODES:
+        notes.append(f"{mode} is not available on this compute; downloading the files instead")
+    return {"type": kind, "files": files, "uri": location.uri, "notes": notes}
 
 
 def label_value(text: str) -> str:

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 
 from compute.models import ComputeTarget
+from data.models import DataAsset
 from studio.models import Workspace
 
 
@@ -51,6 +52,10 @@ class Job(models.Model):
     uploads = models.JSONField(default=dict, blank=True)
     # Before the artifact store: the host folder of a job's uploads (older jobs only).
     upload_dir = models.CharField(max_length=500, blank=True)
+    # Inputs that name data (an asset, a datastore path, a storage URL), as resolved at
+    # submission: {"<input>": {"uri": canonical, "asset": "name:version" | None}}. A job
+    # that said @latest keeps the version it got.
+    data_inputs = models.JSONField(default=dict, blank=True)
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.NOT_STARTED)
     exit_code = models.IntegerField(null=True, blank=True)
@@ -142,3 +147,27 @@ class LogLine(models.Model):
             "stream": self.stream,
             "line": self.line,
         }
+
+
+class DataUse(models.Model):
+    """Lineage: a data asset version a job read (an input) or made (an output)."""
+
+    class Direction(models.TextChoices):
+        INPUT = "input"
+        OUTPUT = "output"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="data_uses")
+    asset = models.ForeignKey(DataAsset, on_delete=models.CASCADE, related_name="uses")
+    name = models.CharField(max_length=255)  # the job's input or output
+    direction = models.CharField(max_length=6, choices=Direction.choices)
+
+    class Meta:
+        ordering = ("direction", "name")
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=("job", "direction", "name"), name="one_asset_per_job_port"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.direction} {self.name}"

@@ -21,10 +21,13 @@ from compute.backends import LogRecord, backend_for
 from compute.launcher import address_problem, archive_problem
 from compute.models import ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
+from data import services as data_services
+from data.services import Location
 from jobs import artifacts, events, names
-from jobs.launch import launch_spec
-from jobs.models import ACTIVE, TERMINAL, Job, LogLine, Status, StatusChange
-from jobs.spec import CommandJob, SpecError, load_yaml, parse
+from jobs.launch import DataProblem, launch_spec
+from jobs.models import ACTIVE, TERMINAL, DataUse, Job, LogLine, Status, StatusChange
+from jobs.spec import CommandJob, SpecError, parse
+from studio.documents import load_yaml
 from studio.errors import Conflict
 from studio.models import Workspace
 
@@ -50,7 +53,7 @@ def submit_yaml(
 
 def validate(
     workspace: Workspace, data: dict[str, Any], uploads: Mapping[str, Upload] | None = None
-) -> tuple[CommandJob, ComputeTarget, InstanceType]:
+) -> tuple[CommandJob, ComputeTarget, InstanceType, dict[str, Location]]:
     """Everything `submit` checks, without storing anything. Raises SpecError.
 
     The workspace checks run even when the document itself has problems, so that the
@@ -67,10 +70,36 @@ def validate(
         if spec.name and Job.objects.filter(workspace=workspace, name=spec.name).exists():
             errors.append(("name", f"a job named {spec.name!r} already exists in this workspace"))
         _check_uploads(spec, uploads or {}, errors)
+        located = _locate_data(workspace, spec, errors)
     if errors:
         raise SpecError(errors)
     assert spec is not None and compute is not None and instance_type is not None
-    return spec, compute, instance_type
+    return spec, compute, instance_type, located
+
+
+def _locate_data(
+    workspace: Workspace, spec: CommandJob, errors: list[tuple[str, str]]
+) -> dict[str, Location]:
+    """Inputs naming data assets, datastore paths or storage URLs: where each is, now (an
+    `@latest` is pinned to the version it names at submission)."""
+    found: dict[str, Location] = {}
+    for name, item in spec.data_inputs().items():
+        if not item.refers_to_data() or item.path.lower().startswith(("http://", "https://")):
+            continue
+        try:
+            location = data_services.locate(workspace, item.path)
+        except ValueError as exc:
+            errors.append((f"inputs.{name}.path", str(exc)))
+            continue
+        assert location is not None
+        asset = location.asset
+        if asset is not None and (asset.type == "uri_file") != (item.type == "uri_file"):
+            errors.append(
+                (f"inputs.{name}.type", f"data asset {asset} is a {asset.type}; the input "
+                 f"says {item.type}")
+            )  # fmt: skip
+        found[name] = location
+    return found
 
 
 def would_create(
@@ -78,7 +107,7 @@ def would_create(
 ) -> tuple[CommandJob, ComputeTarget, InstanceType, list[dict[str, Any]]]:
     """`validate`, and the objects the job's compute would create for it (a cluster's Job
     and ConfigMap; none for local processes). Nothing is stored or created."""
-    spec, compute, instance_type = validate(workspace, data, uploads)
+    spec, compute, instance_type, located = validate(workspace, data, uploads)
     job = Job(
         pk=0,
         workspace=workspace,
@@ -88,8 +117,13 @@ def would_create(
         resources={"node_selector": instance_type.node_selector, **instance_type.resources},
         uploads={key: {"artifact": "(kept at submit)", "filename": upload.filename}
                  for key, upload in (uploads or {}).items()},
+        data_inputs=_recorded(located),
     )  # fmt: skip
-    launch = launch_spec(job)
+    try:
+        launch = launch_spec(job)
+    except DataProblem as exc:
+        name = str(exc).split(":", 1)[0]
+        raise SpecError([(f"{name}.path", str(exc).split(": ", 1)[-1])]) from exc
     launch.job_token = "(a token for this job alone, made when it starts)"  # noqa: S105
     return spec, compute, instance_type, backend_for(compute).render(launch)
 
@@ -171,8 +205,7 @@ def _check_uploads(
         problem = _url_problem(item.path)
         if problem:
             errors.append((f"inputs.{name}.path", problem))
-        local = not item.path.lower().startswith(("http://", "https://"))
-        if local and f"inputs.{name}" not in uploads:
+        if not item.refers_to_data() and f"inputs.{name}" not in uploads:
             errors.append(
                 (
                     f"inputs.{name}.path",
@@ -184,7 +217,7 @@ def _check_uploads(
             field, is_folder = "code", True
         elif key.removeprefix("inputs.") in data_inputs and key.startswith("inputs."):
             field = f"{key}.path"
-            is_folder = data_inputs[key.removeprefix("inputs.")].type == "uri_folder"
+            is_folder = data_inputs[key.removeprefix("inputs.")].type != "uri_file"
         else:
             errors.append((key, "an upload was given for something the job does not declare"))
             continue
@@ -236,7 +269,7 @@ def submit(
     source_yaml: str = "",
 ) -> Job:
     """Validate and store a job, then queue it. Nothing is stored when anything is wrong."""
-    spec, compute, instance_type = validate(workspace, data, uploads)
+    spec, compute, instance_type, located = validate(workspace, data, uploads)
     backend = backend_for(compute)
     stored: dict[str, dict[str, str]] = {}  # upload key -> its artifact
     try:
@@ -264,6 +297,12 @@ def submit(
                 ],
                 created_by=user if getattr(user, "is_authenticated", False) else None,
                 status=Status.QUEUED,
+                data_inputs=_recorded(located),
+            )
+            DataUse.objects.bulk_create(
+                DataUse(job=job, asset=where.asset, name=name, direction=DataUse.Direction.INPUT)
+                for name, where in located.items()
+                if where.asset is not None
             )
             if uploads:
                 for key, upload in uploads.items():
@@ -289,6 +328,13 @@ def submit(
         artifacts.delete(stored.values())
         raise
     return job
+
+
+def _recorded(located: dict[str, Location]) -> dict[str, dict[str, str | None]]:
+    return {
+        name: {"uri": where.uri, "asset": str(where.asset) if where.asset else None}
+        for name, where in located.items()
+    }
 
 
 # -- state changes ---------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,10 +25,8 @@ from pydantic import (
 )
 
 from compute.launcher import references
-from studio.errors import FieldErrors
-
-# libyaml's loader when PyYAML was built with it: several times faster than pure Python.
-SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from data.spec import parse_ref
+from studio.documents import DocumentError, Strict, field_errors
 
 # Fields of Azure's command-job schema that this product does not run yet: refused by
 # name rather than reported as unknown, so the user knows it is a gap, not a typo.
@@ -47,19 +44,15 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
 INPUT_MODES = {"ro_mount", "rw_mount", "download", "direct", "eval_mount", "eval_download"}
 
 
-class SpecError(FieldErrors):
-    """A job document's problems, each with the field path it concerns."""
+# A job document's problems, each with the field path it concerns.
+SpecError = DocumentError
 
 
 Literal_ = StrictStr | StrictBool | StrictInt | StrictFloat
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
 class DataInput(Strict):
-    type: Literal["uri_file", "uri_folder"]
+    type: Literal["uri_file", "uri_folder", "mltable"]
     path: StrictStr
     mode: StrictStr | None = None
     description: StrictStr | None = None
@@ -74,15 +67,15 @@ class DataInput(Strict):
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:
-        lowered = value.lower()
-        if lowered.startswith(("azureml:", "wasbs://", "abfss://", "adl://", "s3://", "gs://")):
-            raise ValueError(
-                "data assets and datastores are not supported yet; use a local path "
-                "(uploaded with the job) or an http(s) URL"
-            )
-        if "://" in value and not lowered.startswith(("http://", "https://")):
-            raise ValueError("only local paths and http(s) URLs are supported")
+        if value.lower().startswith(("adl://", "gs://")):
+            raise ValueError("this storage is not supported; use azure_blob or s3 datastores")
+        parse_ref(value)  # a malformed reference says how to write it
         return value
+
+    def refers_to_data(self) -> bool:
+        """Names data the studio resolves (an asset, a datastore, storage, a URL), rather
+        than a local path uploaded with the job."""
+        return "://" in self.path or self.path.startswith("azureml:")
 
 
 class LiteralInput(Strict):
@@ -93,9 +86,9 @@ class LiteralInput(Strict):
     description: StrictStr | None = None
 
 
-DATA_TYPES = ("uri_file", "uri_folder")
+DATA_TYPES = ("uri_file", "uri_folder", "mltable")
 LITERAL_TYPES = ("string", "integer", "number", "boolean")
-ASSET_TYPES = ("mlflow_model", "custom_model", "triton_model", "mltable")
+ASSET_TYPES = ("mlflow_model", "custom_model", "triton_model")
 
 
 def _input_kind(value: Any) -> str:
@@ -274,117 +267,6 @@ def _text(value: object) -> str:
     return str(value)
 
 
-_UNION_LABELS = {
-    "data",
-    "typed",
-    "bad",
-    "literal",
-    "ok",
-    "InlineEnvironment",
-    "str",
-    "int",
-    "float",
-    "bool",
-    "none",
-    "constrained-int",
-    "json-or-python",
-}
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    """pydantic's location -> a field path, without the union-member labels it adds."""
-    parts: list[str] = []
-    for item in loc:
-        text = str(item)
-        if text in _UNION_LABELS or text.startswith(("function-", "union[")) or "[" in text:
-            continue
-        parts.append(text)
-    return ".".join(parts) or "(document)"
-
-
-def _message(error: dict[str, Any]) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "is required"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
-
-
-# A job document is a few hundred nodes; these bounds refuse the pathological ones
-# (an alias "billion laughs" expands to millions of nodes from a few hundred bytes).
-MAX_NODES = 100_000
-MAX_DEPTH = 64
-
-
-def _expanded_size(root: yaml.Node) -> int:
-    """Nodes the document would have once every alias is expanded, counted over the
-    composed graph (where an alias is a shared node), so the count itself stays cheap.
-    Raises SpecError past the bounds, or on an alias that contains itself."""
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-
-    def size(node: yaml.Node, depth: int) -> int:
-        if depth > MAX_DEPTH:
-            raise SpecError([("(document)", f"is nested deeper than {MAX_DEPTH} levels")])
-        if id(node) in sizes:
-            return sizes[id(node)]
-        if id(node) in open_nodes:
-            raise SpecError([("(document)", "has an alias that refers to itself")])
-        open_nodes.add(id(node))
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(item, depth + 1) for item in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
-        open_nodes.discard(id(node))
-        if total > MAX_NODES:
-            raise SpecError(
-                [("(document)", f"expands to more than {MAX_NODES:,} values (aliases included)")]
-            )
-        sizes[id(node)] = total
-        return total
-
-    return size(root, 0)
-
-
-def load_yaml(text: str) -> dict[str, Any]:
-    loader = SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is not None:
-            _expanded_size(node)
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([("(document)", f"not valid YAML{where}: {problem}")]) from exc
-    finally:
-        loader.dispose()
-    if not isinstance(data, dict):
-        raise SpecError([("(document)", "must be a YAML mapping of job fields")])
-    return data
-
-
-def check_bounds(data: Any) -> None:
-    """The same bounds for a document that came as JSON."""
-    stack = [(data, 0)]
-    count = 0
-    while stack:
-        value, depth = stack.pop()
-        count += 1
-        if depth > MAX_DEPTH:
-            raise SpecError([("(document)", f"is nested deeper than {MAX_DEPTH} levels")])
-        if count > MAX_NODES:
-            raise SpecError([("(document)", f"has more than {MAX_NODES:,} values")])
-        if isinstance(value, dict):
-            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
-
-
 def parse(data: dict[str, Any]) -> CommandJob:
     """Validate a job document; raise SpecError listing every problem."""
     job_type = data.get("type", "command")
@@ -406,42 +288,11 @@ def parse(data: dict[str, Any]) -> CommandJob:
     try:
         job = CommandJob.model_validate(clean)
     except ValidationError as exc:
-        seen = set()
-        for error in exc.errors():
-            item = (_path(error["loc"]), _message(dict(error)))
-            if item not in seen:
-                seen.add(item)
-                errors.append(item)
-        raise SpecError(_merge_type_errors(_prefer_specific(errors))) from exc
+        raise SpecError(errors + [e for e in field_errors(exc) if e not in errors]) from exc
     errors.extend(_check_command(job))
     if errors:
         raise SpecError(errors)
     return job
-
-
-def _prefer_specific(errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """A union that fails on every member reports each: keep the errors of the deepest paths."""
-    paths = {p for p, _ in errors}
-    return [
-        (p, m)
-        for p, m in errors
-        if not any(other != p and other.startswith(p + ".") for other in paths)
-    ]
-
-
-def _merge_type_errors(errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """'should be a valid string', '... valid integer' on one path -> one message."""
-    merged: list[tuple[str, str]] = []
-    kinds: dict[str, list[str]] = {}
-    for path, message in errors:
-        if message.startswith("Input should be a valid "):
-            if path not in kinds:
-                kinds[path] = []
-                merged.append((path, ""))
-            kinds[path].append(message.removeprefix("Input should be a valid ").split(" ")[0])
-        else:
-            merged.append((path, message))
-    return [(p, m or "must be a " + " or ".join(dict.fromkeys(kinds[p]))) for p, m in merged]
 
 
 def _check_command(job: CommandJob) -> list[tuple[str, str]]:

@@ -22,8 +22,9 @@ from jobs import outputs, services
 from jobs.filters import JobFilter
 from jobs.forms import SubmitJobForm
 from jobs.models import Job, Status
-from jobs.spec import SpecError, load_yaml
+from jobs.spec import SpecError
 from studio import access
+from studio.documents import load_yaml
 from studio.htmx import is_htmx_partial
 from studio.models import Role
 
@@ -122,6 +123,7 @@ def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
         "workspace": job.workspace,
         "can_cancel": access.can(role, Role.CONTRIBUTOR) and not job.is_terminal,
         "history": job.status_changes.all(),
+        "data_inputs": [_data_read(name, d) for name, d in (job.data_inputs or {}).items()],
         "outputs": [
             {"name": name, "files": outputs.files_of(job, name)}
             for name in outputs.output_names(job)
@@ -130,6 +132,12 @@ def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
     if is_htmx_partial(request) and request.GET.get("part") == "overview":
         return render(request, "jobs/_overview.html", context)
     return render(request, "jobs/detail.html", context)
+
+
+def _data_read(name: str, recorded: dict[str, str]) -> dict[str, str]:
+    asset = recorded.get("asset") or ""
+    return {"name": name, "uri": recorded["uri"], "asset": asset,
+            "asset_name": asset.rpartition(":")[0]}  # fmt: skip
 
 
 @login_required

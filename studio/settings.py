@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "channels",
     "studio",
     "compute",
+    "data",
     "jobs",
 ]
 
@@ -155,7 +156,7 @@ else:
     }
 
 # What each app gives a new workspace (called in order, idempotent).
-STUDIO_WORKSPACE_SETUP = ["compute.services.seed_local"]
+STUDIO_WORKSPACE_SETUP = ["compute.services.seed_local", "data.services.seed_default"]
 # The backend class of each kind of compute target (compute.backends).
 STUDIO_COMPUTE_BACKENDS = {
     "local": "compute.backends.local.LocalBackend",
@@ -195,6 +196,8 @@ STORAGES = {
         or {"location": str(VAR_DIR / "artifacts")},
     },
 }
+# Each workspace's default datastore (workspaceblobstore) until IT-ops points it elsewhere.
+STUDIO_DATASTORES_DIR = env_path("STUDIO_DATASTORES_DIR", VAR_DIR / "datastores")
 STUDIO_CANCEL_GRACE_SECONDS = env_int("STUDIO_CANCEL_GRACE_SECONDS", 10)
 # How many jobs one controller runs at once; more wait in Queued.
 STUDIO_MAX_RUNNING_JOBS = env_int("STUDIO_MAX_RUNNING_JOBS", max(4, 2 * (os.cpu_count() or 1)))
@@ -319,6 +322,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # Azure's SDK logs every request and response at INFO; its warnings are enough.
+    "loggers": {"azure": {"level": "WARNING"}},
 }
 
 X_FRAME_OPTIONS = "DENY"

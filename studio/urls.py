@@ -11,6 +11,7 @@ urlpatterns = [
     path("profile/tokens/<int:token_id>/revoke/", views.token_revoke, name="token-revoke"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("workspaces/<str:workspace>/jobs/", include("jobs.urls")),
+    path("workspaces/<str:workspace>/data/", include("data.urls")),
     path("workspaces/<str:workspace>/members/", views.members, name="members"),
     path(
         "workspaces/<str:workspace>/members/<str:username>/",
@@ -22,6 +23,7 @@ urlpatterns = [
     # Each app routes its own API (the root URLconf is the one place that knows them all).
     path("api/v1/", include("studio.api.urls")),
     path("api/v1/", include("compute.api.urls")),
+    path("api/v1/", include("data.api.urls")),
     path("api/v1/", include("jobs.api.urls")),
     path("admin/", admin.site.urls),
 ]

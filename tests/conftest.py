@@ -23,9 +23,9 @@ from channels.layers import get_channel_layer
 from django.contrib.auth.models import Group, User
 from rest_framework.test import APIClient
 
-from compute.services import seed_local
 from studio.access import IT_OPS_GROUP
 from studio.models import ApiToken, Membership, Role, Workspace
+from studio.services import set_up
 from tests.kube.cluster import FakeCluster
 from tests.live import LiveStudio
 
@@ -50,6 +50,7 @@ def studio_dirs(settings: Any, tmp_path: Any) -> None:
             "OPTIONS": {"location": str(tmp_path / "artifacts")},
         },
     }
+    settings.STUDIO_DATASTORES_DIR = tmp_path / "datastores"
     settings.STUDIO_CANCEL_GRACE_SECONDS = 2
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -121,7 +122,7 @@ def fresh_channel_layer() -> Iterator[None]:
 @pytest.fixture
 def workspace(db: None) -> Workspace:
     ws = Workspace.objects.create(name="demo")
-    seed_local(ws)
+    set_up(ws)  # what every app gives a new workspace: a local compute, a datastore
     ws.refresh_from_db()
     return ws
 
@@ -232,6 +233,24 @@ def kstudio(live_studio: LiveStudio, people: People) -> Callable[..., Any]:
         return result
 
     return run
+
+
+@pytest.fixture(scope="session")
+def s3_store() -> Iterator[dict[str, Any]]:
+    """moto's S3 server over real HTTP, with a bucket (S3Storage's options)."""
+    from tests import stores
+
+    with stores.s3_server() as options:
+        yield options
+
+
+@pytest.fixture(scope="session")
+def azure_store() -> Iterator[dict[str, Any]]:
+    """Azurite's blob service, with a container (AzureStorage's options)."""
+    from tests import stores
+
+    with stores.azurite_server() as options:
+        yield options
 
 
 @pytest.fixture

@@ -150,6 +150,48 @@ def test_form_asks_for_local_input_files_and_the_job_reads_them(people, page, tm
     expect(page.locator("#logs")).to_contain_text("1,2")
 
 
+def test_register_data_in_the_browser_and_a_job_reads_it_at_latest(people, page, tmp_path):
+    from playwright.sync_api import expect
+
+    first, second = tmp_path / "v1" / "rows.csv", tmp_path / "v2" / "rows.csv"
+    for path, text in ((first, "a,b\n"), (second, "c,d\n")):
+        path.parent.mkdir()
+        path.write_text(text)
+    sign_in(page, "carl", "pw-carl-12345")
+    page.goto("/workspaces/demo/jobs/")
+    page.get_by_role("link", name="Data", exact=True).click()
+    page.get_by_role("link", name="Register data").click()
+    for upload in (first, second):
+        page.goto("/workspaces/demo/data/new/")
+        page.fill("input[name=name]", "rows")
+        page.select_option("select[name=type]", "uri_file")
+        page.set_input_files("input[name=upload]", str(upload))
+        page.click("button[type=submit]")
+    expect(page.locator("#version-2")).to_contain_text("azureml:rows@latest")
+    # Neither a path nor files: said on the form, nothing stored.
+    page.goto("/workspaces/demo/data/new/")
+    page.fill("input[name=name]", "empty")
+    page.click("button[type=submit]")
+    expect(page.locator("form.stack")).to_contain_text("Give a path or upload files")
+
+    page.goto("/workspaces/demo/jobs/new/")
+    page.fill(
+        "textarea[name=spec]",
+        "command: cat ${{inputs.rows}}\n"
+        "inputs:\n  rows: {type: uri_file, path: azureml:rows@latest}\n",
+    )
+    page.click("button[type=submit]")
+    expect(page.locator("#job-status")).to_have_text("Completed")
+    expect(page.locator("#logs")).to_contain_text("c,d")
+    overview = page.locator("dl", has_text="Data read")
+    expect(overview).to_contain_text("rows:2")
+    overview.locator("a", has_text="rows:2").click()
+    expect(page.locator("#version-2")).to_contain_text("Read by")
+    job = orm(lambda: Job.objects.get(workspace__name="demo"))
+    expect(page.locator("#version-2")).to_contain_text(job.name)
+    expect(page.locator("#version-1")).to_contain_text("no jobs yet")
+
+
 def test_job_list_stays_whole_while_jobs_change_state(people, workspace, page):
     """A row refreshed by a status event replaces that row only, never the table."""
     from playwright.sync_api import expect
@@ -218,6 +260,8 @@ A11Y_PAGES = [
     ("carl", "/workspaces/demo/jobs/new/"),
     ("carl", "job"),
     ("carl", "/workspaces/demo/members/"),
+    ("carl", "/workspaces/demo/data/"),
+    ("carl", "/workspaces/demo/data/new/"),
     ("carl", "/profile/"),
     ("ivan", "/console/"),
     (None, "/login/"),

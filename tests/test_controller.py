@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
@@ -117,18 +117,6 @@ async def test_inputs_env_outputs_and_stderr(workspace, people, controller):
     }
     with await sync_to_async(outputs.open_file)(job, "model", "m.bin") as f:
         assert f.read() == b"model\n"
-
-
-@pytest.fixture(scope="session")
-def s3_store() -> Iterator[dict]:
-    with stores.s3_server() as options:
-        yield options
-
-
-@pytest.fixture(scope="session")
-def azure_store() -> Iterator[dict]:
-    with stores.azurite_server() as options:
-        yield options
 
 
 STORES = {

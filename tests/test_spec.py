@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from compute.launcher import LaunchError, substitute
-from jobs.spec import SpecError, load_yaml, parse
+from jobs.spec import SpecError, parse
+from studio.documents import load_yaml
 
 COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "azureml-examples"
 BASICS = COMPAT / "cli" / "jobs" / "basics"
@@ -23,14 +24,17 @@ RUNNABLE = [
     "hello-mlflow.yml",
     "hello-git.yml",
     "hello-notebook.yml",
+    # Data assets, datastore paths and storage URLs (tests/test_data_jobs.py runs such jobs).
+    "hello-dataset.yml",
+    "hello-iris-folder.yml",
+    "hello-iris-datastore-file.yml",
+    "hello-iris-datastore-folder.yml",
 ]
 REFUSED = {
     "hello-interactive.yml": ("services", "not supported"),
     "hello-sweep.yml": ("type", "sweep jobs are not supported"),
     "hello-pipeline.yml": ("type", "pipeline jobs are not supported"),
     "hello-automl/hello-automl-job-basic.yml": ("type", "automl jobs are not supported"),
-    "hello-dataset.yml": ("inputs.sampledata.path", "data assets and datastores"),
-    "hello-iris-folder.yml": ("inputs.data_dir.path", "data assets and datastores"),
     "hello-model-as-input.yml": ("inputs.my_model.type", "mlflow_model inputs are not supported"),
 }
 

@@ -746,5 +746,10 @@ def instance_type_delete(studio: Studio, name: str, cluster: str) -> None:
     click.echo(f"Deleted instance type {name} from {cluster}.")
 
 
+# Commands kept in their own modules register themselves on `main` when imported.
+from kstudio_cli import assets  # noqa: E402
+
+__all__ = ["assets", "main"]
+
 if __name__ == "__main__":
     main()

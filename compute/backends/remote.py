@@ -4,9 +4,25 @@ and publish its outputs there with the job's token (see compute/launcher.py)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import quote
 
 from compute.backends.base import LaunchSpec, launcher_bounds
+
+# A listing bigger than this does not ride in the launch file (a ConfigMap holds 1 MiB).
+MAX_CARRIED_LISTING = 256 * 1024
+
+
+def remote_files(name: str, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An input's files as a launcher elsewhere reads them: signed URLs as they are, files
+    on the studio's host through the studio (jobs/api/io.py)."""
+    return [
+        {"path": f["path"], "size": f["size"], "studio": f"inputs/{name}/files/{quote(f['path'])}"}
+        if "source" in f
+        else f
+        for f in files
+    ]
 
 
 def launch_file(
@@ -24,6 +40,13 @@ def launch_file(
     for name, item in spec.inputs.items():
         if "artifact" in item:
             inputs[name] = {"type": item["type"], **ref(item["key"]), "filename": item["filename"]}
+        elif "files" in item:
+            files = remote_files(name, item["files"])
+            if len(json.dumps(files)) > MAX_CARRIED_LISTING:  # asked for when the pod starts
+                rest = {key: value for key, value in item.items() if key != "files"}
+                inputs[name] = {**rest, "listing": f"inputs/{name}/files/"}
+            else:
+                inputs[name] = {**item, "files": files}
         else:
             inputs[name] = item  # literals and http(s) URLs need nothing of the studio
     return {

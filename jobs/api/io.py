@@ -16,6 +16,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from compute.backends import artifacts
+from compute.backends.remote import remote_files
+from data import services as data_services
+from data.services import Location
+from data.stores import StoreError, open_store
 from jobs import outputs, tokens
 from jobs.models import Job
 from studio.auth import key_from_header
@@ -85,3 +89,51 @@ class OutputView(JobIOView):
             body.seek(0)
             name = artifacts.publish(artifacts.output_name(job.pk, output, path), body)
         return Response({"artifact": name, "size": size}, status=201)
+
+
+def _input_location(job: Job, name: str) -> Location:
+    entry = (job.data_inputs or {}).get(name)
+    if entry is None:
+        raise exceptions.NotFound(f"The job has no data input named {name!r}.")
+    try:
+        location = data_services.locate(job.workspace, entry["uri"])
+    except ValueError as exc:
+        raise exceptions.NotFound(str(exc)) from exc
+    assert location is not None
+    return location
+
+
+@extend_schema(exclude=True)
+class InputListingView(JobIOView):
+    def get(self, request: Request, name: str) -> Response:
+        """A data input's files, for a launcher whose launch file could not carry them."""
+        job = job_of(request)
+        location = _input_location(job, name)
+        kind = "uri_file" if job.spec.get("inputs", {}).get(name, {}).get("type") == "uri_file" \
+            else "uri_folder"  # fmt: skip
+        try:
+            files, _folder = data_services.files_of(location, kind)
+        except ValueError as exc:
+            raise exceptions.NotFound(str(exc)) from exc
+        return Response({"files": remote_files(name, files)})
+
+
+@extend_schema(exclude=True)
+class InputFileView(JobIOView):
+    def get(self, request: Request, name: str, path: str) -> FileResponse:
+        """One file of a data input kept on the studio's host, for a launcher elsewhere.
+        Only files beneath the input's own path: the token opens nothing else."""
+        location = _input_location(job_of(request), name)
+        if location.datastore is None:
+            raise exceptions.NotFound("This input is read from its URL, not the studio.")
+        base = location.path.strip("/")
+        files = [f.path for f in location.walk()]
+        exact = files == [base]
+        wanted = base if exact else f"{base}/{path}".lstrip("/")
+        if wanted not in files:
+            raise exceptions.NotFound(f"The input has no file {path!r}.")
+        try:
+            stream = open_store(location.datastore).open(wanted)
+        except StoreError as exc:
+            raise exceptions.NotFound(str(exc)) from exc
+        return FileResponse(stream, as_attachment=True)

@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from jobs.api.io import OutputView, UploadView
+from jobs.api.io import InputFileView, InputListingView, OutputView, UploadView
 from jobs.api.views import JobViewSet
 
 router = SimpleRouter()
@@ -16,5 +16,11 @@ urlpatterns = [
     # A job's own launcher, with its job token (jobs/api/io.py).
     path("job-io/uploads/<str:key>", UploadView.as_view(), name="job-io-upload"),
     path("job-io/outputs/<str:output>/<path:path>", OutputView.as_view(), name="job-io-output"),
+    path("job-io/inputs/<str:name>/files/", InputListingView.as_view(), name="job-io-listing"),
+    path(
+        "job-io/inputs/<str:name>/files/<path:path>",
+        InputFileView.as_view(),
+        name="job-io-input-file",
+    ),
     *router.urls,
 ]

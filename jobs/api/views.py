@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.http.response import HttpResponseBase
@@ -21,9 +19,8 @@ from jobs import services
 from jobs.api.serializers import JobListSerializer, JobSerializer
 from jobs.filters import JobFilter
 from jobs.models import Job
-from jobs.spec import SpecError, check_bounds, load_yaml
 from jobs.views import output_download, output_file
-from studio.api import WorkspaceMixin
+from studio.api import WorkspaceMixin, document_from_request
 
 
 def spec_from_request(request: Request) -> tuple[dict[str, Any], str, dict[str, services.Upload]]:
@@ -36,23 +33,8 @@ def spec_from_request(request: Request) -> tuple[dict[str, Any], str, dict[str, 
         key: services.Upload(file=f, filename=f.name or key) for key, f in request.FILES.items()
     }
     uploads.pop("spec", None)
-    if "spec" in request.FILES:
-        spec_file = request.FILES["spec"]
-        if (spec_file.size or 0) > settings.STUDIO_MAX_REQUEST_BYTES:
-            raise SpecError([("spec", "the job file is larger than the studio accepts")])
-        text = spec_file.read().decode("utf-8", errors="replace")
-    elif not isinstance(request.data, Mapping):
-        raise SpecError([("(document)", "must be a mapping of job fields")])
-    elif isinstance(request.data.get("yaml"), str):
-        text = request.data["yaml"]
-    elif "spec" in request.data:
-        text = str(request.data["spec"])
-    elif request.content_type.startswith("application/json"):
-        check_bounds(request.data)
-        return dict(request.data), "", uploads
-    else:
-        raise SpecError([("(document)", "send the job as YAML in 'yaml' or 'spec', or as JSON")])
-    return load_yaml(text), text, uploads
+    data, text = document_from_request(request, "job")
+    return data, text, uploads
 
 
 LOG_PAGE = 10_000

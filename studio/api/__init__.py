@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
@@ -15,6 +17,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from studio import access
+from studio.documents import DocumentError, check_bounds, load_yaml
 from studio.errors import Conflict, FieldErrors
 from studio.models import Role, Workspace
 
@@ -37,6 +40,33 @@ def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
             errors.extend(_flatten(item, f"{prefix}.{index}" if prefix else str(index)))
         return errors
     return [{"field": prefix or "(document)", "message": str(detail)}]
+
+
+def document_from_request(request: Request, what: str) -> tuple[dict[str, Any], str]:
+    """A document (a job, a data asset...) and its YAML text, from JSON or multipart.
+
+    JSON: {"yaml": "<text>"} or the document itself. Multipart: a `spec` part (YAML text
+    or file) beside whatever files come with it.
+    """
+    if "spec" in request.FILES:
+        spec_file = request.FILES["spec"]
+        if (spec_file.size or 0) > settings.STUDIO_MAX_REQUEST_BYTES:
+            raise DocumentError([("spec", f"the {what} file is larger than the studio accepts")])
+        text = spec_file.read().decode("utf-8", errors="replace")
+    elif not isinstance(request.data, Mapping):
+        raise DocumentError([("(document)", f"must be a mapping of {what} fields")])
+    elif isinstance(request.data.get("yaml"), str):
+        text = request.data["yaml"]
+    elif "spec" in request.data:
+        text = str(request.data["spec"])
+    elif request.content_type.startswith("application/json"):
+        check_bounds(request.data)
+        return dict(request.data), ""
+    else:
+        raise DocumentError(
+            [("(document)", f"send the {what} as YAML in 'yaml' or 'spec', or as JSON")]
+        )
+    return load_yaml(text, what), text
 
 
 def field_errors(error: FieldErrors) -> list[dict[str, str]]:

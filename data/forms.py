@@ -1,0 +1,44 @@
+"""The data asset form of the studio's pages: a path (a URL or azureml:// reference), or
+files uploaded from the browser."""
+
+from django import forms
+
+from data.models import DataType
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    def clean(self, data: object, initial: object = None) -> list[object]:
+        if isinstance(data, list | tuple):
+            return [super(MultipleFileField, self).clean(item, initial) for item in data]
+        return [super().clean(data, initial)] if data else []
+
+
+class DataAssetForm(forms.Form):
+    name = forms.CharField(max_length=255)
+    version = forms.CharField(max_length=64, required=False, help_text="Default: the next number.")
+    type = forms.ChoiceField(choices=DataType.choices, initial=DataType.URI_FOLDER)
+    path = forms.CharField(
+        max_length=2000,
+        required=False,
+        help_text="azureml://datastores/<name>/paths/<path>, https://, s3:// or wasbs://; "
+        "or leave empty and upload files.",
+    )
+    upload = MultipleFileField(
+        required=False,
+        widget=MultipleFileInput(attrs={"multiple": True}),
+        help_text="Uploaded to the workspace's default datastore (uri_file: one file; "
+        "a folder: these files in it).",
+    )
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+    def clean(self) -> dict[str, object]:
+        data = super().clean() or {}
+        if bool(data.get("path")) == bool(data.get("upload")):
+            raise forms.ValidationError("Give a path or upload files (one of them).")
+        if data.get("type") == DataType.URI_FILE and len(data.get("upload") or []) > 1:
+            self.add_error("upload", "A uri_file asset is one file.")
+        return data

@@ -1,0 +1,399 @@
+"""Datastores and data assets: creating them (checked against the storage before anything
+is kept), and finding the files a reference names, for jobs and pages alike."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import tarfile
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+
+from compute.launcher import archive_problem
+from data import spec
+from data.models import DEFAULT_DATASTORE, DataAsset, Datastore, DatastoreKind
+from data.stores import File, StoreError, open_store
+from studio.access import is_it_ops
+from studio.errors import Conflict, FieldErrors
+from studio.models import Workspace
+
+# How long a signed URL handed to a job reads its file: a week, S3's longest.
+SIGNED_URL_SECONDS = 7 * 24 * 3600
+
+
+class InUse(Conflict):
+    """Refused: data assets still live in the datastore, or it is the default."""
+
+
+# -- datastores ------------------------------------------------------------------------------
+def seed_default(workspace: Workspace) -> Datastore:
+    """Every workspace has `workspaceblobstore`: a folder under the studio's data folder
+    until IT-ops points it at real storage."""
+    datastore, _ = Datastore.objects.get_or_create(
+        workspace=workspace,
+        name=DEFAULT_DATASTORE,
+        defaults={
+            "kind": DatastoreKind.LOCAL,
+            "location": {"path": str(Path(settings.STUDIO_DATASTORES_DIR) / str(workspace.pk))},
+            "description": "The workspace's default datastore.",
+            "is_default": True,
+        },
+    )
+    return datastore
+
+
+def default_datastore(workspace: Workspace) -> Datastore:
+    return Datastore.objects.filter(workspace=workspace, is_default=True).first() or seed_default(
+        workspace
+    )
+
+
+def _private_endpoint(url: str) -> str | None:
+    """The address an endpoint URL resolves to when it is not public, else None."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return None  # unresolvable: the check against the storage says so
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not ip.is_global:
+            return str(ip)
+    return None
+
+
+def save_datastore(workspace: Workspace, user: Any, data: dict[str, Any]) -> Datastore:
+    """Create a datastore, or replace the one of that name (Azure's create-or-update).
+    The storage is asked first: a datastore that cannot be read is not kept. Omitted
+    credentials on an update of the same kind keep the stored ones."""
+    document = spec.parse_datastore(data)
+    kind = document.type
+    if isinstance(document, spec.LocalDatastore) and not is_it_ops(user):
+        raise PermissionDenied("Only IT-ops may make a datastore of a folder on the studio host.")
+    endpoint_field = {"s3": "endpoint_url", "azure_blob": "account_url"}.get(kind, "")
+    endpoint = getattr(document, endpoint_field, None) if endpoint_field else None
+    if endpoint and not is_it_ops(user) and (address := _private_endpoint(endpoint)):
+        raise FieldErrors(
+            [(endpoint_field, f"resolves to {address}, not a public address: only IT-ops may "
+              "use a storage endpoint inside the studio's network")]
+        )  # fmt: skip
+    location = document.model_dump(
+        exclude={"schema_", "name", "description", "tags", "type", "credentials"},
+        exclude_none=True,
+    )
+    existing = Datastore.objects.filter(workspace=workspace, name=document.name).first()
+    given = getattr(document, "credentials", None)
+    credentials: dict[str, str] = given.model_dump(exclude_none=True) if given else {}
+    if not credentials and existing is not None and existing.kind == kind:
+        credentials = json.loads(existing.credentials) if existing.credentials else {}
+    datastore = existing or Datastore(workspace=workspace, name=document.name)
+    datastore.kind = kind
+    datastore.description = document.description
+    datastore.location = location
+    datastore.credentials = json.dumps(credentials) if credentials else ""
+    datastore.credentials_kind = "+".join(sorted(credentials))
+    try:
+        open_store(datastore).check()
+    except StoreError as exc:
+        raise FieldErrors([(exc.field or _location_field(kind), str(exc))]) from exc
+    datastore.is_default = (
+        datastore.is_default
+        or not Datastore.objects.filter(workspace=workspace, is_default=True)
+        .exclude(pk=datastore.pk)
+        .exists()
+    )
+    datastore.save()
+    return datastore
+
+
+def _location_field(kind: str) -> str:
+    return {"s3": "bucket", "azure_blob": "container_name", "local": "path"}[kind]
+
+
+def delete_datastore(datastore: Datastore) -> None:
+    if datastore.is_default:
+        raise InUse(
+            f"{datastore.name} is the workspace's default datastore; point it elsewhere "
+            "instead of deleting it."
+        )
+    held = DataAsset.objects.filter(
+        workspace=datastore.workspace, path__startswith=spec.datastore_uri(datastore.name, "")
+    ).order_by("name", "version")
+    names = [str(asset) for asset in held[:10]]
+    if names:
+        raise InUse(f"Datastore {datastore.name!r} holds data assets: {', '.join(names)}.")
+    datastore.delete()
+
+
+def described(datastore: Datastore) -> dict[str, Any]:
+    """What the API and pages show: everything but the secrets."""
+    return {
+        "name": datastore.name,
+        "type": datastore.kind,
+        "description": datastore.description,
+        **datastore.location,
+        "credentials": datastore.credentials_kind.split("+") if datastore.credentials_kind else [],
+        "is_default": datastore.is_default,
+        "created_at": datastore.created_at,
+        "updated_at": datastore.updated_at,
+    }
+
+
+# -- where a reference's files are -----------------------------------------------------------
+@dataclass
+class Location:
+    """Files a reference names: a path in a datastore (maybe an ad-hoc public container),
+    or a plain http(s) URL."""
+
+    uri: str  # canonical: azureml://datastores/..., a storage URL, or http(s)
+    datastore: Datastore | None = None
+    path: str = ""
+    asset: DataAsset | None = None
+    url: str = ""  # http(s) only
+
+    def walk(self) -> list[File]:
+        assert self.datastore is not None
+        limit = settings.STUDIO_MAX_ARCHIVE_MEMBERS
+        return open_store(self.datastore).walk(self.path, limit)
+
+
+def locate(workspace: Workspace, uri: str) -> Location | None:
+    """Where `uri` points in this workspace; None for a local path. Raises ValueError with
+    the reason a user should read (no such data asset, datastore, ...)."""
+    ref = spec.parse_ref(uri)
+    if ref is None:
+        if uri.lower().startswith(("http://", "https://")):
+            return Location(uri=uri, url=uri)
+        return None
+    if isinstance(ref, spec.AssetRef):
+        asset = find_asset(workspace, ref.name, ref.version)
+        location = locate(workspace, asset.path)
+        assert location is not None  # an asset's path is never a local one
+        location.asset = asset
+        return location
+    if isinstance(ref, spec.DatastoreRef):
+        datastore = Datastore.objects.filter(workspace=workspace, name=ref.datastore).first()
+        if datastore is None:
+            raise ValueError(f"no datastore named {ref.datastore!r} in this workspace")
+        return Location(uri=spec.datastore_uri(ref.datastore, ref.path), datastore=datastore,
+                        path=ref.path)  # fmt: skip
+    return Location(uri=uri, datastore=_storage_datastore(workspace, ref), path=ref.path)
+
+
+def _storage_datastore(workspace: Workspace, ref: spec.StorageRef) -> Datastore:
+    """The workspace's datastore for a storage URL's bucket or container (its endpoint and
+    credentials), or, for Azure, the public container itself."""
+    found = Datastore.objects.filter(workspace=workspace, kind=ref.kind)
+    if ref.kind == DatastoreKind.S3:
+        datastore = found.filter(location__bucket=ref.container).first()
+        if datastore is None:
+            raise ValueError(
+                f"no s3 datastore in this workspace has the bucket {ref.container!r}; "
+                "create one (kstudio datastore create) so the studio knows its endpoint "
+                "and credentials"
+            )
+        return datastore
+    datastore = found.filter(
+        location__account_name=ref.account, location__container_name=ref.container
+    ).first()
+    return datastore or Datastore(
+        workspace=workspace,
+        name="",
+        kind=DatastoreKind.AZURE_BLOB,
+        location={
+            "account_name": ref.account,
+            "container_name": ref.container,
+            "endpoint": ref.endpoint,
+        },
+    )
+
+
+def files_of(location: Location, kind: str) -> tuple[list[dict[str, Any]], str]:
+    """The files a job's input gets, each {"path": relative, "size"} with how to read it:
+    "url" (signed, read straight from the storage) or "source" (a file on the studio
+    host); and the folder or file name they sit under. Raises ValueError when there is
+    nothing, or not what the input's type says."""
+    if location.url:
+        return [], ""
+    try:
+        found = location.walk()
+    except StoreError as exc:
+        raise ValueError(f"{location.uri}: {exc}") from exc
+    if not found:
+        raise ValueError(f"{location.uri}: no such file or folder")
+    exact = len(found) == 1 and found[0].path == location.path.strip("/")
+    if kind == "uri_file" and not exact:
+        raise ValueError(f"{location.uri} is a folder; the input's type is uri_file")
+    assert location.datastore is not None
+    store = open_store(location.datastore)
+    base = location.path.strip("/")
+    entries = []
+    for file in found:
+        relative = PurePosixPath(file.path).name if exact else file.path[len(base) :].lstrip("/")
+        url = store.signed_url(file.path, SIGNED_URL_SECONDS)
+        how = {"url": url} if url else {"source": store.native_url(file.path)}
+        entries.append({"path": relative, "size": file.size, **how})
+    return entries, PurePosixPath(base).name
+
+
+def native_url(location: Location) -> str:
+    """What a job gets for mode `direct`: the storage's own name for the path."""
+    if location.url or location.datastore is None:
+        return location.url or location.uri
+    return open_store(location.datastore).native_url(location.path)
+
+
+# -- data assets -----------------------------------------------------------------------------
+def find_asset(workspace: Workspace, name: str, version: str | None) -> DataAsset:
+    """A version of a data asset (None: the latest made), or ValueError."""
+    found = DataAsset.objects.filter(workspace=workspace, name=name)
+    asset = found.filter(version=version).first() if version else found.order_by(
+        "-created_at", "-id"
+    ).first()  # fmt: skip
+    if asset is None:
+        if version and found.exists():
+            raise ValueError(f"data asset {name!r} has no version {version!r}")
+        raise ValueError(f"no data asset named {name!r} in this workspace")
+    return asset
+
+
+def next_version(workspace: Workspace, name: str) -> str:
+    """Azure's rule: one more than the highest numeric version (1 for a new asset)."""
+    versions = DataAsset.objects.filter(workspace=workspace, name=name).values_list(
+        "version", flat=True
+    )
+    return str(max((int(v) for v in versions if v.isdigit()), default=0) + 1)
+
+
+def create_asset(
+    workspace: Workspace, user: Any, data: dict[str, Any], upload: IO[bytes] | None = None,
+    filename: str = "",
+) -> DataAsset:  # fmt: skip
+    """Register a data asset version. A local path comes as `upload` (the file, or a
+    folder as a .tar.gz) and is kept in the datastore named, by default the workspace's
+    default, under LocalUpload/<id>/ as Azure does."""
+    document = spec.parse_data(data)
+    version = document.version or next_version(workspace, document.name)
+    if DataAsset.objects.filter(workspace=workspace, name=document.name, version=version).exists():
+        raise Conflict(
+            f"Data asset {document.name}:{version} already exists; a version never changes "
+            "(omit version for the next one)."
+        )
+    try:
+        location = locate(workspace, document.path)
+    except ValueError as exc:
+        raise FieldErrors([("path", str(exc))]) from exc
+    if location is not None and location.asset is not None:
+        raise FieldErrors([("path", "must be a path or URL, not another data asset")])
+    if location is None:
+        if upload is None:
+            raise FieldErrors(
+                [("path", "a local path is uploaded with the asset (kstudio data create "
+                  "sends it); none came with this request")]
+            )  # fmt: skip
+        location = _upload(workspace, document, upload, filename)
+    size = count = None
+    if location.datastore is not None:
+        try:
+            found = location.walk()
+        except StoreError as exc:
+            raise FieldErrors([("path", f"{location.uri}: {exc}")]) from exc
+        _check_type(document.type, location, found)
+        size, count = sum(f.size for f in found), len(found)
+    try:
+        with transaction.atomic():
+            return DataAsset.objects.create(
+                workspace=workspace, name=document.name, version=version, type=document.type,
+                path=location.uri, description=document.description, tags=document.tags,
+                size=size, file_count=count, created_by=user if user.is_authenticated else None,
+            )  # fmt: skip
+    except IntegrityError as exc:
+        raise Conflict(
+            f"Data asset {document.name}:{version} was just made by another request."
+        ) from exc
+
+
+def _check_type(kind: str, location: Location, found: list[File]) -> None:
+    base = location.path.strip("/")
+    if not found:
+        raise FieldErrors([("path", f"{location.uri}: no such file or folder")])
+    is_file = len(found) == 1 and found[0].path == base
+    if kind == "uri_file" and not is_file:
+        raise FieldErrors([("path", f"{location.uri} is a folder; type uri_file needs a file")])
+    if kind != "uri_file" and is_file:
+        raise FieldErrors([("path", f"{location.uri} is a file; type {kind} needs a folder")])
+    if kind == "mltable" and not any(f.path == f"{base}/MLTable".lstrip("/") for f in found):
+        raise FieldErrors([("path", f"{location.uri} has no MLTable file; type mltable needs one")])
+
+
+def _upload(
+    workspace: Workspace, document: spec.DataDocument, upload: IO[bytes], filename: str
+) -> Location:
+    """Keep an uploaded file or folder in the datastore; returns where it is."""
+    if document.datastore:
+        datastore = Datastore.objects.filter(workspace=workspace, name=document.datastore).first()
+        if datastore is None:
+            raise FieldErrors([("datastore", f"no datastore named {document.datastore!r}")])
+    else:
+        datastore = default_datastore(workspace)
+    store = open_store(datastore)
+    name = PurePosixPath(document.path.rstrip("/")).name or document.name
+    base = f"LocalUpload/{uuid.uuid4().hex}/{name}"
+    try:
+        if document.type == "uri_file":
+            store.save(base, upload)
+        else:
+            _save_folder(store, base, upload)
+    except StoreError as exc:
+        raise FieldErrors([("datastore", f"{datastore.name}: {exc}")]) from exc
+    return Location(uri=spec.datastore_uri(datastore.name, base), datastore=datastore, path=base)
+
+
+def _save_folder(store: Any, base: str, archive: IO[bytes]) -> None:
+    problem = archive_problem(
+        archive, settings.STUDIO_MAX_ARCHIVE_MEMBERS, settings.STUDIO_MAX_ARCHIVE_BYTES
+    )
+    if problem:
+        raise FieldErrors([("path", problem)])
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            with tarfile.open(fileobj=archive) as tar:
+                tar.extractall(folder, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise FieldErrors([("path", f"the folder's archive could not be read: {exc}")]) from exc
+        for dirpath, _dirs, files in os.walk(folder):
+            for file in files:
+                path = os.path.join(dirpath, file)
+                if os.path.islink(path):
+                    continue
+                with open(path, "rb") as f:
+                    store.save(f"{base}/{os.path.relpath(path, folder)}", f)
+
+
+def latest_assets(workspace: Workspace) -> QuerySet[DataAsset]:
+    """Each asset's latest version (the list page, `data list`), with its version count."""
+    newest = DataAsset.objects.filter(workspace=workspace, name=OuterRef("name")).order_by(
+        "-created_at", "-id"
+    )
+    count = (
+        DataAsset.objects.filter(workspace=workspace, name=OuterRef("name"))
+        .values("name")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return (
+        DataAsset.objects.filter(workspace=workspace, pk=Subquery(newest.values("pk")[:1]))
+        .annotate(versions=Subquery(count))
+        .order_by("name")
+    )

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from data import views
+
+app_name = "data"
+urlpatterns = [
+    path("", views.data_list, name="list"),
+    path("new/", views.data_new, name="new"),
+    path("<str:name>/", views.data_detail, name="detail"),
+]

@@ -1,0 +1,88 @@
+"""Studio pages for a workspace's data assets and datastores."""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+
+from data import services
+from data.forms import DataAssetForm
+from data.models import DataAsset, Datastore
+from studio import access
+from studio.errors import Conflict, FieldErrors
+from studio.models import Role
+
+
+@login_required
+def data_list(request: HttpRequest, workspace: str) -> HttpResponse:
+    ws, role = access.workspace_for(request.user, workspace)
+    context = {
+        "workspace": ws,
+        "assets": services.latest_assets(ws),
+        "datastores": Datastore.objects.filter(workspace=ws),
+        "can_create": access.can(role, Role.CONTRIBUTOR),
+    }
+    return render(request, "data/list.html", context)
+
+
+@login_required
+def data_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
+    ws, _role = access.workspace_for(request.user, workspace)
+    versions = list(
+        DataAsset.objects.filter(workspace=ws, name=name)
+        .select_related("created_by")
+        .prefetch_related("uses__job")
+    )
+    if not versions:
+        raise Http404(f"No data asset named {name!r}.")
+    context = {"workspace": ws, "name": name, "versions": versions}
+    return render(request, "data/detail.html", context)
+
+
+@login_required
+def data_new(request: HttpRequest, workspace: str) -> HttpResponse:
+    ws, _role = access.workspace_for(request.user, workspace, Role.CONTRIBUTOR)
+    form = DataAssetForm(request.POST or None, request.FILES or None)
+    errors: list[tuple[str, str]] = []
+    if request.method == "POST" and form.is_valid():
+        data = {
+            key: form.cleaned_data[key]
+            for key in ("name", "version", "type", "path", "description")
+            if form.cleaned_data[key]
+        }
+        try:
+            asset = _create(ws, request, data, form.cleaned_data["upload"])
+        except FieldErrors as exc:
+            errors = exc.errors
+        except Conflict as exc:
+            errors = [("version", str(exc))]
+        else:
+            messages.success(request, f"Registered {asset.name}:{asset.version}.")
+            return redirect("data:detail", workspace=ws.name, name=asset.name)
+    status = 400 if request.method == "POST" else 200
+    context = {"workspace": ws, "form": form, "errors": errors}
+    return render(request, "data/new.html", context, status=status)
+
+
+def _create(ws: Any, request: HttpRequest, data: dict[str, Any], files: list[Any]) -> DataAsset:
+    if not files:
+        return services.create_asset(ws, request.user, data)
+    if data["type"] == "uri_file":
+        data["path"] = files[0].name
+        return services.create_asset(ws, request.user, data, files[0], files[0].name)
+    data["path"] = data["name"]
+    # The browser's files, as the folder archive the API takes (spooled: bounded memory).
+    with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as archive:
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for upload in files:
+                info = tarfile.TarInfo(upload.name.replace("\\", "/").lstrip("/"))
+                info.size = upload.size
+                tar.addfile(info, upload)
+        archive.seek(0)
+        return services.create_asset(ws, request.user, data, archive, "upload.tar")
