@@ -208,7 +208,7 @@ def local_inputs(request: HttpRequest, workspace: str) -> HttpResponse:
         {"name": name, "type": item["type"], "path": str(item.get("path", ""))}
         for name, item in (inputs or {}).items()
         if isinstance(item, dict)
-        and item.get("type") in ("uri_file", "uri_folder")
+        and item.get("type") in ("uri_file", "uri_folder", "mltable")
         and "://" not in str(item.get("path", ""))
         and not str(item.get("path", "")).startswith("azureml:")
     ]

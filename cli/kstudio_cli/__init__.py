@@ -23,7 +23,7 @@ import httpx
 import yaml
 from tabulate import tabulate
 
-DATA_TYPES = ("uri_file", "uri_folder")
+DATA_TYPES = ("uri_file", "uri_folder", "mltable")
 SKIP_IN_CODE = {".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache"}
 
 
@@ -242,7 +242,7 @@ def _uploads(
         path = (base / target).resolve()
         if not path.exists():
             errors.append((f"inputs.{name}.path", f"{path} does not exist"))
-        elif item["type"] == "uri_folder":
+        elif item["type"] != "uri_file":  # a folder (an MLTable is one)
             files[f"inputs.{name}"] = (f"{name}.tar.gz", _archive_folder(path))
         else:
             files[f"inputs.{name}"] = (path.name, path.open("rb"))
