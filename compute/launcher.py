@@ -33,6 +33,7 @@ oldest interpreter present): newer features are used where present, with a fallb
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import ipaddress
 import json
@@ -303,6 +304,21 @@ exit "$status"
 """
 
 
+def runnable_by_anyone(path: str) -> bool:
+    """Whether any uid may run this file: it and every folder above it passable."""
+    try:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+        folder = os.path.dirname(path)
+        while folder not in ("/", ""):
+            if not os.stat(folder).st_mode & stat.S_IXOTH:
+                return False
+            folder = os.path.dirname(folder)
+    except OSError:
+        return False
+    return True
+
+
 def per_process(command: str, distribution: dict[str, Any] | None) -> tuple[str, dict[str, str]]:
     """The command as run, and what it needs in its environment: itself, started once
     per process when an instance runs several."""
@@ -337,6 +353,7 @@ class Launcher:
         # limits.timeout counts from the launcher's start: downloads are part of the job.
         self.deadline = self.started + timeout if timeout else None
         self.state: dict[str, object] = {"launcher_pid": os.getpid()}
+        self.env_bin = ""  # the job's virtual environment's bin folder, once built
 
     # -- state ---------------------------------------------------------------------------
     def set_state(self, **values: object) -> None:
@@ -552,9 +569,140 @@ class Launcher:
                 values[f"inputs.{name}"] = path
         return values
 
+    # -- the job's environment ------------------------------------------------------------
+    def build_environment(self) -> None:
+        """Install the packages the job's environment asks for into a virtual environment
+        kept by their key: built once (under a lock: two jobs wanting it at once build it
+        once), reused after. pip's output is the job's log while it builds."""
+        env = self.spec.get("environment")
+        if not env:
+            return
+        for note in env.get("notes", []):
+            self.say(f"environment: {note}")
+        if not env.get("key"):
+            return
+        python, version = self.choose_python(env.get("python"))
+        cache = env.get("cache") or os.path.join(self.root, "environments")
+        folder = os.path.join(cache, f"{env['key']}-py{version}")
+        ready = os.path.join(folder, ".ready")
+        if not os.path.exists(ready):
+            old_umask = os.umask(0o022)  # the job's uid reads and runs what is built
+            try:
+                os.makedirs(cache, exist_ok=True)
+                with open(folder + ".lock", "w") as lock:
+                    self.wait_for(lock, env["label"])
+                    if not os.path.exists(ready):
+                        self.build_into(folder, python, version, env)
+                    else:  # built by the job this one waited for
+                        self.say(f"environment: reusing {env['label']} ({env['key']})")
+            finally:
+                os.umask(old_umask)
+        else:
+            self.say(f"environment: reusing {env['label']} ({env['key']}, Python {version})")
+        self.spec["python"] = os.path.join(folder, "bin", "python")
+        self.env_bin = os.path.join(folder, "bin")
+
+    def choose_python(self, pin: str | None) -> tuple[str, str]:
+        """The interpreter to build on: `python<pin>` when this host has it, else the
+        job's usual one (and the log says so)."""
+        default = self.spec.get("python") or sys.executable
+        found = shutil.which(f"python{pin}") if pin else None
+        why = f"this host has no python{pin}"
+        if found and self.uid is not None and not runnable_by_anyone(self.interpreter(found)[0]):
+            found, why = None, f"python{pin} here is not one the job's own user may run"
+        python = found or default
+        real, version = self.interpreter(python)
+        if pin and not found:
+            self.say(f"environment: python={pin} was asked for; {why}, so the job gets "
+                     f"Python {version} ({real})")  # fmt: skip
+        return python, version
+
+    @staticmethod
+    def interpreter(python: str) -> tuple[str, str]:
+        """The interpreter a command runs (through any shim or link), and its version."""
+        script = "import sys; print(sys.executable); print('%d.%d' % sys.version_info[:2])"
+        try:
+            real, version = subprocess.check_output([python, "-c", script], text=True).split()
+        except (OSError, ValueError, subprocess.CalledProcessError) as exc:
+            raise LaunchError(f"cannot run {python}: {exc}") from exc
+        return os.path.realpath(real), version
+
+    def wait_for(self, lock: IO[str], label: str) -> None:
+        said = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if not said:
+                    self.say(f"environment: another job is building {label}; waiting for it")
+                    said = True
+                if self.canceled:
+                    raise LaunchError("canceled while waiting for the environment") from None
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    raise LaunchError(
+                        "limits.timeout passed while waiting for the environment"
+                    ) from None
+                time.sleep(0.2)
+
+    def build_into(self, folder: str, python: str, version: str, env: dict[str, Any]) -> None:
+        shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+        requirements = list(env.get("requirements", []))
+        self.say(f"environment: building {env['label']} ({env['key']}, Python {version}, "
+                 f"{len(requirements)} package(s))")  # fmt: skip
+        try:
+            self.run_step([python, "-m", "venv", folder], {}, "creating the virtual environment")
+            if requirements:
+                listed = os.path.join(folder, "requirements.txt")
+                with open(listed, "w", encoding="utf-8") as f:
+                    f.write("\n".join(requirements) + "\n")
+                pip = [os.path.join(folder, "bin", "python"), "-m", "pip", "install",
+                       "--no-input", "--progress-bar", "off", "-r", listed]  # fmt: skip
+                extra = {"PIP_ROOT_USER_ACTION": "ignore", **env.get("pip_env", {})}
+                self.run_step(pip, extra, "installing the packages")
+        except LaunchError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        with open(os.path.join(folder, ".ready"), "w", encoding="utf-8") as f:
+            f.write(json.dumps({"built_at": time.time(), "requirements": requirements}))
+        self.say(f"environment: {env['label']} is ready")
+
+    def run_step(self, argv: list[str], extra: dict[str, str], what: str) -> None:
+        """A build step, its output into the job's log; fails with its last lines."""
+        log = LogWriter(
+            os.path.join(self.root, "log.jsonl"), int(self.limits["max_log_bytes"]), self.in_pod
+        )
+        tail: list[str] = []
+        try:
+            process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **extra}, cwd=self.tmp,
+            )  # fmt: skip
+            assert process.stdout is not None
+            for raw in process.stdout:
+                log.emit("stdout", raw.rstrip(b"\n"))
+                log.flush()
+                tail = [*tail, raw.decode("utf-8", "replace").rstrip()][-12:]
+                late = self.deadline is not None and time.monotonic() > self.deadline
+                if self.canceled or late:
+                    process.kill()
+            code = process.wait()
+        except OSError as exc:
+            raise LaunchError(f"{what} failed: {exc}") from exc
+        finally:
+            log.close()
+        if self.canceled:
+            raise LaunchError("canceled while building the environment")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise LaunchError("building the environment ran past limits.timeout")
+        if code != 0:
+            errors = [line for line in tail if "ERROR" in line] or tail[-3:]
+            raise LaunchError(f"{what} failed (exit code {code}): " + " ".join(errors))
+
     def prepare(self) -> dict[str, str]:
         for folder in (self.workdir, self.home, self.tmp):
             os.makedirs(folder, exist_ok=True)
+        self.build_environment()
         if self.spec.get("studio"):
             self.fetch_uploads()
         if self.spec.get("code"):
@@ -646,6 +794,9 @@ class Launcher:
                 if not os.path.lexists(link):
                     os.symlink(self.spec["python"], link)
             env["PATH"] = bin_dir + os.pathsep + env.get("PATH", os.defpath)
+        if self.env_bin:  # its scripts (pip, mlflow...) too, as an activated environment
+            env["PATH"] = self.env_bin + os.pathsep + env["PATH"]
+            env["VIRTUAL_ENV"] = os.path.dirname(self.env_bin)
         return env
 
     def run(self, command: str) -> int:

@@ -3,11 +3,10 @@ assets (a named, versioned path in one, or a URL)."""
 
 from typing import ClassVar
 
-from django.conf import settings
 from django.db import models
 
 from studio.crypto import EncryptedTextField
-from studio.models import Workspace, name_validator
+from studio.models import VersionedAsset, Workspace, name_validator
 
 DEFAULT_DATASTORE = "workspaceblobstore"  # Azure's name for a workspace's default
 
@@ -55,33 +54,15 @@ class DataType(models.TextChoices):
     MLTABLE = "mltable"
 
 
-class DataAsset(models.Model):
-    """One version of a data asset. A version never changes once made (Azure's rule), but
-    for its description and tags."""
+class DataAsset(VersionedAsset):
+    """One version of a data asset."""
 
-    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="data")
-    name = models.CharField(max_length=255, validators=[name_validator])
-    version = models.CharField(max_length=64)
     type = models.CharField(max_length=20, choices=DataType.choices)
     # Canonical: azureml://datastores/<name>/paths/<path>, or an http(s) / s3 / wasbs URL.
     path = models.CharField(max_length=2000)
-    description = models.TextField(blank=True)
-    tags = models.JSONField(default=dict, blank=True)
     # What the path held when registered (files under a datastore path); None: unknown.
     size = models.BigIntegerField(null=True, blank=True)
     file_count = models.IntegerField(null=True, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
 
-    class Meta:
-        ordering = ("name", "-created_at", "-id")
-        constraints: ClassVar = [
-            models.UniqueConstraint(
-                fields=("workspace", "name", "version"), name="data_version_per_workspace"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.version}"
+    class Meta(VersionedAsset.Meta):
+        pass

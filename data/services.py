@@ -18,12 +18,12 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
-from django.db.models import Count, OuterRef, QuerySet, Subquery
 
 from compute.launcher import archive_problem
 from data import spec
 from data.models import DEFAULT_DATASTORE, DataAsset, Datastore, DatastoreKind
 from data.stores import File, StoreError, open_store
+from studio import assets
 from studio.access import is_it_ops
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
@@ -177,7 +177,7 @@ def locate(workspace: Workspace, uri: str) -> Location | None:
             return Location(uri=uri, url=uri)
         return None
     if isinstance(ref, spec.AssetRef):
-        asset = find_asset(workspace, ref.name, ref.version)
+        asset = assets.find(DataAsset, workspace, ref.name, ref.version)
         location = locate(workspace, asset.path)
         assert location is not None  # an asset's path is never a local one
         location.asset = asset
@@ -255,27 +255,6 @@ def native_url(location: Location) -> str:
 
 
 # -- data assets -----------------------------------------------------------------------------
-def find_asset(workspace: Workspace, name: str, version: str | None) -> DataAsset:
-    """A version of a data asset (None: the latest made), or ValueError."""
-    found = DataAsset.objects.filter(workspace=workspace, name=name)
-    asset = found.filter(version=version).first() if version else found.order_by(
-        "-created_at", "-id"
-    ).first()  # fmt: skip
-    if asset is None:
-        if version and found.exists():
-            raise ValueError(f"data asset {name!r} has no version {version!r}")
-        raise ValueError(f"no data asset named {name!r} in this workspace")
-    return asset
-
-
-def next_version(workspace: Workspace, name: str) -> str:
-    """Azure's rule: one more than the highest numeric version (1 for a new asset)."""
-    versions = DataAsset.objects.filter(workspace=workspace, name=name).values_list(
-        "version", flat=True
-    )
-    return str(max((int(v) for v in versions if v.isdigit()), default=0) + 1)
-
-
 def create_asset(
     workspace: Workspace, user: Any, data: dict[str, Any], upload: IO[bytes] | None = None,
     filename: str = "",
@@ -284,7 +263,7 @@ def create_asset(
     folder as a .tar.gz) and is kept in the datastore named, by default the workspace's
     default, under LocalUpload/<id>/ as Azure does."""
     document = spec.parse_data(data)
-    version = document.version or next_version(workspace, document.name)
+    version = document.version or assets.next_version(DataAsset, workspace, document.name)
     if DataAsset.objects.filter(workspace=workspace, name=document.name, version=version).exists():
         raise Conflict(
             f"Data asset {document.name}:{version} already exists; a version never changes "
@@ -381,19 +360,21 @@ def _save_folder(store: Any, base: str, archive: IO[bytes]) -> None:
                     store.save(f"{base}/{os.path.relpath(path, folder)}", f)
 
 
-def latest_assets(workspace: Workspace) -> QuerySet[DataAsset]:
-    """Each asset's latest version (the list page, `data list`), with its version count."""
-    newest = DataAsset.objects.filter(workspace=workspace, name=OuterRef("name")).order_by(
-        "-created_at", "-id"
-    )
-    count = (
-        DataAsset.objects.filter(workspace=workspace, name=OuterRef("name"))
-        .values("name")
-        .annotate(n=Count("id"))
-        .values("n")
-    )
-    return (
-        DataAsset.objects.filter(workspace=workspace, pk=Subquery(newest.values("pk")[:1]))
-        .annotate(versions=Subquery(count))
-        .order_by("name")
-    )
+def register_output(
+    workspace: Workspace, user: Any, name: str, version: str | None, uri: str, what: str
+) -> DataAsset:
+    """A job's output, delivered to `uri`, as a uri_folder data asset version (an empty
+    output registers too: the job wrote nothing there, and that is what it made)."""
+    location = locate(workspace, uri)
+    assert location is not None and location.datastore is not None
+    found = location.walk()
+    version = version or assets.next_version(DataAsset, workspace, name)
+    try:
+        with transaction.atomic():
+            return DataAsset.objects.create(
+                workspace=workspace, name=name, version=version, type="uri_folder",
+                path=location.uri, description=what, size=sum(f.size for f in found),
+                file_count=len(found), created_by=user,
+            )  # fmt: skip
+    except IntegrityError as exc:
+        raise Conflict(f"data asset {name}:{version} already exists") from exc

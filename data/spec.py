@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, StrictStr, field_validator
 
-from studio.documents import DocumentError, Strict, validate
+from studio.documents import DocumentError, Strict, asset_version, validate
 
 KINDS_REFUSED = {
     "azure_file": "Azure file shares are not supported; use azure_blob, s3 or local",
@@ -104,15 +104,7 @@ class DataDocument(Strict):
     # Where a local path is uploaded (default: the workspace's default datastore).
     datastore: StrictStr | None = None
 
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str | int | None) -> str | None:
-        if value is None:
-            return None
-        text = str(value)
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", text) or text == "latest":
-            raise ValueError("use letters, digits, '.', '-' and '_' (at most 64); not 'latest'")
-        return text
+    _version = field_validator("version")(asset_version)
 
     @field_validator("datastore")
     @classmethod

@@ -14,7 +14,7 @@ from django.shortcuts import redirect, render
 from data import services
 from data.forms import DataAssetForm
 from data.models import DataAsset, Datastore
-from studio import access
+from studio import access, assets
 from studio.errors import Conflict, FieldErrors
 from studio.models import Role
 
@@ -24,7 +24,7 @@ def data_list(request: HttpRequest, workspace: str) -> HttpResponse:
     ws, role = access.workspace_for(request.user, workspace)
     context = {
         "workspace": ws,
-        "assets": services.latest_assets(ws),
+        "assets": assets.latest(DataAsset, ws),
         "datastores": Datastore.objects.filter(workspace=ws),
         "can_create": access.can(role, Role.CONTRIBUTOR),
     }

@@ -40,6 +40,7 @@ from compute import clusters, instance_types
 from compute.backends import LaunchSpec, backend_class, backend_for
 from compute.backends.base import ComputeBackend
 from jobs import events, services
+from jobs import outputs as job_outputs
 from jobs.launch import DataProblem, launch_spec
 from jobs.models import ACTIVE, TERMINAL, Job, Status
 
@@ -461,6 +462,13 @@ class Controller:
             phase, reason = Status.CANCELED, "Canceled by request."
         elif phase != Status.CANCELED:
             self._advance_to(job, Status.FINALIZING)
+        if job.data_outputs and phase != Status.CANCELED:
+            # Finalizing: named outputs go to their datastores, and become data assets.
+            outputs, problem = job_outputs.deliver(job, outputs)
+            if not problem and phase == Status.COMPLETED:
+                problem = job_outputs.register(job)
+            if problem:
+                phase, reason = Status.FAILED, problem
         services.transition(
             job,
             phase,

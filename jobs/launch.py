@@ -57,7 +57,8 @@ def launch_spec(job: Job) -> LaunchSpec:
         node_selector=dict(resources.get("node_selector") or {}),
         grace_seconds=float(settings.STUDIO_CANCEL_GRACE_SECONDS),
         job_token=tokens.token_for(job),
-        image=_image(spec),
+        image=job.environment_used.get("image") or _image(spec),
+        environment=_environment(job),
         shm_size=spec.resources.shm_size or "2g",
         labels={
             "kstudio.io/workspace": label_value(job.workspace.name),
@@ -97,8 +98,33 @@ def label_value(text: str) -> str:
     return cleaned
 
 
+def _environment(job: Job) -> dict[str, Any] | None:
+    """What the launcher installs before the command: a conda file's packages, a curated
+    stand-in's (on the local compute only when IT-ops asks: STUDIO_LOCAL_CURATED=build)."""
+    used = job.environment_used or {}
+    if not used:
+        return None
+    notes = list(used.get("notes", []))
+    requirements = list(used.get("requirements", []))
+    if used.get("curated") and job.compute_kind == "local" and not settings.STUDIO_LOCAL_CURATED:
+        notes.append(
+            "on the local compute it runs in the host's Python (STUDIO_LOCAL_CURATED=1 "
+            "installs its packages instead)"
+        )
+        requirements = []
+    if not requirements and not used.get("python"):
+        return {"label": used["label"], "notes": notes} if notes else None
+    return {
+        "label": used["label"],
+        "key": used["key"],
+        "python": used.get("python"),
+        "requirements": requirements,
+        "notes": notes,
+    }
+
+
 def _image(spec: CommandJob) -> str:
-    """An inline environment's image; named environments come with their own issue."""
+    """An inline environment's image (jobs submitted before environments were resolved)."""
     environment = spec.environment
     return (environment.image or "") if isinstance(environment, InlineEnvironment) else ""
 

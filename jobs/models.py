@@ -56,6 +56,12 @@ class Job(models.Model):
     # submission: {"<input>": {"uri": canonical, "asset": "name:version" | None}}. A job
     # that said @latest keeps the version it got.
     data_inputs = models.JSONField(default=dict, blank=True)
+    # Where each named output's files go, and the data asset they become on completion:
+    # {"<output>": {"uri": azureml://datastores/..., "name": str | None, "version": ...}}.
+    data_outputs = models.JSONField(default=dict, blank=True)
+    # The environment as resolved at submission (environments.services.Resolved.record):
+    # its label, image, Python and packages; empty when the job named none.
+    environment_used = models.JSONField(default=dict, blank=True)
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.NOT_STARTED)
     exit_code = models.IntegerField(null=True, blank=True)

@@ -16,7 +16,12 @@ from typing import Any, BinaryIO, cast
 import zipstream
 
 from compute.backends import artifacts, backend_for
-from jobs.models import Job
+from data import services as data_services
+from data.models import Datastore
+from data.services import Location
+from data.stores import Store, StoreError, open_store
+from jobs.models import DataUse, Job
+from studio.errors import Conflict
 
 CHUNK = artifacts.CHUNK
 
@@ -35,6 +40,16 @@ def files_of(job: Job, output: str) -> list[dict[str, Any]]:
 
 
 def _open(job: Job, entry: dict[str, Any]) -> BinaryIO:
+    if "datastore" in entry:  # delivered to its datastore (a named output)
+        datastore = Datastore.objects.filter(
+            workspace_id=job.workspace_id, name=entry["datastore"]
+        ).first()
+        if datastore is None:
+            raise NoSuchOutput(f"The datastore {entry['datastore']!r} is gone.")
+        try:
+            return cast(BinaryIO, open_store(datastore).open(entry["key"]))
+        except StoreError as exc:
+            raise NoSuchOutput(f"The file {entry['path']!r} cannot be read: {exc}") from exc
     if entry.get("artifact"):
         try:
             return cast(BinaryIO, artifacts.store().open(entry["artifact"], "rb"))
@@ -79,3 +94,56 @@ def zip_stream(job: Job, output: str) -> Iterator[bytes]:
     for entry in files_of(job, output):
         archive.add(_chunks(job, entry), entry["path"])
     return iter(archive)
+
+
+def deliver(job: Job, listing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Copy each named output's files from the artifact store to its datastore path
+    (`job.data_outputs`), streaming; returns the listing with where each file is now, and
+    a problem in words ('' when none). A delivered file leaves the artifact store: it is
+    kept once, where the user said."""
+    delivered: list[dict[str, Any]] = []
+    problem = ""
+    stores: dict[str, tuple[Location, Store]] = {}
+    for entry in listing:
+        destination = (job.data_outputs or {}).get(str(entry.get("output")))
+        if destination is None or problem or not entry.get("artifact"):
+            delivered.append(entry)
+            continue
+        output = str(entry["output"])
+        try:
+            if output not in stores:
+                location = data_services.locate(job.workspace, destination["uri"])
+                assert location is not None and location.datastore is not None
+                stores[output] = (location, open_store(location.datastore))
+            location, store = stores[output]
+            key = f"{location.path.strip('/')}/{entry['path']}".lstrip("/")
+            with _open(job, entry) as f:
+                store.save(key, f)
+        except (ValueError, StoreError, NoSuchOutput) as exc:
+            problem = f"Delivering output {output!r} to {destination['uri']} failed: {exc}"
+            delivered.append(entry)
+            continue
+        artifacts.store().delete(entry["artifact"])
+        rest = {k: v for k, v in entry.items() if k != "artifact"}
+        assert location.datastore is not None
+        delivered.append({**rest, "datastore": location.datastore.name, "key": key})
+    return delivered, problem
+
+
+def register(job: Job) -> str:
+    """On completion: each output with a `name` becomes a data asset version, and the
+    lineage says this job made it. Returns a problem in words ('' when none)."""
+    for output, destination in (job.data_outputs or {}).items():
+        if not destination.get("name"):
+            continue
+        try:
+            asset = data_services.register_output(
+                job.workspace, job.created_by, destination["name"], destination["version"],
+                destination["uri"], f"Output {output!r} of job {job.name}.",
+            )  # fmt: skip
+        except (ValueError, StoreError, Conflict) as exc:
+            return f"Registering output {output!r} as a data asset failed: {exc}"
+        DataUse.objects.create(
+            job=job, asset=asset, name=output, direction=DataUse.Direction.OUTPUT
+        )
+    return ""

@@ -22,11 +22,15 @@ from compute.launcher import address_problem, archive_problem
 from compute.models import ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
 from data import services as data_services
+from data.models import DataAsset
 from data.services import Location
+from data.spec import datastore_uri
+from environments import services as environment_services
+from environments.services import Resolved
 from jobs import artifacts, events, names
 from jobs.launch import DataProblem, launch_spec
 from jobs.models import ACTIVE, TERMINAL, DataUse, Job, LogLine, Status, StatusChange
-from jobs.spec import CommandJob, SpecError, parse
+from jobs.spec import CommandJob, InlineEnvironment, SpecError, parse
 from studio.documents import load_yaml
 from studio.errors import Conflict
 from studio.models import Workspace
@@ -51,9 +55,27 @@ def submit_yaml(
     return submit(workspace, user, load_yaml(text), uploads or {}, source_yaml=text)
 
 
+@dataclass
+class Checked:
+    """A job that passed every check, and what the checks found out."""
+
+    spec: CommandJob
+    compute: ComputeTarget
+    instance_type: InstanceType
+    located: dict[str, Location]  # inputs that name data: where it is
+    environment: Resolved | None  # what it runs in (None: the compute's default)
+
+    def recorded(self) -> dict[str, Any]:
+        """The job's fields that keep what was resolved at submission."""
+        return {
+            "data_inputs": _recorded(self.located),
+            "environment_used": self.environment.record() if self.environment else {},
+        }
+
+
 def validate(
     workspace: Workspace, data: dict[str, Any], uploads: Mapping[str, Upload] | None = None
-) -> tuple[CommandJob, ComputeTarget, InstanceType, dict[str, Location]]:
+) -> Checked:
     """Everything `submit` checks, without storing anything. Raises SpecError.
 
     The workspace checks run even when the document itself has problems, so that the
@@ -66,15 +88,87 @@ def validate(
         spec = None
         errors.extend(exc.errors)
     compute, instance_type = _check_placement(workspace, data, errors)
+    located: dict[str, Location] = {}
+    environment = None
     if spec is not None:
         if spec.name and Job.objects.filter(workspace=workspace, name=spec.name).exists():
             errors.append(("name", f"a job named {spec.name!r} already exists in this workspace"))
         _check_uploads(spec, uploads or {}, errors)
         located = _locate_data(workspace, spec, errors)
+        _check_outputs(workspace, spec, errors)
+        environment = _resolve_environment(workspace, spec, compute, errors)
     if errors:
         raise SpecError(errors)
     assert spec is not None and compute is not None and instance_type is not None
-    return spec, compute, instance_type, located
+    return Checked(spec, compute, instance_type, located, environment)
+
+
+OUTPUT_PATH = "must be in one of this workspace's datastores (azureml://datastores/...)"
+
+
+def _check_outputs(workspace: Workspace, spec: CommandJob, errors: list[tuple[str, str]]) -> None:
+    """An output's `path` is a datastore of this workspace; its `name:version` is free."""
+    for name, output in spec.declared_outputs().items():
+        if output is None:
+            continue
+        if output.path:
+            try:
+                where = data_services.locate(workspace, output.path)
+            except ValueError as exc:
+                errors.append((f"outputs.{name}.path", str(exc)))
+            else:
+                if where is None or where.datastore is None or where.datastore.pk is None:
+                    errors.append((f"outputs.{name}.path", OUTPUT_PATH))
+        if output.version is not None and not output.name:
+            errors.append((f"outputs.{name}.version", "needs a name: the data asset to register"))
+        elif (
+            output.name
+            and output.version is not None
+            and DataAsset.objects.filter(
+                workspace=workspace, name=output.name, version=str(output.version)
+            ).exists()
+        ):
+            taken = f"data asset {output.name}:{output.version} already exists"
+            errors.append((f"outputs.{name}.version", f"{taken}; a version never changes"))
+
+
+def output_destinations(workspace: Workspace, spec: CommandJob, job_name: str) -> dict[str, Any]:
+    """Where each named output's files go: its path, else the default datastore's
+    azureml/<job>/<output>/ (Azure's default), and the asset it becomes, if named."""
+    default = data_services.default_datastore(workspace).name
+    found: dict[str, Any] = {}
+    for name, output in spec.declared_outputs().items():
+        uri = (output.path if output else None) or datastore_uri(
+            default, f"azureml/{job_name}/{name}"
+        )
+        found[name] = {
+            "uri": uri,
+            "name": output.name if output else None,
+            "version": str(output.version) if output and output.version is not None else None,
+        }
+    return found
+
+
+def _resolve_environment(
+    workspace: Workspace,
+    spec: CommandJob,
+    compute: ComputeTarget | None,
+    errors: list[tuple[str, str]],
+) -> Resolved | None:
+    named = spec.environment
+    raw = named.model_dump(exclude_none=True) if isinstance(named, InlineEnvironment) else named
+    try:
+        environment = environment_services.resolve(workspace, raw)
+    except SpecError as exc:
+        errors.extend(exc.errors)
+        return None
+    if environment is not None and environment.build and compute is not None:
+        where = "the local compute" if compute.kind == ComputeKind.LOCAL else "a cluster"
+        errors.append(
+            ("environment", f"{environment.label} is built from a Docker context, which {where} "
+             "here cannot do yet; give it an image (and conda_file) instead")
+        )  # fmt: skip
+    return environment
 
 
 def _locate_data(
@@ -107,7 +201,8 @@ def would_create(
 ) -> tuple[CommandJob, ComputeTarget, InstanceType, list[dict[str, Any]]]:
     """`validate`, and the objects the job's compute would create for it (a cluster's Job
     and ConfigMap; none for local processes). Nothing is stored or created."""
-    spec, compute, instance_type, located = validate(workspace, data, uploads)
+    checked = validate(workspace, data, uploads)
+    spec, compute, instance_type = checked.spec, checked.compute, checked.instance_type
     job = Job(
         pk=0,
         workspace=workspace,
@@ -117,8 +212,9 @@ def would_create(
         resources={"node_selector": instance_type.node_selector, **instance_type.resources},
         uploads={key: {"artifact": "(kept at submit)", "filename": upload.filename}
                  for key, upload in (uploads or {}).items()},
-        data_inputs=_recorded(located),
+        **checked.recorded(),
     )  # fmt: skip
+    job.data_outputs = output_destinations(workspace, spec, job.name)
     try:
         launch = launch_spec(job)
     except DataProblem as exc:
@@ -269,14 +365,16 @@ def submit(
     source_yaml: str = "",
 ) -> Job:
     """Validate and store a job, then queue it. Nothing is stored when anything is wrong."""
-    spec, compute, instance_type, located = validate(workspace, data, uploads)
+    checked = validate(workspace, data, uploads)
+    spec, compute, instance_type = checked.spec, checked.compute, checked.instance_type
     backend = backend_for(compute)
     stored: dict[str, dict[str, str]] = {}  # upload key -> its artifact
+    name = spec.name or names.generate()
     try:
         with transaction.atomic():
             job = Job.objects.create(
                 workspace=workspace,
-                name=spec.name or names.generate(),
+                name=name,
                 display_name=spec.display_name or "",
                 experiment_name=spec.experiment_name or "Default",
                 description=spec.description or "",
@@ -297,11 +395,12 @@ def submit(
                 ],
                 created_by=user if getattr(user, "is_authenticated", False) else None,
                 status=Status.QUEUED,
-                data_inputs=_recorded(located),
+                **checked.recorded(),
+                data_outputs=output_destinations(workspace, spec, name),
             )
             DataUse.objects.bulk_create(
                 DataUse(job=job, asset=where.asset, name=name, direction=DataUse.Direction.INPUT)
-                for name, where in located.items()
+                for name, where in checked.located.items()
                 if where.asset is not None
             )
             if uploads:

@@ -26,7 +26,7 @@ from pydantic import (
 
 from compute.launcher import references
 from data.spec import parse_ref
-from studio.documents import DocumentError, Strict, field_errors
+from studio.documents import DocumentError, Strict, asset_version, field_errors
 
 # Fields of Azure's command-job schema that this product does not run yet: refused by
 # name rather than reported as unknown, so the user knows it is a gap, not a typo.
@@ -154,11 +154,27 @@ class Output(Strict):
     type: Literal["uri_folder"] = "uri_folder"
     mode: Literal["rw_mount", "upload", "direct"] | None = None
     description: StrictStr | None = None
+    # Where its files go (a datastore path; default: workspaceblobstore's
+    # azureml/<job>/<output>/), and the data asset they become when the job completes.
+    path: StrictStr | None = None
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")] | None = None
+    version: StrictStr | StrictInt | None = None
+
+    _version = field_validator("version")(asset_version)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and parse_ref(value) is None:
+            raise ValueError("use a datastore path: azureml://datastores/<name>/paths/<path>")
+        return value
 
 
 class InlineEnvironment(Strict):
     image: StrictStr | None = None
     conda_file: StrictStr | dict[str, Any] | None = None
+    build: dict[str, Any] | None = None
+    inference_config: dict[str, Any] | None = None
     name: StrictStr | None = None
     version: StrictStr | int | None = None
     description: StrictStr | None = None
@@ -245,6 +261,10 @@ class CommandJob(Strict):
         return value
 
     # -- derived -------------------------------------------------------------------------
+    def declared_outputs(self) -> dict[str, Output | None]:
+        """Each output as declared (None: declared with no fields, as `hello_output:`)."""
+        return {k: v if isinstance(v, Output) else None for k, v in self.outputs.items()}
+
     def data_inputs(self) -> dict[str, DataInput]:
         return {k: v for k, v in self.inputs.items() if isinstance(v, DataInput)}
 

@@ -118,6 +118,10 @@ def job_row(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
 @login_required
 def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
     job, role = _job(request, workspace, name)
+    made = {
+        use.name: use.asset
+        for use in job.data_uses.filter(direction="output").select_related("asset")
+    }
     context = {
         "job": job,
         "workspace": job.workspace,
@@ -125,7 +129,12 @@ def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
         "history": job.status_changes.all(),
         "data_inputs": [_data_read(name, d) for name, d in (job.data_inputs or {}).items()],
         "outputs": [
-            {"name": name, "files": outputs.files_of(job, name)}
+            {
+                "name": name,
+                "files": outputs.files_of(job, name),
+                "destination": (job.data_outputs or {}).get(name),
+                "asset": made.get(name),
+            }
             for name in outputs.output_names(job)
         ],
     }

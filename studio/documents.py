@@ -3,6 +3,7 @@ within bounds and validated with pydantic, every problem named by its field path
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import yaml
@@ -24,6 +25,16 @@ class Strict(BaseModel):
     """A document's fields: unknown ones are refused ("unknown field"), not ignored."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def asset_version(value: str | int | None) -> str | None:
+    """An asset's `version` (Azure takes 1 or "1"): its text, or ValueError."""
+    if value is None:
+        return None
+    text = str(value)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", text) or text == "latest":
+        raise ValueError("use letters, digits, '.', '-' and '_' (at most 64); not 'latest'")
+    return text
 
 
 # pydantic's labels for the members of a union, left out of the field paths shown.

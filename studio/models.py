@@ -1,4 +1,5 @@
-"""The core: workspaces, who belongs to them with which role, and API tokens."""
+"""The core: workspaces, who belongs to them with which role, API tokens, and the shape
+every versioned asset of a workspace shares (data, environments, models)."""
 
 import hashlib
 import secrets
@@ -33,6 +34,34 @@ class Workspace(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class VersionedAsset(models.Model):
+    """One version of a named asset of a workspace. A version never changes once made
+    (Azure's rule), but for its description and tags; `azureml:NAME@latest` is the one
+    made last."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=255, validators=[name_validator])
+    version = models.CharField(max_length=64)
+    description = models.TextField(blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+        ordering = ("name", "-created_at", "-id")
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=("workspace", "name", "version"), name="%(app_label)s_%(class)s_version"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
 
 
 class Membership(models.Model):

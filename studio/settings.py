@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "studio",
     "compute",
     "data",
+    "environments",
     "jobs",
 ]
 
@@ -156,7 +157,10 @@ else:
     }
 
 # What each app gives a new workspace (called in order, idempotent).
-STUDIO_WORKSPACE_SETUP = ["compute.services.seed_local", "data.services.seed_default"]
+STUDIO_WORKSPACE_SETUP = [
+    "compute.services.seed_local",
+    "data.services.seed_default",
+]
 # The backend class of each kind of compute target (compute.backends).
 STUDIO_COMPUTE_BACKENDS = {
     "local": "compute.backends.local.LocalBackend",
@@ -198,6 +202,11 @@ STORAGES = {
 }
 # Each workspace's default datastore (workspaceblobstore) until IT-ops points it elsewhere.
 STUDIO_DATASTORES_DIR = env_path("STUDIO_DATASTORES_DIR", VAR_DIR / "datastores")
+# Virtual environments built for jobs' conda files, one per content, reused.
+STUDIO_ENVIRONMENTS_DIR = env_path("STUDIO_ENVIRONMENTS_DIR", VAR_DIR / "environments")
+# Curated environments (stand-ins) on the local compute: run in the host's Python (default),
+# or install their package sets (1) like any conda file.
+STUDIO_LOCAL_CURATED = env_bool("STUDIO_LOCAL_CURATED", False)
 STUDIO_CANCEL_GRACE_SECONDS = env_int("STUDIO_CANCEL_GRACE_SECONDS", 10)
 # How many jobs one controller runs at once; more wait in Queued.
 STUDIO_MAX_RUNNING_JOBS = env_int("STUDIO_MAX_RUNNING_JOBS", max(4, 2 * (os.cpu_count() or 1)))

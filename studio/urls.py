@@ -12,6 +12,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("workspaces/<str:workspace>/jobs/", include("jobs.urls")),
     path("workspaces/<str:workspace>/data/", include("data.urls")),
+    path("workspaces/<str:workspace>/environments/", include("environments.urls")),
     path("workspaces/<str:workspace>/members/", views.members, name="members"),
     path(
         "workspaces/<str:workspace>/members/<str:username>/",
@@ -24,6 +25,7 @@ urlpatterns = [
     path("api/v1/", include("studio.api.urls")),
     path("api/v1/", include("compute.api.urls")),
     path("api/v1/", include("data.api.urls")),
+    path("api/v1/", include("environments.api.urls")),
     path("api/v1/", include("jobs.api.urls")),
     path("admin/", admin.site.urls),
 ]

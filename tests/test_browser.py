@@ -177,12 +177,18 @@ def test_register_data_in_the_browser_and_a_job_reads_it_at_latest(people, page,
     page.goto("/workspaces/demo/jobs/new/")
     page.fill(
         "textarea[name=spec]",
-        "command: cat ${{inputs.rows}}\n"
-        "inputs:\n  rows: {type: uri_file, path: azureml:rows@latest}\n",
+        "command: cat ${{inputs.rows}} && tr a-z A-Z < ${{inputs.rows}} > ${{outputs.out}}/up.csv\n"
+        "inputs:\n  rows: {type: uri_file, path: azureml:rows@latest}\n"
+        "outputs:\n  out: {type: uri_folder, name: upper}\n",
     )
     page.click("button[type=submit]")
     expect(page.locator("#job-status")).to_have_text("Completed")
     expect(page.locator("#logs")).to_contain_text("c,d")
+    # Its output, registered as a data asset, downloads from the job page.
+    expect(page.get_by_role("link", name="upper:1")).to_be_visible()
+    with page.expect_download() as download:
+        page.get_by_role("link", name="up.csv").click()
+    assert Path(download.value.path()).read_text() == "C,D\n"
     overview = page.locator("dl", has_text="Data read")
     expect(overview).to_contain_text("rows:2")
     overview.locator("a", has_text="rows:2").click()

@@ -128,3 +128,88 @@ inputs:
         "Preparing failed: inputs.a: azureml://datastores/lake/paths/gone/x.csv: "
         "no such file or folder"
     )
+
+
+async def test_named_outputs_go_to_their_datastores_and_become_data_assets(
+    workspace, people, controller, s3_store, settings
+):
+    from compute.backends import artifacts
+    from data.models import DataAsset
+    from jobs import outputs
+
+    await sync_to_async(data_services.save_datastore)(
+        workspace, people.it_ops, s3_document(s3_store)
+    )
+    prefix = f"o{uuid.uuid4().hex[:8]}"
+    text = f"""
+command: >-
+  echo weights > ${{{{outputs.model}}}}/m.txt && mkdir ${{{{outputs.report}}}}/deep &&
+  echo fine > ${{{{outputs.report}}}}/deep/r.txt && echo log > outputs/run.txt
+outputs:
+  model: {{type: uri_folder, name: trained, version: 1}}
+  report: {{type: uri_folder, path: "azureml://datastores/lake/paths/{prefix}/report"}}
+"""
+    job = await finished(await submit(workspace, people.contributor, text))
+    assert job.status == "Completed", job.failure_reason
+    # The named output lives in workspaceblobstore at Azure's default place...
+    model_uri = f"azureml://datastores/workspaceblobstore/paths/azureml/{job.name}/model"
+    assert job.data_outputs["model"] == {"uri": model_uri, "name": "trained", "version": "1"}
+    kept = settings.STUDIO_DATASTORES_DIR / str(workspace.pk) / "azureml" / job.name / "model"
+    assert (kept / "m.txt").read_text() == "weights\n"
+    # ... the other in the bucket it named; ./outputs stays in the artifact store.
+    body = (
+        s3_client(s3_store)
+        .get_object(Bucket=s3_store["bucket_name"], Key=f"{prefix}/report/deep/r.txt")["Body"]
+        .read()
+    )
+    assert body == b"fine\n"
+    entries = {(e["output"], e["path"]): e for e in job.outputs}
+    assert entries[("report", "deep/r.txt")]["datastore"] == "lake"
+    assert "artifact" in entries[("default", "run.txt")]
+    assert not artifacts.store().exists(f"jobs/{job.pk}/outputs/model/m.txt")
+    # Downloads read them where they are now.
+    with await sync_to_async(outputs.open_file)(job, "report", "deep/r.txt") as f:
+        assert f.read() == b"fine\n"
+    # The registered asset, and its lineage; the next job reads it by name.
+    asset = await DataAsset.objects.aget(name="trained", version="1")
+    assert (asset.path, asset.file_count) == (model_uri, 1)
+    made = [u async for u in DataUse.objects.filter(asset=asset).values_list("job_id", "direction")]
+    assert made == [(job.pk, "output")]
+    reader = await finished(await submit(workspace, people.contributor, """
+command: cat ${{inputs.model}}/m.txt
+inputs: {model: {type: uri_folder, path: "azureml:trained@latest"}}
+"""))  # fmt: skip
+    assert await lines_of(reader) == ["weights"]
+
+    # Refused at submission: a taken version, a version without a name, a URL as a path.
+    with pytest.raises(SpecError) as refused:
+        await submit(workspace, people.contributor, """
+command: echo
+outputs:
+  a: {name: trained, version: 1}
+  b: {version: 2}
+  c: {path: "azureml://datastores/nowhere/paths/x"}
+""")  # fmt: skip
+    assert dict(refused.value.errors) == {
+        "outputs.a.version": "data asset trained:1 already exists; a version never changes",
+        "outputs.b.version": "needs a name: the data asset to register",
+        "outputs.c.path": "no datastore named 'nowhere' in this workspace",
+    }
+    with pytest.raises(SpecError) as refused:
+        await submit(workspace, people.contributor, """
+command: echo
+outputs: {c: {path: "https://example.com/x"}}
+""")  # fmt: skip
+    assert dict(refused.value.errors) == {
+        "outputs.c.path": "use a datastore path: azureml://datastores/<name>/paths/<path>",
+    }
+    # A failed job's outputs are still delivered, but no asset is registered.
+    failed = await finished(await submit(workspace, people.contributor, """
+command: echo partial > ${{outputs.model}}/p.txt && exit 3
+outputs: {model: {name: trained}}
+"""))  # fmt: skip
+    assert failed.status == "Failed"
+    assert failed.failure_reason == "The command exited with code 3."
+    assert not await DataAsset.objects.filter(name="trained", version="2").aexists()
+    with await sync_to_async(outputs.open_file)(failed, "model", "p.txt") as f:
+        assert f.read() == b"partial\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from typing import Any
 
 import kubernetes_validate
@@ -921,3 +922,49 @@ def test_a_kubernetes_target_is_only_made_by_attaching_and_no_target_changes_typ
     assert form.status_code == 400 and b"Select a valid choice" in form.content
     assert not ComputeTarget.objects.filter(name="k").exists()
     assert ComputeTarget.objects.get(name="local").kind == "local"
+
+
+def test_a_pod_reads_data_assets_and_datastores_and_builds_its_environment(
+    attached, workspace, people, kube, s3_store, monkeypatch
+):
+    """Host-folder files come through the studio with the job token, S3 files straight
+    from the storage by signed URL; a listing too big for the ConfigMap is asked for when
+    the pod starts; the conda file is installed in the pod before the command."""
+    from compute.backends import remote
+    from data import services as data_services
+    from tests.test_data import s3_client, s3_document
+
+    prefix = f"k{uuid.uuid4().hex[:8]}"
+    s3_client(s3_store).put_object(
+        Bucket=s3_store["bucket_name"], Key=f"{prefix}/rows.csv", Body=b"1,2\n"
+    )
+    data_services.save_datastore(workspace, people.it_ops, s3_document(s3_store))
+    data_services.create_asset(
+        workspace, people.contributor, {"name": "shapes", "path": "./shapes"},
+        code_archive({"a.txt": b"A\n", "sub/b.txt": b"B\n"}),
+    )  # fmt: skip
+    monkeypatch.setattr(remote, "MAX_CARRIED_LISTING", 50)  # the listings are asked for
+    text = f"""
+command: >-
+  cat ${{{{inputs.shapes}}}}/a.txt ${{{{inputs.shapes}}}}/sub/b.txt ${{{{inputs.rows}}}} &&
+  python -c "import termcolor; print('env ok')"
+compute: azureml:k8s
+inputs:
+  shapes: {{type: uri_folder, path: "azureml:shapes@latest"}}
+  rows: {{type: uri_file, path: "azureml://datastores/lake/paths/{prefix}/rows.csv"}}
+environment:
+  image: python:3.11-slim
+  conda_file: {{dependencies: [{{pip: [termcolor]}}]}}
+"""
+    job = finished(services.submit_yaml(workspace, people.contributor, text, {}), 120)
+    lines = lines_of(job)
+    assert job.status == "Completed", (job.failure_reason, lines)
+    assert [x for x in lines if not x.startswith(("[kstudio]", "Collecting", "Looking",
+            "Downloading", "Installing", "Successfully", "Processing"))][-4:] == [
+        "A", "B", "1,2", "env ok"]  # fmt: skip
+    config = kube.api.get(kube.api.kind("", "configmaps"), "team-a", job.runtime["name"])
+    launch = json.loads(config["data"]["launch.json"])
+    for name in ("shapes", "rows"):
+        assert launch["inputs"][name]["listing"] == f"inputs/{name}/files/"
+        assert "files" not in launch["inputs"][name]
+    assert s3_store["secret_key"] not in config["data"]["launch.json"]

@@ -253,6 +253,11 @@ def _submit(studio: Studio, file: str, sets: tuple[str, ...], path: str) -> dict
     data, text, base = _load(file, sets)
     local_errors: list[tuple[str, str]] = []
     files = _uploads(data, base, local_errors)
+    if isinstance(data.get("environment"), dict) and isinstance(
+        data["environment"].get("conda_file"), str
+    ):  # the studio takes the conda file's content, not a path on this machine
+        local_errors += assets.inline_conda_file(data["environment"], base, "environment")
+        text = yaml.safe_dump(data, sort_keys=False)
     if local_errors:  # still ask the studio, to report every problem at once
         path = studio.jobs_path() + "validate/"
     if files:

@@ -1,11 +1,14 @@
-"""`kstudio datastore ...` and `kstudio data ...`: a workspace's datastores and data assets."""
+"""`kstudio datastore ...`, `kstudio data ...` and `kstudio environment ...`: a workspace's
+datastores, data assets and environments."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from kstudio_cli import (
     Studio,
@@ -131,13 +134,15 @@ def data_create(
     emit(made, fmt, DATA_COLUMNS)
 
 
-def _name_and_version(reference: str) -> tuple[str, str | None]:
-    """NAME, NAME@latest, NAME:VERSION (an azureml: prefix is allowed)."""
-    reference = reference.removeprefix("azureml:")
-    match = re.match(r"^([^:@]+)(?:@latest|:([^:@]+))?$", reference)
+def _version_of(studio: Studio, kind: str, reference: str, version: str | None) -> Any:
+    """One version of an asset named NAME, NAME@latest or NAME:VERSION (an azureml: prefix
+    is allowed); --version wins over the reference's."""
+    match = re.match(r"^([^:@]+)(?:@latest|:([^:@]+))?$", reference.removeprefix("azureml:"))
     if not match:
         fail(f"{reference!r}: use NAME, NAME@latest or NAME:VERSION", 2)
-    return match.group(1), match.group(2)
+    chosen = version or match.group(2) or "latest"
+    url = f"/workspaces/{studio.workspace}/{kind}/{match.group(1)}/versions/{chosen}/"
+    return studio.request("GET", url).json()
 
 
 @data.command("list")
@@ -158,7 +163,82 @@ def data_list(studio: Studio, name: str | None, fmt: str) -> None:
 @pass_studio
 def data_show(studio: Studio, reference: str, version: str | None, fmt: str) -> None:
     """One version of a data asset: NAME, NAME@latest or NAME:VERSION."""
-    name, named_version = _name_and_version(reference)
-    chosen = version or named_version or "latest"
-    url = f"/workspaces/{studio.workspace}/data/{name}/versions/{chosen}/"
-    emit(studio.request("GET", url).json(), fmt, [*DATA_COLUMNS, "description"])
+    emit(_version_of(studio, "data", reference, version), fmt, [*DATA_COLUMNS, "description"])
+
+
+# -- environments ----------------------------------------------------------------------------
+ENVIRONMENT_COLUMNS = ["name", "version", "image", "description", "created_at"]
+
+
+def inline_conda_file(environment: dict[str, Any], base: Path, field: str) -> list[tuple[str, str]]:
+    """`conda_file: path` -> the file's content, as the studio takes it; problems by field."""
+    conda = environment.get("conda_file")
+    if not isinstance(conda, str):
+        return []
+    path = (base / conda).resolve()
+    try:
+        environment["conda_file"] = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        return [(f"{field}.conda_file", f"cannot read {path}: {exc.strerror}")]
+    except yaml.YAMLError as exc:
+        return [(f"{field}.conda_file", f"{path} is not valid YAML: {exc}")]
+    return []
+
+
+@main.group()
+def environment() -> None:
+    """Environments: an image, a conda file's packages, or a Docker build context."""
+
+
+@environment.command("create")
+@click.option("-f", "--file", required=True, help="The environment's YAML file.")
+@click.option("--set", "sets", multiple=True, help="Set a field: --set version=2")
+@click.option("--name", help="The environment's name (overrides the YAML).")
+@click.option("--version", help="The version (default: the next number).")
+@output_option
+@pass_studio
+def environment_create(
+    studio: Studio, file: str, sets: tuple[str, ...], name: str | None, version: str | None,
+    fmt: str,
+) -> None:  # fmt: skip
+    """Register an environment version (its conda file's content and build context go
+    with it)."""
+    extra = [f"{k}={v}" for k, v in (("name", name), ("version", version)) if v]
+    document, _text, base = _load(file, (*sets, *extra))
+    errors = inline_conda_file(document, base, "(document)")
+    url = f"/workspaces/{studio.workspace}/environments/"
+    build = document.get("build")
+    files: dict[str, Any] = {}
+    if isinstance(build, dict) and isinstance(build.get("path"), str):
+        context = (base / build["path"]).resolve()
+        if context.is_dir():
+            files["context"] = ("context.tar.gz", _archive_folder(context))
+        else:
+            errors.append(("build.path", f"{context} is not a folder"))
+    errors = [(field.replace("(document).", ""), message) for field, message in errors]
+    text = yaml.safe_dump(document, sort_keys=False)
+    if files and not errors:
+        made = studio.request("POST", url, data={"spec": text}, files=files).json()
+    else:
+        made = studio.request("POST", url, json={"yaml": text}, local_errors=errors).json()
+    emit(made, fmt, ENVIRONMENT_COLUMNS)
+
+
+@environment.command("list")
+@output_option
+@pass_studio
+def environment_list(studio: Studio, fmt: str) -> None:
+    """The workspace's environments (each one's latest version)."""
+    found = studio.request("GET", f"/workspaces/{studio.workspace}/environments/").json()
+    emit(found, fmt, ["name", "version", "versions", "image"])
+
+
+@environment.command("show")
+@click.argument("reference")
+@click.option("--version", help="The version (default: the latest).")
+@output_option
+@pass_studio
+def environment_show(studio: Studio, reference: str, version: str | None, fmt: str) -> None:
+    """One version of an environment: NAME, NAME@latest or NAME:VERSION."""
+    shown = _version_of(studio, "environments", reference, version)
+    emit(shown, fmt, [*ENVIRONMENT_COLUMNS, "conda_file"])

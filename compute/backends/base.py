@@ -36,6 +36,9 @@ class LaunchSpec:
     instance_count: int = 1  # resources.instance_count: the nodes of a distributed job
     labels: dict[str, str] = field(default_factory=dict)  # workspace, job, compute (k8s labels)
     distribution: dict[str, Any] | None = None  # its type (pytorch, tensorflow), as Azure's
+    # Packages to install before the command runs, in a virtual environment kept by `key`:
+    # {"key", "python" ("3.8" or None), "requirements", "label", "notes"}; None: nothing.
+    environment: dict[str, Any] | None = None
 
 
 def launcher_bounds() -> dict[str, Any]:

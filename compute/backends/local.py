@@ -159,6 +159,13 @@ class LocalBackend(ComputeBackend):
             "run_as": uid,
             **launcher_bounds(),
             "python": job_python(os.environ.get("PATH", os.defpath), uid is not None),
+            "environment": spec.environment
+            and {
+                **spec.environment,
+                "cache": str(settings.STUDIO_ENVIRONMENTS_DIR),
+                # pip's settings (the host's package index), for building only: not the job's.
+                "pip_env": {k: v for k, v in os.environ.items() if k.startswith("PIP_")},
+            },
         }
         (root / "launch.json").write_text(json.dumps(launch))
         with open(root / "launcher.log", "ab") as out:

@@ -57,6 +57,7 @@ def launch_file(
         "inputs": inputs,
         "outputs": spec.outputs,
         "environment_variables": spec.environment_variables,
+        "environment": spec.environment,  # built under the job's folder (KSTUDIO_ROOT)
         "timeout": spec.timeout,
         "grace_seconds": spec.grace_seconds,
         **launcher_bounds(),

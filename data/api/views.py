@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,7 +18,7 @@ from data.api.serializers import (
     render_datastore,
 )
 from data.models import DataAsset, Datastore
-from studio.api import WorkspaceMixin, document_from_request
+from studio.api import AssetVersionViewSet, AssetViewSet, WorkspaceMixin, document_from_request
 from studio.errors import FieldErrors
 from studio.models import Role
 
@@ -73,28 +73,21 @@ class DatastoreViewSet(WorkspaceMixin, viewsets.ViewSet):
         return Response(status=204)
 
 
-class DataAssetViewSet(WorkspaceMixin, viewsets.ViewSet):
-    """A workspace's data assets: members read them, contributors register versions.
-    `/data/` lists each asset's latest version; `/data/<name>/` its versions."""
-
-    lookup_field = "name"
-    lookup_value_regex = "[^/]+"
-    serializer_class = DataAssetSerializer
-
-    @extend_schema(responses=DataAssetSerializer(many=True))
-    def list(self, request: Request, **kwargs: Any) -> Response:
-        latest = services.latest_assets(self.get_workspace()).select_related("created_by")
-        return Response([{**render_asset(a), "versions": a.versions} for a in latest])  # type: ignore[attr-defined]
-
-    @extend_schema(
+@extend_schema_view(
+    list=extend_schema(responses=DataAssetSerializer(many=True)),
+    retrieve=extend_schema(
         operation_id="workspaces_data_versions", responses=DataAssetSerializer(many=True)
-    )
-    def retrieve(self, request: Request, name: str, **kwargs: Any) -> Response:
-        versions = DataAsset.objects.filter(workspace=self.get_workspace(), name=name)
-        found = [render_asset(a) for a in versions.select_related("created_by")]
-        if not found:
-            raise Http404(f"No data asset named {name!r}.")
-        return Response(found)
+    ),
+)
+class DataAssetViewSet(AssetViewSet):
+    """A workspace's data assets: members read them, contributors register versions."""
+
+    model = DataAsset
+
+    def render(self, asset: Any) -> dict[str, Any]:
+        return render_asset(asset)
+
+    serializer_class = DataAssetSerializer
 
     @extend_schema(request=None, responses=DataAssetSerializer)
     def create(self, request: Request, **kwargs: Any) -> Response:
@@ -109,19 +102,13 @@ class DataAssetViewSet(WorkspaceMixin, viewsets.ViewSet):
         return Response(render_asset(asset), status=201)
 
 
-class DataVersionViewSet(WorkspaceMixin, viewsets.ViewSet):
+@extend_schema_view(retrieve=extend_schema(responses=DataAssetSerializer))
+class DataVersionViewSet(AssetVersionViewSet):
     """One version of a data asset; `latest` names the newest."""
 
-    lookup_field = "version"
-    lookup_value_regex = "[^/]+"
-    serializer_class = DataAssetSerializer
+    model = DataAsset
 
-    @extend_schema(responses=DataAssetSerializer)
-    def retrieve(self, request: Request, name: str, version: str, **kwargs: Any) -> Response:
-        try:
-            asset = services.find_asset(
-                self.get_workspace(), name, None if version == "latest" else version
-            )
-        except ValueError as exc:
-            raise Http404(str(exc)) from exc
-        return Response(render_asset(asset))
+    def render(self, asset: Any) -> dict[str, Any]:
+        return render_asset(asset)
+
+    serializer_class = DataAssetSerializer

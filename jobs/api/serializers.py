@@ -75,6 +75,9 @@ def job_detail(job: Job, request: Any = None) -> dict[str, Any]:
         enforcement_notes=job.enforcement_notes,
         output_files=job.outputs,
         instances=job.instances,
+        data_inputs=job.data_inputs,
+        data_outputs=job.data_outputs,
+        environment_used=job.environment_used,
     )
     return data
 
@@ -132,6 +135,15 @@ class JobSerializer(JobListSerializer):
     instances = serializers.ListField(
         child=serializers.DictField(),
         help_text="A distributed job's instances: index, phase, node, reason.",
+    )
+    data_inputs = serializers.DictField(
+        help_text="Inputs that name data, as resolved at submission: uri, asset (name:version)."
+    )
+    data_outputs = serializers.DictField(
+        help_text="Where each named output goes (uri), and the data asset it becomes."
+    )
+    environment_used = serializers.DictField(
+        help_text="The environment as resolved: label, image, python, requirements."
     )
 
     def to_representation(self, job: Job) -> dict[str, Any]:

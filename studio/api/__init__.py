@@ -9,17 +9,17 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions, status, viewsets
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from studio import access
+from studio import access, assets
 from studio.documents import DocumentError, check_bounds, load_yaml
 from studio.errors import Conflict, FieldErrors
-from studio.models import Role, Workspace
+from studio.models import Role, VersionedAsset, Workspace
 
 
 def _flatten(detail: Any, prefix: str = "") -> list[dict[str, str]]:
@@ -133,3 +133,46 @@ class IsItOps(BasePermission):
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         return access.is_it_ops(request.user)
+
+
+class AssetViewSet(WorkspaceMixin, viewsets.ViewSet):
+    """A workspace's versioned assets of one kind (`model`): members read them,
+    contributors register versions (the subclass's `create`). `/<kind>/` lists each
+    one's latest version with its count; `/<kind>/<name>/` its versions, newest first."""
+
+    model: type[VersionedAsset]
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+
+    def render(self, asset: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def list(self, request: Request, **kwargs: Any) -> Response:
+        found = assets.latest(self.model, self.get_workspace()).select_related("created_by")
+        return Response([{**self.render(a), "versions": a.versions} for a in found])
+
+    def retrieve(self, request: Request, name: str, **kwargs: Any) -> Response:
+        found = self.model._default_manager.filter(workspace=self.get_workspace(), name=name)
+        versions = [self.render(a) for a in found.select_related("created_by")]
+        if not versions:
+            raise Http404(f"No {self.model._meta.verbose_name} named {name!r}.")
+        return Response(versions)
+
+
+class AssetVersionViewSet(WorkspaceMixin, viewsets.ViewSet):
+    """One version of an asset; `latest` names the newest."""
+
+    model: type[VersionedAsset]
+    lookup_field = "version"
+    lookup_value_regex = "[^/]+"
+
+    def render(self, asset: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def retrieve(self, request: Request, name: str, version: str, **kwargs: Any) -> Response:
+        wanted = None if version == "latest" else version
+        try:
+            asset = assets.find(self.model, self.get_workspace(), name, wanted)
+        except ValueError as exc:
+            raise Http404(str(exc)) from exc
+        return Response(self.render(asset))

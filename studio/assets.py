@@ -1,0 +1,46 @@
+"""What every versioned asset of a workspace (data, environments, later models) does
+alike: the next version's number, a version by name (`latest` when none is given), each
+asset's latest version."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+
+from studio.models import VersionedAsset, Workspace
+
+A = TypeVar("A", bound=VersionedAsset)
+
+
+def next_version(model: type[A], workspace: Workspace, name: str) -> str:
+    """Azure's rule: one more than the highest numeric version (1 for a new asset)."""
+    versions = model._default_manager.filter(workspace=workspace, name=name).values_list(
+        "version", flat=True
+    )
+    return str(max((int(v) for v in versions if v.isdigit()), default=0) + 1)
+
+
+def find(model: type[A], workspace: Workspace, name: str, version: str | None) -> A:
+    """A version (None: the latest made), or ValueError in the user's words."""
+    what = str(model._meta.verbose_name)
+    found = model._default_manager.filter(workspace=workspace, name=name)
+    chosen = found.filter(version=version) if version else found.order_by("-created_at", "-id")
+    asset = chosen.first()
+    if asset is None:
+        if version and found.exists():
+            raise ValueError(f"{what} {name!r} has no version {version!r}")
+        raise ValueError(f"no {what} named {name!r} in this workspace")
+    return asset
+
+
+def latest(model: type[A], workspace: Workspace) -> QuerySet[Any]:
+    """Each asset's latest version, annotated with `versions`, its count: one query."""
+    same = model._default_manager.filter(workspace=workspace, name=OuterRef("name"))
+    count = same.values("name").annotate(n=Count("id")).values("n")
+    newest = same.order_by("-created_at", "-id").values("pk")[:1]
+    return (
+        model._default_manager.filter(workspace=workspace, pk=Subquery(newest))
+        .annotate(versions=Subquery(count))
+        .order_by("name")
+    )
