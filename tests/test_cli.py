@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,38 @@ def test_the_cli_needs_nothing_of_the_server(live_studio, people, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert [w["name"] for w in json.loads(result.stdout)] == ["demo"]
+
+
+def test_the_examples_on_registered_assets_run_and_register_their_output(kstudio, tmp_path):
+    """examples/data, examples/environment and examples/train/job-with-assets.yml, as the
+    README has a user run them."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    kstudio("data", "create", "-f", str(examples / "data" / "points.yml"), check=True)
+    kstudio("environment", "create", "-f", str(examples / "environment" / "env.yml"), check=True)
+    job = examples / "train" / "job-with-assets.yml"
+    result = kstudio("job", "create", "-f", str(job), "--stream")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert result.stdout.splitlines()[-1].startswith("y = ")
+    assert "environment: train-env:1 is ready" in result.stderr
+    shown = json.loads(kstudio("data", "show", "line-model@latest", "-o", "json",
+                               check=True).stdout)  # fmt: skip
+    assert (shown["version"], shown["file_count"]) == ("1", 1)
+    name = json.loads(kstudio("job", "list", "-o", "json", check=True).stdout)[0]["name"]
+    kstudio("job", "download", name, "--output-name", "model", "-p", str(tmp_path), check=True)
+    model = json.loads((tmp_path / "named-outputs" / "model" / "model.json").read_text())
+    assert set(model) == {"a", "b"}
+
+
+@needs_compat
+def test_azures_output_example_delivers_to_workspaceblobstore(kstudio, tmp_path):
+    result = kstudio("job", "create", "-f", str(BASICS / "hello-world-output-data.yml"),
+                     "--stream")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(kstudio("job", "list", "-o", "json", check=True).stdout)[0]
+    detail = json.loads(kstudio("job", "show", shown["name"], "-o", "json", check=True).stdout)
+    assert detail["data_outputs"]["hello_output"]["uri"] == (
+        f"azureml://datastores/workspaceblobstore/paths/azureml/{shown['name']}/hello_output"
+    )
+    kstudio("job", "download", shown["name"], "--all", "-p", str(tmp_path), check=True)
+    written = tmp_path / "named-outputs" / "hello_output" / "helloworld.txt"
+    assert written.read_text() == "hello world\n"
