@@ -156,7 +156,7 @@ def attach(request: HttpRequest, workspace: str) -> HttpResponse:
             compute = clusters.attach(
                 ws, data["name"], Cluster.objects.filter(name=data["cluster"]).first(),
                 data["namespace"], create_namespace=data["create_namespace"],
-                description=data["description"],
+                description=data["description"], image_pull_secret=data["image_pull_secret"],
             )  # fmt: skip
         except FieldErrors as errors:
             _show_errors(form, errors)

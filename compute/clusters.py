@@ -97,6 +97,7 @@ def attach(
     *,
     create_namespace: bool = False,
     description: str = "",
+    image_pull_secret: str = "",
 ) -> ComputeTarget:
     """Attach a cluster to a workspace as a compute target whose work runs in `namespace`.
     Unlike Azure, the namespace is checked now (or created), not at the first job."""
@@ -115,6 +116,7 @@ def attach(
         cluster=cluster,
         namespace=namespace,
         description=description,
+        image_pull_secret=image_pull_secret,
     )
     try:
         compute.full_clean(exclude=["workspace", "cluster"])

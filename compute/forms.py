@@ -146,6 +146,10 @@ class AttachForm(forms.Form):
     cluster = forms.ChoiceField()
     namespace = forms.CharField(initial="default", max_length=63)
     create_namespace = forms.BooleanField(required=False, label="Create it if it is missing")
+    image_pull_secret = forms.CharField(
+        required=False, max_length=253,
+        help_text="A Secret in the namespace that pods pull private images with (optional).",
+    )  # fmt: skip
     description = forms.CharField(required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

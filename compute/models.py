@@ -23,6 +23,14 @@ namespace_validator = RegexValidator(
 )
 
 
+# Secret names are DNS-1123 subdomains.
+secret_name_validator = RegexValidator(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    "Use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit "
+    "(a Kubernetes Secret's name).",
+)
+
+
 class Cluster(models.Model):
     """A Kubernetes cluster IT-ops registered: how to reach it, and its extension settings.
     Workspaces use it through attachments (compute targets of kind kubernetes)."""
@@ -61,6 +69,11 @@ class ComputeTarget(models.Model):
         Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="attachments"
     )
     namespace = models.CharField(max_length=63, blank=True, validators=[namespace_validator])
+    # A Secret in the namespace (kubernetes.io/dockerconfigjson) that pods pull images
+    # with: environments in a private registry. IT-ops makes it; the studio names it.
+    image_pull_secret = models.CharField(
+        max_length=253, blank=True, validators=[secret_name_validator]
+    )
     # What stops it from taking work, as last checked (its namespace deleted behind the
     # studio's back, say); empty when it is fine. Submissions to it are refused with it.
     problem = models.TextField(blank=True)

@@ -185,10 +185,14 @@ def test_rendered_objects_are_valid_kubernetes():
     name = object_name(spec.job_key, spec.name)
     assert len(name) <= 63 and name == object_name(spec.job_key, spec.name)
     assert name != object_name("2/quirky_Name_42", spec.name)  # another workspace's job
-    job, config_map = render(spec, name, "team-a", "http://studio", "python:3.11-slim", {})
+    job, config_map = render(
+        spec, name, "team-a", "http://studio", "python:3.11-slim", {},
+        image_pull_secret="registry-creds",
+    )  # fmt: skip
     for obj in (job, config_map):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
     assert pod["nodeSelector"] == {"pool": "gpu"}
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert job["spec"]["backoffLimit"] == 0
@@ -968,3 +972,32 @@ environment:
         assert launch["inputs"][name]["listing"] == f"inputs/{name}/files/"
         assert "files" not in launch["inputs"][name]
     assert s3_store["secret_key"] not in config["data"]["launch.json"]
+
+
+def test_an_attachment_names_the_secret_its_pods_pull_images_with(api, people, kube, live_studio):
+    assert register(api, people.it_ops, kube, studio_url=live_studio.url).status_code == 201
+    body = {"name": "private", "type": "kubernetes", "cluster": "lab", "namespace": "team-b",
+            "create_namespace": True}  # fmt: skip
+    bad = api(people.it_ops).post(
+        "/api/v1/workspaces/demo/computes/", {**body, "image_pull_secret": "Bad_Name"},
+        format="json",
+    )  # fmt: skip
+    assert bad.status_code == 400
+    assert (
+        "Secret's name"
+        in {e["field"]: e["message"] for e in bad.json()["errors"]}["image_pull_secret"]
+    )
+    made = api(people.it_ops).post(
+        "/api/v1/workspaces/demo/computes/", {**body, "image_pull_secret": "registry-creds"},
+        format="json",
+    )  # fmt: skip
+    assert made.status_code == 201, made.content
+    assert made.json()["image_pull_secret"] == "registry-creds"
+    text = "command: echo hi\ncompute: azureml:private\nenvironment: {image: 'python:3.11'}\n"
+    response = api(people.contributor).post(
+        "/api/v1/workspaces/demo/jobs/validate/", {"yaml": text}, format="json"
+    )
+    job = next(o for o in response.json()["objects"] if o["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert pod["containers"][0]["image"] == "python:3.11"

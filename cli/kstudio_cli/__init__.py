@@ -497,6 +497,7 @@ def compute_list(studio: Studio, fmt: str) -> None:
 @click.option("--cluster", "cluster_name", help="A cluster IT-ops registered.")
 @click.option("--namespace", default=None, help="Where its work runs (default: default).")
 @click.option("--create-namespace", is_flag=True, help="Create the namespace if missing.")
+@click.option("--image-pull-secret", default=None, help="A Secret pods pull images with.")
 @click.option("--description", default=None)
 @click.option(
     "-f", "--file", "file", type=click.File("r"), help="Azure's compute YAML (type: kubernetes)."
@@ -510,6 +511,7 @@ def compute_attach(
     cluster_name: str | None,
     namespace: str | None,
     create_namespace: bool,
+    image_pull_secret: str | None,
     description: str | None,
     file: Any,
     fmt: str,
@@ -522,7 +524,7 @@ def compute_attach(
             fail("the compute YAML must be a mapping", 2)
         body.update({k: v for k, v in loaded.items() if k != "$schema"})
     given = {"name": name, "type": kind, "cluster": cluster_name, "namespace": namespace,
-             "description": description}  # fmt: skip
+             "description": description, "image_pull_secret": image_pull_secret}  # fmt: skip
     body.update({k: v for k, v in given.items() if v is not None})
     body["create_namespace"] = create_namespace
     body.setdefault("type", "kubernetes")

@@ -52,6 +52,10 @@ class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
         write_only=True, required=False, default=False,
         help_text="kubernetes: create the namespace if it does not exist.",
     )  # fmt: skip
+    image_pull_secret = serializers.CharField(
+        required=False, allow_blank=True,
+        help_text="kubernetes: a Secret in the namespace that pods pull images with.",
+    )  # fmt: skip
 
     class Meta:
         model = ComputeTarget
@@ -62,6 +66,7 @@ class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
             "cluster",
             "namespace",
             "create_namespace",
+            "image_pull_secret",
             "instance_types",
             "is_default",
             "problem",
@@ -81,7 +86,7 @@ class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
         ):
             errors["type"] = "a compute target's type cannot change; detach it and attach anew"
         if attrs.get("kind", getattr(self.instance, "kind", None)) != ComputeKind.KUBERNETES:
-            for name in ("cluster", "namespace"):
+            for name in ("cluster", "namespace", "image_pull_secret"):
                 if attrs.get(name):
                     errors[name] = "only for compute targets of type kubernetes"
         if errors:

@@ -41,6 +41,7 @@ class ComputeTargetViewSet(WorkspaceMixin, viewsets.ModelViewSet[ComputeTarget])
                 data.get("namespace") or "default",
                 create_namespace=create_namespace,
                 description=data.get("description", ""),
+                image_pull_secret=data.get("image_pull_secret", ""),
             )
             return
         services.became_available(serializer.save(workspace=self.get_workspace()))

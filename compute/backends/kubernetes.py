@@ -69,6 +69,7 @@ def render(
     image: str,
     extension_selector: dict[str, str],
     shm_size: str = "2g",
+    image_pull_secret: str = "",
 ) -> list[dict[str, Any]]:
     """The Job and its ConfigMap, as plain objects (validated in the tests). The pods go
     where the instance type's selector and the extension's (AND-ed) both allow."""
@@ -127,6 +128,7 @@ def render(
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
+        **({"imagePullSecrets": [{"name": image_pull_secret}]} if image_pull_secret else {}),
         "volumes": [
             {"name": "kstudio", "configMap": {"name": name}},
             {"name": "work", "emptyDir": {}},
@@ -250,6 +252,7 @@ class KubernetesBackend(ComputeBackend):
             namespace=target.namespace or "default",
             studio_url=cluster.studio_url or settings.STUDIO_PUBLIC_URL,
             node_selector=dict(extension.get("nodeSelector") or {}),
+            image_pull_secret=target.image_pull_secret,
         )
 
     def __init__(
@@ -258,6 +261,7 @@ class KubernetesBackend(ComputeBackend):
         namespace: str,
         studio_url: str,
         node_selector: dict[str, str] | None = None,
+        image_pull_secret: str = "",
     ) -> None:
         self.api = api
         self.batch = client.BatchV1Api(api)
@@ -265,6 +269,7 @@ class KubernetesBackend(ComputeBackend):
         self.namespace = namespace
         self.studio_url = studio_url
         self.node_selector = node_selector or {}
+        self.image_pull_secret = image_pull_secret
         self.jobs: dict[str, dict[str, Any]] = {}  # by name, from the watch
         self.pods: dict[str, dict[str, Any]] = {}
         # The same pods by the job they belong to: observing a job does not scan them all.
@@ -301,8 +306,9 @@ class KubernetesBackend(ComputeBackend):
         image = spec.image or settings.STUDIO_KUBERNETES_IMAGE
         name = object_name(spec.job_key, spec.name)
         return render(
-            spec, name, self.namespace, self.studio_url, image, self.node_selector, spec.shm_size
-        )
+            spec, name, self.namespace, self.studio_url, image, self.node_selector,
+            spec.shm_size, self.image_pull_secret,
+        )  # fmt: skip
 
     def submit(self, spec: LaunchSpec) -> dict[str, Any]:
         job, *owned = self.render(spec)  # the Job, then what it owns (ConfigMap, Service)
