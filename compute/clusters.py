@@ -128,6 +128,14 @@ def attach(
         raise FieldErrors(errors)
     assert cluster is not None
     ensure_namespace(cluster, namespace, create=create_namespace)
+    if (cluster.settings or {}).get("environmentCache"):
+        # The extension gives each attached namespace its cache; a new one gets it now.
+        labels = {**extension.PART_OF, "kstudio.io/cluster": cluster.name}
+        claim = extension.cache_claim(namespace, cluster.settings, labels)
+        try:
+            extension.apply(kube.api_client(cluster), claim)
+        except Exception as exc:
+            raise kube.refused(cluster, exc) from exc
     with transaction.atomic():
         compute.save()
         services.became_available(compute)
@@ -183,7 +191,7 @@ def install(cluster: Cluster, pairs: list[str]) -> extension.Outcome:
     except ValueError as exc:
         raise FieldErrors([(f"set.{key}", message) for key, message in exc.args[0]]) from exc
     try:
-        outcome = extension.install(cluster, attached_namespaces(cluster))
+        outcome = extension.install(cluster, attached_namespaces(cluster), settings)
     except Exception as exc:
         raise kube.refused(cluster, exc) from exc
     if not outcome.problems:

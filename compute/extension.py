@@ -39,7 +39,14 @@ SETTINGS: dict[str, tuple[type, Any]] = {
     "inferenceRouterServiceType": (str, "loadBalancer"),
     "inferenceRouterHA": (bool, True),
     "allowInsecureConnections": (bool, False),
+    # Not Azure's: a volume per attached namespace where jobs' conda environments are
+    # built once and reused by every pod (ReadWriteMany; the cluster's default storage
+    # class unless one is named).
+    "environmentCache": (bool, False),
+    "environmentCacheStorageClass": (str, ""),
+    "environmentCacheSize": (str, "20Gi"),
 }
+CACHE_CLAIM = "kstudio-environments"
 ROUTER_SERVICE_TYPES = ("loadBalancer", "nodePort", "clusterIP")
 
 
@@ -159,8 +166,28 @@ def _role_rules() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def manifests(cluster: Cluster, namespaces: list[str]) -> list[dict[str, Any]]:
-    """Every object the extension applies, in the order it applies them."""
+def cache_claim(namespace: str, settings: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """The namespace's environment cache: one claim its pods share."""
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": settings.get("environmentCacheSize") or "20Gi"}},
+    }
+    if settings.get("environmentCacheStorageClass"):
+        spec["storageClassName"] = settings["environmentCacheStorageClass"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": CACHE_CLAIM, "namespace": namespace, "labels": labels},
+        "spec": spec,
+    }
+
+
+def manifests(
+    cluster: Cluster, namespaces: list[str], settings: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Every object the extension applies (with these settings, else the cluster's), in
+    the order it applies them."""
+    settings = cluster.settings if settings is None else settings
     labels = {**PART_OF, "kstudio.io/cluster": cluster.name}
     subject = {"kind": "ServiceAccount", "name": "kstudio", "namespace": SYSTEM_NAMESPACE}
     objects: list[dict[str, Any]] = [
@@ -201,6 +228,8 @@ def manifests(cluster: Cluster, namespaces: list[str]) -> list[dict[str, Any]]:
                          "name": "kstudio"},
              "subjects": [subject]},
         ]  # fmt: skip
+        if (settings or {}).get("environmentCache"):
+            objects.append(cache_claim(namespace, settings or {}, labels))
     return objects
 
 
@@ -213,6 +242,7 @@ PLURALS = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "InstanceType": "instancetypes",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
 }
 
 
@@ -318,9 +348,11 @@ def preflight(api: client.ApiClient, objects: list[dict[str, Any]]) -> list[str]
     return problems
 
 
-def install(cluster: Cluster, namespaces: list[str]) -> Outcome:
+def install(
+    cluster: Cluster, namespaces: list[str], settings: dict[str, Any] | None = None
+) -> Outcome:
     api = kube.api_client(cluster)
-    objects = manifests(cluster, namespaces)
+    objects = manifests(cluster, namespaces, settings)
     outcome = Outcome(problems=preflight(api, objects))
     if outcome.problems:
         return outcome

@@ -582,7 +582,13 @@ class Launcher:
         if not env.get("key"):
             return
         python, version = self.choose_python(env.get("python"))
-        cache = env.get("cache") or os.path.join(self.root, "environments")
+        # Where environments are kept: the host's cache, a pod's shared volume, else the
+        # job's own folder (built for this job alone).
+        cache = (
+            os.environ.get("KSTUDIO_ENVIRONMENTS")
+            or env.get("cache")
+            or os.path.join(self.root, "environments")
+        )
         folder = os.path.join(cache, f"{env['key']}-py{version}")
         ready = os.path.join(folder, ".ready")
         if not os.path.exists(ready):

@@ -1001,3 +1001,50 @@ def test_an_attachment_names_the_secret_its_pods_pull_images_with(api, people, k
     pod = job["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
     assert pod["containers"][0]["image"] == "python:3.11"
+
+
+def test_a_namespaces_environment_cache_is_built_once_for_all_its_pods(
+    attached, workspace, people, api, kube
+):
+    from compute import clusters
+
+    cluster = attached.cluster
+    outcome = clusters.install(cluster, ["environmentCache=true", "environmentCacheSize=5Gi"])
+    assert not outcome.problems, outcome.problems
+    claim = kube.api.get(
+        kube.api.kind("", "persistentvolumeclaims"), "team-a", "kstudio-environments"
+    )
+    kubernetes_validate.validate(
+        {k: v for k, v in claim.items() if k != "status"}, K8S_VERSION, strict=True
+    )
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    text = """
+command: python -c "import termcolor; print('env ok')"
+compute: azureml:k8s
+environment:
+  image: python:3.11-slim
+  conda_file: {dependencies: [{pip: [termcolor]}]}
+"""
+    first = finished(services.submit_yaml(workspace, people.contributor, text, {}), 120)
+    second = finished(services.submit_yaml(workspace, people.contributor, text, {}), 120)
+    for job in (first, second):
+        assert job.status == "Completed", (job.failure_reason, lines_of(job))
+        assert lines_of(job)[-1] == "env ok"
+    assert any("environment: building inline" in x for x in lines_of(first))
+    assert any("environment: reusing inline" in x for x in lines_of(second))
+    made = kube.api.get(kube.api.kind("batch", "jobs"), "team-a", second.runtime["name"])
+    volumes = made["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "environments",
+            "persistentVolumeClaim": {"claimName": "kstudio-environments"}} in volumes  # fmt: skip
+
+    # A namespace attached later gets its cache at once; uninstall removes the claims.
+    later = api(people.it_ops).post(
+        "/api/v1/workspaces/demo/computes/",
+        {"name": "k8s-c", "type": "kubernetes", "cluster": "lab", "namespace": "team-c",
+         "create_namespace": True},
+        format="json",
+    )  # fmt: skip
+    assert later.status_code == 201, later.content
+    kube.api.get(kube.api.kind("", "persistentvolumeclaims"), "team-c", "kstudio-environments")
+    removed = {a["name"]: a["outcome"] for a in clusters.uninstall(cluster)}
+    assert removed["team-a/kstudio-environments"] == "deleted"

@@ -34,6 +34,7 @@ from compute import capacity, kube, launcher
 from compute.backends import artifacts
 from compute.backends.base import ComputeBackend, LaunchSpec, LogRecord, Observation
 from compute.backends.remote import launch_file
+from compute.extension import CACHE_CLAIM
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ STUDIO = "kubestudio"
 JOB_LABEL = "kstudio.io/job"
 MOUNT = "/kstudio"  # the ConfigMap: launcher.py and launch.json
 ROOT = "/job"  # the job's folder (an emptyDir): code, inputs, outputs
+CACHE = "/kstudio-environments"  # the namespace's environment cache, when the cluster has one
 NODES_FRESH = 30.0  # seconds a view of the nodes serves the fit check at submit
 DONE_TTL = 600
 # Uploads up to this size, together, travel in the job's ConfigMap (whose limit is 1 MiB).
@@ -70,6 +72,7 @@ def render(
     extension_selector: dict[str, str],
     shm_size: str = "2g",
     image_pull_secret: str = "",
+    environment_cache: bool = False,
 ) -> list[dict[str, Any]]:
     """The Job and its ConfigMap, as plain objects (validated in the tests). The pods go
     where the instance type's selector and the extension's (AND-ed) both allow."""
@@ -106,7 +109,7 @@ def render(
         resources["requests"] = {k: str(v) for k, v in spec.requests.items()}
     if spec.limits:
         resources["limits"] = {k: str(v) for k, v in spec.limits.items()}
-    container = {
+    container: dict[str, Any] = {
         "name": "job",
         "image": image,
         "command": ["python3", "$(KSTUDIO_DIR)/launcher.py", "$(KSTUDIO_DIR)/launch.json"],
@@ -142,6 +145,13 @@ def render(
         ],
         "enableServiceLinks": False,
     }
+    if environment_cache and (spec.environment or {}).get("key"):
+        # Built once in the namespace's volume, reused by every later pod.
+        container["env"].append({"name": "KSTUDIO_ENVIRONMENTS", "value": CACHE})
+        pod_spec["volumes"].append(
+            {"name": "environments", "persistentVolumeClaim": {"claimName": CACHE_CLAIM}}
+        )
+        container["volumeMounts"].append({"name": "environments", "mountPath": CACHE})
     node_selector = {**spec.node_selector, **extension_selector}
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
@@ -253,6 +263,7 @@ class KubernetesBackend(ComputeBackend):
             studio_url=cluster.studio_url or settings.STUDIO_PUBLIC_URL,
             node_selector=dict(extension.get("nodeSelector") or {}),
             image_pull_secret=target.image_pull_secret,
+            environment_cache=bool(extension.get("environmentCache")),
         )
 
     def __init__(
@@ -262,6 +273,7 @@ class KubernetesBackend(ComputeBackend):
         studio_url: str,
         node_selector: dict[str, str] | None = None,
         image_pull_secret: str = "",
+        environment_cache: bool = False,
     ) -> None:
         self.api = api
         self.batch = client.BatchV1Api(api)
@@ -270,6 +282,7 @@ class KubernetesBackend(ComputeBackend):
         self.studio_url = studio_url
         self.node_selector = node_selector or {}
         self.image_pull_secret = image_pull_secret
+        self.environment_cache = environment_cache
         self.jobs: dict[str, dict[str, Any]] = {}  # by name, from the watch
         self.pods: dict[str, dict[str, Any]] = {}
         # The same pods by the job they belong to: observing a job does not scan them all.
@@ -307,7 +320,7 @@ class KubernetesBackend(ComputeBackend):
         name = object_name(spec.job_key, spec.name)
         return render(
             spec, name, self.namespace, self.studio_url, image, self.node_selector,
-            spec.shm_size, self.image_pull_secret,
+            spec.shm_size, self.image_pull_secret, self.environment_cache,
         )  # fmt: skip
 
     def submit(self, spec: LaunchSpec) -> dict[str, Any]:

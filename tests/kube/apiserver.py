@@ -54,6 +54,7 @@ BUILT_IN = [
     Kind("", "v1", "pods", "Pod", True),
     Kind("", "v1", "configmaps", "ConfigMap", True),
     Kind("", "v1", "secrets", "Secret", True),
+    Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True),
     Kind("", "v1", "services", "Service", True),
     Kind("", "v1", "serviceaccounts", "ServiceAccount", True),
     Kind("", "v1", "events", "Event", True),

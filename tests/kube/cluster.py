@@ -76,6 +76,9 @@ class FakeCluster:
         self.lock = threading.RLock()
         self.worker = threading.Thread(target=self._work, daemon=True, name="fake-cluster")
         self.url = ""
+        # The storage behind persistent volume claims: a folder per claim, kept until stop.
+        self.volumes = tempfile.mkdtemp(prefix="fake-volumes-")
+        os.chmod(self.volumes, 0o755)
 
     def start(self) -> FakeCluster:
         self.url = self.api.start()
@@ -89,6 +92,7 @@ class FakeCluster:
         for pod in running:
             self._kill(pod, "cluster stopped")
         self.api.stop()
+        shutil.rmtree(self.volumes, ignore_errors=True)
 
     def kubeconfig(self, token: str | None = None) -> dict[str, Any]:
         return self.api.kubeconfig(self.url, token)
@@ -492,7 +496,17 @@ class FakeCluster:
             os.makedirs(local, exist_ok=True)
             os.chmod(local, 0o777)
             volume = volumes[mount["name"]]
-            if "configMap" in volume:
+            if "persistentVolumeClaim" in volume:
+                # A claim is storage that outlives the pod: one folder per claim, shared by
+                # every pod that mounts it (as ReadWriteMany storage would be).
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                self.api.get(self.api.kind("", "persistentvolumeclaims"), meta["namespace"], claim)
+                shared = os.path.join(self.volumes, meta["namespace"], claim)
+                os.makedirs(shared, exist_ok=True)
+                os.chmod(shared, 0o777)
+                os.rmdir(local)
+                os.symlink(shared, local)
+            elif "configMap" in volume:
                 config = None
                 for _ in range(100):  # the kubelet retries until the ConfigMap exists
                     try:
