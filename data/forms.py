@@ -42,3 +42,15 @@ class DataAssetForm(forms.Form):
         if data.get("type") == DataType.URI_FILE and len(data.get("upload") or []) > 1:
             self.add_error("upload", "A uri_file asset is one file.")
         return data
+
+
+class DatastoreForm(forms.Form):
+    """A datastore as Azure's YAML describes it: creates it, or updates the one of that
+    name (credentials left out keep the stored ones)."""
+
+    document = forms.CharField(
+        label="Datastore YAML",
+        widget=forms.Textarea(attrs={"rows": 9, "class": "code", "spellcheck": "false"}),
+        help_text="name, type (azure_blob, s3, local), where it is, credentials. The storage "
+        "is read before anything is kept; credentials are never shown back.",
+    )

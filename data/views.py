@@ -8,13 +8,16 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
 from data import services
-from data.forms import DataAssetForm
+from data.forms import DataAssetForm, DatastoreForm
 from data.models import DataAsset, Datastore
 from studio import access, assets
+from studio.documents import load_yaml
 from studio.errors import Conflict, FieldErrors
 from studio.models import Role
 
@@ -86,3 +89,53 @@ def _create(ws: Any, request: HttpRequest, data: dict[str, Any], files: list[Any
                 tar.addfile(info, upload)
         archive.seek(0)
         return services.create_asset(ws, request.user, data, archive, "upload.tar")
+
+
+@login_required
+def datastores(request: HttpRequest, workspace: str) -> HttpResponse:
+    """The workspace's datastores; its owners and IT-ops add and change them."""
+    ws, can_manage = access.members_of(request.user, workspace)
+    form = DatastoreForm(request.POST or None)
+    errors: list[tuple[str, str]] = []
+    if request.method == "POST":
+        if not can_manage:
+            raise PermissionDenied("Only the workspace's owners and IT-ops manage datastores.")
+        if form.is_valid():
+            try:
+                saved = services.save_datastore(
+                    ws, request.user, load_yaml(form.cleaned_data["document"], "datastore")
+                )
+            except FieldErrors as exc:
+                errors = exc.errors
+            except PermissionDenied as exc:
+                errors = [("type", str(exc))]
+            else:
+                messages.success(request, f"Datastore {saved.name} saved.")
+                return redirect("data:datastores", workspace=ws.name)
+    context = {
+        "workspace": ws,
+        "can_manage": can_manage,
+        "datastores": Datastore.objects.filter(workspace=ws),
+        "form": form,
+        "errors": errors,
+    }
+    status = 400 if request.method == "POST" else 200
+    return render(request, "data/datastores.html", context, status=status)
+
+
+@login_required
+@require_POST
+def datastore_delete(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
+    ws, can_manage = access.members_of(request.user, workspace)
+    if not can_manage:
+        raise PermissionDenied("Only the workspace's owners and IT-ops manage datastores.")
+    datastore = Datastore.objects.filter(workspace=ws, name=name).first()
+    if datastore is None:
+        raise Http404(f"No datastore named {name!r}.")
+    try:
+        services.delete_datastore(datastore)
+    except Conflict as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Datastore {name} deleted.")
+    return redirect("data:datastores", workspace=ws.name)

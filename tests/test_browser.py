@@ -268,6 +268,8 @@ A11Y_PAGES = [
     ("carl", "/workspaces/demo/members/"),
     ("carl", "/workspaces/demo/data/"),
     ("carl", "/workspaces/demo/data/new/"),
+    ("carl", "/workspaces/demo/environments/"),
+    ("ivan", "/workspaces/demo/data/datastores/"),
     ("carl", "/profile/"),
     ("ivan", "/console/"),
     (None, "/login/"),

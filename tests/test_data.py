@@ -293,3 +293,25 @@ def test_the_cli_manages_datastores_and_data(kstudio, people, s3_store, tmp_path
     gone = kstudio("datastore", "delete", "nope", **as_it_ops)
     assert gone.returncode == 1 and "No datastore named 'nope'" in gone.stderr
     kstudio("datastore", "delete", "cli-lake", check=True, **as_it_ops)
+
+
+def test_owners_and_it_ops_manage_datastores_on_a_page(client, people, s3_store, settings):
+    url = "/workspaces/demo/data/datastores/"
+    client.force_login(people.reader)
+    assert client.post(url, {"document": "name: x\ntype: s3\nbucket: data\n"}).status_code == 403
+    client.force_login(people.owner)
+    page = client.post(url, {"document": "name: host\ntype: local\npath: /etc\n"})
+    assert page.status_code == 400
+    assert "Only IT-ops may make a datastore of a folder" in page.content.decode()
+    page = client.post(url, {"document": "name: x\ntype: s3\nbucket: B!\n"})
+    assert page.status_code == 400 and "<code>bucket</code>" in page.content.decode()
+    assert not Datastore.objects.filter(name__in=["host", "x"]).exists()
+
+    client.force_login(people.it_ops)  # not a member: IT-ops manage every workspace's
+    document = json.dumps(s3_document(s3_store, name="lake"))
+    saved = client.post(url, {"document": document})
+    assert saved.status_code == 302
+    listed = client.get(url).content.decode()
+    assert "lake" in listed and s3_store["secret_key"] not in listed
+    assert client.post(url + "lake/delete/").status_code == 302
+    assert not Datastore.objects.filter(name="lake").exists()
