@@ -22,12 +22,19 @@ from django.db import IntegrityError, transaction
 from compute.launcher import archive_problem
 from data import spec
 from data.models import DEFAULT_DATASTORE, DataAsset, Datastore, DatastoreKind
-from data.stores import File, StoreError, open_store
+from data.stores import File, StoreError, account_url, open_store
 from studio import assets
 from studio.access import is_it_ops
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
 
+# Azure's public clouds: a storage URL outside any datastore is read anonymously only there.
+AZURE_CLOUDS = {
+    "core.windows.net",
+    "core.chinacloudapi.cn",
+    "core.usgovcloudapi.net",
+    "core.cloudapi.de",
+}
 # How long a signed URL handed to a job reads its file: a week, S3's longest.
 SIGNED_URL_SECONDS = 7 * 24 * 3600
 
@@ -81,8 +88,7 @@ def save_datastore(workspace: Workspace, user: Any, data: dict[str, Any]) -> Dat
     kind = document.type
     if isinstance(document, spec.LocalDatastore) and not is_it_ops(user):
         raise PermissionDenied("Only IT-ops may make a datastore of a folder on the studio host.")
-    endpoint_field = {"s3": "endpoint_url", "azure_blob": "account_url"}.get(kind, "")
-    endpoint = getattr(document, endpoint_field, None) if endpoint_field else None
+    endpoint_field, endpoint = _endpoint(document)
     if endpoint and not is_it_ops(user) and (address := _private_endpoint(endpoint)):
         raise FieldErrors(
             [(endpoint_field, f"resolves to {address}, not a public address: only IT-ops may "
@@ -115,6 +121,16 @@ def save_datastore(workspace: Workspace, user: Any, data: dict[str, Any]) -> Dat
     )
     datastore.save()
     return datastore
+
+
+def _endpoint(document: spec.DatastoreDocument) -> tuple[str, str]:
+    """The field that says where the storage answers, and the URL the studio will call."""
+    if isinstance(document, spec.S3Datastore):
+        return "endpoint_url", document.endpoint_url or ""
+    if isinstance(document, spec.AzureBlobDatastore):
+        field = "account_url" if document.account_url else "endpoint"
+        return field, account_url(document.model_dump(exclude_none=True))
+    return "", ""
 
 
 def _location_field(kind: str) -> str:
@@ -207,6 +223,13 @@ def _storage_datastore(workspace: Workspace, ref: spec.StorageRef) -> Datastore:
     datastore = found.filter(
         location__account_name=ref.account, location__container_name=ref.container
     ).first()
+    if datastore is None and ref.endpoint not in AZURE_CLOUDS:
+        # Read anonymously only from Azure itself: any other host is one a user chose.
+        raise ValueError(
+            f"no azure_blob datastore in this workspace has the account {ref.account!r} and "
+            f"container {ref.container!r}; public containers are read from Azure's own "
+            "endpoints only"
+        )
     return datastore or Datastore(
         workspace=workspace,
         name="",

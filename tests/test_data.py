@@ -119,6 +119,9 @@ def test_an_s3_datastore_is_checked_before_it_is_kept_and_its_secret_never_shown
 def test_an_azure_blob_datastore_takes_an_account_key_or_a_sas_token(api, people, azure_store):
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
+    # An owner may not point the studio inside its network (Azurite is on 127.0.0.1).
+    refused = put(api(people.owner), azure_document(azure_store))
+    assert "only IT-ops" in fields(refused)["account_url"]
     made = put(api(people.it_ops), azure_document(azure_store))
     assert made.status_code == 201, made.content
     assert made.json()["credentials"] == ["account_key"]
@@ -232,6 +235,7 @@ def test_a_data_asset_that_does_not_fit_its_path_is_refused_by_field(api, people
         ({"path": f"{uri}/nothing-here"}, "path", "no such file or folder"),
         ({"path": "azureml://datastores/nope/paths/x"}, "path", "no datastore named 'nope'"),
         ({"path": "s3://other-bucket/x"}, "path", "no s3 datastore"),
+        ({"path": "wasbs://c@acct.blob.internal.example/x"}, "path", "Azure's own endpoints"),
         ({"path": "ftp://host/x"}, "path", "use a local path"),
         ({"path": "./local"}, "path", "none came with this request"),
         ({"path": f"{uri}/images", "version": "latest"}, "version", "not 'latest'"),
