@@ -45,6 +45,12 @@ SETTINGS: dict[str, tuple[type, Any]] = {
     "environmentCache": (bool, False),
     "environmentCacheStorageClass": (str, ""),
     "environmentCacheSize": (str, "20Gi"),
+    # Not Azure's: environments with a Docker build context are built in the cluster by a
+    # builder Job (kaniko) and pushed here (`registry.example.com/kstudio`), with the
+    # credentials of this Secret (kubernetes.io/dockerconfigjson) in each namespace.
+    "imageRegistry": (str, ""),
+    "imageRegistrySecret": (str, ""),
+    "imageBuilder": (str, "gcr.io/kaniko-project/executor:v1.23.2"),
 }
 CACHE_CLAIM = "kstudio-environments"
 ROUTER_SERVICE_TYPES = ("loadBalancer", "nodePort", "clusterIP")
@@ -163,6 +169,7 @@ def _role_rules() -> list[dict[str, Any]]:
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["configmaps", "services"],
          "verbs": ["create", "get", "delete"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "patch"]},
     ]  # fmt: skip
 
 

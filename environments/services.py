@@ -3,6 +3,7 @@ environment, a curated one, or an inline mapping) into what its compute runs."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -41,9 +42,15 @@ def create_environment(
                   "(kstudio environment create sends the folder)")]
             )  # fmt: skip
         name = f"environments/{workspace.pk}/{document.name}/{version}/context.tar.gz"
+        digest = hashlib.sha256()
+        while chunk := context.read(1024 * 1024):
+            digest.update(chunk)
+        context.seek(0)
         build = {
             "context": artifacts.publish(name, context),
             "dockerfile_path": document.build.dockerfile_path,
+            # The image is built once per context: its tag is this hash.
+            "hash": digest.hexdigest(),
         }
     try:
         with transaction.atomic():

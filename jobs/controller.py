@@ -458,6 +458,9 @@ class Controller:
         reason: str,
         outputs: list[dict[str, Any]],
     ) -> None:
+        if job.status == Status.QUEUED and phase != Status.CANCELED:
+            # Ended while its compute held it waiting (its image could not be built).
+            services.transition(job, Status.PREPARING, waiting_reason="")
         if job.status == Status.CANCEL_REQUESTED and phase != Status.COMPLETED:
             phase, reason = Status.CANCELED, "Canceled by request."
         elif phase != Status.CANCELED:

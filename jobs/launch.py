@@ -59,6 +59,7 @@ def launch_spec(job: Job) -> LaunchSpec:
         job_token=tokens.token_for(job),
         image=job.environment_used.get("image") or _image(spec),
         environment=_environment(job),
+        build=_build(job),
         shm_size=spec.resources.shm_size or "2g",
         labels={
             "kstudio.io/workspace": label_value(job.workspace.name),
@@ -120,6 +121,18 @@ def _environment(job: Job) -> dict[str, Any] | None:
         "python": used.get("python"),
         "requirements": requirements,
         "notes": notes,
+    }
+
+
+def _build(job: Job) -> dict[str, Any] | None:
+    used = job.environment_used or {}
+    if not used.get("build"):
+        return None
+    return {
+        "artifact": used["build"]["context"],
+        "dockerfile_path": used["build"]["dockerfile_path"],
+        "hash": used["build"]["hash"],
+        "label": used["label"],
     }
 
 

@@ -163,11 +163,20 @@ def _resolve_environment(
         errors.extend(exc.errors)
         return None
     if environment is not None and environment.build and compute is not None:
-        where = "the local compute" if compute.kind == ComputeKind.LOCAL else "a cluster"
-        errors.append(
-            ("environment", f"{environment.label} is built from a Docker context, which {where} "
-             "here cannot do yet; give it an image (and conda_file) instead")
-        )  # fmt: skip
+        if compute.kind == ComputeKind.LOCAL:
+            errors.append(
+                ("environment", f"{environment.label} is built from a Docker context, which "
+                 "the local compute cannot do; run it on a Kubernetes compute target, or give "
+                 "the environment an image (and conda_file)")
+            )  # fmt: skip
+        elif compute.cluster is not None and not (compute.cluster.settings or {}).get(
+            "imageRegistry"
+        ):
+            errors.append(
+                ("environment", f"{environment.label} is built from a Docker context: the "
+                 f"cluster {compute.cluster.name!r} needs a registry to push it to "
+                 "(kstudio cluster install NAME --set imageRegistry=...)")
+            )  # fmt: skip
     return environment
 
 

@@ -18,6 +18,7 @@ from compute.backends.kubernetes import object_name, render
 from compute.models import Cluster, ComputeTarget, InstanceType
 from jobs import services
 from jobs.models import Job
+from jobs.spec import SpecError
 from tests.conftest import code_archive, token_for, wait_until
 from tests.kube.cluster import FakeCluster
 
@@ -1048,3 +1049,80 @@ environment:
     kube.api.get(kube.api.kind("", "persistentvolumeclaims"), "team-c", "kstudio-environments")
     removed = {a["name"]: a["outcome"] for a in clusters.uninstall(cluster)}
     assert removed["team-a/kstudio-environments"] == "deleted"
+
+
+def build_context(dockerfile: str) -> io.BytesIO:
+    return code_archive({"Dockerfile": dockerfile.encode(), "requirements.txt": b"termcolor\n"})
+
+
+def test_an_environment_built_from_a_context_is_built_once_in_the_cluster_and_used(
+    attached, workspace, people, kube
+):
+    from compute import clusters
+    from compute.backends.kubernetes import built_image
+    from environments.services import create_environment
+
+    text = "command: echo built\ncompute: azureml:k8s\nenvironment: azureml:built@latest\n"
+    create_environment(
+        workspace, people.contributor, {"name": "built", "build": {"path": "ctx"}},
+        build_context("FROM python:3.11-slim\nRUN pip install -r requirements.txt\n"),
+    )  # fmt: skip
+    # Without a registry to push to, the cluster cannot build: said at submission.
+    with pytest.raises(SpecError) as refused:
+        services.submit_yaml(workspace, people.contributor, text, {})
+    assert "needs a registry to push it to" in dict(refused.value.errors)["environment"]
+    assert not clusters.install(attached.cluster, ["imageRegistry=registry.kube.test/ks"]).problems
+
+    first = services.submit_yaml(workspace, people.contributor, text, {})
+
+    def waiting_for_the_image() -> bool:
+        first.refresh_from_db()
+        return "Building its environment's image" in first.waiting_reason or first.is_terminal
+
+    wait_until(waiting_for_the_image, 30, "the job to wait for its image")
+    first = finished(first, 60)
+    assert first.status == "Completed", first.failure_reason
+    assert lines_of(first) == ["built"]
+    image = built_image("registry.kube.test/ks", {"label": "built:1",
+                        "hash": first.environment_used["build"]["hash"]})  # fmt: skip
+    assert kube.pushed(image)
+    made = kube.api.get(kube.api.kind("batch", "jobs"), "team-a", first.runtime["name"])
+    assert made["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    builder = kube.api.get(kube.api.kind("batch", "jobs"), "team-a", first.runtime["builder"])
+    kubernetes_validate.validate(
+        {k: v for k, v in builder.items() if k != "status"}, K8S_VERSION, strict=True
+    )
+
+    # Built once: the next job of that context starts at once, no second build.
+    second = finished(services.submit_yaml(workspace, people.contributor, text, {}))
+    assert second.status == "Completed", second.failure_reason
+    builders = [j for j in kube.api.list(kube.api.kind("batch", "jobs"), "team-a")["items"]
+                if j["metadata"]["name"].startswith("ks-build-")]  # fmt: skip
+    assert len(builders) == 1
+    assert not kube.api.get(kube.api.kind("batch", "jobs"), "team-a",
+                            second.runtime["name"])["spec"].get("suspend")  # fmt: skip
+
+    # A build that fails fails its jobs with the builder's own words.
+    create_environment(
+        workspace, people.contributor, {"name": "broken", "build": {"path": "ctx"}},
+        build_context("FROM python:3.11-slim\nRUN false\n"),
+    )  # fmt: skip
+    text = text.replace("built@latest", "broken@latest")
+    broken = finished(services.submit_yaml(workspace, people.contributor, text, {}))
+    assert broken.status == "Failed"
+    assert broken.failure_reason.startswith("Building the image registry.kube.test/ks/broken:")
+    assert "error building image" in broken.failure_reason
+
+
+def test_the_local_compute_refuses_an_environment_built_from_a_context(workspace, people):
+    from environments.services import create_environment
+
+    create_environment(
+        workspace, people.contributor, {"name": "built", "build": {"path": "ctx"}},
+        build_context("FROM python:3.11-slim\n"),
+    )  # fmt: skip
+    with pytest.raises(SpecError) as refused:
+        services.submit_yaml(
+            workspace, people.contributor, "command: echo\nenvironment: azureml:built:1\n", {}
+        )
+    assert "the local compute cannot do" in dict(refused.value.errors)["environment"]

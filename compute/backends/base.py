@@ -39,6 +39,9 @@ class LaunchSpec:
     # Packages to install before the command runs, in a virtual environment kept by `key`:
     # {"key", "python" ("3.8" or None), "requirements", "label", "notes"}; None: nothing.
     environment: dict[str, Any] | None = None
+    # An image to build first from a Docker context (computes that build images):
+    # {"artifact": the context archive, "dockerfile_path", "hash", "label"}.
+    build: dict[str, Any] | None = None
 
 
 def launcher_bounds() -> dict[str, Any]:

@@ -197,6 +197,108 @@ def render(
     return [job, config_map, service]
 
 
+# The builder pod's first step: the environment's Docker context, from the studio.
+FETCH_CONTEXT = """\
+import os, tarfile, urllib.request
+request = urllib.request.Request(
+    os.environ["KSTUDIO_CONTEXT_URL"],
+    headers={"Authorization": "Bearer " + os.environ["KSTUDIO_TOKEN"]},
+)
+with urllib.request.urlopen(request, timeout=120) as response:
+    with tarfile.open(fileobj=response, mode="r|*") as archive:
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        archive.extractall(os.environ["KSTUDIO_CONTEXT"], **safe)
+"""
+
+
+def _job_state(job: dict[str, Any]) -> str:
+    """Complete, Failed, or Running (not ended) from a Job's conditions."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return str(condition["type"])
+    return "Running"
+
+
+def builder_name(build: dict[str, Any]) -> str:
+    return f"ks-build-{build['hash'][:16]}"
+
+
+def built_image(registry: str, build: dict[str, Any]) -> str:
+    """Where an environment's image is pushed: one tag per context (its hash)."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", str(build["label"]).split(":")[0].lower()).strip("-.")
+    return f"{registry.rstrip('/')}/{slug or 'environment'}:{build['hash'][:16]}"
+
+
+def render_builder(
+    build: dict[str, Any],
+    image: str,
+    namespace: str,
+    studio_url: str,
+    token: str,
+    settings_: dict[str, Any],
+    fetch_image: str,
+) -> dict[str, Any]:
+    """The Job that builds an environment's image from its Docker context with kaniko
+    and pushes it: shared by every job of that context in the namespace (its name is the
+    context's hash), kept as the record that the image exists."""
+    name = builder_name(build)
+    labels = {MANAGED: STUDIO, JOB_LABEL: name, "kstudio.io/build": build["hash"][:16]}
+    context = {"name": "context", "mountPath": "/workspace"}
+    build_container: dict[str, Any] = {
+        "name": "build",
+        "image": settings_.get("imageBuilder") or "gcr.io/kaniko-project/executor:v1.23.2",
+        "env": [{"name": "KSTUDIO_CONTEXT", "value": "/workspace"}],
+        "args": [
+            "--context=dir://$(KSTUDIO_CONTEXT)",
+            f"--dockerfile=$(KSTUDIO_CONTEXT)/{build['dockerfile_path']}",
+            f"--destination={image}",
+        ],
+        "volumeMounts": [context],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    volumes: list[dict[str, Any]] = [{"name": "context", "emptyDir": {}}]
+    if settings_.get("imageRegistrySecret"):
+        volumes.append({"name": "registry", "secret": {
+            "secretName": settings_["imageRegistrySecret"],
+            "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}})  # fmt: skip
+        build_container["volumeMounts"].append(
+            {"name": "registry", "mountPath": "/kaniko/.docker", "readOnly": True}
+        )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "initContainers": [
+            {
+                "name": "context",
+                "image": fetch_image,
+                "command": ["python3", "-c", FETCH_CONTEXT],
+                "env": [
+                    {
+                        "name": "KSTUDIO_CONTEXT_URL",
+                        "value": studio_url.rstrip("/") + "/api/v1/job-io/build-context",
+                    },
+                    {"name": "KSTUDIO_TOKEN", "value": token},
+                    {"name": "KSTUDIO_CONTEXT", "value": "/workspace"},
+                ],
+                "volumeMounts": [context],
+            }
+        ],
+        "containers": [build_container],
+        "volumes": volumes,
+    }
+    if settings_.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(settings_["nodeSelector"])
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
 @functools.cache
 def launcher_source() -> str:
     """The launcher as shipped to pods (read once: it is the same for every job)."""
@@ -264,6 +366,7 @@ class KubernetesBackend(ComputeBackend):
             node_selector=dict(extension.get("nodeSelector") or {}),
             image_pull_secret=target.image_pull_secret,
             environment_cache=bool(extension.get("environmentCache")),
+            extension=extension,
         )
 
     def __init__(
@@ -274,6 +377,7 @@ class KubernetesBackend(ComputeBackend):
         node_selector: dict[str, str] | None = None,
         image_pull_secret: str = "",
         environment_cache: bool = False,
+        extension: dict[str, Any] | None = None,
     ) -> None:
         self.api = api
         self.batch = client.BatchV1Api(api)
@@ -283,6 +387,7 @@ class KubernetesBackend(ComputeBackend):
         self.node_selector = node_selector or {}
         self.image_pull_secret = image_pull_secret
         self.environment_cache = environment_cache
+        self.extension = extension or {}  # the cluster's settings (its image registry...)
         self.jobs: dict[str, dict[str, Any]] = {}  # by name, from the watch
         self.pods: dict[str, dict[str, Any]] = {}
         # The same pods by the job they belong to: observing a job does not scan them all.
@@ -316,15 +421,60 @@ class KubernetesBackend(ComputeBackend):
         return [f"On this cluster now, {said}"] if said else []
 
     def render(self, spec: LaunchSpec) -> list[dict[str, Any]]:
+        """The job's objects; with an image to build, the Job waits (suspended) and the
+        builder Job comes last."""
         image = spec.image or settings.STUDIO_KUBERNETES_IMAGE
+        if spec.build:
+            image = built_image(self.extension.get("imageRegistry", ""), spec.build)
         name = object_name(spec.job_key, spec.name)
-        return render(
+        objects = render(
             spec, name, self.namespace, self.studio_url, image, self.node_selector,
             spec.shm_size, self.image_pull_secret, self.environment_cache,
         )  # fmt: skip
+        if spec.build:
+            objects[0]["spec"]["suspend"] = True  # until its image is built
+            objects.append(
+                render_builder(
+                    spec.build,
+                    image,
+                    self.namespace,
+                    self.studio_url,
+                    spec.job_token,
+                    {**self.extension, "nodeSelector": self.node_selector},
+                    settings.STUDIO_KUBERNETES_IMAGE,
+                )
+            )
+        return objects
+
+    def _ensure_builder(self, builder: dict[str, Any]) -> str:
+        """Start the image's builder unless it ran: returns whether it has succeeded. A
+        failed one is started anew (a new job is a new try)."""
+        name = builder["metadata"]["name"]
+        try:
+            found: Any = self.batch.read_namespaced_job(name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise RuntimeError(kube.in_words(exc)) from exc
+            found = None
+        if found is not None:
+            state = _job_state(self.api.sanitize_for_serialization(found))
+            if state != "Failed":
+                return state
+            self.batch.delete_namespaced_job(
+                name, self.namespace, body=client.V1DeleteOptions(propagation_policy="Foreground")
+            )
+        try:
+            self.batch.create_namespaced_job(self.namespace, cast(Any, builder))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise RuntimeError(kube.in_words(exc)) from exc
+        return "Running"
 
     def submit(self, spec: LaunchSpec) -> dict[str, Any]:
         job, *owned = self.render(spec)  # the Job, then what it owns (ConfigMap, Service)
+        builder = owned.pop() if spec.build else None
+        if builder is not None and self._ensure_builder(builder) == "Complete":
+            job["spec"]["suspend"] = False  # built before: no wait
         name = job["metadata"]["name"]
         try:
             made: Any = self.batch.create_namespaced_job(self.namespace, cast(Any, job))
@@ -355,6 +505,14 @@ class KubernetesBackend(ComputeBackend):
             "job_id": spec.job_id,
             "outputs": ["default", *spec.outputs],
             "instances": max(1, spec.instance_count),
+            **(
+                {
+                    "builder": builder["metadata"]["name"],
+                    "image": job["spec"]["template"]["spec"]["containers"][0]["image"],
+                }
+                if builder
+                else {}
+            ),
         }
 
     # -- watching --------------------------------------------------------------------------------
@@ -553,6 +711,8 @@ class KubernetesBackend(ComputeBackend):
                 return Observation(lines, cursor, phase="Canceled", reason="Canceled by request.")
             gone = "The Kubernetes Job was deleted outside the studio."
             return Observation(lines, cursor, phase="Failed", reason=gone)
+        if (job.get("spec") or {}).get("suspend") and runtime.get("builder"):
+            return self._await_image(runtime, lines, cursor)
         pod = pods[-1] if pods else None  # the newest: the one whose end says why
         conditions = {
             c["type"]: c
@@ -712,6 +872,37 @@ class KubernetesBackend(ComputeBackend):
             )
 
     # -- stopping --------------------------------------------------------------------------
+    def _await_image(
+        self, runtime: dict[str, Any], lines: list[LogRecord], cursor: dict[str, Any]
+    ) -> Observation:
+        """A job waiting for its environment's image: started once the builder succeeds,
+        failed with the builder's own words if it fails."""
+        builder_name_ = str(runtime["builder"])
+        with self.lock:
+            builder = self.jobs.get(builder_name_)
+            pods = list(self.pods_of_job.get(builder_name_, {}).values())
+        state = _job_state(builder) if builder is not None else "Running"
+        if state == "Complete":
+            self.batch.patch_namespaced_job(
+                runtime["name"], self.namespace, {"spec": {"suspend": False}}
+            )
+            return Observation(lines, cursor, phase="Queued", waiting_reason="Image built.")
+        if state == "Failed":
+            self.cancel(runtime, force=True)
+            self.canceled.discard(str(runtime["name"]))
+            said = ""
+            for pod in pods:
+                for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                    ended = (status.get("state") or {}).get("terminated") or {}
+                    said = ended.get("message") or said
+            reason = f"Building the image {runtime.get('image')} failed (job {builder_name_})"
+            return Observation(
+                lines, cursor, phase="Failed", reason=f"{reason}: {said.strip()[-2000:]}"
+                if said else reason + ".",
+            )  # fmt: skip
+        waiting = f"Building its environment's image {runtime.get('image')} (job {builder_name_})."
+        return Observation(lines, cursor, phase="Queued", waiting_reason=waiting)
+
     def cancel(self, runtime: dict[str, Any], *, force: bool = False) -> None:
         name = str(runtime["name"])
         self.canceled.add(name)

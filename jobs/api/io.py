@@ -137,3 +137,13 @@ class InputFileView(JobIOView):
         except StoreError as exc:
             raise exceptions.NotFound(str(exc)) from exc
         return FileResponse(stream, as_attachment=True)
+
+
+@extend_schema(exclude=True)
+class BuildContextView(JobIOView):
+    def get(self, request: Request) -> FileResponse:
+        """The Docker context of the job's environment, for the cluster's image builder."""
+        build = (job_of(request).environment_used or {}).get("build")
+        if not build:
+            raise exceptions.NotFound("The job's environment is not built from a context.")
+        return FileResponse(artifacts.store().open(build["context"], "rb"), as_attachment=True)

@@ -1,7 +1,13 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from jobs.api.io import InputFileView, InputListingView, OutputView, UploadView
+from jobs.api.io import (
+    BuildContextView,
+    InputFileView,
+    InputListingView,
+    OutputView,
+    UploadView,
+)
 from jobs.api.views import JobViewSet
 
 router = SimpleRouter()
@@ -17,6 +23,7 @@ urlpatterns = [
     path("job-io/uploads/<str:key>", UploadView.as_view(), name="job-io-upload"),
     path("job-io/outputs/<str:output>/<path:path>", OutputView.as_view(), name="job-io-output"),
     path("job-io/inputs/<str:name>/files/", InputListingView.as_view(), name="job-io-listing"),
+    path("job-io/build-context", BuildContextView.as_view(), name="job-io-build-context"),
     path(
         "job-io/inputs/<str:name>/files/<path:path>",
         InputFileView.as_view(),

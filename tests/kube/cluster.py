@@ -6,7 +6,11 @@ A pod's volumes are folders in a sandbox of its own: a container path under a vo
 mountPath (or the termination message path) is rewritten to the sandbox in the
 container's environment, the only place this kubelet looks, as it cannot remount the
 host's file system. Images are not pulled: the command runs on this host's programs,
-except that an image named `*:unpullable` fails to pull, as a wrong name would.
+except that an image named `*:unpullable` fails to pull, as a wrong name would, and an
+image in the cluster's own registry (`registry.kube.test/...`) pulls only once something
+pushed it. Kaniko's executor image runs `tests/kube/kaniko.py`, which checks the context
+and "pushes" the destination to that registry. Init containers run in order before the
+container; a suspended Job gets its pods when it is resumed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -55,6 +60,17 @@ def parse_time(text: str) -> float:
     return base + (float(f"0.{fraction}") if fraction else 0.0)
 
 
+REGISTRY = "registry.kube.test"
+# Images whose entrypoint this kubelet replaces by a program of its own (the image's
+# command is not on this host).
+ENTRYPOINTS = {
+    "gcr.io/kaniko-project/executor": [
+        sys.executable,
+        os.path.join(os.path.dirname(__file__), "kaniko.py"),
+    ],
+}
+
+
 @dataclass
 class Running:
     """A pod's container as the kubelet runs it."""
@@ -79,6 +95,9 @@ class FakeCluster:
         # The storage behind persistent volume claims: a folder per claim, kept until stop.
         self.volumes = tempfile.mkdtemp(prefix="fake-volumes-")
         os.chmod(self.volumes, 0o755)
+        # The images pushed to the cluster's registry: a file each, named by the image.
+        self.registry = tempfile.mkdtemp(prefix="fake-registry-")
+        self.started: set[str] = set()  # the uids of Jobs whose pods were made
 
     def start(self) -> FakeCluster:
         self.url = self.api.start()
@@ -93,6 +112,10 @@ class FakeCluster:
             self._kill(pod, "cluster stopped")
         self.api.stop()
         shutil.rmtree(self.volumes, ignore_errors=True)
+        shutil.rmtree(self.registry, ignore_errors=True)
+
+    def pushed(self, image: str) -> bool:
+        return os.path.exists(os.path.join(self.registry, image.replace("/", "%")))
 
     def kubeconfig(self, token: str | None = None) -> dict[str, Any]:
         return self.api.kubeconfig(self.url, token)
@@ -139,7 +162,11 @@ class FakeCluster:
 
     def _react(self, event: str, kind: Kind, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
-        if kind.plural == "jobs" and event == "ADDED":
+        if kind.plural == "jobs" and event in ("ADDED", "MODIFIED"):
+            # A suspended Job has no pods until it is resumed (spec.suspend: false).
+            if obj["spec"].get("suspend") or meta["uid"] in self.started:
+                return
+            self.started.add(meta["uid"])
             self._create_pod(obj)
             deadline = obj["spec"].get("activeDeadlineSeconds")
             if deadline:
@@ -416,7 +443,10 @@ class FakeCluster:
             self.pods[key] = running
         os.chmod(running.sandbox, 0o755)
         try:
-            if str(container.get("image", "")).endswith(":unpullable"):
+            image = str(container.get("image", ""))
+            if image.endswith(":unpullable") or (
+                image.startswith(REGISTRY + "/") and not self.pushed(image)
+            ):
                 message = f'failed to pull image "{container["image"]}": not found'
                 waiting = {"waiting": {"reason": "ErrImagePull", "message": message}}
                 self._patch_pod(meta, {"containerStatuses": self._container(container, waiting)})
@@ -433,25 +463,18 @@ class FakeCluster:
             creating = {"waiting": {"reason": "ContainerCreating"}}
             self._patch_pod(meta, {"containerStatuses": self._container(container, creating)})
             paths = self._mount(pod, running.sandbox)
-            env = {"PATH": os.environ.get("PATH", os.defpath), "HOSTNAME": meta["name"]}
-            for item in container.get("env") or []:
-                value = item.get("value", "")
-                for path, local in paths.items():
-                    if value == path or value.startswith(path.rstrip("/") + "/"):
-                        value = local + value[len(path) :]
-                env[item["name"]] = value
-            argv = [
-                re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), arg)
-                for arg in [*(container.get("command") or []), *(container.get("args") or [])]
-            ]
-            running.process = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=running.sandbox,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            for init in pod["spec"].get("initContainers") or []:
+                process = self._start(init, paths, meta, running.sandbox)
+                output, _ = process.communicate()
+                if process.returncode != 0:
+                    message = output.decode(errors="replace")[-2000:]
+                    terminated = {"exitCode": process.returncode, "reason": "Error",
+                                  "message": message, "finishedAt": now_rfc3339()}  # fmt: skip
+                    statuses = self._container(init, {"terminated": terminated})
+                    self._patch_pod(meta, {"phase": "Failed", "initContainerStatuses": statuses})
+                    self._pod_ended(self.api.get(self.api.kind("", "pods"), *key), disrupted=False)
+                    return
+            running.process = self._start(container, paths, meta, running.sandbox)
             started = {"running": {"startedAt": now_rfc3339()}}
             statuses = self._container(container, started, ready=True)
             self._patch_pod(meta, {"phase": "Running", "containerStatuses": statuses})
@@ -466,6 +489,13 @@ class FakeCluster:
             if message_file and os.path.exists(message_file):
                 with open(message_file, encoding="utf-8", errors="replace") as f:
                     message = f.read(4096)
+            if (
+                not message
+                and code != 0
+                and (container.get("terminationMessagePolicy") == "FallbackToLogsOnError")
+            ):  # the log's tail, as the kubelet gives it: 80 lines, 2048 bytes at most
+                tail = b"\n".join(line for _, line in running.lines[-80:])
+                message = tail[-2048:].decode(errors="replace")
             if running.stop_reason:
                 return  # evicted or deleted: the one who stopped it reports
             terminated = {
@@ -484,6 +514,36 @@ class FakeCluster:
         finally:
             running.done.set()
             shutil.rmtree(running.sandbox, ignore_errors=True)
+
+    def _start(
+        self, container: dict[str, Any], paths: dict[str, str], meta: dict[str, Any], sandbox: str
+    ) -> subprocess.Popen[bytes]:
+        """One container's process: its env with mount paths rewritten, $(VAR) expanded
+        in its command and args as Kubernetes does, an image's entrypoint when it has no
+        command."""
+        env = {"PATH": os.environ.get("PATH", os.defpath), "HOSTNAME": meta["name"]}
+        for item in container.get("env") or []:
+            value = item.get("value", "")
+            for path, local in paths.items():
+                if value == path or value.startswith(path.rstrip("/") + "/"):
+                    value = local + value[len(path) :]
+            env[item["name"]] = value
+        image = str(container.get("image", "")).split(":")[0]
+        command = container.get("command") or ENTRYPOINTS.get(image, [])
+        if image in ENTRYPOINTS:
+            env["FAKE_REGISTRY"] = self.registry  # where the stand-in "pushes"
+        argv = [
+            re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), arg)
+            for arg in [*command, *(container.get("args") or [])]
+        ]
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=sandbox,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def _mount(self, pod: dict[str, Any], sandbox: str) -> dict[str, str]:
         """The pod's volumes as folders of the sandbox; returns container path -> local."""
