@@ -524,8 +524,15 @@ class Launcher:
                 except (OSError, http.client.HTTPException) as exc:
                     raise LaunchError(f"could not read {what}: {exc}") from exc
                 self.keep(response, path, what)
-            elif "source" in entry:
-                fd = os.open(entry["source"], os.O_RDONLY | os.O_NOFOLLOW)
+            elif "source" in entry or "mounted" in entry:
+                # A file of the studio's host, or of the same storage mounted in the pod.
+                source = entry.get("source") or os.path.join(
+                    os.environ.get("KSTUDIO_DATA", "/kstudio-data"), entry["mounted"]
+                )
+                try:
+                    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+                except OSError as exc:
+                    raise LaunchError(f"could not read {what}: {exc}") from exc
                 self.keep(os.fdopen(fd, "rb"), path, what)
             else:
                 try:

@@ -242,6 +242,16 @@ def _storage_datastore(workspace: Workspace, ref: spec.StorageRef) -> Datastore:
     )
 
 
+def volume_of(location: Location) -> dict[str, Any] | None:
+    """How pods mount a host-folder datastore's storage ({"volume": a Kubernetes volume
+    source, "root": the folder on the studio host}), if IT-ops said so."""
+    datastore = location.datastore
+    if datastore is None or datastore.kind != DatastoreKind.LOCAL:
+        return None
+    volume = datastore.location.get("volume")
+    return {"volume": volume, "root": datastore.location["path"]} if volume else None
+
+
 def files_of(location: Location, kind: str) -> tuple[list[dict[str, Any]], str]:
     """The files a job's input gets, each {"path": relative, "size"} with how to read it:
     "url" (signed, read straight from the storage) or "source" (a file on the studio

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, StrictStr, field_validator
+from pydantic import Field, StrictStr, field_validator, model_validator
 
 from studio.documents import DocumentError, Strict, asset_version, validate
 
@@ -67,9 +67,34 @@ class S3Datastore(DatastoreBase):
     credentials: S3Credentials | None = None
 
 
+class ClaimVolume(Strict):
+    claimName: Annotated[StrictStr, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class NfsVolume(Strict):
+    server: StrictStr
+    path: Annotated[StrictStr, Field(pattern=r"^/")]
+
+
+class KubernetesVolume(Strict):
+    """The same storage as pods see it, in Kubernetes' own words: a claim in the job's
+    namespace, or an NFS export."""
+
+    persistentVolumeClaim: ClaimVolume | None = None
+    nfs: NfsVolume | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> KubernetesVolume:
+        if (self.persistentVolumeClaim is None) == (self.nfs is None):
+            raise ValueError("give persistentVolumeClaim or nfs (one of them)")
+        return self
+
+
 class LocalDatastore(DatastoreBase):
     type: Literal["local"]
     path: Annotated[StrictStr, Field(pattern=r"^/")]  # a folder on the studio host
+    # Not Azure's: how pods of a Kubernetes compute mount the same folder (read-only).
+    volume: KubernetesVolume | None = None
 
 
 DatastoreDocument = AzureBlobDatastore | S3Datastore | LocalDatastore

@@ -86,7 +86,9 @@ def _data_input(job: Job, name: str, kind: str, mode: str | None) -> dict[str, A
     notes = []
     if mode in MOUNT_MODES:
         notes.append(f"{mode} is not available on this compute; downloading the files instead")
-    return {"type": kind, "files": files, "uri": location.uri, "notes": notes}
+    item = {"type": kind, "files": files, "uri": location.uri, "notes": notes}
+    volume = data_services.volume_of(location)
+    return {**item, "volume": volume} if volume else item
 
 
 def label_value(text: str) -> str:

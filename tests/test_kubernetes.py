@@ -1126,3 +1126,43 @@ def test_the_local_compute_refuses_an_environment_built_from_a_context(workspace
             workspace, people.contributor, "command: echo\nenvironment: azureml:built:1\n", {}
         )
     assert "the local compute cannot do" in dict(refused.value.errors)["environment"]
+
+
+def test_a_host_folder_datastore_is_mounted_in_pods_where_it_ops_said(
+    attached, workspace, people, kube, tmp_path
+):
+    from data import services as data_services
+
+    shared = tmp_path / "shared"
+    (shared / "rows").mkdir(parents=True)
+    (shared / "rows" / "a.csv").write_text("1,2\n")
+    shared.chmod(0o755)
+    data_services.save_datastore(workspace, people.it_ops, {
+        "name": "lab-nfs", "type": "local", "path": str(shared),
+        "volume": {"nfs": {"server": "nfs.lab.example", "path": str(shared)}},
+    })  # fmt: skip
+    text = """
+command: cat ${{inputs.rows}}/a.csv
+compute: azureml:k8s
+inputs: {rows: {type: uri_folder, path: "azureml://datastores/lab-nfs/paths/rows"}}
+"""
+    job = finished(services.submit_yaml(workspace, people.contributor, text, {}))
+    assert job.status == "Completed", (job.failure_reason, lines_of(job))
+    assert lines_of(job) == ["1,2"]
+    made = kube.api.get(kube.api.kind("batch", "jobs"), "team-a", job.runtime["name"])
+    kubernetes_validate.validate(
+        {k: v for k, v in made.items() if k != "status"}, K8S_VERSION, strict=True
+    )
+    pod = made["spec"]["template"]["spec"]
+    assert {"name": "data-0", "nfs": {"server": "nfs.lab.example", "path": str(shared),
+            "readOnly": True}} in pod["volumes"]  # fmt: skip
+    config = kube.api.get(kube.api.kind("", "configmaps"), "team-a", job.runtime["name"])
+    files = json.loads(config["data"]["launch.json"])["inputs"]["rows"]["files"]
+    assert files == [{"path": "a.csv", "size": 4, "mounted": "rows/rows/a.csv"}]
+
+    bad = {"name": "x", "type": "local", "path": "/srv", "volume": {}}
+    with pytest.raises(SpecError) as refused:  # SpecError: the documents' error kind
+        data_services.save_datastore(workspace, people.it_ops, bad)
+    assert dict(refused.value.errors) == {
+        "volume": "give persistentVolumeClaim or nfs (one of them)"
+    }

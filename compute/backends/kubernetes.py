@@ -44,6 +44,7 @@ JOB_LABEL = "kstudio.io/job"
 MOUNT = "/kstudio"  # the ConfigMap: launcher.py and launch.json
 ROOT = "/job"  # the job's folder (an emptyDir): code, inputs, outputs
 CACHE = "/kstudio-environments"  # the namespace's environment cache, when the cluster has one
+DATA = "/kstudio-data"  # host-folder datastores' storage, mounted where IT-ops named it
 NODES_FRESH = 30.0  # seconds a view of the nodes serves the fit check at submit
 DONE_TTL = 600
 # Uploads up to this size, together, travel in the job's ConfigMap (whose limit is 1 MiB).
@@ -152,6 +153,15 @@ def render(
             {"name": "environments", "persistentVolumeClaim": {"claimName": CACHE_CLAIM}}
         )
         container["volumeMounts"].append({"name": "environments", "mountPath": CACHE})
+    mounted = [(n, i["volume"]["volume"]) for n, i in spec.inputs.items() if i.get("volume")]
+    if mounted:
+        container["env"].append({"name": "KSTUDIO_DATA", "value": DATA})
+    for index, (input_name, source) in enumerate(mounted):
+        kind, fields = next(iter(source.items()))  # persistentVolumeClaim or nfs
+        pod_spec["volumes"].append({"name": f"data-{index}", kind: {**fields, "readOnly": True}})
+        container["volumeMounts"].append(
+            {"name": f"data-{index}", "mountPath": f"{DATA}/{input_name}", "readOnly": True}
+        )
     node_selector = {**spec.node_selector, **extension_selector}
     if node_selector:
         pod_spec["nodeSelector"] = node_selector

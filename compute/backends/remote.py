@@ -5,6 +5,7 @@ and publish its outputs there with the job's token (see compute/launcher.py)."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -14,15 +15,23 @@ from compute.backends.base import LaunchSpec, launcher_bounds
 MAX_CARRIED_LISTING = 256 * 1024
 
 
-def remote_files(name: str, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """An input's files as a launcher elsewhere reads them: signed URLs as they are, files
-    on the studio's host through the studio (jobs/api/io.py)."""
-    return [
-        {"path": f["path"], "size": f["size"], "studio": f"inputs/{name}/files/{quote(f['path'])}"}
-        if "source" in f
-        else f
-        for f in files
-    ]
+def remote_files(
+    name: str, files: list[dict[str, Any]], volume: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """An input's files as a launcher elsewhere reads them: signed URLs as they are; files
+    on the studio's host from the same storage mounted in the pod when IT-ops named its
+    volume (`mounted`: beneath KSTUDIO_DATA/<input>), else through the studio."""
+    found = []
+    for f in files:
+        if "source" not in f:
+            found.append(f)
+        elif volume is not None:
+            beneath = os.path.relpath(f["source"], volume["root"])
+            found.append({"path": f["path"], "size": f["size"], "mounted": f"{name}/{beneath}"})
+        else:
+            found.append({"path": f["path"], "size": f["size"],
+                          "studio": f"inputs/{name}/files/{quote(f['path'])}"})  # fmt: skip
+    return found
 
 
 def launch_file(
@@ -41,7 +50,7 @@ def launch_file(
         if "artifact" in item:
             inputs[name] = {"type": item["type"], **ref(item["key"]), "filename": item["filename"]}
         elif "files" in item:
-            files = remote_files(name, item["files"])
+            files = remote_files(name, item["files"], item.get("volume"))
             if len(json.dumps(files)) > MAX_CARRIED_LISTING:  # asked for when the pod starts
                 rest = {key: value for key, value in item.items() if key != "files"}
                 inputs[name] = {**rest, "listing": f"inputs/{name}/files/"}

@@ -115,7 +115,8 @@ class InputListingView(JobIOView):
             files, _folder = data_services.files_of(location, kind)
         except ValueError as exc:
             raise exceptions.NotFound(str(exc)) from exc
-        return Response({"files": remote_files(name, files)})
+        volume = data_services.volume_of(location)
+        return Response({"files": remote_files(name, files, volume)})
 
 
 @extend_schema(exclude=True)

@@ -527,6 +527,11 @@ class FakeCluster:
             for path, local in paths.items():
                 if value == path or value.startswith(path.rstrip("/") + "/"):
                     value = local + value[len(path) :]
+                    break
+                if path.startswith(value.rstrip("/") + "/") and value.startswith("/"):
+                    # A folder above mounts (as /data above /data/a): the sandbox's.
+                    value = os.path.join(sandbox, value.lstrip("/"))
+                    break
             env[item["name"]] = value
         image = str(container.get("image", "")).split(":")[0]
         command = container.get("command") or ENTRYPOINTS.get(image, [])
@@ -556,7 +561,12 @@ class FakeCluster:
             os.makedirs(local, exist_ok=True)
             os.chmod(local, 0o777)
             volume = volumes[mount["name"]]
-            if "persistentVolumeClaim" in volume:
+            if "nfs" in volume:
+                # The export is this host's folder of that path (the same storage the
+                # studio reads, as an NFS mount would be).
+                os.rmdir(local)
+                os.symlink(volume["nfs"]["path"], local)
+            elif "persistentVolumeClaim" in volume:
                 # A claim is storage that outlives the pod: one folder per claim, shared by
                 # every pod that mounts it (as ReadWriteMany storage would be).
                 claim = volume["persistentVolumeClaim"]["claimName"]
