@@ -135,8 +135,10 @@ def _check_outputs(workspace: Workspace, spec: CommandJob, errors: list[tuple[st
 def output_destinations(workspace: Workspace, spec: CommandJob, job_name: str) -> dict[str, Any]:
     """Where each named output's files go: its path, else the default datastore's
     azureml/<job>/<output>/ (Azure's default), and the asset it becomes, if named."""
-    default = data_services.default_datastore(workspace).name
     found: dict[str, Any] = {}
+    if not spec.outputs:
+        return found
+    default = data_services.default_datastore(workspace).name
     for name, output in spec.declared_outputs().items():
         uri = (output.path if output else None) or datastore_uri(
             default, f"azureml/{job_name}/{name}"
