@@ -23,7 +23,7 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -72,6 +72,10 @@ class Held:
     failing_since: float = 0.0
     watched: str | None = None  # the backend tells when this job has news
     followed_at: float = 0.0
+    # Its named outputs being copied to their datastores (a pool thread), and how the
+    # job ended, recorded when the copy is done.
+    delivery: Future[tuple[list[dict[str, Any]], str, list[str]]] | None = None
+    ending: tuple[str, int | None, str] = ("", None, "")
 
 
 class Controller:
@@ -413,6 +417,10 @@ class Controller:
 
     def follow(self, held: Held) -> None:
         job = held.job
+        if held.delivery is not None:  # Finalizing: its outputs are being delivered
+            if held.delivery.done():
+                self._conclude(held, *held.delivery.result())
+            return
         if job.status == Status.CANCEL_REQUESTED:
             self._forward_cancel(held)
         observation = held.backend.observe(job.runtime, job.log_cursor)
@@ -430,8 +438,9 @@ class Controller:
                 services.transition(job, Status.PREPARING, waiting_reason="")
             self._advance_to(job, phase)
         elif phase in TERMINAL:
-            self._finish(job, phase, observation.exit_code, observation.reason, observation.outputs)
-            self.let_go(job.pk)
+            self._finish(
+                held, phase, observation.exit_code, observation.reason, observation.outputs
+            )
 
     def _wait_in_queue(self, job: Job, reason: str) -> None:
         """The compute holds the job but cannot start it yet (a cluster without room):
@@ -452,12 +461,13 @@ class Controller:
 
     def _finish(
         self,
-        job: Job,
+        held: Held,
         phase: str,
         exit_code: int | None,
         reason: str,
         outputs: list[dict[str, Any]],
     ) -> None:
+        job = held.job
         if job.status == Status.QUEUED and phase != Status.CANCELED:
             # Ended while its compute held it waiting (its image could not be built).
             services.transition(job, Status.PREPARING, waiting_reason="")
@@ -465,14 +475,27 @@ class Controller:
             phase, reason = Status.CANCELED, "Canceled by request."
         elif phase != Status.CANCELED:
             self._advance_to(job, Status.FINALIZING)
+        held.ending = (phase, exit_code, reason)
         if job.data_outputs and phase != Status.CANCELED:
-            # Finalizing: named outputs go to their datastores, and become data assets.
-            outputs, problem = job_outputs.deliver(job, outputs)
-            if not problem and phase == Status.COMPLETED:
-                problem = job_outputs.register(job)
-            if problem:
-                phase, reason = Status.FAILED, problem
-        services.transition(
+            # Finalizing: named outputs go to their datastores, copied in a pool thread
+            # (they may be big; this thread follows every other job meanwhile).
+            delivery = job_outputs.plan_delivery(job, outputs)
+            held.delivery = self.submitter.submit(job_outputs.deliver, delivery)
+            held.delivery.add_done_callback(lambda _: self._nudge(job.pk))
+            return
+        self._conclude(held, outputs, "", [])
+
+    def _conclude(
+        self, held: Held, outputs: list[dict[str, Any]], problem: str, moved: list[str]
+    ) -> None:
+        """Record how the job ended; a completed job's named outputs become data assets."""
+        job = held.job
+        phase, exit_code, reason = held.ending
+        if not problem and phase == Status.COMPLETED and job.data_outputs:
+            problem = job_outputs.register(job)
+        if problem:
+            phase, reason = Status.FAILED, problem
+        ended = services.transition(
             job,
             phase,
             reason,
@@ -480,6 +503,16 @@ class Controller:
             failure_reason=reason if phase == Status.FAILED else "",
             outputs=outputs,
         )
+        if ended and moved:
+            self.submitter.submit(job_outputs.forget, moved)
+        self.let_go(job.pk)
+
+    def _nudge(self, job_id: int) -> None:
+        """From any thread: look at this job in the next pass, now."""
+        with self.news_lock:
+            self.news.add(job_id)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.wake.set)
 
     def _forward_cancel(self, held: Held) -> None:
         now = time.monotonic()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -18,7 +19,6 @@ import zipstream
 from compute.backends import artifacts, backend_for
 from data import services as data_services
 from data.models import Datastore
-from data.services import Location
 from data.stores import Store, StoreError, open_store
 from jobs.models import DataUse, Job
 from studio.errors import Conflict
@@ -96,38 +96,65 @@ def zip_stream(job: Job, output: str) -> Iterator[bytes]:
     return iter(archive)
 
 
-def deliver(job: Job, listing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """Copy each named output's files from the artifact store to its datastore path
-    (`job.data_outputs`), streaming; returns the listing with where each file is now, and
-    a problem in words ('' when none). A delivered file leaves the artifact store: it is
-    kept once, where the user said."""
-    delivered: list[dict[str, Any]] = []
-    problem = ""
-    stores: dict[str, tuple[Location, Store]] = {}
-    for entry in listing:
-        destination = (job.data_outputs or {}).get(str(entry.get("output")))
-        if destination is None or problem or not entry.get("artifact"):
-            delivered.append(entry)
-            continue
-        output = str(entry["output"])
+@dataclass
+class Delivery:
+    """What `deliver` copies: worked out in the controller's thread (it reads the
+    database), carried out in another (it only moves bytes)."""
+
+    job: Job
+    listing: list[dict[str, Any]]  # as the compute published it
+    # Per named output: where its files go (the path in the datastore, and its store).
+    targets: dict[str, tuple[str, str, Store]] = field(default_factory=dict)
+    problem: str = ""  # a destination that cannot be used
+
+
+def plan_delivery(job: Job, listing: list[dict[str, Any]]) -> Delivery:
+    """Where each named output's files go (`job.data_outputs`), read now."""
+    delivery = Delivery(job, listing)
+    for output, destination in (job.data_outputs or {}).items():
         try:
-            if output not in stores:
-                location = data_services.locate(job.workspace, destination["uri"])
-                assert location is not None and location.datastore is not None
-                stores[output] = (location, open_store(location.datastore))
-            location, store = stores[output]
-            key = f"{location.path.strip('/')}/{entry['path']}".lstrip("/")
-            with _open(job, entry) as f:
-                store.save(key, f)
-        except (ValueError, StoreError, NoSuchOutput) as exc:
-            problem = f"Delivering output {output!r} to {destination['uri']} failed: {exc}"
+            location = data_services.locate(job.workspace, destination["uri"])
+        except ValueError as exc:
+            delivery.problem = f"Delivering output {output!r} to {destination['uri']} failed: {exc}"
+            break
+        assert location is not None and location.datastore is not None
+        store = open_store(location.datastore)
+        delivery.targets[output] = (location.datastore.name, location.path.strip("/"), store)
+    return delivery
+
+
+def deliver(delivery: Delivery) -> tuple[list[dict[str, Any]], str, list[str]]:
+    """Copy each named output's files from the artifact store to its datastore path,
+    streaming; returns the listing with where each file is now, a problem in words ('' when
+    none), and the artifacts now kept elsewhere (to drop once the job's end is recorded:
+    a file is kept once, where the user said). No database here."""
+    delivered: list[dict[str, Any]] = []
+    problem, moved = delivery.problem, []
+    for entry in delivery.listing:
+        target = delivery.targets.get(str(entry.get("output")))
+        if target is None or problem or not entry.get("artifact"):
             delivered.append(entry)
             continue
-        artifacts.store().delete(entry["artifact"])
+        datastore, base, store = target
+        key = f"{base}/{entry['path']}".lstrip("/")
+        try:
+            with _open(delivery.job, entry) as f:
+                store.save(key, f)
+        except (StoreError, NoSuchOutput) as exc:
+            uri = delivery.job.data_outputs[str(entry["output"])]["uri"]
+            problem = f"Delivering output {entry['output']!r} to {uri} failed: {exc}"
+            delivered.append(entry)
+            continue
+        moved.append(str(entry["artifact"]))
         rest = {k: v for k, v in entry.items() if k != "artifact"}
-        assert location.datastore is not None
-        delivered.append({**rest, "datastore": location.datastore.name, "key": key})
-    return delivered, problem
+        delivered.append({**rest, "datastore": datastore, "key": key})
+    return delivered, problem, moved
+
+
+def forget(artifact_names: list[str]) -> None:
+    """Drop artifacts whose files now live in their datastore."""
+    for name in artifact_names:
+        artifacts.store().delete(name)
 
 
 def register(job: Job) -> str:

@@ -10,10 +10,10 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from data import services as data_services
-from jobs.models import DataUse
+from jobs.models import DataUse, Job
 from jobs.spec import SpecError
 from tests import stores
-from tests.conftest import code_archive
+from tests.conftest import await_until, code_archive
 from tests.test_controller import controller, finished, lines_of, submit
 from tests.test_data import azure_document, s3_client, s3_document
 
@@ -213,3 +213,40 @@ outputs: {model: {name: trained}}
     assert not await DataAsset.objects.filter(name="trained", version="2").aexists()
     with await sync_to_async(outputs.open_file)(failed, "model", "p.txt") as f:
         assert f.read() == b"partial\n"
+
+
+async def test_delivering_a_big_output_does_not_hold_up_other_jobs(
+    workspace, people, controller, monkeypatch
+):
+    """The copy to the datastore runs beside the controller: while one job's output is
+    still being delivered (held here until the other job is done), another job runs to
+    its end."""
+    import threading
+
+    from data.stores import FolderStore
+
+    release = threading.Event()
+    original = FolderStore.save
+
+    def held_save(self, path, content):
+        assert release.wait(60), "the other job never finished"
+        return original(self, path, content)
+
+    monkeypatch.setattr(FolderStore, "save", held_save)
+    big = await submit(workspace, people.contributor, """
+command: echo weights > ${{outputs.model}}/m.txt
+outputs: {model: {name: held}}
+""")  # fmt: skip
+
+    async def finalizing():
+        fresh = await Job.objects.aget(pk=big.pk)
+        return fresh.status == "Finalizing"
+
+    await await_until(finalizing, 30, "the job to be delivering its output")
+    other = await finished(await submit(workspace, people.contributor, "command: echo other\n"))
+    assert other.status == "Completed"
+    assert (await Job.objects.aget(pk=big.pk)).status == "Finalizing"
+    release.set()
+    big = await finished(big)
+    assert big.status == "Completed", big.failure_reason
+    assert big.outputs[0]["datastore"] == "workspaceblobstore"
