@@ -930,12 +930,11 @@ def test_a_kubernetes_target_is_only_made_by_attaching_and_no_target_changes_typ
 
 
 def test_a_pod_reads_data_assets_and_datastores_and_builds_its_environment(
-    attached, workspace, people, kube, s3_store, monkeypatch
+    attached, workspace, people, kube, s3_store
 ):
     """Host-folder files come through the studio with the job token, S3 files straight
-    from the storage by signed URL; a listing too big for the ConfigMap is asked for when
-    the pod starts; the conda file is installed in the pod before the command."""
-    from compute.backends import remote
+    from the storage by signed URL; the pod asks for the listing when it starts (no
+    signed URL is kept in the cluster); the conda file is installed before the command."""
     from data import services as data_services
     from tests.test_data import s3_client, s3_document
 
@@ -948,7 +947,6 @@ def test_a_pod_reads_data_assets_and_datastores_and_builds_its_environment(
         workspace, people.contributor, {"name": "shapes", "path": "./shapes"},
         code_archive({"a.txt": b"A\n", "sub/b.txt": b"B\n"}),
     )  # fmt: skip
-    monkeypatch.setattr(remote, "MAX_CARRIED_LISTING", 50)  # the listings are asked for
     text = f"""
 command: >-
   cat ${{{{inputs.shapes}}}}/a.txt ${{{{inputs.shapes}}}}/sub/b.txt ${{{{inputs.rows}}}} &&
@@ -1129,9 +1127,15 @@ def test_the_local_compute_refuses_an_environment_built_from_a_context(workspace
 
 
 def test_a_host_folder_datastore_is_mounted_in_pods_where_it_ops_said(
-    attached, workspace, people, kube, tmp_path
+    attached, workspace, people, kube, tmp_path, monkeypatch
 ):
     from data import services as data_services
+    from jobs.api import io
+
+    def not_through_the_studio(*args, **kwargs):
+        raise AssertionError("the pod read the file through the studio, not its mount")
+
+    monkeypatch.setattr(io.InputFileView, "get", not_through_the_studio)
 
     shared = tmp_path / "shared"
     (shared / "rows").mkdir(parents=True)
@@ -1157,8 +1161,7 @@ inputs: {rows: {type: uri_folder, path: "azureml://datastores/lab-nfs/paths/rows
     assert {"name": "data-0", "nfs": {"server": "nfs.lab.example", "path": str(shared),
             "readOnly": True}} in pod["volumes"]  # fmt: skip
     config = kube.api.get(kube.api.kind("", "configmaps"), "team-a", job.runtime["name"])
-    files = json.loads(config["data"]["launch.json"])["inputs"]["rows"]["files"]
-    assert files == [{"path": "a.csv", "size": 4, "mounted": "rows/rows/a.csv"}]
+    assert json.loads(config["data"]["launch.json"])["inputs"]["rows"]["listing"]
 
     bad = {"name": "x", "type": "local", "path": "/srv", "volume": {}}
     with pytest.raises(SpecError) as refused:  # SpecError: the documents' error kind

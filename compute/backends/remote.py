@@ -4,15 +4,11 @@ and publish its outputs there with the job's token (see compute/launcher.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 from urllib.parse import quote
 
 from compute.backends.base import LaunchSpec, launcher_bounds
-
-# A listing bigger than this does not ride in the launch file (a ConfigMap holds 1 MiB).
-MAX_CARRIED_LISTING = 256 * 1024
 
 
 def remote_files(
@@ -50,12 +46,11 @@ def launch_file(
         if "artifact" in item:
             inputs[name] = {"type": item["type"], **ref(item["key"]), "filename": item["filename"]}
         elif "files" in item:
-            files = remote_files(name, item["files"], item.get("volume"))
-            if len(json.dumps(files)) > MAX_CARRIED_LISTING:  # asked for when the pod starts
-                rest = {key: value for key, value in item.items() if key != "files"}
-                inputs[name] = {**rest, "listing": f"inputs/{name}/files/"}
-            else:
-                inputs[name] = {**item, "files": files}
+            # Asked for when the pod starts: fresh signatures, and none kept in the
+            # cluster's objects (anyone who reads the namespace's ConfigMaps would read
+            # the data for as long as they are valid).
+            rest = {key: value for key, value in item.items() if key not in ("files", "volume")}
+            inputs[name] = {**rest, "listing": f"inputs/{name}/files/"}
         else:
             inputs[name] = item  # literals and http(s) URLs need nothing of the studio
     return {
