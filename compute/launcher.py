@@ -625,7 +625,7 @@ class Launcher:
             found, why = None, f"python{pin} here is not one the job's own user may run"
         python = found or default
         real, version = self.interpreter(python)
-        if pin and not found:
+        if pin and not found and version != pin:  # the usual one may be that Python too
             self.say(f"environment: python={pin} was asked for; {why}, so the job gets "
                      f"Python {version} ({real})")  # fmt: skip
         return python, version
