@@ -44,6 +44,10 @@ def data_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse
     )
     if not versions:
         raise Http404(f"No data asset named {name!r}.")
+    for version in versions:  # lineage, split by direction for the page
+        uses = list(version.uses.all())
+        version.made_by = [u for u in uses if u.direction == "output"]  # type: ignore[attr-defined]
+        version.read_by = [u for u in uses if u.direction == "input"]  # type: ignore[attr-defined]
     context = {"workspace": ws, "name": name, "versions": versions}
     return render(request, "data/detail.html", context)
 

@@ -247,7 +247,7 @@ def test_log_pane_finds_shows_times_trims_and_downloads(people, workspace, page)
     assert len(lines) == 5201 and lines[0] == "line-1" and lines[-1] == "needle-here"
 
 
-@pytest.mark.parametrize("where", ["jobs/", "jobs/new/", "job"])
+@pytest.mark.parametrize("where", ["jobs/", "jobs/new/", "job", "data/", "environments/"])
 def test_pages_fit_a_phone_held_upright(people, workspace, page, where):
     from jobs.services import submit_yaml
 
