@@ -8,14 +8,13 @@ Exit codes: 0 success, 1 failure (including a streamed job that did not complete
 from __future__ import annotations
 
 import functools
-import io
 import json
 import sys
 import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -204,8 +203,10 @@ def set_value(data: dict[str, Any], dotted: str, raw: str) -> None:
     target[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
 
 
-def _archive_folder(folder: Path) -> io.BytesIO:
-    buffer = io.BytesIO()
+def _archive_folder(folder: Path) -> IO[bytes]:
+    """The folder as a .tar.gz in a temporary file: a data folder may be larger than
+    memory, and the upload streams it from disk."""
+    buffer = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the upload
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         if folder.is_file():
             archive.add(folder, arcname=folder.name)

@@ -124,15 +124,23 @@ class InputFileView(JobIOView):
     def get(self, request: Request, name: str, path: str) -> FileResponse:
         """One file of a data input kept on the studio's host, for a launcher elsewhere.
         Only files beneath the input's own path: the token opens nothing else."""
-        location = _input_location(job_of(request), name)
+        job = job_of(request)
+        location = _input_location(job, name)
         if location.datastore is None:
             raise exceptions.NotFound("This input is read from its URL, not the studio.")
         base = location.path.strip("/")
-        files = [f.path for f in location.walk()]
-        exact = files == [base]
-        wanted = base if exact else f"{base}/{path}".lstrip("/")
-        if wanted not in files:
-            raise exceptions.NotFound(f"The input has no file {path!r}.")
+        # Named by its place beneath the input's path (no '..', no link followed on the
+        # way): asked once a file, so nothing lists the whole folder again.
+        try:
+            artifacts.parts_of(path)
+        except artifacts.NotBeneath as exc:
+            raise exceptions.NotFound(str(exc)) from exc
+        if (job.spec.get("inputs", {}).get(name) or {}).get("type") == "uri_file":
+            if path != base.rpartition("/")[2]:
+                raise exceptions.NotFound(f"The input has no file {path!r}.")
+            wanted = base
+        else:
+            wanted = f"{base}/{path}".lstrip("/")
         try:
             stream = open_store(location.datastore).open(wanted)
         except StoreError as exc:
