@@ -43,6 +43,7 @@ from jobs import events, services
 from jobs import outputs as job_outputs
 from jobs.launch import DataProblem, launch_spec
 from jobs.models import ACTIVE, TERMINAL, Job, Status
+from tracking import services as tracking
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ class Controller:
                 job
                 # The launch spec names the workspace: read with the job, not once a job.
                 for job in Job.objects.filter(pk__in=ids, status=Status.QUEUED).select_related(
-                    "compute", "workspace"
+                    "compute", "workspace", "created_by"
                 )
                 if services.transition(
                     job, Status.PREPARING, waiting_reason="", **self._lease_fields()
@@ -282,6 +283,11 @@ class Controller:
         specs: list[LaunchSpec] = []
         for job in jobs:
             try:
+                tracking.start_job_run(
+                    job.workspace, job.experiment_name, f"{job.workspace_id}/{job.name}",
+                    job.display_name or job.name, getattr(job.created_by, "username", ""),
+                    {"kstudio.job": job.name, "kstudio.compute": job.compute_name},
+                )  # fmt: skip
                 specs.append(launch_spec(job))
             except DataProblem as problem:  # its data is gone, or its storage refuses
                 reason = f"Preparing failed: {problem}"
@@ -503,6 +509,8 @@ class Controller:
             failure_reason=reason if phase == Status.FAILED else "",
             outputs=outputs,
         )
+        if ended:
+            tracking.end_job_run(f"{job.workspace_id}/{job.name}", phase)
         if ended and moved:
             self.submitter.submit(job_outputs.forget, moved)
         self.let_go(job.pk)

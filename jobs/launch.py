@@ -15,6 +15,7 @@ from data import services as data_services
 from jobs import tokens
 from jobs.models import Job
 from jobs.spec import CommandJob, InlineEnvironment, parse
+from tracking.services import run_id_for
 
 
 class DataProblem(ValueError):
@@ -50,7 +51,12 @@ def launch_spec(job: Job) -> LaunchSpec:
         code=code,
         inputs=inputs,
         outputs={name: {"type": "uri_folder"} for name in spec.outputs},
-        environment_variables={k: str(v) for k, v in spec.environment_variables.items()},
+        # Every job is an MLflow run: the stock client in it logs there with no change.
+        environment_variables={
+            **tracking_variables(job),
+            **{k: str(v) for k, v in spec.environment_variables.items()},
+        },
+        tracking_path=f"/workspaces/{job.workspace.name}/mlflow",
         timeout=spec.limits.timeout,
         requests=dict(resources.get("requests") or {}),
         limits=dict(resources.get("limits") or {}),
@@ -89,6 +95,15 @@ def _data_input(job: Job, name: str, kind: str, mode: str | None) -> dict[str, A
     item = {"type": kind, "files": files, "uri": location.uri, "notes": notes}
     volume = data_services.volume_of(location)
     return {**item, "volume": volume} if volume else item
+
+
+def tracking_variables(job: Job) -> dict[str, str]:
+    return {
+        "MLFLOW_RUN_ID": run_id_for(f"{job.workspace_id}/{job.name}"),
+        "MLFLOW_EXPERIMENT_NAME": job.experiment_name,
+        # The job's own token: it writes this run only (tracking.rest).
+        "MLFLOW_TRACKING_TOKEN": tokens.token_for(job),
+    }
 
 
 def label_value(text: str) -> str:

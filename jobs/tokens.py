@@ -8,6 +8,8 @@ only that job's uploads and outputs, and only while the job has not ended.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core import signing
 
 from jobs.models import Job
@@ -28,7 +30,18 @@ def job_for(token: str) -> Job | None:
         pk = int(_signer.unsign(token[len(PREFIX) :]))
     except (signing.BadSignature, ValueError):
         return None
-    job = Job.objects.filter(pk=pk).first()
+    job = Job.objects.select_related("workspace", "created_by").filter(pk=pk).first()
     if job is None or job.is_terminal:
         return None
     return job
+
+
+def tracking_identity(token: str) -> tuple[Any, str, str] | None:
+    """For the MLflow API (`STUDIO_TRACKING_IDENTITIES`): a live job's token acts as the
+    job's author, in the job's workspace, on the job's own run only."""
+    job = job_for(token)
+    if job is None or job.created_by is None:
+        return None
+    from tracking.services import run_id_for  # jobs know tracking; never the other way
+
+    return job.created_by, job.workspace.name, run_id_for(f"{job.workspace_id}/{job.name}")

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "data",
     "environments",
     "jobs",
+    "tracking",
 ]
 
 MIDDLEWARE = [
@@ -166,6 +167,9 @@ STUDIO_COMPUTE_BACKENDS = {
     "local": "compute.backends.local.LocalBackend",
     "kubernetes": "compute.backends.kubernetes.KubernetesBackend",
 }
+# Tokens other than users' that the MLflow API accepts (a job's own, for its own run): each
+# function returns (user, workspace name, run id) or None.
+STUDIO_TRACKING_IDENTITIES = ["jobs.tokens.tracking_identity"]
 # Who may refuse a compute target's deletion (each returns a reason, or None).
 STUDIO_COMPUTE_IN_USE = ["jobs.services.compute_in_use"]
 

@@ -13,6 +13,8 @@ urlpatterns = [
     path("workspaces/<str:workspace>/jobs/", include("jobs.urls")),
     path("workspaces/<str:workspace>/data/", include("data.urls")),
     path("workspaces/<str:workspace>/environments/", include("environments.urls")),
+    # The workspace's MLflow tracking URI is /workspaces/<workspace>/mlflow.
+    path("workspaces/<str:workspace>/mlflow/", include("tracking.urls")),
     path("workspaces/<str:workspace>/members/", views.members, name="members"),
     path(
         "workspaces/<str:workspace>/members/<str:username>/",

@@ -42,6 +42,18 @@ class LaunchSpec:
     # An image to build first from a Docker context (computes that build images):
     # {"artifact": the context archive, "dockerfile_path", "hash", "label"}.
     build: dict[str, Any] | None = None
+    # The workspace's MLflow tracking URI, as a path on the studio: a compute that knows
+    # how its jobs reach the studio gives them MLFLOW_TRACKING_URI from it.
+    tracking_path: str = ""
+
+
+def tracking_variables(spec: LaunchSpec, studio_url: str) -> dict[str, str]:
+    """The job's environment, with MLFLOW_TRACKING_URI when the studio's URL is known (a
+    job's own setting wins)."""
+    variables = dict(spec.environment_variables)
+    if studio_url and spec.tracking_path:
+        variables.setdefault("MLFLOW_TRACKING_URI", studio_url.rstrip("/") + spec.tracking_path)
+    return variables
 
 
 def launcher_bounds() -> dict[str, Any]:

@@ -36,6 +36,7 @@ from compute.backends.base import (
     LogRecord,
     Observation,
     launcher_bounds,
+    tracking_variables,
 )
 from compute.resources import quantity
 
@@ -152,7 +153,7 @@ class LocalBackend(ComputeBackend):
             "code": code,
             "inputs": inputs,
             "outputs": spec.outputs,
-            "environment_variables": spec.environment_variables,
+            "environment_variables": tracking_variables(spec, settings.STUDIO_PUBLIC_URL),
             "timeout": spec.timeout,
             "limits": limits,
             "grace_seconds": spec.grace_seconds,

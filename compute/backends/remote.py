@@ -8,7 +8,7 @@ import os
 from typing import Any
 from urllib.parse import quote
 
-from compute.backends.base import LaunchSpec, launcher_bounds
+from compute.backends.base import LaunchSpec, launcher_bounds, tracking_variables
 
 
 def remote_files(
@@ -60,7 +60,7 @@ def launch_file(
         "code": ref(spec.code["key"]) if spec.code else None,
         "inputs": inputs,
         "outputs": spec.outputs,
-        "environment_variables": spec.environment_variables,
+        "environment_variables": tracking_variables(spec, studio_url),
         "environment": spec.environment,  # built under the job's folder (KSTUDIO_ROOT)
         "timeout": spec.timeout,
         "grace_seconds": spec.grace_seconds,

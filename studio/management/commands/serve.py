@@ -31,6 +31,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         embedded = settings.STUDIO_EMBEDDED_CONTROLLER
+        if not settings.STUDIO_PUBLIC_URL:
+            # Where local jobs reach this studio (MLFLOW_TRACKING_URI): its own address.
+            host = options["host"] if options["host"] not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+            settings.STUDIO_PUBLIC_URL = f"http://{host}:{options['port']}"
         if options["workers"] > 1:
             if embedded:
                 self.stderr.write("--workers needs server mode (REDIS_URL, DATABASE_URL).")

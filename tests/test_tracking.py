@@ -1,0 +1,202 @@
+"""The MLflow tracking API, driven by the stock `mlflow` client (mlflow-skinny) in a
+process of its own against a live studio, as a notebook or a job would use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import httpx
+import pytest
+
+from tests.conftest import code_archive, token_for
+from tracking.models import Experiment, Metric, Run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def mlflow_script(live_studio, user, code: str, workspace: str = "demo") -> dict:
+    """Run `code` with the MLflow client pointed at the workspace; it prints JSON."""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"{live_studio.url}/workspaces/{workspace}/mlflow",
+        "MLFLOW_TRACKING_TOKEN": token_for(user),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_mlflow_client_logs_and_reads_back_a_run(live_studio, people):
+    seen = mlflow_script(live_studio, people.contributor, """
+        import json, mlflow
+        from mlflow import MlflowClient
+        mlflow.set_experiment("fit-a-line")
+        with mlflow.start_run(run_name="first") as run:
+            mlflow.log_param("epochs", 5)
+            mlflow.log_params({"lr": 0.01, "optimizer": "sgd"})
+            mlflow.set_tag("team", "blue")
+            for step in range(5):
+                mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+            mlflow.log_metrics({"accuracy": 0.9, "f1": 0.8}, step=4)
+        client = MlflowClient()
+        got = client.get_run(run.info.run_id)
+        history = client.get_metric_history(run.info.run_id, "loss")
+        found = mlflow.search_runs(experiment_names=["fit-a-line"], output_format="list")
+        print(json.dumps({
+            "run_id": run.info.run_id,
+            "status": got.info.status,
+            "params": got.data.params,
+            "tags": {k: v for k, v in got.data.tags.items() if not k.startswith("mlflow.")},
+            "name": got.info.run_name,
+            "metrics": got.data.metrics,
+            "history": [(m.step, m.value) for m in history],
+            "found": [r.info.run_id for r in found],
+        }))
+    """)  # fmt: skip
+    assert seen["status"] == "FINISHED"
+    assert seen["params"] == {"epochs": "5", "lr": "0.01", "optimizer": "sgd"}
+    assert seen["tags"] == {"team": "blue"}
+    assert seen["name"] == "first"
+    assert seen["metrics"] == {"loss": 0.2, "accuracy": 0.9, "f1": 0.8}
+    assert seen["history"] == [[0, 1.0], [1, 0.5], [2, 1 / 3], [3, 0.25], [4, 0.2]]
+    assert seen["found"] == [seen["run_id"]]
+    # What the studio kept, read back without the client.
+    run = Run.objects.get(run_id=seen["run_id"])
+    assert run.experiment.workspace.name == "demo" and run.experiment.name == "fit-a-line"
+    assert Metric.objects.filter(run=run, key="loss").count() == 5
+
+
+def test_mlflow_errors_come_in_mlflows_shape_and_roles_apply(live_studio, people):
+    seen = mlflow_script(live_studio, people.contributor, """
+        import json, mlflow
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+        client = MlflowClient()
+        answers = {}
+        def code_of(call):
+            try:
+                call()
+            except MlflowException as exc:
+                return exc.error_code
+            return "ok"
+        answers["missing run"] = code_of(lambda: client.get_run("0" * 32))
+        answers["missing experiment"] = code_of(lambda: client.get_experiment("999999"))
+        experiment = client.create_experiment("twice")
+        answers["twice"] = code_of(lambda: client.create_experiment("twice"))
+        run = client.create_run(experiment)
+        client.log_param(run.info.run_id, "p", "1")
+        answers["param changed"] = code_of(lambda: client.log_param(run.info.run_id, "p", "2"))
+        print(json.dumps({"answers": answers, "run_id": run.info.run_id}))
+    """)  # fmt: skip
+    assert seen["answers"] == {
+        "missing run": "RESOURCE_DOES_NOT_EXIST",
+        "missing experiment": "RESOURCE_DOES_NOT_EXIST",
+        "twice": "RESOURCE_ALREADY_EXISTS",
+        "param changed": "INVALID_PARAMETER_VALUE",
+    }
+    # MLflow's own limits, as its server answers them (the client splits big batches
+    # itself, so this is asked over plain HTTP): all or nothing.
+    url = f"{live_studio.url}/workspaces/demo/mlflow/api/2.0/mlflow/runs/log-batch"
+    headers = {"Authorization": f"Bearer {token_for(people.contributor)}"}
+    points = [{"key": "m", "value": 1.0, "timestamp": 0, "step": i} for i in range(1001)]
+    too_many = httpx.post(url, json={"run_id": seen["run_id"], "metrics": points},
+                          headers=headers)  # fmt: skip
+    assert too_many.status_code == 400
+    assert too_many.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "at most 1000 metrics" in too_many.json()["message"]
+    bad = [{"key": "ok", "value": 1.0, "timestamp": 0}, {"key": "", "value": 2.0, "timestamp": 0}]
+    refused = httpx.post(url, json={"run_id": seen["run_id"], "metrics": bad}, headers=headers)
+    assert refused.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert not Metric.objects.filter(run__run_id=seen["run_id"]).exists()  # nothing half-kept
+
+    # A reader reads but does not write; a stranger sees no workspace.
+    read = mlflow_script(live_studio, people.reader, f"""
+        import json
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+        client = MlflowClient()
+        run = client.get_run("{seen['run_id']}")
+        try:
+            client.log_param(run.info.run_id, "q", "1")
+            written = "ok"
+        except MlflowException as exc:
+            written = exc.error_code
+        print(json.dumps({{"params": run.data.params, "written": written}}))
+    """)  # fmt: skip
+    assert read == {"params": {"p": "1"}, "written": "PERMISSION_DENIED"}
+    stranger = mlflow_script(live_studio, people.stranger, """
+        import json
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+        try:
+            MlflowClient().search_experiments()
+            answer = "ok"
+        except MlflowException as exc:
+            answer = exc.error_code
+        print(json.dumps({"answer": answer}))
+    """)  # fmt: skip
+    assert stranger == {"answer": "RESOURCE_DOES_NOT_EXIST"}
+
+
+def test_every_job_is_an_mlflow_run_that_its_token_alone_may_write(
+    live_studio, people, workspace, settings
+):
+    """A job gets MLFLOW_* variables: its code logs to its own run (here over plain HTTP,
+    as the client would), may not touch another run, and the run ends with the job."""
+    from jobs import services as job_services
+    from tests.conftest import wait_until
+
+    settings.STUDIO_PUBLIC_URL = live_studio.url
+    other = Run.objects.create(experiment=Experiment.objects.create(workspace=workspace,
+                               name="someone-else"))  # fmt: skip
+    script = f"""
+import json, os, urllib.request, urllib.error
+def post(endpoint, body):
+    request = urllib.request.Request(
+        os.environ["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/" + endpoint,
+        json.dumps(body).encode(),
+        {{"Content-Type": "application/json",
+         "Authorization": "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]}},
+    )
+    try:
+        return urllib.request.urlopen(request).status
+    except urllib.error.HTTPError as exc:
+        return json.load(exc)["error_code"]
+run = os.environ["MLFLOW_RUN_ID"]
+print(os.environ["MLFLOW_EXPERIMENT_NAME"])
+print(post("runs/log-metric", {{"run_id": run, "key": "loss", "value": 0.5, "timestamp": 1,
+                                "step": 3}}))
+print(post("runs/log-parameter", {{"run_id": "{other.run_id}", "key": "x", "value": "1"}}))
+print(post("experiments/create", {{"name": "new"}}))
+"""
+    text = "command: python3 log.py\ncode: src\nexperiment_name: tracked\n"
+    code = job_services.Upload(code_archive({"log.py": script.encode()}), "code.tar.gz")
+    job = job_services.submit_yaml(workspace, people.contributor, text, {"code": code})
+
+    def ended():
+        job.refresh_from_db()
+        return job.is_terminal
+
+    wait_until(ended, 60, "the job to end")
+    lines = list(job.log_lines.order_by("seq").values_list("line", flat=True))
+    assert job.status == "Completed", (job.failure_reason, lines)
+    assert lines == ["tracked", "200", "PERMISSION_DENIED", "PERMISSION_DENIED"]
+    run = Run.objects.get(experiment__name="tracked")
+    assert run.latest_metrics["loss"]["value"] == 0.5
+    assert (run.status, run.tags["kstudio.job"], run.user_id) == ("FINISHED", job.name, "carl")
+    assert not other.params and Run.objects.get(pk=other.pk).params == {}
+    # Its token dies with the job.
+    url = f"{live_studio.url}/workspaces/demo/mlflow/api/2.0/mlflow/runs/get"
+    from jobs.tokens import token_for as job_token
+
+    late = httpx.get(url, params={"run_id": run.run_id},
+                     headers={"Authorization": f"Bearer {job_token(job)}"})  # fmt: skip
+    assert late.json()["error_code"] == "UNAUTHENTICATED"

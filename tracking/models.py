@@ -1,0 +1,93 @@
+"""Experiments and their runs, as MLflow's tracking server keeps them: params, tags and
+metric points, per workspace."""
+
+import uuid
+from typing import ClassVar
+
+from django.db import models
+
+from studio.models import Workspace
+
+
+class Lifecycle(models.TextChoices):
+    ACTIVE = "active"
+    DELETED = "deleted"
+
+
+class Experiment(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="experiments")
+    name = models.CharField(max_length=500)
+    artifact_location = models.CharField(max_length=1000, blank=True)
+    lifecycle_stage = models.CharField(
+        max_length=10, choices=Lifecycle.choices, default=Lifecycle.ACTIVE
+    )
+    tags = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=("workspace", "name"), name="experiment_per_workspace")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RunStatus(models.TextChoices):
+    RUNNING = "RUNNING"
+    SCHEDULED = "SCHEDULED"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+class Run(models.Model):
+    run_id = models.CharField(max_length=32, unique=True, default=new_run_id)
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="runs")
+    name = models.CharField(max_length=250, blank=True)
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    start_time = models.BigIntegerField(null=True, blank=True)  # ms since the epoch
+    end_time = models.BigIntegerField(null=True, blank=True)
+    lifecycle_stage = models.CharField(
+        max_length=10, choices=Lifecycle.choices, default=Lifecycle.ACTIVE
+    )
+    user_id = models.CharField(max_length=150, blank=True)
+    params = models.JSONField(default=dict, blank=True)  # a param, once logged, never changes
+    tags = models.JSONField(default=dict, blank=True)
+    # Each metric's latest point ({key: {value, timestamp, step}}): run lists and charts'
+    # legends read it without touching the points.
+    latest_metrics = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ("-start_time", "-id")
+        indexes: ClassVar = [
+            models.Index(fields=("experiment", "-start_time", "-id"), name="run_list"),
+        ]
+
+    def __str__(self) -> str:
+        return self.run_id
+
+
+class Metric(models.Model):
+    """One point of a metric's history."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics")
+    key = models.CharField(max_length=250)
+    value = models.FloatField()
+    timestamp = models.BigIntegerField()  # ms since the epoch
+    step = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ("step", "timestamp", "id")
+        indexes: ClassVar = [
+            models.Index(fields=("run", "key", "step", "timestamp", "id"), name="metric_history"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.key}@{self.step}"

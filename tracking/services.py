@@ -1,0 +1,387 @@
+"""Tracking as MLflow defines it: experiments, runs, params, tags, metric points, with
+MLflow's limits and error codes. Called by the MLflow REST API and, later, the pages."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+
+from studio.models import Workspace
+from tracking.models import Experiment, Lifecycle, Metric, Run, RunStatus
+
+DEFAULT_EXPERIMENT = "Default"
+# MLflow's limits (mlflow/utils/validation.py).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+MAX_KEY = 250
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+MAX_RESULTS = 1000  # a page of runs or experiments
+MAX_HISTORY_PAGE = 25000  # a page of a metric's history: no request loads it all
+
+
+class TrackingError(Exception):
+    """An MLflow error: its code (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> TrackingError:
+    return TrackingError("INVALID_PARAMETER_VALUE", message)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# -- experiments -----------------------------------------------------------------------------
+def default_experiment(workspace: Workspace) -> Experiment:
+    experiment, _ = Experiment.objects.get_or_create(workspace=workspace, name=DEFAULT_EXPERIMENT)
+    return experiment
+
+
+def create_experiment(
+    workspace: Workspace, name: str, artifact_location: str = "", tags: dict[str, str] | None = None
+) -> Experiment:
+    if not name or not name.strip():
+        raise invalid("Invalid experiment name: ''. Experiment name must not be empty.")
+    if len(name) > 500:
+        raise invalid("Experiment name is longer than 500 characters.")
+    try:
+        with transaction.atomic():
+            return Experiment.objects.create(
+                workspace=workspace, name=name, artifact_location=artifact_location,
+                tags=dict(tags or {}),
+            )  # fmt: skip
+    except IntegrityError as exc:
+        raise TrackingError(
+            "RESOURCE_ALREADY_EXISTS", f"Experiment(name={name}) already exists."
+        ) from exc
+
+
+def get_experiment(workspace: Workspace, experiment_id: str) -> Experiment:
+    if experiment_id == "0":  # MLflow's default experiment, which every client assumes
+        return default_experiment(workspace)
+    found = (
+        Experiment.objects.filter(workspace=workspace, pk=experiment_id).first()
+        if str(experiment_id).isdigit()
+        else None
+    )
+    if found is None:
+        raise TrackingError(
+            "RESOURCE_DOES_NOT_EXIST", f"No Experiment with id={experiment_id} exists"
+        )
+    return found
+
+
+def experiment_by_name(workspace: Workspace, name: str) -> Experiment:
+    found = Experiment.objects.filter(workspace=workspace, name=name).first()
+    if found is None:
+        if name == DEFAULT_EXPERIMENT:
+            return default_experiment(workspace)
+        raise TrackingError(
+            "RESOURCE_DOES_NOT_EXIST", f"Could not find experiment with name {name}"
+        )
+    return found
+
+
+def page_bounds(max_results: Any, page_token: Any, limit: int) -> tuple[int, int]:
+    """(offset, size) from MLflow's max_results and page_token (an offset here)."""
+    try:
+        size = int(max_results) if max_results not in (None, "") else limit
+        offset = int(page_token) if page_token else 0
+    except (TypeError, ValueError) as exc:
+        raise invalid(f"max_results and page_token must be numbers: {exc}") from exc
+    if size < 1 or size > limit:
+        raise invalid(f"Invalid value {size} for parameter 'max_results': it must be at most "
+                      f"{limit} and positive")  # fmt: skip
+    if offset < 0:
+        raise invalid("Invalid page token")
+    return offset, size
+
+
+def paged(query: QuerySet[Any], offset: int, size: int) -> tuple[list[Any], str]:
+    rows = list(query[offset : offset + size + 1])
+    token = str(offset + size) if len(rows) > size else ""
+    return rows[:size], token
+
+
+def search_experiments(
+    workspace: Workspace, view_type: str, max_results: Any, page_token: Any
+) -> tuple[list[Experiment], str]:
+    default_experiment(workspace)
+    found = Experiment.objects.filter(workspace=workspace).order_by("-created_at", "-id")
+    if view_type in ("", None, "ACTIVE_ONLY", 1):
+        found = found.filter(lifecycle_stage=Lifecycle.ACTIVE)
+    elif view_type in ("DELETED_ONLY", 2):
+        found = found.filter(lifecycle_stage=Lifecycle.DELETED)
+    offset, size = page_bounds(max_results, page_token, MAX_RESULTS)
+    return paged(found, offset, size)
+
+
+def set_experiment_lifecycle(experiment: Experiment, stage: str) -> None:
+    experiment.lifecycle_stage = stage
+    experiment.save(update_fields=["lifecycle_stage", "updated_at"])
+
+
+def rename_experiment(experiment: Experiment, name: str) -> None:
+    if not name:
+        raise invalid("Experiment name must not be empty.")
+    if (
+        Experiment.objects.filter(workspace=experiment.workspace, name=name)
+        .exclude(pk=experiment.pk)
+        .exists()
+    ):
+        raise invalid(f"Experiment '{name}' already exists.")
+    experiment.name = name
+    experiment.save(update_fields=["name", "updated_at"])
+
+
+# -- runs ------------------------------------------------------------------------------------
+def create_run(
+    experiment: Experiment,
+    name: str = "",
+    user_id: str = "",
+    start_time: int | None = None,
+    tags: dict[str, str] | None = None,
+) -> Run:
+    if experiment.lifecycle_stage != Lifecycle.ACTIVE:
+        raise invalid(f"The experiment {experiment.pk} must be in the 'active' state.")
+    tags = dict(tags or {})
+    name = name or tags.get("mlflow.runName", "")
+    if name:
+        tags["mlflow.runName"] = name
+    _check_tags(tags)
+    return Run.objects.create(
+        experiment=experiment, name=name, user_id=user_id,
+        start_time=start_time if start_time is not None else now_ms(), tags=tags,
+    )  # fmt: skip
+
+
+def get_run(workspace: Workspace, run_id: str) -> Run:
+    found = (
+        Run.objects.select_related("experiment")
+        .filter(run_id=run_id, experiment__workspace=workspace)
+        .first()
+    )
+    if found is None:
+        raise TrackingError("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
+    return found
+
+
+def _active(run: Run) -> None:
+    if run.lifecycle_stage != Lifecycle.ACTIVE:
+        raise invalid(f"The run {run.run_id} must be in the 'active' state.")
+
+
+def update_run(run: Run, status: str | None, end_time: int | None, name: str | None) -> Run:
+    _active(run)
+    fields = []
+    if status:
+        if status not in RunStatus.values:
+            raise invalid(f"Invalid run status {status!r}")
+        run.status = status
+        fields.append("status")
+    if end_time is not None:
+        run.end_time = int(end_time)
+        fields.append("end_time")
+    if name:
+        run.name = name
+        run.tags = {**run.tags, "mlflow.runName": name}
+        fields += ["name", "tags"]
+    if fields:
+        run.save(update_fields=fields)
+    return run
+
+
+def set_run_lifecycle(run: Run, stage: str) -> None:
+    run.lifecycle_stage = stage
+    run.save(update_fields=["lifecycle_stage"])
+
+
+@dataclass
+class Point:
+    key: str
+    value: float
+    timestamp: int
+    step: int
+
+
+def _key(key: Any, what: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise invalid(f"Invalid {what} name: {key!r}. It must be a non-empty string.")
+    if len(key) > MAX_KEY:
+        raise invalid(f"{what.capitalize()} name '{key[:40]}...' is longer than {MAX_KEY}.")
+    return key
+
+
+def _check_tags(tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        _key(key, "tag")
+        if len(str(value)) > MAX_TAG_VALUE:
+            raise invalid(f"Tag '{key}' has a value longer than {MAX_TAG_VALUE} characters.")
+
+
+def point(raw: dict[str, Any]) -> Point:
+    key = _key(raw.get("key"), "metric")
+    try:
+        value = float(raw["value"])
+        stamp = raw.get("timestamp")
+        timestamp = int(stamp) if stamp is not None else now_ms()
+        step = int(raw.get("step") or 0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise invalid(f"Got invalid value for metric '{key}': {exc}") from exc
+    return Point(key, value, timestamp, step)
+
+
+def log_batch(
+    run: Run,
+    metrics: list[dict[str, Any]],
+    params: list[dict[str, Any]],
+    tags: list[dict[str, Any]],
+) -> None:
+    """Everything or nothing: a bad entry refuses the whole batch, as MLflow does."""
+    if len(metrics) > MAX_METRICS_PER_BATCH:
+        raise invalid(f"A batch logging request can contain at most {MAX_METRICS_PER_BATCH} "
+                      f"metrics. Got {len(metrics)} metrics.")  # fmt: skip
+    if len(params) > MAX_PARAMS_PER_BATCH:
+        raise invalid(f"A batch logging request can contain at most {MAX_PARAMS_PER_BATCH} "
+                      f"params. Got {len(params)} params.")  # fmt: skip
+    if len(tags) > MAX_TAGS_PER_BATCH:
+        raise invalid(f"A batch logging request can contain at most {MAX_TAGS_PER_BATCH} "
+                      f"tags. Got {len(tags)} tags.")  # fmt: skip
+    points = [point(m) for m in metrics]
+    new_params = {_key(p.get("key"), "param"): str(p.get("value", "")) for p in params}
+    new_tags = {_key(t.get("key"), "tag"): str(t.get("value", "")) for t in tags}
+    for key, value in new_params.items():
+        if len(value) > MAX_PARAM_VALUE:
+            raise invalid(f"Param '{key}' has a value longer than {MAX_PARAM_VALUE} characters.")
+    _check_tags(new_tags)
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        _active(run)
+        for key, value in new_params.items():
+            if key in run.params and run.params[key] != value:
+                raise invalid(
+                    f"Changing param values is not allowed. Param with key='{key}' was already "
+                    f"logged with value='{run.params[key]}' for run ID='{run.run_id}'. "
+                    f"Attempted logging new value '{value}'."
+                )
+        Metric.objects.bulk_create(
+            Metric(run=run, key=p.key, value=p.value, timestamp=p.timestamp, step=p.step)
+            for p in points
+        )
+        latest = dict(run.latest_metrics)
+        for p in points:
+            seen = latest.get(p.key)
+            if seen is None or (p.step, p.timestamp) >= (seen["step"], seen["timestamp"]):
+                latest[p.key] = {"value": p.value, "timestamp": p.timestamp, "step": p.step}
+        run.params = {**run.params, **new_params}
+        run.tags = {**run.tags, **new_tags}
+        run.latest_metrics = latest
+        run.save(update_fields=["params", "tags", "latest_metrics"])
+
+
+def delete_tag(run: Run, key: str) -> None:
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        _active(run)
+        if key not in run.tags:
+            raise TrackingError(
+                "RESOURCE_DOES_NOT_EXIST", f"No tag with name: {key} in run with id {run.run_id}"
+            )
+        run.tags = {k: v for k, v in run.tags.items() if k != key}
+        run.save(update_fields=["tags"])
+
+
+def metric_history(
+    run: Run, key: str, max_results: Any, page_token: Any
+) -> tuple[list[Metric], str]:
+    offset, size = page_bounds(max_results, page_token, MAX_HISTORY_PAGE)
+    points = Metric.objects.filter(run=run, key=key).order_by("step", "timestamp", "id")
+    return paged(points, offset, size)
+
+
+ORDERABLE = {"start_time": "start_time", "end_time": "end_time", "run_name": "name",
+             "status": "status"}  # fmt: skip
+
+
+def search_runs(
+    workspace: Workspace,
+    experiment_ids: list[str],
+    filter_string: str,
+    view_type: str,
+    max_results: Any,
+    order_by: list[str],
+    page_token: Any,
+) -> tuple[list[Run], str]:
+    if filter_string and filter_string.strip():
+        raise invalid("Run filters are not supported yet; search by experiment, and order")
+    ids = [get_experiment(workspace, str(e)).pk for e in experiment_ids]
+    runs = Run.objects.filter(experiment_id__in=ids).select_related("experiment")
+    if view_type in ("", None, "ACTIVE_ONLY", 1):
+        runs = runs.filter(lifecycle_stage=Lifecycle.ACTIVE)
+    elif view_type in ("DELETED_ONLY", 2):
+        runs = runs.filter(lifecycle_stage=Lifecycle.DELETED)
+    ordering = []
+    for clause in order_by or []:
+        words = clause.replace("attributes.", "").replace("attribute.", "").split()
+        field = ORDERABLE.get(words[0]) if words else None
+        if field is None:
+            raise invalid(f"Invalid order_by clause {clause!r}: order by start_time, end_time, "
+                          "run_name or status")  # fmt: skip
+        descending = len(words) > 1 and words[1].upper() == "DESC"
+        ordering.append(f"-{field}" if descending else field)
+    runs = runs.order_by(*ordering, "-start_time", "-id")
+    offset, size = page_bounds(max_results, page_token, 50000)
+    return paged(runs, offset, size)
+
+
+def finite(value: float) -> float | str:
+    """JSON has no NaN or infinity: MLflow sends them as strings."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+# -- runs of the studio's jobs ---------------------------------------------------------------
+JOB_STATUS = {"Completed": RunStatus.FINISHED, "Failed": RunStatus.FAILED,
+              "Canceled": RunStatus.KILLED}  # fmt: skip
+
+
+def run_id_for(job_key: str) -> str:
+    """A job's run id: the same for the same job, so a retried start finds its run."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"kstudio:job:{job_key}").hex
+
+
+def start_job_run(
+    workspace: Workspace, experiment_name: str, job_key: str, name: str, user_id: str,
+    tags: dict[str, str],
+) -> Run:  # fmt: skip
+    """The MLflow run every job is: made when the job starts, in its experiment."""
+    experiment, _ = Experiment.objects.get_or_create(workspace=workspace, name=experiment_name)
+    run, _ = Run.objects.get_or_create(
+        run_id=run_id_for(job_key),
+        defaults={"experiment": experiment, "name": name, "user_id": user_id,
+                  "start_time": now_ms(), "tags": {"mlflow.runName": name, **tags}},
+    )  # fmt: skip
+    return run
+
+
+def end_job_run(job_key: str, job_status: str) -> None:
+    """The run's status follows its job's end."""
+    status = JOB_STATUS.get(job_status)
+    if status is not None:
+        Run.objects.filter(run_id=run_id_for(job_key)).update(status=status, end_time=now_ms())
