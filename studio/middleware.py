@@ -42,7 +42,10 @@ class BodyLimitMiddleware:
         except ValueError:
             length = 0
         # Files (a multipart submission, an output a job publishes) may be big; documents not.
-        upload = request.content_type in ("multipart/form-data", "application/octet-stream")
+        upload = request.content_type in ("multipart/form-data", "application/octet-stream") or (
+            # An MLflow artifact comes with its own file's type (text/csv, image/png...).
+            request.method == "PUT" and "/mlflow-artifacts/" in request.path
+        )
         limit = settings.STUDIO_MAX_UPLOAD_BYTES if upload else settings.STUDIO_MAX_REQUEST_BYTES
         if length > limit:
             return too_large(request, limit, "upload" if upload else "request body")

@@ -200,3 +200,32 @@ print(post("experiments/create", {{"name": "new"}}))
     late = httpx.get(url, params={"run_id": run.run_id},
                      headers={"Authorization": f"Bearer {job_token(job)}"})  # fmt: skip
     assert late.json()["error_code"] == "UNAUTHENTICATED"
+
+
+def test_the_mlflow_client_logs_lists_and_downloads_artifacts(live_studio, people, tmp_path):
+    seen = mlflow_script(live_studio, people.contributor, f"""
+        import json, os, mlflow
+        from mlflow import MlflowClient
+        folder = {str(tmp_path)!r}
+        os.makedirs(os.path.join(folder, "plots", "deep"))
+        with open(os.path.join(folder, "notes.txt"), "w") as f:
+            f.write("hello")
+        with open(os.path.join(folder, "plots", "deep", "p.csv"), "w") as f:
+            f.write("1,2")
+        with mlflow.start_run() as run:
+            mlflow.log_artifact(os.path.join(folder, "notes.txt"))
+            mlflow.log_artifacts(os.path.join(folder, "plots"), artifact_path="plots")
+            mlflow.log_dict({{"a": 1}}, "config/params.json")
+        client = MlflowClient()
+        top = [(f.path, f.is_dir) for f in client.list_artifacts(run.info.run_id)]
+        deep = [(f.path, f.file_size) for f in client.list_artifacts(run.info.run_id, "plots/deep")]
+        got = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=folder + "/dl")
+        with open(os.path.join(got, "plots", "deep", "p.csv")) as f:
+            downloaded = f.read()
+        print(json.dumps({{"top": top, "deep": deep, "downloaded": downloaded,
+                          "uri": run.info.artifact_uri}}))
+    """)  # fmt: skip
+    assert seen["top"] == [["config", True], ["notes.txt", False], ["plots", True]]
+    assert seen["deep"] == [["plots/deep/p.csv", 3]]
+    assert seen["downloaded"] == "1,2"
+    assert seen["uri"].startswith("mlflow-artifacts:/")

@@ -239,6 +239,14 @@ def _run_search(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any
     return answer
 
 
+def _logged_models_search(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
+    """MLflow 3's logged models: this studio keeps none yet (models come with the model
+    registry), and says so as MLflow's own store would, with an empty page."""
+    for experiment_id in body.get("experiment_ids") or []:
+        services.get_experiment(ws, str(experiment_id))
+    return {"models": []}
+
+
 # endpoint -> (HTTP method, the role it needs, handler)
 ENDPOINTS: dict[str, tuple[str, str, Handler]] = {
     "experiments/create": ("POST", Role.CONTRIBUTOR, _experiment_create),
@@ -260,6 +268,7 @@ ENDPOINTS: dict[str, tuple[str, str, Handler]] = {
     "runs/delete-tag": ("POST", Role.CONTRIBUTOR, _delete_tag),
     "runs/log-batch": ("POST", Role.CONTRIBUTOR, _log_batch),
     "metrics/get-history": ("GET", Role.READER, _history),
+    "logged-models/search": ("POST", Role.READER, _logged_models_search),
 }
 
 
@@ -268,14 +277,12 @@ RUN_WRITES = {"runs/update", "runs/log-metric", "runs/log-parameter", "runs/set-
               "runs/delete-tag", "runs/log-batch"}  # fmt: skip
 
 
-@csrf_exempt  # token authentication only: no cookie can make a request here
-def endpoint(request: HttpRequest, workspace: str, name: str) -> JsonResponse:
-    found = ENDPOINTS.get(name)
-    if found is None:
-        return error("ENDPOINT_NOT_FOUND", f"No such MLflow endpoint: {name}")
-    method, role, handler = found
-    if request.method != method:
-        return error("BAD_REQUEST", f"{name} takes {method}")
+def who(
+    request: HttpRequest, workspace: str, role: str, *, may_write_run: bool
+) -> tuple[Workspace, Any, str] | JsonResponse:
+    """The caller's workspace, user, and the one run it may write ('' for any), or the
+    MLflow error to answer. A user's API token acts with the user's role; a job's own
+    token (STUDIO_TRACKING_IDENTITIES) reads its workspace and writes only its run."""
     key = key_from_header(request.headers.get("Authorization"))
     user, only_run = (user_for_key(key), "") if key else (None, "")
     if key and user is None:
@@ -289,8 +296,8 @@ def endpoint(request: HttpRequest, workspace: str, name: str) -> JsonResponse:
     if user is None:
         return error("UNAUTHENTICATED", "Set MLFLOW_TRACKING_TOKEN to a studio API token.")
     if only_run and role != Role.READER:
-        role = Role.READER  # what the job may write is checked below: its own run only
-        if name not in RUN_WRITES:
+        role = Role.READER  # what the job may write is checked by the caller: its run only
+        if not may_write_run:
             return error("PERMISSION_DENIED", "A job's token writes only the job's own run.")
     try:
         ws, _role = access.workspace_for(user, workspace, role)
@@ -298,6 +305,21 @@ def endpoint(request: HttpRequest, workspace: str, name: str) -> JsonResponse:
         return error("RESOURCE_DOES_NOT_EXIST", "No such workspace.")
     except PermissionDenied as exc:
         return error("PERMISSION_DENIED", str(exc))
+    return ws, user, only_run
+
+
+@csrf_exempt  # token authentication only: no cookie can make a request here
+def endpoint(request: HttpRequest, workspace: str, name: str) -> JsonResponse:
+    found = ENDPOINTS.get(name)
+    if found is None:
+        return error("ENDPOINT_NOT_FOUND", f"No such MLflow endpoint: {name}")
+    method, role, handler = found
+    if request.method != method:
+        return error("BAD_REQUEST", f"{name} takes {method}")
+    caller = who(request, workspace, role, may_write_run=name in RUN_WRITES)
+    if isinstance(caller, JsonResponse):
+        return caller
+    ws, user, only_run = caller
     if method == "GET":
         body: dict[str, Any] = {k: request.GET.get(k) for k in request.GET}
     else:
