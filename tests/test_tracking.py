@@ -229,3 +229,44 @@ def test_the_mlflow_client_logs_lists_and_downloads_artifacts(live_studio, peopl
     assert seen["deep"] == [["plots/deep/p.csv", 3]]
     assert seen["downloaded"] == "1,2"
     assert seen["uri"].startswith("mlflow-artifacts:/")
+
+
+def test_runs_are_searched_with_mlflows_filters_and_order(live_studio, people):
+    seen = mlflow_script(live_studio, people.contributor, """
+        import json, mlflow
+        from mlflow.exceptions import MlflowException
+        mlflow.set_experiment("sweep")
+        for name, lr, loss, team in [("a", 0.1, 0.9, "blue"), ("b", 0.01, 0.3, "red"),
+                                     ("c", 0.001, 0.5, "blue")]:
+            with mlflow.start_run(run_name=name):
+                mlflow.log_param("lr", lr)
+                mlflow.log_metric("loss", 2.0, step=0)
+                mlflow.log_metric("loss", loss, step=1)
+                mlflow.set_tag("team name", team)
+        def names(filter_string, order_by=None):
+            found = mlflow.search_runs(experiment_names=["sweep"], filter_string=filter_string,
+                                       order_by=order_by, output_format="list")
+            return [r.info.run_name for r in found]
+        answers = {
+            "loss < 0.6": names("metrics.loss < 0.6", ["attributes.run_name ASC"]),
+            "param": names("params.lr = '0.01'"),
+            "tag and metric": names("tags.`team name` = 'blue' and metrics.loss >= 0.5",
+                                    ["run_name DESC"]),
+            "like": names("attributes.run_name LIKE 'b%'"),
+            "status": names("attributes.status != 'FINISHED'"),
+        }
+        try:
+            names("metrics.loss ~ 1")
+            answers["bad"] = "ok"
+        except MlflowException as exc:
+            answers["bad"] = exc.error_code
+        print(json.dumps(answers))
+    """)  # fmt: skip
+    assert seen == {
+        "loss < 0.6": ["b", "c"],
+        "param": ["b"],
+        "tag and metric": ["c", "a"],
+        "like": ["b"],
+        "status": [],
+        "bad": "INVALID_PARAMETER_VALUE",
+    }

@@ -21,8 +21,9 @@ from studio import access
 from studio.auth import key_from_header, user_for_key
 from studio.models import Role, Workspace
 from tracking import services
+from tracking.errors import TrackingError, invalid
 from tracking.models import Experiment, Lifecycle, Run
-from tracking.services import TrackingError, finite
+from tracking.services import finite
 
 STATUS = {
     "INVALID_PARAMETER_VALUE": 400,
@@ -113,7 +114,7 @@ def _experiment_by_name(ws: Workspace, body: dict[str, Any], user: Any) -> dict[
 
 def _experiment_search(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
     if (body.get("filter") or "").strip():
-        raise services.invalid("Experiment filters are not supported yet")
+        raise invalid("Experiment filters are not supported yet")
     found, token = services.search_experiments(
         ws, body.get("view_type") or "", body.get("max_results"), body.get("page_token")
     )
@@ -141,14 +142,14 @@ def _experiment_restore(ws: Workspace, body: dict[str, Any], user: Any) -> dict[
 def _id(body: dict[str, Any]) -> str:
     value = body.get("experiment_id")
     if value in (None, ""):
-        raise services.invalid("Missing value for required parameter 'experiment_id'.")
+        raise invalid("Missing value for required parameter 'experiment_id'.")
     return str(value)
 
 
 def _run(ws: Workspace, body: dict[str, Any]) -> Run:
     run_id = body.get("run_id") or body.get("run_uuid")
     if not run_id:
-        raise services.invalid("Missing value for required parameter 'run_id'.")
+        raise invalid("Missing value for required parameter 'run_id'.")
     return services.get_run(ws, str(run_id))
 
 

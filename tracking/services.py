@@ -13,6 +13,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
 from studio.models import Workspace
+from tracking import search
+from tracking.errors import TrackingError, invalid
 from tracking.models import Experiment, Lifecycle, Metric, Run, RunStatus
 
 DEFAULT_EXPERIMENT = "Default"
@@ -25,19 +27,6 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_RESULTS = 1000  # a page of runs or experiments
 MAX_HISTORY_PAGE = 25000  # a page of a metric's history: no request loads it all
-
-
-class TrackingError(Exception):
-    """An MLflow error: its code (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE...)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def invalid(message: str) -> TrackingError:
-    return TrackingError("INVALID_PARAMETER_VALUE", message)
 
 
 def now_ms() -> int:
@@ -325,8 +314,6 @@ def search_runs(
     order_by: list[str],
     page_token: Any,
 ) -> tuple[list[Run], str]:
-    if filter_string and filter_string.strip():
-        raise invalid("Run filters are not supported yet; search by experiment, and order")
     ids = [get_experiment(workspace, str(e)).pk for e in experiment_ids]
     runs = Run.objects.filter(experiment_id__in=ids).select_related("experiment")
     if view_type in ("", None, "ACTIVE_ONLY", 1):
@@ -342,6 +329,8 @@ def search_runs(
                           "run_name or status")  # fmt: skip
         descending = len(words) > 1 and words[1].upper() == "DESC"
         ordering.append(f"-{field}" if descending else field)
+    if filter_string and filter_string.strip():
+        runs = search.apply(runs, filter_string)
     runs = runs.order_by(*ordering, "-start_time", "-id")
     offset, size = page_bounds(max_results, page_token, 50000)
     return paged(runs, offset, size)
