@@ -11,6 +11,7 @@ urlpatterns = [
     path("<str:name>/row/", views.job_row, name="row"),
     path("<str:name>/cancel/", views.cancel, name="cancel"),
     path("<str:name>/log.txt", views.log_text, name="log"),
+    path("<str:name>/metrics.json", views.metrics, name="metrics"),
     path("<str:name>/outputs/<str:output>/", views.download, name="download"),
     path("<str:name>/outputs/<str:output>/<path:path>", views.download_file, name="file"),
 ]

@@ -11,6 +11,7 @@ from django.http import (
     Http404,
     HttpRequest,
     HttpResponse,
+    JsonResponse,
     QueryDict,
     StreamingHttpResponse,
 )
@@ -27,6 +28,9 @@ from studio import access
 from studio.documents import load_yaml
 from studio.htmx import is_htmx_partial
 from studio.models import Role
+from tracking import services as tracking
+from tracking.models import Run
+from tracking.services import run_id_for
 
 PAGE_SIZE = 25
 
@@ -147,6 +151,16 @@ def _data_read(name: str, recorded: dict[str, str]) -> dict[str, str]:
     asset = recorded.get("asset") or ""
     return {"name": name, "uri": recorded["uri"], "asset": asset,
             "asset_name": asset.rpartition(":")[0]}  # fmt: skip
+
+
+@login_required
+def metrics(request: HttpRequest, workspace: str, name: str) -> JsonResponse:
+    """The job's MLflow run for its Metrics charts: each metric by step, params, tags."""
+    job, _role = _job(request, workspace, name)
+    run = Run.objects.filter(run_id=run_id_for(f"{job.workspace_id}/{job.name}")).first()
+    if run is None:
+        return JsonResponse({"run_id": None, "metrics": {}, "params": {}, "tags": {}})
+    return JsonResponse(tracking.charts(run))
 
 
 @login_required

@@ -399,3 +399,44 @@ def test_it_ops_set_up_a_cluster_in_the_console_and_a_job_waits_there_saying_why
     expect(page.locator("#job-status")).to_have_text("Queued")
     expect(page.locator("main")).to_contain_text("0/1 nodes are available", timeout=30_000)
     expect(page.locator("main")).to_contain_text("didn't match Pod's node affinity/selector")
+
+
+METRICS_SCRIPT = """
+import json, os, urllib.request
+def post(endpoint, body):
+    request = urllib.request.Request(
+        os.environ["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/" + endpoint,
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json",
+         "Authorization": "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]})
+    urllib.request.urlopen(request)
+run = os.environ["MLFLOW_RUN_ID"]
+post("runs/log-parameter", {"run_id": run, "key": "lr", "value": "0.01"})
+post("runs/log-batch", {"run_id": run, "metrics": [
+    {"key": "loss", "value": 1.0 / (step + 1), "timestamp": step, "step": step}
+    for step in range(10)]})
+"""
+
+
+def test_a_jobs_metrics_are_charted_on_its_page(people, workspace, page, live_studio, settings):
+    from playwright.sync_api import expect
+
+    from jobs.services import Upload, submit_yaml
+    from tests.conftest import code_archive
+
+    settings.STUDIO_PUBLIC_URL = live_studio.url
+    code = Upload(code_archive({"log.py": METRICS_SCRIPT.encode()}), "code.tar.gz")
+    text = "command: python3 log.py\ncode: src\n"
+    job = orm(lambda: submit_yaml(workspace, people.contributor, text, {"code": code}))
+    sign_in(page, "carl", "pw-carl-12345")
+    page.goto(f"/workspaces/demo/jobs/{job.name}/")
+    expect(page.locator("#job-status")).to_have_text("Completed")
+    page.reload()
+    chart = page.locator("figure.chart", has_text="loss")
+    expect(chart.locator(".js-plotly-plot")).to_be_visible()
+    expect(chart.locator("g.trace")).to_have_count(1)
+    expect(page.locator("#run-params")).to_contain_text("lr")
+    expect(page.locator("#run-params")).to_contain_text("0.01")
+    # Plotly comes from the studio itself, not a CDN.
+    sources = page.eval_on_selector_all("script[src]", "els => els.map(e => e.src)")
+    assert all(src.startswith(live_studio.url) for src in sources), sources

@@ -374,3 +374,34 @@ def end_job_run(job_key: str, job_status: str) -> None:
     status = JOB_STATUS.get(job_status)
     if status is not None:
         Run.objects.filter(run_id=run_id_for(job_key)).update(status=status, end_time=now_ms())
+
+
+MAX_CHART_POINTS = 2000  # per metric: a chart shows the shape, the history API every point
+
+
+def charts(run: Run) -> dict[str, Any]:
+    """Each metric's points by step for a chart (evenly thinned past MAX_CHART_POINTS,
+    keeping the last), with the run's params and tags: what a job's Metrics tab shows."""
+    series: dict[str, Any] = {}
+    for key in sorted(run.latest_metrics):
+        points = Metric.objects.filter(run=run, key=key).order_by("step", "timestamp", "id")
+        total = points.count()
+        every = max(1, math.ceil(total / MAX_CHART_POINTS))
+        rows = list(points.values_list("step", "value", "timestamp"))[::every] if total else []
+        if total and every > 1:
+            last = points.values_list("step", "value", "timestamp").last()
+            if last is not None and rows[-1] != last:
+                rows.append(last)
+        series[key] = {
+            "steps": [r[0] for r in rows],
+            "values": [finite(r[1]) for r in rows],
+            "timestamps": [r[2] for r in rows],
+            "points": total,
+        }
+    return {
+        "run_id": run.run_id,
+        "status": run.status,
+        "metrics": series,
+        "params": run.params,
+        "tags": {k: v for k, v in run.tags.items() if not k.startswith("mlflow.")},
+    }
