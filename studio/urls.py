@@ -13,6 +13,7 @@ urlpatterns = [
     path("workspaces/<str:workspace>/jobs/", include("jobs.urls")),
     path("workspaces/<str:workspace>/data/", include("data.urls")),
     path("workspaces/<str:workspace>/environments/", include("environments.urls")),
+    path("workspaces/<str:workspace>/experiments/", include("tracking.urls_pages")),
     # The workspace's MLflow tracking URI is /workspaces/<workspace>/mlflow.
     path("workspaces/<str:workspace>/mlflow/", include("tracking.urls")),
     path("workspaces/<str:workspace>/members/", views.members, name="members"),

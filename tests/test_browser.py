@@ -269,6 +269,7 @@ A11Y_PAGES = [
     ("carl", "/workspaces/demo/data/"),
     ("carl", "/workspaces/demo/data/new/"),
     ("carl", "/workspaces/demo/environments/"),
+    ("carl", "/workspaces/demo/experiments/"),
     ("ivan", "/workspaces/demo/data/datastores/"),
     ("carl", "/profile/"),
     ("ivan", "/console/"),

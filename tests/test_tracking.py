@@ -270,3 +270,40 @@ def test_runs_are_searched_with_mlflows_filters_and_order(live_studio, people):
         "status": [],
         "bad": "INVALID_PARAMETER_VALUE",
     }
+
+
+def test_the_experiment_page_lists_runs_with_metric_columns_in_constant_queries(
+    client, people, workspace
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tracking import services as tracking
+
+    experiment = tracking.create_experiment(workspace, "sweep")
+
+    def add(count: int) -> None:
+        for i in range(count):
+            run = tracking.create_run(experiment, f"r{Run.objects.count():03d}")
+            points = [{"key": "loss", "value": 1 / (i + 1), "timestamp": 1},
+                      {"key": "acc", "value": i / 100, "timestamp": 1}]  # fmt: skip
+            tracking.log_batch(run, points, [], [])
+
+    client.force_login(people.reader)
+    url = f"/workspaces/demo/experiments/{experiment.pk}/?ordering=-metrics.acc"
+    add(3)
+    with CaptureQueriesContext(connection) as few:
+        page = client.get(url)
+    assert page.status_code == 200
+    add(60)
+    with CaptureQueriesContext(connection) as many:
+        page = client.get(url)
+    assert len(many.captured_queries) == len(few.captured_queries)
+    html = page.content.decode()
+    assert ">acc<" in html and ">loss<" in html
+    # Sorted by accuracy, highest first: the last run added of the 60 (0.59) leads.
+    assert html.index("0.5900") < html.index("0.5800")
+    listing = client.get("/workspaces/demo/experiments/").content.decode()
+    assert "sweep" in listing and "/workspaces/demo/mlflow" in listing
+    client.force_login(people.stranger)
+    assert client.get(url).status_code == 404
