@@ -227,3 +227,9 @@ def test_azures_output_example_delivers_to_workspaceblobstore(kstudio, tmp_path)
     kstudio("job", "download", shown["name"], "--all", "-p", str(tmp_path), check=True)
     written = tmp_path / "named-outputs" / "hello_output" / "helloworld.txt"
     assert written.read_text() == "hello world\n"
+
+
+def test_workspace_show_gives_the_tracking_uri(kstudio, live_studio):
+    shown = json.loads(kstudio("workspace", "show", "-o", "json", check=True).stdout)
+    assert shown["name"] == "demo"
+    assert shown["tracking_uri"] == f"{live_studio.url}/workspaces/demo/mlflow"

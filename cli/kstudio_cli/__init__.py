@@ -460,6 +460,17 @@ def workspace_list(studio: Studio, fmt: str) -> None:
     emit(items, fmt, ["name", "description", "default_compute"])
 
 
+@workspace.command("show")
+@output_option
+@pass_studio
+def workspace_show(studio: Studio, fmt: str) -> None:
+    """The workspace, and its MLflow tracking URI (with MLFLOW_TRACKING_TOKEN set to one of
+    your tokens, the stock mlflow client logs there)."""
+    shown = studio.request("GET", f"/workspaces/{studio.workspace}/").json()
+    shown["tracking_uri"] = f"{studio.url}/workspaces/{studio.workspace}/mlflow"
+    emit(shown, fmt, ["name", "description", "default_compute", "tracking_uri"])
+
+
 @workspace.command("members")
 @output_option
 @pass_studio
