@@ -48,6 +48,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -326,6 +327,92 @@ def per_process(command: str, distribution: dict[str, Any] | None) -> tuple[str,
     if processes <= 1:
         return command, {}
     return PER_PROCESS, {"KSTUDIO_COMMAND": command}
+
+
+class SystemMetrics(threading.Thread):
+    """Samples the job's CPU and memory (and each GPU, where nvidia-smi answers) every
+    `interval` seconds, and logs them to the job's MLflow run as MLflow's own system
+    metrics do (`system/...`), so no user code is needed for them."""
+
+    def __init__(self, env: dict, pgid: int, uid: int | None, interval: float) -> None:
+        super().__init__(daemon=True, name="system-metrics")
+        self.url = env["MLFLOW_TRACKING_URI"].rstrip("/") + "/api/2.0/mlflow/runs/log-batch"
+        self.token = env.get("MLFLOW_TRACKING_TOKEN", "")
+        self.run_id = env["MLFLOW_RUN_ID"]
+        self.pgid, self.uid, self.interval = pgid, uid, interval
+        self.stopping = threading.Event()
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def usage(self) -> tuple[int, int]:
+        """CPU ticks used and bytes resident, over the job's processes now."""
+        ticks = resident = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if self.uid is not None:
+                    if os.stat(f"/proc/{entry}").st_uid != self.uid:
+                        continue
+                elif int(fields[2]) != self.pgid:  # its process group
+                    continue
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+            resident += int(fields[21]) * self.page
+        return ticks, resident
+
+    def gpus(self) -> list[tuple[float, float]]:
+        """(utilization %, memory used MB) per GPU; none without nvidia-smi."""
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                 "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=5, check=True,
+            ).stdout  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return []
+        found = []
+        for line in out.strip().splitlines():
+            with contextlib.suppress(ValueError):
+                utilization, memory = (float(v) for v in line.split(","))
+                found.append((utilization, memory))
+        return found
+
+    def post(self, metrics: list[dict[str, object]]) -> None:
+        body = json.dumps({"run_id": self.run_id, "metrics": metrics}).encode()
+        request = urllib.request.Request(  # noqa: S310 - the studio's own URL
+            self.url, body, {"Content-Type": "application/json",
+                             "Authorization": f"Bearer {self.token}"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+            pass
+
+    def run(self) -> None:
+        last_ticks, last_time = self.usage()[0], time.monotonic()
+        step = 0
+        while not self.stopping.wait(self.interval):
+            ticks, resident = self.usage()
+            now = time.monotonic()
+            cpu = (ticks - last_ticks) / self.ticks / max(now - last_time, 1e-6) * 100
+            last_ticks, last_time = ticks, now
+            stamp = int(time.time() * 1000)
+            values = {
+                "system/cpu_utilization_percentage": round(cpu, 2),
+                "system/system_memory_usage_megabytes": round(resident / 1e6, 2),
+            }
+            for index, (utilization, memory) in enumerate(self.gpus()):
+                values[f"system/gpu_{index}_utilization_percentage"] = utilization
+                values[f"system/gpu_{index}_memory_usage_megabytes"] = memory
+            metrics = [{"key": k, "value": v, "timestamp": stamp, "step": step}
+                       for k, v in values.items()]  # fmt: skip
+            step += 1
+            try:
+                self.post(metrics)
+            except (OSError, http.client.HTTPException, ValueError):
+                continue  # the studio is away for now: the next sample tries again
 
 
 class Launcher:
@@ -766,6 +853,16 @@ class Launcher:
         if limits.get("cpus") and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, set(limits["cpus"]))
 
+    def system_metrics(self, pgid: int) -> SystemMetrics | None:
+        """Start sampling the job for its MLflow run, when it has one the studio knows."""
+        env = self.child_environment()
+        interval = float(self.limits.get("system_metrics_seconds") or 0)
+        if interval <= 0 or not env.get("MLFLOW_TRACKING_URI") or not env.get("MLFLOW_RUN_ID"):
+            return None
+        sampler = SystemMetrics(env, pgid, self.uid, interval)
+        sampler.start()
+        return sampler
+
     def signal_command(self, sig: int) -> None:
         """Signal the user's command and everything it started (its process group)."""
         if self.child is not None and self.child.poll() is None:
@@ -833,6 +930,7 @@ class Launcher:
                 "(STUDIO_JOB_UID_BASE must be a range of uids this host can use)"
             ) from exc
         self.set_state(phase="Running", child_pgid=self.child.pid, started_at=time.time())
+        sampler = self.system_metrics(self.child.pid)
         grace = float(self.spec.get("grace_seconds", 10))
         timed_out = False
         kill_at: float | None = None
@@ -881,6 +979,8 @@ class Launcher:
                 log.flush()
         finally:
             log.close()
+            if sampler is not None:
+                sampler.stopping.set()
         code = self.child.wait()
         if self.uid is not None:
             kill_user_processes(self.uid)

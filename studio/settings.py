@@ -16,7 +16,7 @@ from pathlib import Path
 import dj_database_url
 import django_stubs_ext
 
-from studio.env import env_bool, env_int, env_list, env_path, env_str
+from studio.env import env_bool, env_float, env_int, env_list, env_path, env_str
 
 django_stubs_ext.monkeypatch()
 
@@ -212,6 +212,8 @@ STUDIO_ENVIRONMENTS_DIR = env_path("STUDIO_ENVIRONMENTS_DIR", VAR_DIR / "environ
 # Curated environments (stand-ins) on the local compute: run in the host's Python (default),
 # or install their package sets (1) like any conda file.
 STUDIO_LOCAL_CURATED = env_bool("STUDIO_LOCAL_CURATED", False)
+# How often a job's CPU, memory and GPUs are logged to its MLflow run (0: never).
+STUDIO_SYSTEM_METRICS_SECONDS = env_float("STUDIO_SYSTEM_METRICS_SECONDS", 10.0)
 STUDIO_CANCEL_GRACE_SECONDS = env_int("STUDIO_CANCEL_GRACE_SECONDS", 10)
 # How many jobs one controller runs at once; more wait in Queued.
 STUDIO_MAX_RUNNING_JOBS = env_int("STUDIO_MAX_RUNNING_JOBS", max(4, 2 * (os.cpu_count() or 1)))

@@ -12,6 +12,7 @@ import textwrap
 import httpx
 import pytest
 
+from jobs.models import Job
 from tests.conftest import code_archive, token_for
 from tracking.models import Experiment, Metric, Run
 
@@ -307,3 +308,35 @@ def test_the_experiment_page_lists_runs_with_metric_columns_in_constant_queries(
     assert "sweep" in listing and "/workspaces/demo/mlflow" in listing
     client.force_login(people.stranger)
     assert client.get(url).status_code == 404
+
+
+def test_a_jobs_cpu_and_memory_are_logged_to_its_run_without_user_code(
+    live_studio, people, workspace, settings
+):
+    from pathlib import Path
+
+    from jobs import services as job_services
+    from tests.conftest import wait_until
+
+    settings.STUDIO_PUBLIC_URL = live_studio.url
+    settings.STUDIO_SYSTEM_METRICS_SECONDS = 0.2
+    busy = "python3 -c \"import os\nwhile not os.path.exists('go'): pass\""
+    job = job_services.submit_yaml(
+        workspace, people.contributor, f"command: {json.dumps(busy)}\nexperiment_name: sys\n", {}
+    )
+
+    def sampled() -> Run | None:
+        run = Run.objects.filter(experiment__name="sys").first()
+        latest = run.latest_metrics if run else {}
+        return (
+            run if latest.get("system/cpu_utilization_percentage", {}).get("step", 0) >= 2 else None
+        )
+
+    run = wait_until(sampled, 60, "system metrics of the busy job")
+    job.refresh_from_db()
+    Path(job.runtime["root"], "wd", "go").touch()
+    wait_until(lambda: Job.objects.get(pk=job.pk).is_terminal, 60, "the job to end")
+    run.refresh_from_db()
+    assert run.latest_metrics["system/cpu_utilization_percentage"]["value"] > 20  # busy
+    assert run.latest_metrics["system/system_memory_usage_megabytes"]["value"] > 1
+    assert Metric.objects.filter(run=run, key="system/cpu_utilization_percentage").count() >= 3

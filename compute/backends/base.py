@@ -64,6 +64,7 @@ def launcher_bounds() -> dict[str, Any]:
             "max_archive_members": settings.STUDIO_MAX_ARCHIVE_MEMBERS,
             "max_archive_bytes": settings.STUDIO_MAX_ARCHIVE_BYTES,
             "max_download_bytes": settings.STUDIO_MAX_DOWNLOAD_BYTES,
+            "system_metrics_seconds": settings.STUDIO_SYSTEM_METRICS_SECONDS,
         },
         "allowed_networks": list(settings.STUDIO_ALLOWED_INPUT_NETWORKS),
     }
