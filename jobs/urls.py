@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views.job_list, name="list"),
     path("new/", views.submit, name="submit"),
     path("new/local-inputs/", views.local_inputs, name="local-inputs"),
+    path("compare/", views.compare, name="compare"),
     path("<str:name>/", views.job_detail, name="detail"),
     path("<str:name>/row/", views.job_row, name="row"),
     path("<str:name>/cancel/", views.cancel, name="cancel"),

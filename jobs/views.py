@@ -74,6 +74,7 @@ def job_list(request: HttpRequest, workspace: str) -> HttpResponse:
 
 
 COLUMNS = (
+    (None, "Compare"),
     ("name", "Name"),
     ("status", "Status"),
     ("experiment", "Experiment"),
@@ -161,6 +162,47 @@ def metrics(request: HttpRequest, workspace: str, name: str) -> JsonResponse:
     if run is None:
         return JsonResponse({"run_id": None, "metrics": {}, "params": {}, "tags": {}})
     return JsonResponse(tracking.charts(run))
+
+
+MAX_COMPARED = 50
+
+
+@login_required
+def compare(request: HttpRequest, workspace: str) -> HttpResponseBase:
+    """One metric overlaid across the jobs picked in the job list (`?jobs=a&jobs=b`), with
+    the chart's data as CSV or JSON (`?format=csv|json`)."""
+    ws, _role = access.workspace_for(request.user, workspace)
+    names = list(dict.fromkeys(request.GET.getlist("jobs")))[:MAX_COMPARED]
+    jobs = list(Job.objects.filter(workspace=ws, name__in=names).only("name", "workspace_id"))
+    run_ids = {run_id_for(f"{job.workspace_id}/{job.name}"): job.name for job in jobs}
+    order = {name: index for index, name in enumerate(names)}  # as they were picked
+    runs = sorted(Run.objects.filter(run_id__in=run_ids), key=lambda r: order[run_ids[r.run_id]])
+    keys = sorted({k for run in runs for k in run.latest_metrics})
+    metric = request.GET.get("metric") or next((k for k in keys if not k.startswith("system/")),
+                                               keys[0] if keys else "")  # fmt: skip
+    series = tracking.compare(runs, metric) if metric else []
+    wanted = request.GET.get("format")
+    if wanted == "json":
+        return JsonResponse({"metric": metric, "series": series})
+    if wanted == "csv":
+        lines = ["job,step,value"] + [
+            f"{s['name']},{step},{value}"
+            for s in series
+            for step, value in zip(s["steps"], s["values"], strict=True)
+        ]
+        response = HttpResponse("\n".join(lines) + "\n", content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="compare-{metric}.csv"'
+        return response
+    context = {
+        "workspace": ws,
+        "jobs": [job.name for job in jobs],
+        "missing": [n for n in names if n not in {job.name for job in jobs}],
+        "keys": keys,
+        "metric": metric,
+        "series": series,
+        "query": request.GET.urlencode(),
+    }
+    return render(request, "jobs/compare.html", context)
 
 
 @login_required

@@ -214,7 +214,7 @@ def test_job_list_stays_whole_while_jobs_change_state(people, workspace, page):
     job = orm(lambda: Job.objects.get(pk=slow.pk))
     Path(job.runtime["root"], "wd", "go").touch()
     expect(slow_row.locator("[data-status]")).to_have_text("Completed")
-    expect(page.locator("table.jobs thead th").first).to_have_text("Name")
+    expect(page.locator("table.jobs thead th").nth(1)).to_have_text("Name")  # after Compare
     expect(page.locator("table.jobs tbody tr")).to_have_count(2)
     expect(page.locator("#jobs > table, #jobs > .scroll > table")).to_have_count(1)
 
@@ -270,6 +270,7 @@ A11Y_PAGES = [
     ("carl", "/workspaces/demo/data/new/"),
     ("carl", "/workspaces/demo/environments/"),
     ("carl", "/workspaces/demo/experiments/"),
+    ("carl", "/workspaces/demo/jobs/compare/"),
     ("ivan", "/workspaces/demo/data/datastores/"),
     ("carl", "/profile/"),
     ("ivan", "/console/"),
@@ -441,3 +442,31 @@ def test_a_jobs_metrics_are_charted_on_its_page(people, workspace, page, live_st
     # Plotly comes from the studio itself, not a CDN.
     sources = page.eval_on_selector_all("script[src]", "els => els.map(e => e.src)")
     assert all(src.startswith(live_studio.url) for src in sources), sources
+
+
+def test_pick_jobs_in_the_list_and_compare_a_metric(people, workspace, page, live_studio, settings):
+    from playwright.sync_api import expect
+
+    from jobs.services import Upload, submit_yaml
+    from tests.conftest import code_archive, wait_until
+
+    settings.STUDIO_PUBLIC_URL = live_studio.url
+    jobs = []
+    for _ in range(3):
+        code = Upload(code_archive({"log.py": METRICS_SCRIPT.encode()}), "code.tar.gz")
+        text = "command: python3 log.py\ncode: src\n"
+        jobs.append(orm(lambda: submit_yaml(workspace, people.contributor, text, {"code": code})))  # noqa: B023
+    ids = [job.pk for job in jobs]
+    wait_until(lambda: orm(lambda: Job.objects.filter(pk__in=ids, status="Completed").count())
+               == len(ids), 60, "the jobs to end")  # fmt: skip
+    sign_in(page, "carl", "pw-carl-12345")
+    page.goto("/workspaces/demo/jobs/")
+    for job in jobs:
+        page.check(f"input[name=jobs][value='{job.name}']")
+    page.click("text=Compare the selected jobs' metrics")
+    expect(page.locator("h1")).to_have_text("Compare 3 jobs")
+    expect(page.locator("#compare-chart g.trace")).to_have_count(3)
+    with page.expect_download() as download:
+        page.click("a:text-is('CSV')")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0] == "job,step,value" and len(lines) == 1 + 3 * 10

@@ -340,3 +340,34 @@ def test_a_jobs_cpu_and_memory_are_logged_to_its_run_without_user_code(
     assert run.latest_metrics["system/cpu_utilization_percentage"]["value"] > 20  # busy
     assert run.latest_metrics["system/system_memory_usage_megabytes"]["value"] > 1
     assert Metric.objects.filter(run=run, key="system/cpu_utilization_percentage").count() >= 3
+
+
+def test_the_compare_view_overlays_a_metric_across_21_jobs_and_downloads_it(
+    client, people, workspace
+):
+    from jobs.services import submit_yaml
+    from tracking import services as tracking
+
+    names = []
+    for index in range(21):
+        job = submit_yaml(workspace, people.contributor, "command: echo\n", {})
+        run = tracking.start_job_run(workspace, "Default", f"{workspace.pk}/{job.name}",
+                                     job.name, "carl", {"kstudio.job": job.name})  # fmt: skip
+        points = [{"key": "loss", "value": index + step / 10, "timestamp": step, "step": step}
+                  for step in range(3)]  # fmt: skip
+        tracking.log_batch(run, points, [], [])
+        names.append(job.name)
+    client.force_login(people.reader)
+    url = "/workspaces/demo/jobs/compare/"
+    shown = client.get(url, {"jobs": names, "metric": "loss", "format": "json"}).json()
+    assert shown["metric"] == "loss" and len(shown["series"]) == 21
+    assert shown["series"][0] == {
+        "run_id": tracking.run_id_for(f"{workspace.pk}/{names[0]}"), "name": names[0],
+        "steps": [0, 1, 2], "values": [0.0, 0.1, 0.2],
+    }  # fmt: skip
+    csv = client.get(url, {"jobs": names[:2], "format": "csv"}).content.decode().splitlines()
+    assert csv == ["job,step,value", f"{names[0]},0,0.0", f"{names[0]},1,0.1",
+                   f"{names[0]},2,0.2", f"{names[1]},0,1.0", f"{names[1]},1,1.1",
+                   f"{names[1]},2,1.2"]  # fmt: skip
+    page = client.get(url, {"jobs": [*names[:3], "nope"]}).content.decode()
+    assert "Compare 3 jobs" in page and "Not found in this workspace: nope" in page

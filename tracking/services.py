@@ -405,3 +405,18 @@ def charts(run: Run) -> dict[str, Any]:
         "params": run.params,
         "tags": {k: v for k, v in run.tags.items() if not k.startswith("mlflow.")},
     }
+
+
+def compare(runs: list[Run], key: str) -> list[dict[str, Any]]:
+    """One metric across runs, each thinned as a chart shows it: what the compare view
+    draws and downloads."""
+    series = []
+    for run in runs:
+        points = Metric.objects.filter(run=run, key=key).order_by("step", "timestamp", "id")
+        total = points.count()
+        every = max(1, math.ceil(total / MAX_CHART_POINTS))
+        rows = list(points.values_list("step", "value"))[::every] if total else []
+        series.append({"run_id": run.run_id, "name": run.tags.get("kstudio.job") or run.name,
+                       "steps": [r[0] for r in rows],
+                       "values": [finite(r[1]) for r in rows]})  # fmt: skip
+    return series

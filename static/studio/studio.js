@@ -174,3 +174,37 @@
     if (path) followWorkspace(path);
   });
 })();
+
+// Jobs picked for comparison stay picked while the job list refreshes itself.
+(function () {
+  "use strict";
+  var picked = new Set();
+  document.addEventListener("change", function (event) {
+    var box = event.target;
+    if (box.matches && box.matches('input[name="jobs"][form="compare-form"]')) {
+      if (box.checked) picked.add(box.value); else picked.delete(box.value);
+    }
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    document.querySelectorAll('input[name="jobs"][form="compare-form"]').forEach(function (box) {
+      box.checked = picked.has(box.value);
+    });
+  });
+  // Jobs picked on other pages of the list go too.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form.id !== "compare-form") return;
+    var shown = new Set();
+    document.querySelectorAll('input[name="jobs"][form="compare-form"]').forEach(function (box) {
+      shown.add(box.value);
+    });
+    picked.forEach(function (name) {
+      if (shown.has(name)) return;
+      var hidden = document.createElement("input");
+      hidden.type = "hidden";
+      hidden.name = "jobs";
+      hidden.value = name;
+      form.appendChild(hidden);
+    });
+  });
+})();
