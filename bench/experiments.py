@@ -1,6 +1,7 @@
 """The experiment page with 10,000 runs and 1,000,000 metric points in one workspace:
-server time of its first page (newest first, and sorted by a metric), a job's metrics
-for its charts, and the number of queries, which must not grow with the runs or points.
+server time of its first page (newest first, and sorted by a metric), a later page and
+the experiments list, and the number of queries, which must not grow with the runs or
+points.
 
     python bench/experiments.py [--runs 10000] [--points 1000000] [--mode embedded|server]
 """
@@ -8,38 +9,21 @@ for its charts, and the number of queries, which must not grow with the runs or 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import django_in_process  # noqa: E402 - after the project is importable
+
 
 def main(args: argparse.Namespace) -> None:
-    var = tempfile.mkdtemp(prefix="kstudio-bench-experiments-")
-    os.environ.update(
-        STUDIO_VAR_DIR=var,
-        DJANGO_SETTINGS_MODULE="studio.settings",
-        ALLOWED_HOSTS="testserver",
-        LOG_LEVEL="WARNING",
-    )
-    os.environ.pop("REDIS_URL", None)
-    if args.mode == "server":
-        from common import _reset_postgres
-
-        os.environ["DATABASE_URL"] = _reset_postgres("kstudio_bench_experiments")
-    else:
-        os.environ.pop("DATABASE_URL", None)
-    import django
-
-    django.setup()
+    django_in_process(args.mode, "kstudio_bench_experiments")
     from django.contrib.auth.models import User
-    from django.core.management import call_command
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -47,7 +31,6 @@ def main(args: argparse.Namespace) -> None:
     from studio.models import Membership, Workspace
     from tracking.models import Experiment, Metric, Run
 
-    call_command("migrate", verbosity=0)
     workspace = Workspace.objects.create(name="demo")
     user = User.objects.create_user("reader")
     Membership.objects.create(workspace=workspace, user=user, role="reader")

@@ -7,10 +7,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,27 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import django_in_process  # noqa: E402 - after the project is importable
+
 
 def main(args: argparse.Namespace) -> None:
-    var = tempfile.mkdtemp(prefix="kstudio-bench-list-")
-    os.environ.update(
-        STUDIO_VAR_DIR=var,
-        DJANGO_SETTINGS_MODULE="studio.settings",
-        ALLOWED_HOSTS="testserver",
-        LOG_LEVEL="WARNING",
-    )
-    os.environ.pop("REDIS_URL", None)
-    if args.mode == "server":
-        from common import _reset_postgres
-
-        os.environ["DATABASE_URL"] = _reset_postgres("kstudio_bench_list")
-    else:
-        os.environ.pop("DATABASE_URL", None)
-    import django
-
-    django.setup()
+    django_in_process(args.mode, "kstudio_bench_list")
     from django.contrib.auth.models import User
-    from django.core.management import call_command
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -47,7 +30,6 @@ def main(args: argparse.Namespace) -> None:
     from jobs.models import Job, Status
     from studio.models import Membership, Workspace
 
-    call_command("migrate", verbosity=0)
     workspace = Workspace.objects.create(name="demo")
     compute = seed_local(workspace)
     user = User.objects.create_user("reader")

@@ -39,15 +39,20 @@ def files_of(job: Job, output: str) -> list[dict[str, Any]]:
     return [f for f in job.outputs or [] if f.get("output") == output]
 
 
-def _open(job: Job, entry: dict[str, Any]) -> BinaryIO:
+def _open(job: Job, entry: dict[str, Any], stores: dict[str, Store] | None = None) -> BinaryIO:
+    """One listed file, wherever it is now. `stores` keeps each datastore's client for
+    the next file (a zip of a delivered output reads many from the same one)."""
     if "datastore" in entry:  # delivered to its datastore (a named output)
-        datastore = Datastore.objects.filter(
-            workspace_id=job.workspace_id, name=entry["datastore"]
-        ).first()
-        if datastore is None:
-            raise NoSuchOutput(f"The datastore {entry['datastore']!r} is gone.")
+        stores = {} if stores is None else stores
+        if entry["datastore"] not in stores:
+            datastore = Datastore.objects.filter(
+                workspace_id=job.workspace_id, name=entry["datastore"]
+            ).first()
+            if datastore is None:
+                raise NoSuchOutput(f"The datastore {entry['datastore']!r} is gone.")
+            stores[entry["datastore"]] = open_store(datastore)
         try:
-            return cast(BinaryIO, open_store(datastore).open(entry["key"]))
+            return cast(BinaryIO, stores[entry["datastore"]].open(entry["key"]))
         except StoreError as exc:
             raise NoSuchOutput(f"The file {entry['path']!r} cannot be read: {exc}") from exc
     if entry.get("artifact"):
@@ -74,10 +79,10 @@ def open_file(job: Job, output: str, relative: str) -> BinaryIO:
     raise NoSuchOutput(f"No file {relative!r} in output {output!r}.")
 
 
-def _chunks(job: Job, entry: dict[str, Any]) -> Iterator[bytes]:
+def _chunks(job: Job, entry: dict[str, Any], stores: dict[str, Store]) -> Iterator[bytes]:
     """A file's content, opened only when the zip reaches it (one open file at a time)."""
     try:
-        f = _open(job, entry)
+        f = _open(job, entry, stores)
     except NoSuchOutput:
         return  # gone since it was listed: served empty
     with f:
@@ -91,8 +96,9 @@ def zip_stream(job: Job, output: str) -> Iterator[bytes]:
     if output not in output_names(job):
         raise NoSuchOutput(f"Job {job.name} has no output named {output!r}.")
     archive = zipstream.ZipStream(compress_type=zipfile.ZIP_DEFLATED)
+    stores: dict[str, Store] = {}
     for entry in files_of(job, output):
-        archive.add(_chunks(job, entry), entry["path"])
+        archive.add(_chunks(job, entry, stores), entry["path"])
     return iter(archive)
 
 

@@ -117,6 +117,18 @@ def test_mlflow_errors_come_in_mlflows_shape_and_roles_apply(live_studio, people
     refused = httpx.post(url, json={"run_id": seen["run_id"], "metrics": bad}, headers=headers)
     assert refused.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     assert not Metric.objects.filter(run__run_id=seen["run_id"]).exists()  # nothing half-kept
+    base = f"{live_studio.url}/workspaces/demo/mlflow/api/2.0/mlflow/"
+    for endpoint, body in [
+        ("runs/log-batch", {"run_id": seen["run_id"], "metrics": {"key": "m"}}),
+        ("runs/log-batch", {"run_id": seen["run_id"], "params": ["p"]}),
+        ("runs/create", {"experiment_id": "0", "tags": [{"value": "no key"}]}),
+        ("runs/update", {"run_id": seen["run_id"], "end_time": "soon"}),
+    ]:
+        answer = httpx.post(base + endpoint, json=body, headers=headers)
+        assert answer.status_code == 400, (endpoint, answer.text)
+        assert answer.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert Run.objects.get(run_id=seen["run_id"]).end_time is None
+    assert Run.objects.filter(experiment__name="Default").count() == 0
 
     # A reader reads but does not write; a stranger sees no workspace.
     read = mlflow_script(live_studio, people.reader, f"""

@@ -96,7 +96,7 @@ Handler = Callable[[Workspace, dict[str, Any], Any], dict[str, Any]]
 
 
 def _experiment_create(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
-    tags = {t["key"]: t["value"] for t in body.get("tags") or []}
+    tags = services.pairs(body.get("tags"), "tags")
     made = services.create_experiment(
         ws, body.get("name", ""), body.get("artifact_location") or "", tags
     )
@@ -155,7 +155,7 @@ def _run(ws: Workspace, body: dict[str, Any]) -> Run:
 
 def _run_create(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
     experiment = services.get_experiment(ws, str(body.get("experiment_id") or "0"))
-    tags = {t["key"]: t["value"] for t in body.get("tags") or []}
+    tags = services.pairs(body.get("tags"), "tags")
     run = services.create_run(
         experiment, body.get("run_name") or "", body.get("user_id") or user.get_username(),
         body.get("start_time"), tags,

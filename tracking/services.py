@@ -151,10 +151,15 @@ def create_run(
     if name:
         tags["mlflow.runName"] = name
     _check_tags(tags)
+    try:
+        start = int(start_time) if start_time is not None else now_ms()
+    except (TypeError, ValueError) as exc:
+        raise invalid(
+            f"start_time must be milliseconds since the epoch, not {start_time!r}"
+        ) from exc
     return Run.objects.create(
-        experiment=experiment, name=name, user_id=user_id,
-        start_time=start_time if start_time is not None else now_ms(), tags=tags,
-    )  # fmt: skip
+        experiment=experiment, name=name, user_id=user_id, start_time=start, tags=tags
+    )
 
 
 def get_run(workspace: Workspace, run_id: str) -> Run:
@@ -182,7 +187,12 @@ def update_run(run: Run, status: str | None, end_time: int | None, name: str | N
         run.status = status
         fields.append("status")
     if end_time is not None:
-        run.end_time = int(end_time)
+        try:
+            run.end_time = int(end_time)
+        except (TypeError, ValueError) as exc:
+            raise invalid(
+                f"end_time must be milliseconds since the epoch, not {end_time!r}"
+            ) from exc
         fields.append("end_time")
     if name:
         run.name = name
@@ -214,6 +224,17 @@ def _key(key: Any, what: str) -> str:
     return key
 
 
+def pairs(entries: Any, field: str) -> dict[str, str]:
+    """MLflow's [{"key", "value"}] lists (tags of a new run or experiment) as a mapping."""
+    if entries is None:
+        return {}
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("key"), str) for e in entries
+    ):
+        raise invalid(f"'{field}' must be a list of objects with a key and a value")
+    return {e["key"]: str(e.get("value", "")) for e in entries}
+
+
 def _check_tags(tags: dict[str, str]) -> None:
     for key, value in tags.items():
         _key(key, "tag")
@@ -240,6 +261,9 @@ def log_batch(
     tags: list[dict[str, Any]],
 ) -> None:
     """Everything or nothing: a bad entry refuses the whole batch, as MLflow does."""
+    for field, entries in (("metrics", metrics), ("params", params), ("tags", tags)):
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise invalid(f"'{field}' must be a list of objects with a key and a value")
     if len(metrics) > MAX_METRICS_PER_BATCH:
         raise invalid(f"A batch logging request can contain at most {MAX_METRICS_PER_BATCH} "
                       f"metrics. Got {len(metrics)} metrics.")  # fmt: skip

@@ -18,7 +18,13 @@ from data.api.serializers import (
     render_datastore,
 )
 from data.models import DataAsset, Datastore
-from studio.api import AssetVersionViewSet, AssetViewSet, WorkspaceMixin, document_from_request
+from studio.api import (
+    AssetKind,
+    AssetVersionViewSet,
+    AssetViewSet,
+    WorkspaceMixin,
+    document_from_request,
+)
 from studio.errors import FieldErrors
 from studio.models import Role
 
@@ -73,6 +79,9 @@ class DatastoreViewSet(WorkspaceMixin, viewsets.ViewSet):
         return Response(status=204)
 
 
+DATA_ASSETS = AssetKind(DataAsset, render_asset)
+
+
 @extend_schema_view(
     list=extend_schema(responses=DataAssetSerializer(many=True)),
     retrieve=extend_schema(
@@ -82,10 +91,7 @@ class DatastoreViewSet(WorkspaceMixin, viewsets.ViewSet):
 class DataAssetViewSet(AssetViewSet):
     """A workspace's data assets: members read them, contributors register versions."""
 
-    model = DataAsset
-
-    def render(self, asset: Any) -> dict[str, Any]:
-        return render_asset(asset)
+    kind = DATA_ASSETS
 
     serializer_class = DataAssetSerializer
 
@@ -106,9 +112,6 @@ class DataAssetViewSet(AssetViewSet):
 class DataVersionViewSet(AssetVersionViewSet):
     """One version of a data asset; `latest` names the newest."""
 
-    model = DataAsset
-
-    def render(self, asset: Any) -> dict[str, Any]:
-        return render_asset(asset)
+    kind = DATA_ASSETS
 
     serializer_class = DataAssetSerializer

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from environments import services
 from environments.models import Environment
-from studio.api import AssetVersionViewSet, AssetViewSet, document_from_request
+from studio.api import AssetKind, AssetVersionViewSet, AssetViewSet, document_from_request
 
 
 class EnvironmentSerializer(serializers.ModelSerializer[Environment]):
@@ -41,6 +41,9 @@ def render(environment: Environment) -> dict[str, Any]:
     }
 
 
+ENVIRONMENTS = AssetKind(Environment, render)
+
+
 @extend_schema_view(
     list=extend_schema(responses=EnvironmentSerializer(many=True)),
     retrieve=extend_schema(
@@ -51,10 +54,7 @@ def render(environment: Environment) -> dict[str, Any]:
 class EnvironmentViewSet(AssetViewSet):
     """A workspace's environments: members read them, contributors register versions."""
 
-    model = Environment
-
-    def render(self, asset: Any) -> dict[str, Any]:
-        return render(asset)
+    kind = ENVIRONMENTS
 
     serializer_class = EnvironmentSerializer
 
@@ -74,9 +74,6 @@ class EnvironmentViewSet(AssetViewSet):
 class EnvironmentVersionViewSet(AssetVersionViewSet):
     """One version of an environment; `latest` names the newest."""
 
-    model = Environment
-
-    def render(self, asset: Any) -> dict[str, Any]:
-        return render(asset)
+    kind = ENVIRONMENTS
 
     serializer_class = EnvironmentSerializer

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
@@ -135,44 +136,48 @@ class IsItOps(BasePermission):
         return access.is_it_ops(request.user)
 
 
-class AssetViewSet(WorkspaceMixin, viewsets.ViewSet):
-    """A workspace's versioned assets of one kind (`model`): members read them,
-    contributors register versions (the subclass's `create`). `/<kind>/` lists each
-    one's latest version with its count; `/<kind>/<name>/` its versions, newest first."""
+@dataclass(frozen=True)
+class AssetKind:
+    """A kind of versioned asset as the API serves it: its model, and how one version
+    is rendered (a plain function, so no field reaches a response unasked)."""
 
     model: type[VersionedAsset]
+    render: Callable[[Any], dict[str, Any]]
+
+
+class AssetViewSet(WorkspaceMixin, viewsets.ViewSet):
+    """A workspace's versioned assets of one `kind`: members read them, contributors
+    register versions (the subclass's `create`). `/<kind>/` lists each one's latest
+    version with its count; `/<kind>/<name>/` its versions, newest first."""
+
+    kind: ClassVar[AssetKind]
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
 
-    def render(self, asset: Any) -> dict[str, Any]:
-        raise NotImplementedError
-
     def list(self, request: Request, **kwargs: Any) -> Response:
-        found = assets.latest(self.model, self.get_workspace()).select_related("created_by")
-        return Response([{**self.render(a), "versions": a.versions} for a in found])
+        latest = assets.latest(self.kind.model, self.get_workspace()).select_related("created_by")
+        return Response([{**self.kind.render(a), "versions": a.versions} for a in latest])
 
     def retrieve(self, request: Request, name: str, **kwargs: Any) -> Response:
-        found = self.model._default_manager.filter(workspace=self.get_workspace(), name=name)
-        versions = [self.render(a) for a in found.select_related("created_by")]
+        model = self.kind.model
+        found = model._default_manager.filter(workspace=self.get_workspace(), name=name)
+        versions = [self.kind.render(a) for a in found.select_related("created_by")]
         if not versions:
-            raise Http404(f"No {self.model._meta.verbose_name} named {name!r}.")
+            raise Http404(f"No {model._meta.verbose_name} named {name!r}.")
         return Response(versions)
 
 
 class AssetVersionViewSet(WorkspaceMixin, viewsets.ViewSet):
-    """One version of an asset; `latest` names the newest."""
+    """One version of an asset of one `kind`; `latest` names the newest."""
 
-    model: type[VersionedAsset]
+    kind: ClassVar[AssetKind]
     lookup_field = "version"
     lookup_value_regex = "[^/]+"
-
-    def render(self, asset: Any) -> dict[str, Any]:
-        raise NotImplementedError
 
     def retrieve(self, request: Request, name: str, version: str, **kwargs: Any) -> Response:
         wanted = None if version == "latest" else version
         try:
-            asset = assets.find(self.model, self.get_workspace(), name, wanted)
+            asset = assets.find(self.kind.model, self.get_workspace(), name, wanted)
         except ValueError as exc:
             raise Http404(str(exc)) from exc
-        return Response(self.render(asset))
+        return Response(self.kind.render(asset))
