@@ -1,6 +1,12 @@
 """The data asset form of the studio's pages: a path (a URL or azureml:// reference), or
 files uploaded from the browser."""
 
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
 from django import forms
 
 from data.models import DataType
@@ -15,6 +21,19 @@ class MultipleFileField(forms.FileField):
         if isinstance(data, list | tuple):
             return [super(MultipleFileField, self).clean(item, initial) for item in data]
         return [super().clean(data, initial)] if data else []
+
+
+@contextmanager
+def folder_archive(files: list[Any]) -> Iterator[IO[bytes]]:
+    """The browser's files as the folder archive the API takes (spooled: bounded memory)."""
+    with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as archive:
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for upload in files:
+                info = tarfile.TarInfo(upload.name.replace("\\", "/").lstrip("/"))
+                info.size = upload.size
+                tar.addfile(info, upload)
+        archive.seek(0)
+        yield archive
 
 
 class DataAssetForm(forms.Form):

@@ -296,12 +296,7 @@ def create_asset(
     folder as a .tar.gz) and is kept in the datastore named, by default the workspace's
     default, under LocalUpload/<id>/ as Azure does."""
     document = spec.parse_data(data)
-    version = document.version or assets.next_version(DataAsset, workspace, document.name)
-    if DataAsset.objects.filter(workspace=workspace, name=document.name, version=version).exists():
-        raise Conflict(
-            f"Data asset {document.name}:{version} already exists; a version never changes "
-            "(omit version for the next one)."
-        )
+    version = assets.new_version(DataAsset, workspace, document.name, document.version)
     try:
         location = locate(workspace, document.path)
     except ValueError as exc:
@@ -352,18 +347,29 @@ def _check_type(kind: str, location: Location, found: list[File]) -> None:
 def _upload(
     workspace: Workspace, document: spec.DataDocument, upload: IO[bytes], filename: str
 ) -> Location:
-    """Keep an uploaded file or folder in the datastore; returns where it is."""
-    if document.datastore:
-        datastore = Datastore.objects.filter(workspace=workspace, name=document.datastore).first()
+    name = PurePosixPath(document.path.rstrip("/")).name or document.name
+    return upload_path(
+        workspace, document.datastore, name, upload, is_file=document.type == "uri_file"
+    )
+
+
+def upload_path(
+    workspace: Workspace, datastore_name: str | None, name: str, upload: IO[bytes], *,
+    is_file: bool,
+) -> Location:  # fmt: skip
+    """Keep an uploaded file, or a folder sent as a tar archive, in the datastore named
+    (by default the workspace's) under LocalUpload/<id>/<name>, as Azure does; returns
+    where it is. FieldErrors on `path` or `datastore`."""
+    if datastore_name:
+        datastore = Datastore.objects.filter(workspace=workspace, name=datastore_name).first()
         if datastore is None:
-            raise FieldErrors([("datastore", f"no datastore named {document.datastore!r}")])
+            raise FieldErrors([("datastore", f"no datastore named {datastore_name!r}")])
     else:
         datastore = default_datastore(workspace)
     store = open_store(datastore)
-    name = PurePosixPath(document.path.rstrip("/")).name or document.name
     base = f"LocalUpload/{uuid.uuid4().hex}/{name}"
     try:
-        if document.type == "uri_file":
+        if is_file:
             store.save(base, upload)
         else:
             _save_folder(store, base, upload)

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, StrictStr, field_validator, model_validator
 
-from studio.documents import DocumentError, Strict, asset_version, validate
+from studio.documents import NAME_PATTERN, DocumentError, Strict, asset_version, validate
 
 KINDS_REFUSED = {
     "azure_file": "Azure file shares are not supported; use azure_blob, s3 or local",
@@ -35,7 +35,7 @@ class S3Credentials(Strict):
 
 class DatastoreBase(Strict):
     schema_: StrictStr | None = Field(default=None, alias="$schema")
-    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")]
+    name: Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
     description: StrictStr = ""
     tags: dict[str, StrictStr] = {}
 
@@ -120,7 +120,7 @@ class DataDocument(Strict):
     """Azure's data.schema.json, as far as it fits."""
 
     schema_: StrictStr | None = Field(default=None, alias="$schema")
-    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")]
+    name: Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
     version: StrictStr | int | None = None
     type: Literal["uri_file", "uri_folder", "mltable"] = "uri_folder"
     path: StrictStr

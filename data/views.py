@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tarfile
-import tempfile
 from typing import Any
 
 from django.contrib import messages
@@ -14,7 +12,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from data import services
-from data.forms import DataAssetForm, DatastoreForm
+from data.forms import DataAssetForm, DatastoreForm, folder_archive
 from data.models import DataAsset, Datastore
 from studio import access, assets
 from studio.documents import load_yaml
@@ -84,14 +82,7 @@ def _create(ws: Any, request: HttpRequest, data: dict[str, Any], files: list[Any
         data["path"] = files[0].name
         return services.create_asset(ws, request.user, data, files[0], files[0].name)
     data["path"] = data["name"]
-    # The browser's files, as the folder archive the API takes (spooled: bounded memory).
-    with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as archive:
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            for upload in files:
-                info = tarfile.TarInfo(upload.name.replace("\\", "/").lstrip("/"))
-                info.size = upload.size
-                tar.addfile(info, upload)
-        archive.seek(0)
+    with folder_archive(files) as archive:
         return services.create_asset(ws, request.user, data, archive, "upload.tar")
 
 

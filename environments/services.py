@@ -26,14 +26,7 @@ def create_environment(
     as a .tar.gz) and is kept in the artifact store."""
     document = parse_environment(data)
     assert document.name is not None
-    version = document.version or assets.next_version(Environment, workspace, document.name)
-    if Environment.objects.filter(
-        workspace=workspace, name=document.name, version=version
-    ).exists():
-        raise Conflict(
-            f"Environment {document.name}:{version} already exists; a version never changes "
-            "(omit version for the next one)."
-        )
+    version = assets.new_version(Environment, workspace, document.name, document.version)
     build = None
     if document.build is not None:
         if context is None:

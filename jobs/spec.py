@@ -26,7 +26,7 @@ from pydantic import (
 
 from compute.launcher import references
 from data.spec import parse_ref
-from studio.documents import DocumentError, Strict, asset_version, field_errors
+from studio.documents import NAME_PATTERN, DocumentError, Strict, asset_version, field_errors
 
 # Fields of Azure's command-job schema that this product does not run yet: refused by
 # name rather than reported as unknown, so the user knows it is a gap, not a typo.
@@ -40,7 +40,7 @@ NOT_SUPPORTED = {
 }
 READ_ONLY = {"id", "status", "creation_context", "services_", "studio_url", "output"}
 OTHER_TYPES = {"sweep", "pipeline", "automl", "spark", "parallel", "import", "data_transfer"}
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
+NAME = re.compile(NAME_PATTERN)
 INPUT_MODES = {"ro_mount", "rw_mount", "download", "direct", "eval_mount", "eval_download"}
 
 
@@ -157,7 +157,7 @@ class Output(Strict):
     # Where its files go (a datastore path; default: workspaceblobstore's
     # azureml/<job>/<output>/), and the data asset they become when the job completes.
     path: StrictStr | None = None
-    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")] | None = None
+    name: Annotated[StrictStr, Field(pattern=NAME_PATTERN)] | None = None
     version: StrictStr | StrictInt | None = None
 
     _version = field_validator("version")(asset_version)

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 
+from studio.errors import Conflict
 from studio.models import VersionedAsset, Workspace
 
 A = TypeVar("A", bound=VersionedAsset)
@@ -19,6 +20,19 @@ def next_version(model: type[A], workspace: Workspace, name: str) -> str:
         "version", flat=True
     )
     return str(max((int(v) for v in versions if v.isdigit()), default=0) + 1)
+
+
+def new_version(model: type[A], workspace: Workspace, name: str, version: str | int | None) -> str:
+    """The version a registration makes: the one given, else the next number. Conflict
+    when it exists: a version never changes."""
+    chosen = str(version or next_version(model, workspace, name))
+    if model._default_manager.filter(workspace=workspace, name=name, version=chosen).exists():
+        what = str(model._meta.verbose_name).capitalize()
+        raise Conflict(
+            f"{what} {name}:{chosen} already exists; a version never changes "
+            "(omit version for the next one)."
+        )
+    return chosen
 
 
 def find(model: type[A], workspace: Workspace, name: str, version: str | None) -> A:

@@ -55,6 +55,11 @@ _UNION_LABELS = {
 }
 
 
+# Asset names (data, environments, models), Azure's rule.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$"
+NAME_RULE = "use letters, digits, '-' and '_', starting with a letter or digit (at most 255)"
+
+
 def _path(loc: tuple[int | str, ...]) -> str:
     """pydantic's location -> a field path, without the union-member labels it adds."""
     parts: list[str] = []
@@ -72,6 +77,8 @@ def _message(error: dict[str, Any]) -> str:
         return "unknown field"
     if kind == "missing":
         return "is required"
+    if kind == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == NAME_PATTERN:
+        return f"{error.get('input')!r} is not a name: " + NAME_RULE
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 

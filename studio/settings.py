@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "environments",
     "jobs",
     "tracking",
+    "registry",
 ]
 
 MIDDLEWARE = [
@@ -171,6 +172,9 @@ STUDIO_COMPUTE_BACKENDS = {
 # Tokens other than users' that the MLflow API accepts (a job's own, for its own run): each
 # function returns (user, workspace name, run id) or None.
 STUDIO_TRACKING_IDENTITIES = ["jobs.tokens.tracking_identity"]
+# Trees of files the MLflow artifact proxy serves beside runs' and logged models' own:
+# root -> a function (workspace, path parts) -> (tree, path within it).
+STUDIO_ARTIFACT_ROOTS = {"registry": "registry.mlflow.model_tree"}
 # Who may refuse a compute target's deletion (each returns a reason, or None).
 STUDIO_COMPUTE_IN_USE = ["jobs.services.compute_in_use"]
 

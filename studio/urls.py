@@ -13,8 +13,10 @@ urlpatterns = [
     path("workspaces/<str:workspace>/jobs/", include("jobs.urls")),
     path("workspaces/<str:workspace>/data/", include("data.urls")),
     path("workspaces/<str:workspace>/environments/", include("environments.urls")),
+    path("workspaces/<str:workspace>/models/", include("registry.urls")),
     path("workspaces/<str:workspace>/experiments/", include("tracking.urls_pages")),
     # The workspace's MLflow tracking URI is /workspaces/<workspace>/mlflow.
+    path("workspaces/<str:workspace>/mlflow/", include("registry.urls_mlflow")),
     path("workspaces/<str:workspace>/mlflow/", include("tracking.urls")),
     path("workspaces/<str:workspace>/members/", views.members, name="members"),
     path(
@@ -29,6 +31,7 @@ urlpatterns = [
     path("api/v1/", include("compute.api.urls")),
     path("api/v1/", include("data.api.urls")),
     path("api/v1/", include("environments.api.urls")),
+    path("api/v1/", include("registry.api.urls")),
     path("api/v1/", include("jobs.api.urls")),
     path("admin/", admin.site.urls),
 ]

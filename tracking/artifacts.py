@@ -1,45 +1,25 @@
-"""MLflow's artifact proxy (`/api/2.0/mlflow-artifacts/artifacts/...`): a run's files, kept
-in the studio's artifact store, as the stock client's `mlflow-artifacts:` repository
-uploads, lists and downloads them. A run's artifact URI is
-`mlflow-artifacts:/<experiment>/<run>/artifacts`."""
+"""MLflow's artifact proxy (`/api/2.0/mlflow-artifacts/artifacts/...`): files as the stock
+client's `mlflow-artifacts:` repository uploads, lists and downloads them. A path names
+one tree of files (tracking.files):
+
+- `<experiment>/<run>/artifacts/...`: a run's artifacts (`run_info`'s artifact URI);
+- `<experiment>/models/<model_id>/artifacts/...`: an MLflow 3 logged model's;
+- `<root>/...` for each root in STUDIO_ARTIFACT_ROOTS: trees other apps serve (the model
+  registry's versions, read-only), so the client's `models:/name/1` downloads work."""
 
 from __future__ import annotations
 
 import tempfile
-from pathlib import PurePosixPath
-from typing import Any
 
 from django.conf import settings
-from django.core.files import File
-from django.core.files.storage import Storage, storages
 from django.http import FileResponse, HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from studio.models import Role, Workspace
-from tracking.models import Run
+from studio.models import Role
+from tracking.errors import TrackingError, invalid
+from tracking.files import CHUNK, resolve
 from tracking.rest import error, who
-
-CHUNK = 1024 * 1024
-
-
-def store() -> Storage:
-    return storages["artifacts"]
-
-
-def _run_and_name(ws: Workspace, path: str) -> tuple[Run, str] | JsonResponse:
-    """`<experiment>/<run>/artifacts/<file>`: the run (of this workspace) and the file's
-    name in the store; nothing outside a run's own artifacts can be named."""
-    parts = PurePosixPath(path.strip("/")).parts
-    if len(parts) < 3 or parts[2] != "artifacts" or any(p in ("..", ".") for p in parts):
-        return error("INVALID_PARAMETER_VALUE", f"Not a run's artifact path: {path!r}")
-    run = Run.objects.filter(
-        run_id=parts[1], experiment_id=parts[0] if parts[0].isdigit() else -1,
-        experiment__workspace=ws,
-    ).first()  # fmt: skip
-    if run is None:
-        return error("RESOURCE_DOES_NOT_EXIST", f"No run {parts[1]} in experiment {parts[0]}")
-    return run, "/".join(("mlflow", str(ws.pk), *parts))
 
 
 @csrf_exempt  # token authentication only
@@ -49,25 +29,11 @@ def listing(request: HttpRequest, workspace: str) -> JsonResponse:
     caller = who(request, workspace, Role.READER, may_write_run=False)
     if isinstance(caller, JsonResponse):
         return caller
-    found = _run_and_name(caller[0], request.GET.get("path", ""))
-    if isinstance(found, JsonResponse):
-        return found
-    _run, name = found
     try:
-        folders, files = store().listdir(name)
-    except FileNotFoundError:
-        folders, files = [], []
-    if not folders and not files and store().exists(name):  # the path is one file
-        entry = PurePosixPath(name).name
-        return JsonResponse(
-            {"files": [{"path": entry, "is_dir": False, "file_size": store().size(name)}]}
-        )
-    entries: list[dict[str, Any]] = [{"path": f, "is_dir": True} for f in sorted(folders)]
-    entries += [
-        {"path": f, "is_dir": False, "file_size": store().size(f"{name}/{f}")}
-        for f in sorted(files)
-    ]
-    return JsonResponse({"files": entries})
+        tree, path = resolve(caller[0], request.GET.get("path", ""))
+        return JsonResponse({"files": tree.listing(path)})
+    except TrackingError as exc:
+        return error(exc.code, exc.message)
 
 
 @csrf_exempt  # token authentication only
@@ -80,33 +46,29 @@ def artifact(request: HttpRequest, workspace: str, path: str) -> HttpResponseBas
     if isinstance(caller, JsonResponse):
         return caller
     ws, _user, only_run = caller
-    found = _run_and_name(ws, path)
-    if isinstance(found, JsonResponse):
-        return found
-    run, name = found
-    if writing and only_run and run.run_id != only_run:
-        return error("PERMISSION_DENIED", "A job's token writes only the job's own run.")
-    if request.method == "GET":
-        if not store().exists(name):
-            return error("RESOURCE_DOES_NOT_EXIST", f"No artifact {path!r}")
-        return FileResponse(store().open(name, "rb"), as_attachment=True)
-    if request.method == "DELETE":
-        if store().exists(name):
-            store().delete(name)
+    try:
+        tree, inner = resolve(ws, path)
+        if writing and not tree.writable_by(only_run):
+            return error("PERMISSION_DENIED", "A job's token writes only the job's own run.")
+        if request.method == "GET":
+            return FileResponse(tree.open(inner), as_attachment=True)
+        if request.method == "DELETE":
+            tree.delete(inner)
+            return JsonResponse({})
+        if not inner:
+            raise invalid("Name a file to upload.")
+        # PUT: the body, spooled (small in memory, big on disk) and capped.
+        limit = settings.STUDIO_MAX_UPLOAD_BYTES
+        with tempfile.SpooledTemporaryFile(max_size=CHUNK) as body:
+            size = 0
+            while chunk := request.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise invalid(f"The artifact is larger than this studio accepts ({limit:,} "
+                                  "bytes; STUDIO_MAX_UPLOAD_BYTES)")  # fmt: skip
+                body.write(chunk)
+            body.seek(0)
+            tree.save(inner, body)
         return JsonResponse({})
-    # PUT: the body, spooled (small in memory, big on disk) and capped.
-    limit = settings.STUDIO_MAX_UPLOAD_BYTES
-    with tempfile.SpooledTemporaryFile(max_size=CHUNK) as body:
-        size = 0
-        while chunk := request.read(CHUNK):
-            size += len(chunk)
-            if size > limit:
-                return error("INVALID_PARAMETER_VALUE",
-                             f"The artifact is larger than this studio accepts ({limit:,} "
-                             "bytes; STUDIO_MAX_UPLOAD_BYTES)")  # fmt: skip
-            body.write(chunk)
-        body.seek(0)
-        if store().exists(name):
-            store().delete(name)
-        store().save(name, File(body))
-    return JsonResponse({})
+    except TrackingError as exc:
+        return error(exc.code, exc.message)

@@ -63,6 +63,10 @@ class Run(models.Model):
     # Each metric's latest point ({key: {value, timestamp, step}}): run lists and charts'
     # legends read it without touching the points.
     latest_metrics = models.JSONField(default=dict, blank=True)
+    # MLflow's run inputs ({"dataset_inputs": [...], "model_inputs": [...]}) and outputs
+    # ({"model_outputs": [{"model_id", "step"}]}), as `log-inputs` and `outputs` gave them.
+    inputs = models.JSONField(default=dict, blank=True)
+    outputs = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ("-start_time", "-id")
@@ -91,3 +95,47 @@ class Metric(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id} {self.key}@{self.step}"
+
+
+def new_model_id() -> str:
+    return f"m-{uuid.uuid4().hex}"
+
+
+class LoggedModelStatus(models.TextChoices):
+    PENDING = "LOGGED_MODEL_PENDING"
+    READY = "LOGGED_MODEL_READY"
+    FAILED = "LOGGED_MODEL_UPLOAD_FAILED"
+
+
+class LoggedModel(models.Model):
+    """MLflow 3's logged model: what `mlflow.<flavor>.log_model` (and autolog) makes in an
+    experiment, usually from a run, with artifacts of its own at
+    `mlflow-artifacts:/<experiment>/models/<model_id>/artifacts`. Registering it makes a
+    version in the studio's model registry."""
+
+    model_id = models.CharField(max_length=40, unique=True, default=new_model_id)
+    experiment = models.ForeignKey(
+        Experiment, on_delete=models.CASCADE, related_name="logged_models"
+    )
+    run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="logged_models"
+    )
+    name = models.CharField(max_length=250)
+    model_type = models.CharField(max_length=250, blank=True)
+    status = models.CharField(
+        max_length=30, choices=LoggedModelStatus.choices, default=LoggedModelStatus.PENDING
+    )
+    creator_id = models.CharField(max_length=150, blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    lifecycle_stage = models.CharField(
+        max_length=10, choices=Lifecycle.choices, default=Lifecycle.ACTIVE
+    )
+    created_at = models.BigIntegerField()  # ms since the epoch
+    updated_at = models.BigIntegerField()
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.model_id})"

@@ -7,7 +7,9 @@ Bearer token); errors come back in MLflow's shape, `{"error_code", "message"}`.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +22,9 @@ from django.views.decorators.csrf import csrf_exempt
 from studio import access
 from studio.auth import key_from_header, user_for_key
 from studio.models import Role, Workspace
-from tracking import services
+from tracking import logged_models, services
 from tracking.errors import TrackingError, invalid
-from tracking.models import Experiment, Lifecycle, Run
+from tracking.models import Experiment, Lifecycle, LoggedModel, Run
 from tracking.services import finite
 
 STATUS = {
@@ -87,8 +89,29 @@ def run_json(run: Run) -> dict[str, Any]:
             "params": [{"key": k, "value": v} for k, v in run.params.items()],
             "tags": [{"key": k, "value": v} for k, v in run.tags.items()],
         },
-        "inputs": {},
+        "inputs": run.inputs or {},
+        "outputs": run.outputs or {},
     }
+
+
+def logged_model_json(model: LoggedModel) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "model_id": model.model_id,
+        "experiment_id": str(model.experiment_id),
+        "name": model.name,
+        "creation_timestamp_ms": model.created_at,
+        "last_updated_timestamp_ms": model.updated_at,
+        "artifact_uri": logged_models.artifact_uri(model),
+        "status": model.status,
+        "model_type": model.model_type,
+        "tags": [{"key": k, "value": v} for k, v in model.tags.items()],
+    }
+    if model.creator_id.isdigit():  # MLflow's is a number: the user's id here
+        info["creator_id"] = int(model.creator_id)
+    if model.run is not None:
+        info["source_run_id"] = model.run.run_id
+    params = [{"key": k, "value": v} for k, v in model.params.items()]
+    return {"info": info, "data": {"params": params, "metrics": []}}
 
 
 # -- the endpoints ---------------------------------------------------------------------------
@@ -240,15 +263,78 @@ def _run_search(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any
     return answer
 
 
+def _log_inputs(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
+    logged_models.log_inputs(_run(ws, body), body.get("datasets"), body.get("models"))
+    return {}
+
+
+def _log_outputs(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
+    logged_models.log_outputs(ws, _run(ws, body), body.get("models"))
+    return {}
+
+
+# -- MLflow 3's logged models ------------------------------------------------------------------
+def _model(ws: Workspace, body: dict[str, Any]) -> LoggedModel:
+    return logged_models.get(ws, str(body.get("model_id") or ""))
+
+
+def _logged_model_create(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
+    experiment = services.get_experiment(ws, str(body.get("experiment_id") or "0"))
+    run_id = body.get("source_run_id")
+    run = services.get_run(ws, str(run_id)) if run_id else None
+    model = logged_models.create(
+        experiment, str(body.get("name") or ""), str(body.get("model_type") or ""), run,
+        str(user.pk), services.pairs(body.get("tags"), "tags"),
+        services.pairs(body.get("params"), "params"),
+    )  # fmt: skip
+    return {"model": logged_model_json(model)}
+
+
+def _logged_model_get(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
+    return {"model": logged_model_json(_model(ws, body))}
+
+
+def _logged_model_finalize(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
+    return {
+        "model": logged_model_json(logged_models.finalize(_model(ws, body), body.get("status")))
+    }
+
+
+def _logged_model_delete(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
+    logged_models.delete(_model(ws, body))
+    return {}
+
+
+def _logged_model_tags(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
+    logged_models.set_tags(_model(ws, body), body.get("tags"))
+    return {}
+
+
+def _logged_model_delete_tag(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
+    logged_models.delete_tag(_model(ws, body), str(body.get("tag_key") or ""))
+    return {}
+
+
+def _logged_model_params(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
+    logged_models.log_params(_model(ws, body), body.get("params"))
+    return {}
+
+
 def _logged_models_search(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
-    """MLflow 3's logged models: this studio keeps none yet (models come with the model
-    registry), and says so as MLflow's own store would, with an empty page."""
     for experiment_id in body.get("experiment_ids") or []:
         services.get_experiment(ws, str(experiment_id))
-    return {"models": []}
+    found, token = logged_models.search_models(
+        ws, [str(e) for e in body.get("experiment_ids") or []], body.get("filter") or "",
+        body.get("max_results"), body.get("page_token"),
+    )  # fmt: skip
+    answer: dict[str, Any] = {"models": [logged_model_json(m) for m in found]}
+    if token:
+        answer["next_page_token"] = token
+    return answer
 
 
-# endpoint -> (HTTP method, the role it needs, handler)
+# endpoint -> (HTTP method, the role it needs, handler); `{name}` parts of a path come to
+# the handler in the body, as MLflow's own server passes them.
 ENDPOINTS: dict[str, tuple[str, str, Handler]] = {
     "experiments/create": ("POST", Role.CONTRIBUTOR, _experiment_create),
     "experiments/get": ("GET", Role.READER, _experiment_get),
@@ -269,13 +355,68 @@ ENDPOINTS: dict[str, tuple[str, str, Handler]] = {
     "runs/delete-tag": ("POST", Role.CONTRIBUTOR, _delete_tag),
     "runs/log-batch": ("POST", Role.CONTRIBUTOR, _log_batch),
     "metrics/get-history": ("GET", Role.READER, _history),
+    "runs/log-inputs": ("POST", Role.CONTRIBUTOR, _log_inputs),
+    "runs/outputs": ("POST", Role.CONTRIBUTOR, _log_outputs),
+    "logged-models": ("POST", Role.CONTRIBUTOR, _logged_model_create),
     "logged-models/search": ("POST", Role.READER, _logged_models_search),
+    "logged-models/{model_id}": ("GET", Role.READER, _logged_model_get),
+    "PATCH logged-models/{model_id}": ("PATCH", Role.CONTRIBUTOR, _logged_model_finalize),
+    "DELETE logged-models/{model_id}": ("DELETE", Role.CONTRIBUTOR, _logged_model_delete),
+    "logged-models/{model_id}/tags": ("PATCH", Role.CONTRIBUTOR, _logged_model_tags),
+    "logged-models/{model_id}/tags/{tag_key}": (
+        "DELETE",
+        Role.CONTRIBUTOR,
+        _logged_model_delete_tag,
+    ),
+    "logged-models/{model_id}/params": ("POST", Role.CONTRIBUTOR, _logged_model_params),
 }
 
 
-# What a job's own token may write, and only for its run.
+# What a job's own token may write, and only for its run (or, for logged models, the
+# models its run made: checked by `_job_may_write`).
 RUN_WRITES = {"runs/update", "runs/log-metric", "runs/log-parameter", "runs/set-tag",
-              "runs/delete-tag", "runs/log-batch"}  # fmt: skip
+              "runs/delete-tag", "runs/log-batch", "runs/log-inputs", "runs/outputs"}  # fmt: skip
+MODEL_WRITES = {"logged-models", "PATCH logged-models/{model_id}",
+                "DELETE logged-models/{model_id}", "logged-models/{model_id}/tags",
+                "logged-models/{model_id}/tags/{tag_key}",
+                "logged-models/{model_id}/params"}  # fmt: skip
+Table = dict[str, tuple[str, str, Handler]]
+Route = tuple[str, str, str, Handler, dict[str, str]]
+
+
+@functools.cache
+def _pattern(template: str) -> re.Pattern[str]:
+    path = template.split(" ", 1)[-1]
+    return re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path)) + "$")
+
+
+def route(table: Table, method: str, name: str) -> Route | None:
+    """(key, method, role, handler, path parts) for a request, or None."""
+    for key, (wanted, role, handler) in table.items():
+        if wanted != method:
+            continue
+        found = _pattern(key).match(name)
+        if found:
+            return key, method, role, handler, found.groupdict()
+    return None
+
+
+def _job_may_write(ws: Workspace, key: str, body: dict[str, Any], only_run: str) -> bool:
+    """Whether a job's token may make this write: to its own run, or to a logged model
+    its run made (or makes)."""
+    if key in RUN_WRITES:
+        return (body.get("run_id") or body.get("run_uuid")) == only_run
+    if key == "logged-models":
+        # A job's process is its run, started or not (`log_model` before any
+        # `start_run` sends no run): the model is the run's.
+        body["source_run_id"] = body.get("source_run_id") or only_run
+        return body["source_run_id"] == only_run
+    if key not in MODEL_WRITES:
+        return False
+    return LoggedModel.objects.filter(
+        model_id=str(body.get("model_id") or ""), run__run_id=only_run,
+        experiment__workspace=ws,
+    ).exists()  # fmt: skip
 
 
 def who(
@@ -311,18 +452,32 @@ def who(
 
 @csrf_exempt  # token authentication only: no cookie can make a request here
 def endpoint(request: HttpRequest, workspace: str, name: str) -> JsonResponse:
-    found = ENDPOINTS.get(name)
+    return serve(request, workspace, name, ENDPOINTS, _job_may_write)
+
+
+JobMay = Callable[[Workspace, str, dict[str, Any], str], bool]
+
+
+def serve(
+    request: HttpRequest, workspace: str, name: str, table: Table, job_may: JobMay
+) -> JsonResponse:
+    """Answer one MLflow call from `table`: authenticate, authorize (a job's token writes
+    only what `job_may` allows), read the body, run."""
+    found = route(table, request.method or "GET", name)
     if found is None:
+        if any(route(table, m, name) for m in ("GET", "POST", "PATCH", "DELETE")):
+            return error("BAD_REQUEST", f"{name} does not take {request.method}")
         return error("ENDPOINT_NOT_FOUND", f"No such MLflow endpoint: {name}")
-    method, role, handler = found
-    if request.method != method:
-        return error("BAD_REQUEST", f"{name} takes {method}")
-    caller = who(request, workspace, role, may_write_run=name in RUN_WRITES)
+    key, method, role, handler, parts = found
+    caller = who(request, workspace, role, may_write_run=True)
     if isinstance(caller, JsonResponse):
         return caller
     ws, user, only_run = caller
     if method == "GET":
         body: dict[str, Any] = {k: request.GET.get(k) for k in request.GET}
+        for k in request.GET:  # repeated parameters (a search's order_by) stay lists
+            if len(request.GET.getlist(k)) > 1:
+                body[k] = request.GET.getlist(k)
     else:
         try:
             body = json.loads(request.body or b"{}")
@@ -330,7 +485,8 @@ def endpoint(request: HttpRequest, workspace: str, name: str) -> JsonResponse:
             return error("BAD_REQUEST", "The body must be JSON.")
         if not isinstance(body, dict):
             return error("BAD_REQUEST", "The body must be a JSON object.")
-    if only_run and name in RUN_WRITES and (body.get("run_id") or body.get("run_uuid")) != only_run:
+    body.update(parts)
+    if only_run and role != Role.READER and not job_may(ws, key, body, only_run):
         return error("PERMISSION_DENIED", "A job's token writes only the job's own run.")
     try:
         return JsonResponse(handler(ws, body, user))

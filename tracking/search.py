@@ -1,15 +1,18 @@
-"""MLflow's run filter language, as `mlflow.search_runs(filter_string=...)` writes it:
+"""MLflow's filter language, as `mlflow.search_runs(filter_string=...)` writes it:
 clauses joined by AND, each `<entity>.<key> <comparator> <value>`:
 
     metrics.rmse < 0.5 and params.model = 'tree' and tags.`team name` != 'blue'
     attributes.status = 'FINISHED' and attributes.run_name LIKE 'fit%'
 
 turned into a database filter on the runs (params, tags and each metric's latest value
-are columns of the run), so a search never reads metric points."""
+are columns of the run), so a search never reads metric points. The same language, with
+bare attribute names (`name = 'x' and tags.stage = 'prod'`), searches logged models and
+the model registry: each passes its own `Fields`."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import F, FloatField, Q, QuerySet, TextField
@@ -25,15 +28,27 @@ ENTITIES = {
     "attribute": "attributes", "attributes": "attributes", "attr": "attributes",
     "run": "attributes",
 }  # fmt: skip
-ATTRIBUTES = {
-    "status": "status", "run_name": "name", "run_id": "run_id", "user_id": "user_id",
-    "start_time": "start_time", "end_time": "end_time",
-}  # fmt: skip
-NUMERIC_ATTRIBUTES = {"start_time", "end_time"}
+
+
+@dataclass(frozen=True)
+class Fields:
+    """What a filter may name: attributes (filter key -> model field), which of them are
+    numbers, and whether metrics (each one's latest value, in `latest_metrics`) apply."""
+
+    attributes: dict[str, str]
+    numeric: frozenset[str] = field(default_factory=frozenset)
+    metrics: bool = True
+
+
+RUNS = Fields(
+    {"status": "status", "run_name": "name", "run_id": "run_id", "user_id": "user_id",
+     "start_time": "start_time", "end_time": "end_time"},
+    frozenset({"start_time", "end_time"}),
+)  # fmt: skip
 COMPARATORS = {"=": "exact", "!=": "exact", "<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}
 
 _CLAUSE = re.compile(
-    r"""\s*(?P<entity>[A-Za-z_]+)\.(?P<key>`[^`]+`|"[^"]+"|[A-Za-z0-9_.\-/:]+)\s*"""
+    r"""\s*(?:(?P<entity>[A-Za-z_]+)\.)?(?P<key>`[^`]+`|"[^"]+"|[A-Za-z0-9_.\-/:]+)\s*"""
     r"""(?P<op>!=|<=|>=|=|<|>|(?i:NOT\s+ILIKE|NOT\s+LIKE|ILIKE|LIKE))\s*"""
     r"""(?P<value>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|-?[0-9.eE+\-]+)\s*"""
 )
@@ -61,7 +76,7 @@ def parse(text: str) -> list[tuple[str, str, str, str]]:
         if match is None:
             where = text[position : position + 40]
             raise invalid(f"Invalid filter at {where!r}: expected " + CLAUSE_FORM)
-        entity = ENTITIES.get(match["entity"].lower())
+        entity = ENTITIES.get((match["entity"] or "attributes").lower())
         if entity is None:
             raise invalid(f"Invalid entity type {match['entity']!r} in the filter; use "
                           "metrics, params, tags or attributes")  # fmt: skip
@@ -79,9 +94,11 @@ def parse(text: str) -> list[tuple[str, str, str, str]]:
     return clauses
 
 
-def apply(runs: QuerySet[Any], text: str) -> QuerySet[Any]:
+def apply(runs: QuerySet[Any], text: str, fields: Fields = RUNS) -> QuerySet[Any]:
     for index, (entity, key, op, raw) in enumerate(parse(text)):
         alias = f"_f{index}"
+        if entity == "metrics" and not fields.metrics:
+            raise invalid("Metrics cannot be searched here; use attributes or tags")
         if entity == "metrics":
             if op not in COMPARATORS:
                 raise invalid(f"Metric comparator {op!r} is not one of =, !=, <, <=, >, >=")
@@ -97,17 +114,17 @@ def apply(runs: QuerySet[Any], text: str) -> QuerySet[Any]:
             runs = runs.annotate(**{alias: Cast(KeyTextTransform(key, entity), TextField())})
             runs = runs.filter(_compare_text(alias, op, raw))
         else:
-            field = ATTRIBUTES.get(key)
-            if field is None:
+            column = fields.attributes.get(key)
+            if column is None:
                 raise invalid(f"Invalid attribute key {key!r}; use one of "
-                              + ", ".join(ATTRIBUTES))  # fmt: skip
-            if key in NUMERIC_ATTRIBUTES:
+                              + ", ".join(fields.attributes))  # fmt: skip
+            if key in fields.numeric:
                 try:
-                    runs = runs.filter(_compare(field, op, int(float(raw))))
+                    runs = runs.filter(_compare(column, op, int(float(raw))))
                 except ValueError as exc:
                     raise invalid(f"Attribute {key!r} compares to a number") from exc
             else:
-                runs = runs.annotate(**{alias: F(field)}).filter(_compare_text(alias, op, raw))
+                runs = runs.annotate(**{alias: F(column)}).filter(_compare_text(alias, op, raw))
     return runs
 
 

@@ -173,13 +173,13 @@ def get_run(workspace: Workspace, run_id: str) -> Run:
     return found
 
 
-def _active(run: Run) -> None:
+def check_active(run: Run) -> None:
     if run.lifecycle_stage != Lifecycle.ACTIVE:
         raise invalid(f"The run {run.run_id} must be in the 'active' state.")
 
 
 def update_run(run: Run, status: str | None, end_time: int | None, name: str | None) -> Run:
-    _active(run)
+    check_active(run)
     fields = []
     if status:
         if status not in RunStatus.values:
@@ -282,7 +282,7 @@ def log_batch(
     _check_tags(new_tags)
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run.pk)
-        _active(run)
+        check_active(run)
         for key, value in new_params.items():
             if key in run.params and run.params[key] != value:
                 raise invalid(
@@ -308,7 +308,7 @@ def log_batch(
 def delete_tag(run: Run, key: str) -> None:
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run.pk)
-        _active(run)
+        check_active(run)
         if key not in run.tags:
             raise TrackingError(
                 "RESOURCE_DOES_NOT_EXIST", f"No tag with name: {key} in run with id {run.run_id}"

@@ -409,6 +409,21 @@ def _stream(studio: Studio, name: str) -> int:
             time.sleep(min(5.0, 0.25 * 2**failures))  # back off, then resume after `last`
 
 
+def download_zip(studio: Studio, path: str, target: Path) -> int:
+    """A zip the studio streams, unpacked into `target`; how many files it held."""
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile() as spool:  # on disk as it arrives: it may outgrow memory
+        with studio.http.stream("GET", path) as response:
+            if response.status_code != 200:
+                response.read()
+                studio.request("GET", path)  # reports the error and exits
+            for chunk in response.iter_bytes(1024 * 1024):
+                spool.write(chunk)
+        with zipfile.ZipFile(spool) as archive:
+            archive.extractall(target)  # noqa: S202 - zipfile drops absolute and .. paths
+            return len(archive.namelist())
+
+
 @job.command("download")
 @click.argument("name")
 @click.option("--output-name", help="A named output (default: the job's ./outputs).")
@@ -429,19 +444,7 @@ def job_download(
             target = Path(download_path) / "artifacts" / "outputs"
         else:
             target = Path(download_path) / "named-outputs" / output
-        target.mkdir(parents=True, exist_ok=True)
-        # Spooled to disk as it arrives: an output may be larger than memory.
-        with tempfile.TemporaryFile() as spool:
-            path = studio.jobs_path(name) + f"outputs/{output}/"
-            with studio.http.stream("GET", path) as response:
-                if response.status_code != 200:
-                    response.read()
-                    studio.request("GET", path)  # reports the error and exits
-                for chunk in response.iter_bytes(1024 * 1024):
-                    spool.write(chunk)
-            with zipfile.ZipFile(spool) as archive:
-                archive.extractall(target)  # noqa: S202 - zipfile drops absolute and .. paths
-                count = len(archive.namelist())
+        count = download_zip(studio, studio.jobs_path(name) + f"outputs/{output}/", target)
         click.echo(f"Downloaded {count} file(s) of output {output!r} to {target}")
 
 
@@ -766,9 +769,9 @@ def instance_type_delete(studio: Studio, name: str, cluster: str) -> None:
 
 
 # Commands kept in their own modules register themselves on `main` when imported.
-from kstudio_cli import assets  # noqa: E402
+from kstudio_cli import assets, models  # noqa: E402
 
-__all__ = ["assets", "main"]
+__all__ = ["assets", "main", "models"]
 
 if __name__ == "__main__":
     main()
