@@ -12,6 +12,9 @@ RUNS = [
     ["job_list.py", "--mode", "embedded"],
     ["job_list.py", "--mode", "server"],
     ["k8s_jobs.py"],
+    ["experiments.py", "--mode", "embedded"],
+    ["mlflow_ingest.py", "--mode", "embedded"],
+    ["mlflow_ingest.py", "--mode", "server"],
 ]
 
 if __name__ == "__main__":

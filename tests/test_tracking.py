@@ -383,3 +383,53 @@ def test_the_compare_view_overlays_a_metric_across_21_jobs_and_downloads_it(
                    f"{names[1]},2,1.2"]  # fmt: skip
     page = client.get(url, {"jobs": [*names[:3], "nope"]}).content.decode()
     assert "Compare 3 jobs" in page and "Not found in this workspace: nope" in page
+
+
+def test_nan_and_infinite_metrics_are_kept_and_read_back_as_mlflow_writes_them(
+    live_studio, people
+):
+    """NaN (SQLite has none) and infinities (JSON has neither) round-trip through the
+    client, and a run whose latest value is one still sorts and searches."""
+    seen = mlflow_script(live_studio, people.contributor, """
+        import json, math, mlflow
+        from mlflow import MlflowClient
+        mlflow.set_experiment("odd-values")
+        with mlflow.start_run() as odd:
+            mlflow.log_metric("loss", float("nan"), step=0)
+            mlflow.log_metric("loss", float("inf"), step=1)
+            mlflow.log_metric("gain", float("-inf"), step=0)
+        with mlflow.start_run() as plain:
+            mlflow.log_metric("loss", 0.5, step=0)
+        client = MlflowClient()
+        got = client.get_run(odd.info.run_id).data.metrics
+        history = [m.value for m in client.get_metric_history(odd.info.run_id, "loss")]
+        found = mlflow.search_runs(experiment_names=["odd-values"], filter_string="metrics.loss < 1",
+                                   output_format="list")
+        print(json.dumps({"latest": [repr(got["loss"]), repr(got["gain"])],
+                          "history": [repr(v) for v in history],
+                          "found": [r.info.run_id for r in found], "plain": plain.info.run_id}))
+    """)  # fmt: skip
+    assert seen["latest"] == ["inf", "-inf"]
+    assert seen["history"] == ["nan", "inf"]
+    assert seen["found"] == [seen["plain"]]
+    odd = Run.objects.get(experiment__name="odd-values", latest_metrics__has_key="gain")
+    assert Metric.objects.get(run=odd, key="loss", step=0).is_nan
+
+
+def test_a_metric_with_many_points_is_thinned_by_the_database_for_charts(workspace):
+    from tracking import services
+
+    experiment = Experiment.objects.create(workspace=workspace, name="long")
+    run = Run.objects.create(experiment=experiment)
+    total = services.MAX_CHART_POINTS * 3 + 7
+    services.log_batch(run, [{"key": "loss", "value": float(i), "timestamp": i, "step": i}
+                             for i in range(1000)], [], [])  # fmt: skip
+    Metric.objects.bulk_create(
+        Metric(run=run, key="loss", value=float(i), timestamp=i, step=i) for i in range(1000, total)
+    )
+    rows, count = services.thinned(run, "loss")
+    assert count == total
+    assert len(rows) <= services.MAX_CHART_POINTS + 1
+    steps = [r[0] for r in rows]
+    assert steps[0] == 0 and steps[-1] == total - 1 and steps == sorted(steps)
+    assert steps[1] - steps[0] == 4  # every 4th point (ceil of 6007 / 2000)

@@ -1,6 +1,7 @@
 """Experiments and their runs, as MLflow's tracking server keeps them: params, tags and
 metric points, per workspace."""
 
+import math
 import uuid
 from typing import ClassVar
 
@@ -61,7 +62,9 @@ class Run(models.Model):
     params = models.JSONField(default=dict, blank=True)  # a param, once logged, never changes
     tags = models.JSONField(default=dict, blank=True)
     # Each metric's latest point ({key: {value, timestamp, step}}): run lists and charts'
-    # legends read it without touching the points.
+    # legends read it without touching the points. JSON (PostgreSQL's jsonb above all) has
+    # no NaN or infinity: those are kept as "special": "NaN" | "Infinity" | "-Infinity"
+    # without a "value" (see services.latest_point), and sort and search as missing.
     latest_metrics = models.JSONField(default=dict, blank=True)
     # MLflow's run inputs ({"dataset_inputs": [...], "model_inputs": [...]}) and outputs
     # ({"model_outputs": [{"model_id", "step"}]}), as `log-inputs` and `outputs` gave them.
@@ -83,7 +86,9 @@ class Metric(models.Model):
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics")
     key = models.CharField(max_length=250)
+    # NaN is kept as is_nan (value 0): SQLite stores NaN as NULL. Infinities are floats.
     value = models.FloatField()
+    is_nan = models.BooleanField(default=False)
     timestamp = models.BigIntegerField()  # ms since the epoch
     step = models.BigIntegerField(default=0)
 
@@ -95,6 +100,10 @@ class Metric(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id} {self.key}@{self.step}"
+
+    @property
+    def reading(self) -> float:
+        return math.nan if self.is_nan else self.value
 
 
 def new_model_id() -> str:

@@ -25,7 +25,7 @@ from studio.models import Role, Workspace
 from tracking import logged_models, services
 from tracking.errors import TrackingError, invalid
 from tracking.models import Experiment, Lifecycle, LoggedModel, Run
-from tracking.services import finite
+from tracking.services import finite, latest_value
 
 STATUS = {
     "INVALID_PARAMETER_VALUE": 400,
@@ -80,7 +80,7 @@ def run_json(run: Run) -> dict[str, Any]:
             "metrics": [
                 {
                     "key": k,
-                    "value": finite(m["value"]),
+                    "value": latest_value(m),
                     "timestamp": m["timestamp"],
                     "step": m["step"],
                 }
@@ -242,7 +242,7 @@ def _history(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
     )
     answer: dict[str, Any] = {
         "metrics": [
-            {"key": p.key, "value": finite(p.value), "timestamp": p.timestamp, "step": p.step}
+            {"key": p.key, "value": finite(p.reading), "timestamp": p.timestamp, "step": p.step}
             for p in points
         ]
     }

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet, Window
+from django.db.models.functions import Mod, RowNumber
 
 from studio.models import Workspace
 from tracking import search
@@ -291,14 +292,15 @@ def log_batch(
                     f"Attempted logging new value '{value}'."
                 )
         Metric.objects.bulk_create(
-            Metric(run=run, key=p.key, value=p.value, timestamp=p.timestamp, step=p.step)
+            Metric(run=run, key=p.key, value=0.0 if math.isnan(p.value) else p.value,
+                   is_nan=math.isnan(p.value), timestamp=p.timestamp, step=p.step)
             for p in points
-        )
+        )  # fmt: skip
         latest = dict(run.latest_metrics)
         for p in points:
             seen = latest.get(p.key)
             if seen is None or (p.step, p.timestamp) >= (seen["step"], seen["timestamp"]):
-                latest[p.key] = {"value": p.value, "timestamp": p.timestamp, "step": p.step}
+                latest[p.key] = latest_point(p)
         run.params = {**run.params, **new_params}
         run.tags = {**run.tags, **new_tags}
         run.latest_metrics = latest
@@ -360,6 +362,21 @@ def search_runs(
     return paged(runs, offset, size)
 
 
+def latest_point(p: Point) -> dict[str, Any]:
+    """A metric's latest point as `Run.latest_metrics` keeps it (JSON: no NaN, no
+    infinity)."""
+    if math.isfinite(p.value):
+        return {"value": p.value, "timestamp": p.timestamp, "step": p.step}
+    # No "value" at all: a JSON null would read as 0 to SQLite's CAST.
+    return {"special": finite(p.value), "timestamp": p.timestamp, "step": p.step}
+
+
+def latest_value(point: dict[str, Any]) -> float | str | None:
+    """What a latest point's value reads as: a number, or "NaN" / "Infinity" /
+    "-Infinity", as MLflow writes them in JSON."""
+    return point.get("special") or point.get("value")
+
+
 def finite(value: float) -> float | str:
     """JSON has no NaN or infinity: MLflow sends them as strings."""
     if math.isnan(value):
@@ -403,19 +420,38 @@ def end_job_run(job_key: str, job_status: str) -> None:
 MAX_CHART_POINTS = 2000  # per metric: a chart shows the shape, the history API every point
 
 
+def thinned(run: Run, key: str) -> tuple[list[tuple[int, float, int]], int]:
+    """A metric's (step, value, timestamp) in step order, every n-th of them past
+    MAX_CHART_POINTS (thinned by the database: a million points never reach memory),
+    keeping the last; and how many there are."""
+    points = Metric.objects.filter(run=run, key=key)
+    total = points.count()
+    every = max(1, math.ceil(total / MAX_CHART_POINTS))
+    order = ("step", "timestamp", "id")
+    if every > 1:
+        numbered = points.annotate(
+            n=Window(RowNumber(), order_by=[F(f).asc() for f in order])
+        ).annotate(rest=Mod(F("n") - 1, every))
+        points = numbered.filter(rest=0)
+    rows = list(points.order_by(*order).values_list("step", "value", "timestamp", "is_nan"))
+    if every > 1:
+        last = (
+            Metric.objects.filter(run=run, key=key)
+            .order_by(*order)
+            .values_list("step", "value", "timestamp", "is_nan")
+            .last()
+        )
+        if last is not None and rows and rows[-1] != last:
+            rows.append(last)
+    return [(r[0], math.nan if r[3] else r[1], r[2]) for r in rows], total
+
+
 def charts(run: Run) -> dict[str, Any]:
-    """Each metric's points by step for a chart (evenly thinned past MAX_CHART_POINTS,
-    keeping the last), with the run's params and tags: what a job's Metrics tab shows."""
+    """Each metric's points by step for a chart (at most about MAX_CHART_POINTS each), with
+    the run's params and tags: what a job's Metrics tab shows."""
     series: dict[str, Any] = {}
     for key in sorted(run.latest_metrics):
-        points = Metric.objects.filter(run=run, key=key).order_by("step", "timestamp", "id")
-        total = points.count()
-        every = max(1, math.ceil(total / MAX_CHART_POINTS))
-        rows = list(points.values_list("step", "value", "timestamp"))[::every] if total else []
-        if total and every > 1:
-            last = points.values_list("step", "value", "timestamp").last()
-            if last is not None and rows[-1] != last:
-                rows.append(last)
+        rows, total = thinned(run, key)
         series[key] = {
             "steps": [r[0] for r in rows],
             "values": [finite(r[1]) for r in rows],
@@ -436,10 +472,7 @@ def compare(runs: list[Run], key: str) -> list[dict[str, Any]]:
     draws and downloads."""
     series = []
     for run in runs:
-        points = Metric.objects.filter(run=run, key=key).order_by("step", "timestamp", "id")
-        total = points.count()
-        every = max(1, math.ceil(total / MAX_CHART_POINTS))
-        rows = list(points.values_list("step", "value"))[::every] if total else []
+        rows, _total = thinned(run, key)
         series.append({"run_id": run.run_id, "name": run.tags.get("kstudio.job") or run.name,
                        "steps": [r[0] for r in rows],
                        "values": [finite(r[1]) for r in rows]})  # fmt: skip

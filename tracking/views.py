@@ -15,6 +15,7 @@ from django.shortcuts import render
 
 from studio import access
 from tracking.models import Experiment, Lifecycle, Run
+from tracking.services import latest_value
 
 PAGE_SIZE = 50
 MAX_COLUMNS = 8
@@ -86,6 +87,6 @@ def _row(run: Run, columns: list[str]) -> dict[str, Any]:
     return {
         "run": run,
         "job": run.tags.get("kstudio.job", ""),
-        "values": [latest.get(c, {}).get("value") for c in columns],
+        "values": [latest_value(latest[c]) if c in latest else None for c in columns],
         "duration": duration,
     }
