@@ -1,5 +1,6 @@
 """Studio pages for jobs: one view answers the full page or its htmx partial."""
 
+from collections.abc import Iterable
 from pathlib import PurePosixPath
 
 from django.contrib import messages
@@ -59,6 +60,12 @@ def job_list(request: HttpRequest, workspace: str) -> HttpResponse:
     page = Paginator(filters.qs, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
+    metric = request.GET.get("metric", "").strip()[:250]
+    if metric:
+        _with_metric(page.object_list, metric)
+    columns = _columns(query, request.GET.get("ordering", "-created"))
+    if metric:
+        columns.append({"label": metric, "query": "", "sort": "none"})
     context = {
         "workspace": ws,
         "role": role,
@@ -67,7 +74,9 @@ def job_list(request: HttpRequest, workspace: str) -> HttpResponse:
         "statuses": Status.values,
         "filters": filters.form,
         "query": query.urlencode(),
-        "columns": _columns(query, request.GET.get("ordering", "-created")),
+        "columns": columns,
+        "metric": metric,
+        "metric_keys": [] if is_htmx_partial(request) else tracking.metric_keys(ws),
     }
     template = "jobs/_table.html" if is_htmx_partial(request) else "jobs/list.html"
     return render(request, template, context)
@@ -114,10 +123,27 @@ def _job(
     return job, role
 
 
+def _with_metric(jobs: Iterable[Job], metric: str) -> None:
+    """Each job's latest value of `metric` (None: not logged), from its MLflow run: one
+    query for the page."""
+    by_run = {run_id_for(f"{job.workspace_id}/{job.name}"): job for job in jobs}
+    for job in by_run.values():
+        job.metric_value = None  # type: ignore[attr-defined]
+    found = Run.objects.filter(run_id__in=by_run).values_list("run_id", "latest_metrics")
+    for run_id, latest in found:
+        point = latest.get(metric)
+        if point is not None:
+            by_run[run_id].metric_value = tracking.latest_value(point)  # type: ignore[attr-defined]
+
+
 @login_required
 def job_row(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
     job, _role = _job(request, workspace, name)
-    return render(request, "jobs/_row.html", {"job": job, "workspace": job.workspace})
+    metric = request.GET.get("metric", "").strip()[:250]
+    if metric:
+        _with_metric([job], metric)
+    context = {"job": job, "workspace": job.workspace, "metric": metric}
+    return render(request, "jobs/_row.html", context)
 
 
 @login_required
@@ -132,6 +158,7 @@ def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
         "workspace": job.workspace,
         "can_cancel": access.can(role, Role.CONTRIBUTOR) and not job.is_terminal,
         "history": job.status_changes.all(),
+        "run_id": run_id_for(f"{job.workspace_id}/{job.name}"),
         "data_inputs": [_data_read(name, d) for name, d in (job.data_inputs or {}).items()],
         "outputs": [
             {

@@ -23,9 +23,10 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from jobs.routing import websocket_urlpatterns  # noqa: E402
+from jobs.routing import websocket_urlpatterns as job_sockets  # noqa: E402
 from studio import events  # noqa: E402
 from studio.ws import OriginOrTokenValidator, TokenAuthMiddleware  # noqa: E402
+from tracking.routing import websocket_urlpatterns as run_sockets  # noqa: E402
 
 # Django's stubs type a response as HttpResponseBase; it is the iterable of bytes WSGI wants.
 _django_http = WSGIMiddleware(cast(WSGIApp, django_wsgi_app), workers=settings.STUDIO_WEB_THREADS)
@@ -41,7 +42,7 @@ application = ProtocolTypeRouter(
     {
         "http": http,
         "websocket": OriginOrTokenValidator(
-            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(job_sockets + run_sockets)))
         ),
     }
 )

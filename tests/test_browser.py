@@ -444,6 +444,58 @@ def test_a_jobs_metrics_are_charted_on_its_page(people, workspace, page, live_st
     assert all(src.startswith(live_studio.url) for src in sources), sources
 
 
+LIVE_SCRIPT = (
+    METRICS_SCRIPT.replace("for step in range(10)", "for step in range(5)")
+    + """
+import sys, time
+while not os.path.exists(sys.argv[1]):  # the test says when to go on
+    time.sleep(0.05)
+post("runs/log-batch", {"run_id": run, "metrics": [
+    {"key": "loss", "value": 0.1, "timestamp": step, "step": step} for step in range(5, 12)]})
+while not os.path.exists(sys.argv[1] + ".end"):
+    time.sleep(0.05)
+"""
+)
+
+
+def _run_id(job: Job) -> str:
+    from tracking.services import run_id_for
+
+    return run_id_for(f"{job.workspace_id}/{job.name}")
+
+
+def test_a_running_jobs_charts_grow_as_it_logs(people, workspace, page, live_studio, settings):
+    """The chart shows new points while the job runs, without a reload: the run's socket
+    says they came."""
+    import tempfile
+
+    from playwright.sync_api import expect
+
+    from jobs.services import Upload, submit_yaml
+    from tests.conftest import code_archive
+
+    settings.STUDIO_PUBLIC_URL = live_studio.url
+    folder = tempfile.mkdtemp(prefix="kstudio-live-")
+    os.chmod(folder, 0o755)  # the job's own user looks for the go-ahead there
+    go = os.path.join(folder, "go")
+    code = Upload(code_archive({"log.py": LIVE_SCRIPT.encode()}), "code.tar.gz")
+    text = f"command: python3 log.py {go}\ncode: src\n"
+    job = orm(lambda: submit_yaml(workspace, people.contributor, text, {"code": code}))
+    sign_in(page, "carl", "pw-carl-12345")
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.goto(f"/workspaces/demo/jobs/{job.name}/")
+    points = page.locator("figure.chart", has_text="loss").locator("g.trace path.point")
+    expect(points).to_have_count(5, timeout=30_000)
+    expect(page.locator("#job-status")).to_have_text("Running")
+    Path(go).touch()
+    expect(points).to_have_count(12)
+    expect(page.locator("#job-status")).to_have_text("Running")  # still: no reload did it
+    assert any(url.endswith(f"/runs/{orm(lambda: _run_id(job))}/metrics/") for url in sockets)
+    Path(go + ".end").touch()
+    expect(page.locator("#job-status")).to_have_text("Completed", timeout=30_000)
+
+
 def test_pick_jobs_in_the_list_and_compare_a_metric(people, workspace, page, live_studio, settings):
     from playwright.sync_api import expect
 

@@ -219,3 +219,28 @@ async def test_a_browser_socket_lives_as_long_as_its_session(workspace, people, 
     assert await ws.receive_nothing(timeout=0.7)
     await Session.objects.all().adelete()  # signed out everywhere
     assert await closed_with(ws) == 4403
+
+
+async def test_a_runs_socket_says_when_points_arrive_and_when_it_ends(workspace, people):
+    """What a Metrics tab listens to: the keys logged (after commit), then the end; a
+    stranger and another workspace's run get nothing."""
+    from tracking import services as tracking
+    from tracking.models import Experiment, Run
+
+    experiment = await sync_to_async(Experiment.objects.create)(workspace=workspace, name="e")
+    run = await sync_to_async(Run.objects.create)(experiment=experiment)
+    path = f"/ws/workspaces/demo/runs/{run.run_id}/metrics/"
+    for token in (await sync_to_async(token_for)(people.stranger), None):
+        assert not (await socket(path, token, origin=b"http://127.0.0.1").connect())[0]
+    reader = await sync_to_async(token_for)(people.reader)
+    assert not (await socket("/ws/workspaces/demo/runs/nope/metrics/", reader).connect())[0]
+    ws = socket(path, reader)
+    assert (await ws.connect())[0]
+    points = [{"key": k, "value": 1.0, "timestamp": 1, "step": 0} for k in ("loss", "acc")]
+    await sync_to_async(tracking.log_batch)(run, points, [], [])
+    assert await ws.receive_json_from(timeout=5) == {
+        "type": "metrics", "keys": ["acc", "loss"], "status": ""
+    }  # fmt: skip
+    await sync_to_async(tracking.update_run)(run, "FINISHED", 2, None)
+    assert (await ws.receive_json_from(timeout=5))["status"] == "FINISHED"
+    await ws.disconnect()

@@ -359,3 +359,35 @@ def test_api_reference_is_served_without_a_cdn(signed_in, people, path):
     assert page.status_code == 200
     sources = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page.content.decode())
     assert sources and all(s.startswith("/static/drf_spectacular_sidecar/") for s in sources)
+
+
+def test_job_list_shows_a_chosen_metrics_latest_value_in_constant_queries(
+    signed_in, people, workspace
+):
+    from tracking import services as tracking
+    from tracking.models import Experiment, Run
+
+    client = signed_in(people.reader)
+    experiment = Experiment.objects.create(workspace=workspace, name="fits")
+    jobs = [submit_yaml(workspace, people.contributor, HELLO) for _ in range(3)]
+    for value, job in zip((0.25, float("nan"), None), jobs, strict=True):
+        run_id = tracking.run_id_for(f"{workspace.pk}/{job.name}")
+        run = Run.objects.create(experiment=experiment, run_id=run_id)
+        if value is not None:
+            tracking.log_batch(run, [{"key": "loss", "value": value, "timestamp": 1}], [], [])
+    with CaptureQueriesContext(connection) as few:
+        page = client.get("/workspaces/demo/jobs/?metric=loss").content.decode()
+    cells = {job.name: page.split(f'id="job-row-{job.name}"')[1].split("</tr>")[0] for job in jobs}
+    assert '<td class="number" data-metric>0.25</td>' in cells[jobs[0].name]
+    assert "NaN" in cells[jobs[1].name]
+    assert "—" in cells[jobs[2].name]
+    assert '<option value="loss">' in page  # offered as a choice
+    for _ in range(10):
+        submit_yaml(workspace, people.contributor, HELLO)
+    with CaptureQueriesContext(connection) as many:
+        client.get("/workspaces/demo/jobs/?metric=loss")
+    assert len(many.captured_queries) == len(few.captured_queries)
+    # A row refreshed on its own keeps the column.
+    row = client.get(f"/workspaces/demo/jobs/{jobs[0].name}/row/?metric=loss").content.decode()
+    assert "0.25" in row and "?metric=loss" in row
+    assert "data-metric" not in client.get("/workspaces/demo/jobs/").content.decode()

@@ -13,8 +13,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, QuerySet, Window
 from django.db.models.functions import Mod, RowNumber
 
+from studio.events import publish
 from studio.models import Workspace
-from tracking import search
+from tracking import events, search
 from tracking.errors import TrackingError, invalid
 from tracking.models import Experiment, Lifecycle, Metric, Run, RunStatus
 
@@ -201,6 +202,8 @@ def update_run(run: Run, status: str | None, end_time: int | None, name: str | N
         fields += ["name", "tags"]
     if fields:
         run.save(update_fields=fields)
+    if status:
+        publish(events.run_changed(run.run_id, set(), run.status))
     return run
 
 
@@ -305,6 +308,8 @@ def log_batch(
         run.tags = {**run.tags, **new_tags}
         run.latest_metrics = latest
         run.save(update_fields=["params", "tags", "latest_metrics"])
+        if points:  # live charts reload these (after commit)
+            publish(events.run_changed(run.run_id, {p.key for p in points}))
 
 
 def delete_tag(run: Run, key: str) -> None:
@@ -362,6 +367,15 @@ def search_runs(
     return paged(runs, offset, size)
 
 
+def metric_keys(workspace: Workspace, runs: int = 50) -> list[str]:
+    """The metrics the workspace's newest runs logged, to offer as choices."""
+    found = Run.objects.filter(experiment__workspace=workspace).order_by("-start_time", "-id")
+    keys: set[str] = set()
+    for latest in found.values_list("latest_metrics", flat=True)[:runs]:
+        keys.update(latest)
+    return sorted(keys)
+
+
 def latest_point(p: Point) -> dict[str, Any]:
     """A metric's latest point as `Run.latest_metrics` keeps it (JSON: no NaN, no
     infinity)."""
@@ -414,7 +428,9 @@ def end_job_run(job_key: str, job_status: str) -> None:
     """The run's status follows its job's end."""
     status = JOB_STATUS.get(job_status)
     if status is not None:
-        Run.objects.filter(run_id=run_id_for(job_key)).update(status=status, end_time=now_ms())
+        run_id = run_id_for(job_key)
+        Run.objects.filter(run_id=run_id).update(status=status, end_time=now_ms())
+        publish(events.run_changed(run_id, set(), status))
 
 
 MAX_CHART_POINTS = 2000  # per metric: a chart shows the shape, the history API every point

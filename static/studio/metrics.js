@@ -1,5 +1,7 @@
 // A job's Metrics section: one Plotly line chart per metric (by step), and the run's
-// params and tags, from the job's metrics.json; refreshed while the job runs.
+// params and tags, from the job's metrics.json. While the job runs, the run's socket says
+// when points arrive and the charts reload (at most once a second); until the socket is
+// open (the run starts with the job) they reload every 5 s.
 (function () {
   "use strict";
   var section = document.getElementById("metrics");
@@ -8,7 +10,24 @@
   var charts = document.getElementById("metric-charts");
   var params = document.getElementById("run-params");
   var state = document.getElementById("metrics-state");
+  var socketUrl = section.dataset.metricsSocket;
   var drawn = {};
+  var socket = null;
+  var pending = null;
+  var finished = false;
+
+  function schedule(delay) {
+    if (pending !== null || finished) return;
+    pending = window.setTimeout(function () { pending = null; load(); }, delay);
+  }
+
+  function connect() {
+    if (!socketUrl || !window.WebSocket || socket) return;
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    socket = new window.WebSocket(scheme + window.location.host + socketUrl);
+    socket.onmessage = function () { schedule(1000); };
+    socket.onclose = function () { socket = null; schedule(5000); };
+  }
 
   function chartFor(key) {
     if (drawn[key]) return drawn[key];
@@ -62,9 +81,13 @@
       .then(function (response) { return response.json(); })
       .then(function (data) {
         var status = draw(data);
-        var running = section.dataset.running === "true" && status !== "FINISHED" &&
-          status !== "FAILED" && status !== "KILLED";
-        if (running) window.setTimeout(load, 5000);
+        finished = section.dataset.running !== "true" || status === "FINISHED" ||
+          status === "FAILED" || status === "KILLED";
+        if (finished) {
+          if (socket) socket.close();
+          return;
+        }
+        if (data.run_id) connect(); else schedule(5000);
       })
       .catch(function () { state.textContent = "The metrics could not be loaded."; });
   }

@@ -25,3 +25,12 @@ def duration(start: datetime | None, end: datetime | None) -> str:
 @register.filter
 def quantities(values: dict[str, object]) -> str:
     return ", ".join(f"{name} {value}" for name, value in (values or {}).items()) or "—"
+
+
+@register.filter
+def metric(value: object) -> str:
+    """A metric's value as a table shows it: four significant digits ('NaN' and the
+    infinities as MLflow writes them)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return str(value)
