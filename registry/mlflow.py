@@ -25,7 +25,7 @@ from tracking.rest import Handler, serve
 from tracking.services import MAX_RESULTS, page_bounds, paged, pairs
 
 STAGES = ("None", "Staging", "Production", "Archived")
-MODEL_FIELDS = search.Fields({"name": "name"}, metrics=False)
+MODEL_FIELDS = search.Fields({"name": "name"}, metrics=False, untagged_differs=True)
 VERSION_FIELDS = search.Fields(
     {
         "name": "name",
@@ -36,6 +36,7 @@ VERSION_FIELDS = search.Fields(
         "current_stage": "stage",
     },
     metrics=False,
+    untagged_differs=True,
 )
 
 
@@ -199,16 +200,7 @@ def _search(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
 
 
 def _order(given: Any, columns: dict[str, str]) -> list[str]:
-    """MLflow's order_by (["name ASC", "version_number DESC"]) as Django's."""
-    clauses = [given] if isinstance(given, str) else list(given or [])
-    ordering = []
-    for clause in clauses:
-        field, _, direction = str(clause).strip().partition(" ")
-        column = columns.get(field.removeprefix("attributes.").strip("`"))
-        if column is None:
-            raise invalid(f"Invalid order_by field {field!r}; use one of " + ", ".join(columns))
-        ordering.append(("-" if direction.strip().upper() == "DESC" else "") + column)
-    return [*ordering, "name", "-created_at", "-id"]
+    return [*search.ordering(given, columns), "name", "-created_at", "-id"]
 
 
 def _latest_versions(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:

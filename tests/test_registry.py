@@ -220,3 +220,58 @@ def test_local_files_register_versions_that_never_change_and_bad_input_is_named(
     assert denied.status_code == 403
     stranger = api(people.stranger).get("/api/v1/workspaces/demo/models/local-file-example/")
     assert stranger.status_code == 404
+
+
+def test_the_mlflow_registry_api_searches_aliases_stages_and_deletes(live_studio, people):
+    seen = mlflow_script(live_studio, people.contributor, """
+        import json, mlflow
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+        client = MlflowClient()
+        mlflow.set_experiment("fit-alpha")
+        client.create_experiment("other", tags={"team": "blue"})
+        with mlflow.start_run() as run:
+            mlflow.log_text("weights", "model/weights.txt")
+        for name in ("alpha", "beta"):
+            client.create_registered_model(name, tags={"team": "blue"}, description="d")
+            for _ in range(2):
+                client.create_model_version(name, f"runs:/{run.info.run_id}/model",
+                                            run_id=run.info.run_id)
+        client.set_registered_model_alias("alpha", "champion", "1")
+        client.transition_model_version_stage("alpha", "2", "Production")
+        client.set_model_version_tag("alpha", "2", "checked", "yes")
+        client.delete_model_version("beta", "1")
+        def code_of(call):
+            try:
+                call()
+            except MlflowException as exc:
+                return exc.error_code
+            return "ok"
+        print(json.dumps({
+            "found": [m.name for m in client.search_registered_models("name LIKE 'al%'")],
+            "tagged": [m.name for m in client.search_registered_models("tags.team = 'blue'",
+                                                                       order_by=["name DESC"])],
+            "champion": client.get_model_version_by_alias("alpha", "champion").version,
+            "production": [v.version for v in client.get_latest_versions("alpha", ["Production"])],
+            "tag": client.get_model_version("alpha", "2").tags,
+            "beta": sorted(v.version for v in client.search_model_versions("name = 'beta'")),
+            "rename": code_of(lambda: client.rename_registered_model("alpha", "gamma")),
+            "missing": code_of(lambda: client.get_model_version("alpha", "9")),
+            "experiments": [e.name for e in client.search_experiments(
+                filter_string="name LIKE 'fit%'")],
+            "by_tag": [e.name for e in client.search_experiments(
+                filter_string="tags.team = 'blue'", order_by=["name ASC"])],
+        }))
+    """)  # fmt: skip
+    assert seen["found"] == ["alpha"]
+    assert seen["tagged"] == ["beta", "alpha"]
+    assert (seen["champion"], seen["production"]) == ("1", ["2"])
+    assert seen["tag"] == {"checked": "yes"}
+    assert seen["beta"] == ["2"]
+    assert (seen["rename"], seen["missing"]) == (
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_DOES_NOT_EXIST",
+    )
+    assert seen["experiments"] == ["fit-alpha"] and seen["by_tag"] == ["other"]
+    assert Model.objects.get(name="alpha", version="2").stage == "Production"
+    assert set(Model.objects.filter(name="beta").values_list("version", flat=True)) == {"2"}

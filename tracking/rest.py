@@ -136,11 +136,10 @@ def _experiment_by_name(ws: Workspace, body: dict[str, Any], user: Any) -> dict[
 
 
 def _experiment_search(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
-    if (body.get("filter") or "").strip():
-        raise invalid("Experiment filters are not supported yet")
     found, token = services.search_experiments(
-        ws, body.get("view_type") or "", body.get("max_results"), body.get("page_token")
-    )
+        ws, body.get("view_type") or "", body.get("max_results"), body.get("page_token"),
+        str(body.get("filter") or ""), body.get("order_by"),
+    )  # fmt: skip
     answer: dict[str, Any] = {"experiments": [experiment_json(e) for e in found]}
     if token:
         answer["next_page_token"] = token

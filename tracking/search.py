@@ -38,6 +38,9 @@ class Fields:
     attributes: dict[str, str]
     numeric: frozenset[str] = field(default_factory=frozenset)
     metrics: bool = True
+    # Whether `tags.x != 'v'` matches what has no tag x. The model registry's does: the
+    # client itself adds `tag.mlflow.prompt.is_prompt != 'true'` to every model search.
+    untagged_differs: bool = False
 
 
 RUNS = Fields(
@@ -112,7 +115,10 @@ def apply(runs: QuerySet[Any], text: str, fields: Fields = RUNS) -> QuerySet[Any
         elif entity in ("params", "tags"):
             # As text, compared as text (not as JSON, which 'blue' is not).
             runs = runs.annotate(**{alias: Cast(KeyTextTransform(key, entity), TextField())})
-            runs = runs.filter(_compare_text(alias, op, raw))
+            condition = _compare_text(alias, op, raw)
+            if entity == "tags" and op == "!=" and fields.untagged_differs:
+                condition |= Q(**{f"{alias}__isnull": True})
+            runs = runs.filter(condition)
         else:
             column = fields.attributes.get(key)
             if column is None:
@@ -144,3 +150,19 @@ def _compare_text(field: str, op: str, value: str) -> Q:
         condition = Q(**{f"{field}__{lookup}": _like(value)})
         return ~condition & Q(**{f"{field}__isnull": False}) if op.startswith("NOT") else condition
     raise invalid(f"Comparator {op!r} does not apply to text; use =, !=, LIKE or ILIKE")
+
+
+def ordering(given: Any, columns: dict[str, str]) -> list[str]:
+    """MLflow's order_by (["name ASC", "creation_time DESC"]) as Django's ordering."""
+    clauses = [given] if isinstance(given, str) else list(given or [])
+    found = []
+    for clause in clauses:
+        name, _, direction = str(clause).strip().partition(" ")
+        column = columns.get(name.removeprefix("attributes.").strip("`"))
+        if column is None:
+            raise invalid(f"Invalid order_by clause {clause!r}; order by one of "
+                          + ", ".join(columns))  # fmt: skip
+        if direction.strip().upper() not in ("", "ASC", "DESC"):
+            raise invalid(f"Invalid order_by clause {clause!r}: end it with ASC or DESC")
+        found.append(("-" if direction.strip().upper() == "DESC" else "") + column)
+    return found

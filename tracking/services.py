@@ -107,11 +107,20 @@ def paged(query: QuerySet[Any], offset: int, size: int) -> tuple[list[Any], str]
     return rows[:size], token
 
 
+EXPERIMENT_FIELDS = search.Fields({"name": "name"}, metrics=False)
+EXPERIMENT_ORDER = {"name": "name", "creation_time": "created_at",
+                    "last_update_time": "updated_at", "experiment_id": "id"}  # fmt: skip
+
+
 def search_experiments(
-    workspace: Workspace, view_type: str, max_results: Any, page_token: Any
-) -> tuple[list[Experiment], str]:
+    workspace: Workspace, view_type: str, max_results: Any, page_token: Any,
+    text: str = "", order_by: Any = None,
+) -> tuple[list[Experiment], str]:  # fmt: skip
+    """MLflow's experiment search: `name LIKE 'fit%' and tags.team = 'blue'`, ordered by
+    name, creation_time, last_update_time or experiment_id (ASC or DESC)."""
     default_experiment(workspace)
-    found = Experiment.objects.filter(workspace=workspace).order_by("-created_at", "-id")
+    found = search.apply(Experiment.objects.filter(workspace=workspace), text, EXPERIMENT_FIELDS)
+    found = found.order_by(*search.ordering(order_by, EXPERIMENT_ORDER), "-created_at", "-id")
     if view_type in ("", None, "ACTIVE_ONLY", 1):
         found = found.filter(lifecycle_stage=Lifecycle.ACTIVE)
     elif view_type in ("DELETED_ONLY", 2):
