@@ -41,6 +41,7 @@ import os
 import re
 import resource
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -895,14 +896,22 @@ class Launcher:
             env.update(USER="job", LOGNAME="job")
         env.update(distribution_environment(self.spec.get("distribution"), os.environ))
         if self.spec.get("python"):
-            # `python` and `python3` are the interpreter the studio chose for jobs.
+            # `python` and `python3` are the interpreter the studio chose for jobs: a
+            # script that runs it by its own path, not a link, so a virtual
+            # environment's interpreter still finds its pyvenv.cfg (and its packages).
             bin_dir = os.path.join(self.root, "bin")
             os.makedirs(bin_dir, exist_ok=True)
             os.chmod(bin_dir, 0o711)  # noqa: S103 - traverse only
             for name in ("python", "python3"):
-                link = os.path.join(bin_dir, name)
-                if not os.path.lexists(link):
-                    os.symlink(self.spec["python"], link)
+                shim = os.path.join(bin_dir, name)
+                if not os.path.lexists(shim):
+                    with open(shim, "w") as f:
+                        f.write(
+                            '#!/bin/sh\nexec {} "$@"\n'.format(shlex.quote(self.spec["python"]))
+                        )
+                    os.chmod(shim, 0o500)  # the job's own user reads and runs it; no other
+                    if self.uid is not None:
+                        os.chown(shim, self.uid, -1)
             env["PATH"] = bin_dir + os.pathsep + env.get("PATH", os.defpath)
         if self.env_bin:  # its scripts (pip, mlflow...) too, as an activated environment
             env["PATH"] = self.env_bin + os.pathsep + env["PATH"]

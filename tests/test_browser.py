@@ -271,6 +271,9 @@ A11Y_PAGES = [
     ("carl", "/workspaces/demo/environments/"),
     ("carl", "/workspaces/demo/experiments/"),
     ("carl", "/workspaces/demo/jobs/compare/"),
+    ("carl", "/workspaces/demo/models/"),
+    ("carl", "/workspaces/demo/models/new/"),
+    ("carl", "model"),
     ("ivan", "/workspaces/demo/data/datastores/"),
     ("carl", "/profile/"),
     ("ivan", "/console/"),
@@ -287,6 +290,15 @@ def test_pages_pass_axe_wcag_aa(people, workspace, page, who, where):
     from jobs.services import submit_yaml
 
     job = orm(lambda: submit_yaml(workspace, people.contributor, "command: echo hi\n"))
+    if where == "model":
+        import io
+
+        from registry.services import create_model
+
+        weights = io.BytesIO(b"weights")
+        orm(lambda: create_model(workspace, people.contributor,
+                                 {"name": "clf", "path": "model.pkl"}, weights))  # fmt: skip
+        where = "/workspaces/demo/models/clf/1/"
     if who:
         sign_in(page, who, f"pw-{who}-12345")
     page.goto(f"/workspaces/demo/jobs/{job.name}/" if where == "job" else where)

@@ -431,3 +431,53 @@ def test_a_metric_with_many_points_is_thinned_by_the_database_for_charts(workspa
     steps = [r[0] for r in rows]
     assert steps[0] == 0 and steps[-1] == total - 1 and steps == sorted(steps)
     assert steps[1] - steps[0] == 4  # every 4th point (ceil of 6007 / 2000)
+
+
+# azureml-examples' hello-mlflow.py (not shipped in shared/compat): MLflow calls as Azure's
+# example makes them, with no studio in sight.
+HELLO_MLFLOW = b"""
+import mlflow, random
+mlflow.autolog()
+mlflow.log_param("hello_param", "world")
+mlflow.log_metric("hello_metric", random.random())
+with open("helloworld.txt", "w") as f:
+    f.write("hello world")
+mlflow.log_artifact("helloworld.txt")
+"""
+
+
+def test_azures_hello_mlflow_job_logs_to_the_studio_untouched(
+    live_studio, workspace, people, settings
+):
+    import sys
+    from pathlib import Path
+
+    from jobs import services as job_services
+    from tests.conftest import wait_until
+    from tracking.files import run_tree
+    from tracking.services import run_id_for
+
+    example = (Path(__file__).resolve().parents[2] / "shared" / "compat" / "azureml-examples"
+               / "cli" / "jobs" / "basics" / "hello-mlflow.yml")  # fmt: skip
+    if not example.is_file():
+        pytest.skip("shared/compat is not beside the checkout")
+    settings.STUDIO_PUBLIC_URL = live_studio.url
+    # The studio's own interpreter has mlflow (a user's job gets it from its environment,
+    # here a curated stand-in); it sits in root's home, so the job runs as the studio.
+    settings.STUDIO_JOB_PYTHON = sys.executable
+    settings.STUDIO_JOB_UID_BASE = 0
+    code = job_services.Upload(code_archive({"hello-mlflow.py": HELLO_MLFLOW}), "code.tar.gz")
+    job = job_services.submit_yaml(workspace, people.contributor, example.read_text(),
+                                   {"code": code})  # fmt: skip
+
+    def ended():
+        job.refresh_from_db()
+        return job.is_terminal
+
+    wait_until(ended, 120, "the job to end")
+    lines = list(job.log_lines.order_by("seq").values_list("line", flat=True))
+    assert job.status == "Completed", (job.failure_reason, "\n".join(lines[-15:]))
+    run = Run.objects.get(run_id=run_id_for(f"{workspace.pk}/{job.name}"))
+    assert run.params == {"hello_param": "world"} and run.status == "FINISHED"
+    assert 0 <= run.latest_metrics["hello_metric"]["value"] < 1
+    assert [p for p, _size in run_tree(run).walk("", 10)] == ["helloworld.txt"]
