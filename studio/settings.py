@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "jobs",
     "tracking",
     "registry",
+    "endpoints",
 ]
 
 MIDDLEWARE = [
@@ -234,6 +235,13 @@ STUDIO_KUBERNETES_IMAGE = env_str("STUDIO_KUBERNETES_IMAGE", "python:3.11-slim")
 STUDIO_JOB_UID_BASE = env_int("STUDIO_JOB_UID_BASE", 1_000_000_000)
 # What `python` means in a local job (default: the first python3 on PATH the job can run).
 STUDIO_JOB_PYTHON = env_str("STUDIO_JOB_PYTHON")
+# Online endpoints on the local compute: each instance's folder, and the interpreter that
+# runs the model server (default: the studio's own).
+STUDIO_DEPLOYMENTS_DIR = env_path("STUDIO_DEPLOYMENTS_DIR", VAR_DIR / "deployments")
+STUDIO_DEPLOYMENT_PYTHON = env_str("STUDIO_DEPLOYMENT_PYTHON")
+# The router's external base URL, as endpoints' scoring URIs show it (default: the
+# studio's own address).
+STUDIO_INFERENCE_URL = env_str("STUDIO_INFERENCE_URL")
 STUDIO_JOB_ENV_PASSTHROUGH = [
     "PATH",
     "LANG",

@@ -52,6 +52,7 @@ def studio_dirs(settings: Any, tmp_path: Any) -> None:
     }
     settings.STUDIO_DATASTORES_DIR = tmp_path / "datastores"
     settings.STUDIO_ENVIRONMENTS_DIR = tmp_path / "environments"
+    settings.STUDIO_DEPLOYMENTS_DIR = tmp_path / "deployments"
     settings.STUDIO_CANCEL_GRACE_SECONDS = 2
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

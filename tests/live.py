@@ -1,4 +1,5 @@
-"""The studio as `manage.py serve` runs it (uvicorn + embedded controller), in a thread."""
+"""The studio as `manage.py serve` runs it (uvicorn, the embedded controller and the
+deployments' runner), in a thread."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class LiveStudio:
             self.ready.set()
 
     async def _main(self) -> None:
+        from endpoints.runner import Runner
         from jobs.controller import Controller
         from studio.asgi import application
 
@@ -48,6 +50,7 @@ class LiveStudio:
         self.server = uvicorn.Server(config)
         stop = asyncio.Event()
         controller = asyncio.create_task(Controller(name="live").run(stop))
+        runner = asyncio.create_task(Runner().run(stop))
         serving = asyncio.create_task(self.server.serve())
         while not self.server.started and not serving.done():
             await asyncio.sleep(0.01)
@@ -56,8 +59,9 @@ class LiveStudio:
             await serving
         finally:
             stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await controller
+            for task in (controller, runner):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def close(self) -> None:
         if self.server is not None:

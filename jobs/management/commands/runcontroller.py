@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from endpoints.runner import Runner
 from jobs.controller import Controller
 
 
@@ -22,4 +23,5 @@ class Command(BaseCommand):
             loop.add_signal_handler(sig, stop.set)
         controller = Controller()
         self.stdout.write(f"controller {controller.name} running; Ctrl-C or SIGTERM stops it")
-        await controller.run(stop)
+        # The deployments of online endpoints on the local compute run beside the jobs.
+        await asyncio.gather(controller.run(stop), Runner().run(stop))

@@ -66,15 +66,17 @@ class Command(BaseCommand):
         )
         server = uvicorn.Server(config)
         stop = asyncio.Event()
-        controller_task = None
+        tasks = []
         if embedded:
+            from endpoints.runner import Runner
             from jobs.controller import Controller
 
-            controller_task = asyncio.create_task(Controller(name="embedded").run(stop))
+            tasks.append(asyncio.create_task(Controller(name="embedded").run(stop)))
+            tasks.append(asyncio.create_task(Runner().run(stop)))
         try:
             await server.serve()
         finally:
             stop.set()
-            if controller_task is not None:
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await controller_task
+                    await task

@@ -1,0 +1,87 @@
+"""Online endpoints (a stable scoring URI with keys and a traffic split) and their
+deployments (a model, a scoring script and an environment, run as instances)."""
+
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import models
+
+from studio.crypto import EncryptedTextField
+from studio.models import Workspace
+
+
+class AuthMode(models.TextChoices):
+    KEY = "key"
+    AML_TOKEN = "aml_token"  # noqa: S105 - a mode's name, not a secret
+
+
+class State(models.TextChoices):
+    """Azure's provisioning states."""
+
+    CREATING = "Creating"
+    UPDATING = "Updating"
+    SCALING = "Scaling"
+    DELETING = "Deleting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+
+class Endpoint(models.Model):
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="endpoints")
+    # One router serves every workspace (/api/v1/endpoint/<name>/score): names are unique
+    # across the studio, as within an Azure region.
+    name = models.CharField(max_length=32, unique=True)
+    compute = models.ForeignKey(
+        "compute.ComputeTarget", on_delete=models.PROTECT, related_name="endpoints"
+    )
+    auth_mode = models.CharField(max_length=20, choices=AuthMode.choices, default=AuthMode.KEY)
+    traffic = models.JSONField(default=dict, blank=True)  # deployment -> percent
+    mirror_traffic = models.JSONField(default=dict, blank=True)
+    description = models.TextField(blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    properties = models.JSONField(default=dict, blank=True)
+    # {"primary": ..., "secondary": ...}, encrypted; shown only by get-credentials.
+    keys = EncryptedTextField(blank=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.SUCCEEDED)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Deployment(models.Model):
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deployments")
+    name = models.CharField(max_length=32)
+    type = models.CharField(max_length=20)  # kubernetes | managed
+    # The validated document, with Azure's defaults filled in.
+    document = models.JSONField(default=dict)
+    model = models.ForeignKey(
+        "registry.Model", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    code = models.CharField(max_length=500, blank=True)  # the code archive, in the artifact store
+    environment_used = models.JSONField(null=True, blank=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.CREATING)
+    error_code = models.CharField(max_length=60, blank=True)  # Azure's, when it failed
+    reason = models.TextField(blank=True)
+    # What runs now: [{"url", "pid"}] for the local compute.
+    instances = models.JSONField(default=list, blank=True)
+    generation = models.IntegerField(default=1)  # bumped by every update: a rollout
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("endpoint", "name")
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=("endpoint", "name"), name="deployment_per_endpoint")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint.name}/{self.name}"

@@ -1,0 +1,318 @@
+"""Runs the deployments of endpoints on the local compute: each instance a model server
+(server.py) on a loopback port, a child of this runner.
+
+A tick (`reconcile`, twice a second) brings what runs in line with what is asked:
+a new or updated deployment's instances start beside the old ones and take over only
+once every one answers its liveness route (a rolling update: no request fails while it
+happens); one that exits before that fails the deployment with Azure's code and the
+reason from its log; a deleted one stops. Instances stop with the runner (they serve
+only through the studio's router) and start again with it.
+
+The runner runs in the controller's process: `serve`'s loop (embedded) or `runcontroller`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import httpx
+from django.conf import settings
+from django.core.files.storage import storages
+from django.db import close_old_connections
+
+from compute.models import ComputeKind
+from endpoints import server
+from endpoints.models import Deployment, Endpoint, State
+from registry import services as registry
+
+log = logging.getLogger(__name__)
+TICK = 0.5
+LOG_TAIL_BYTES = 64 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Rollout:
+    """A generation of a deployment on its way up."""
+
+    generation: int
+    processes: list[subprocess.Popen[bytes]]
+    urls: list[str]
+    logs: list[Path]
+    deadline: float
+
+
+@dataclass
+class Running:
+    generation: int
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+def log_files(root: Path, deployment: Deployment) -> list[Path]:
+    """The instances' logs of the deployment's newest generation."""
+    folder = root / str(deployment.pk) / str(deployment.generation)
+    return sorted(folder.glob("instance-*.log"))
+
+
+def error_of(log_file: Path) -> tuple[str, str]:
+    """Azure's code and the reason, from a model server's last words."""
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_file) - LOG_TAIL_BYTES))
+            lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        if line.startswith("KSTUDIO_ERROR "):
+            code, _, why = line.removeprefix("KSTUDIO_ERROR ").partition(": ")
+            return code, why
+    return "DeploymentCrashLoopBackOff", (lines[-1] if lines else "the model server exited")
+
+
+class Runner:
+    def __init__(self, root: Path | None = None) -> None:
+        self._root = root
+        self.rollouts: dict[int, Rollout] = {}
+        self.running: dict[int, Running] = {}
+        self.http = httpx.Client(timeout=1)
+
+    @property
+    def root(self) -> Path:
+        """Read when used: a runner follows the setting (tests change it)."""
+        return Path(self._root or settings.STUDIO_DEPLOYMENTS_DIR)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("deployment runner started")
+        try:
+            while not stop.is_set():
+                await asyncio.to_thread(self.tick)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), TICK)
+        finally:
+            await asyncio.to_thread(self.stop_all)
+            log.info("deployment runner stopped")
+
+    def tick(self) -> None:
+        close_old_connections()
+        try:
+            self.reconcile()
+        except Exception:  # a bad tick must not end the loop: the next one tries again
+            log.exception("deployment runner tick failed")
+        finally:
+            close_old_connections()
+
+    def reconcile(self) -> None:
+        local = Deployment.objects.filter(endpoint__compute__kind=ComputeKind.LOCAL)
+        for deployment in local.select_related("endpoint", "model"):
+            if deployment.state == State.DELETING:
+                self.stop(deployment.pk)
+                self.rollouts.pop(deployment.pk, None)
+                deployment.delete()
+            elif deployment.pk in self.rollouts:
+                self.follow(deployment)
+            elif deployment.state in (State.CREATING, State.UPDATING):
+                self.start(deployment)
+            elif deployment.state == State.SUCCEEDED:
+                self.keep_up(deployment)
+        Endpoint.objects.filter(state=State.DELETING, deployments__isnull=True).delete()
+
+    # -- starting ----------------------------------------------------------------------------
+    def start(self, deployment: Deployment) -> None:
+        folder = self.root / str(deployment.pk) / str(deployment.generation)
+        try:
+            env = self.prepare(deployment, folder)
+        except (OSError, tarfile.TarError, LookupError, ValueError) as exc:
+            self.fail(deployment, "DeploymentPreparationFailed", f"preparing it failed: {exc}")
+            return
+        document = deployment.document
+        count = int(document.get("instance_count") or 1)
+        probe = document.get("readiness_probe") or {}
+        budget = probe.get("initial_delay", 10) + probe.get("failure_threshold", 30) * probe.get(
+            "period", 10
+        )
+        rollout = Rollout(deployment.generation, [], [], [], time.monotonic() + budget)
+        python = settings.STUDIO_DEPLOYMENT_PYTHON or sys.executable
+        for index in range(count):
+            port = free_port()
+            log_file = folder / f"instance-{index}.log"
+            with open(log_file, "ab") as out:
+                rollout.processes.append(
+                    subprocess.Popen(
+                        [python, server.__file__, "--port", str(port)],
+                        cwd=folder,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+            rollout.urls.append(f"http://127.0.0.1:{port}")
+            rollout.logs.append(log_file)
+        self.rollouts[deployment.pk] = rollout
+        log.info("deployment %s: starting %d instance(s)", deployment, count)
+
+    def prepare(self, deployment: Deployment, folder: Path) -> dict[str, str]:
+        """The generation's folder: its code and its model's files; and the environment
+        the model server gets (Azure's variables, then the deployment's own)."""
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, mode=0o700)
+        code = folder / "code"
+        code.mkdir()
+        document = deployment.document
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(folder),
+            "AML_APP_ROOT": str(code),
+            "WORKER_COUNT": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if deployment.code:
+            with (
+                storages["artifacts"].open(deployment.code, "rb") as f,
+                tarfile.open(fileobj=f) as archive,
+            ):
+                archive.extractall(code, filter="data")
+            env["AZUREML_ENTRY_SCRIPT"] = document["code_configuration"]["scoring_script"]
+        if deployment.model is not None:
+            env["AZUREML_MODEL_DIR"] = str(self.fetch_model(deployment, folder / "model-dir"))
+        env.update(document.get("environment_variables") or {})
+        return env
+
+    def fetch_model(self, deployment: Deployment, target: Path) -> Path:
+        """The model's files under `target`/<its folder or file name>, as Azure lays them
+        out under AZUREML_MODEL_DIR."""
+        model = deployment.model
+        assert model is not None
+        name = PurePosixPath(registry.location_of(model).path.rstrip("/")).name
+        files = registry.files(model)
+        single = len(files) == 1 and files[0]["path"] == name
+        for entry in files:
+            destination = target / name if single else target / name / entry["path"]
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with registry.open_file(model, entry["path"]) as source, open(destination, "wb") as out:
+                shutil.copyfileobj(source, out, 1024 * 1024)
+        return target
+
+    def follow(self, deployment: Deployment) -> None:
+        """A rollout under way: every instance ready, one of them exited, or out of time."""
+        rollout = self.rollouts[deployment.pk]
+        if rollout.generation != deployment.generation:  # updated again meanwhile
+            self.abandon(deployment.pk)
+            return
+        for process, log_file in zip(rollout.processes, rollout.logs, strict=True):
+            if process.poll() is not None:
+                code, why = error_of(log_file)
+                self.abandon(deployment.pk)
+                self.fail(deployment, code, why)
+                return
+        if all(self.answers(url) for url in rollout.urls):
+            del self.rollouts[deployment.pk]
+            self.stop(deployment.pk)  # the old generation, now that the new one serves
+            self.running[deployment.pk] = Running(rollout.generation, rollout.processes)
+            Deployment.objects.filter(pk=deployment.pk, generation=rollout.generation).update(
+                state=State.SUCCEEDED,
+                error_code="",
+                reason="",
+                instances=[
+                    {"url": u, "pid": p.pid}
+                    for u, p in zip(rollout.urls, rollout.processes, strict=True)
+                ],
+            )
+            log.info("deployment %s: generation %d serves", deployment, rollout.generation)
+        elif time.monotonic() > rollout.deadline:
+            self.abandon(deployment.pk)
+            self.fail(
+                deployment,
+                "ReadinessProbeFailed",
+                "the model server did not answer its liveness route in time",
+            )
+
+    def answers(self, url: str) -> bool:
+        try:
+            return self.http.get(url + "/").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def keep_up(self, deployment: Deployment) -> None:
+        """A deployment that serves: started again when this runner has none of it (it
+        just started), failed when an instance died."""
+        running = self.running.get(deployment.pk)
+        if running is None or running.generation != deployment.generation:
+            self.start(deployment)
+            return
+        for process in running.processes:
+            if process.poll() is not None:
+                files = log_files(self.root, deployment)
+                _code, why = error_of(files[0]) if files else ("", "")
+                self.stop(deployment.pk)
+                self.fail(deployment, "DeploymentCrashLoopBackOff", f"an instance exited: {why}")
+                return
+
+    def fail(self, deployment: Deployment, code: str, reason: str) -> None:
+        """Failed, with Azure's code; a previous generation that serves keeps serving."""
+        log.warning("deployment %s failed: %s: %s", deployment, code, reason)
+        Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
+            state=State.FAILED, error_code=code, reason=reason[:2000]
+        )
+
+    # -- stopping ----------------------------------------------------------------------------
+    def abandon(self, pk: int) -> None:
+        rollout = self.rollouts.pop(pk, None)
+        if rollout is not None:
+            _terminate(rollout.processes)
+
+    def stop(self, pk: int) -> None:
+        running = self.running.pop(pk, None)
+        if running is not None:
+            _terminate(running.processes)
+
+    def stop_all(self) -> None:
+        for pk in list(self.rollouts):
+            self.abandon(pk)
+        for pk in list(self.running):
+            self.stop(pk)
+        self.http.close()
+
+
+def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def tail(log_file: Path, lines: int) -> str:
+    """The last `lines` lines of a log, reading at most its last 4 MiB."""
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_file) - 4 * 1024 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "".join(text.splitlines(keepends=True)[-lines:])

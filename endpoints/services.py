@@ -1,0 +1,341 @@
+"""Online endpoints and deployments: creating and updating them (checked whole before
+anything is kept), their keys, the traffic split. Called by the API, the pages, the CLI
+(through the API) and the runner alike; running them is the runner's (runner.py)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tarfile
+import time
+from typing import IO, Any, Literal
+
+from django.conf import settings
+from django.core import signing
+from django.core.files import File
+from django.core.files.storage import storages
+from django.db import transaction
+
+from compute import services as compute_services
+from compute.models import ComputeKind, ComputeTarget
+from endpoints import spec
+from endpoints.models import Deployment, Endpoint, State
+from environments import services as environment_services
+from registry import services as registry
+from registry import spec as registry_spec
+from registry.models import Model
+from studio import assets
+from studio.documents import DocumentError
+from studio.errors import Conflict, FieldErrors
+from studio.events import publish
+from studio.models import Workspace
+
+RUNNER_GROUP = "deployments"
+MAX_CODE_BYTES = 100 * 1024 * 1024
+
+
+def wake() -> tuple[str, dict[str, Any]]:
+    return (RUNNER_GROUP, {"type": "deployments.wake"})
+
+
+# -- endpoints -------------------------------------------------------------------------------
+def new_keys() -> str:
+    return json.dumps(
+        {"primary": secrets.token_urlsafe(32), "secondary": secrets.token_urlsafe(32)}
+    )
+
+
+def keys_of(endpoint: Endpoint) -> dict[str, str]:
+    return dict(json.loads(endpoint.keys or "{}"))
+
+
+def regenerate_key(endpoint: Endpoint, key_type: str) -> dict[str, str]:
+    """A new key of one kind; the other keeps working, so clients move over one by one."""
+    if key_type not in ("primary", "secondary"):
+        raise FieldErrors([("key_type", "use primary or secondary")])
+    keys = keys_of(endpoint)
+    keys[key_type] = secrets.token_urlsafe(32)
+    endpoint.keys = json.dumps(keys)
+    endpoint.save(update_fields=["keys", "updated_at"])
+    return keys
+
+
+def _compute(workspace: Workspace, name: str | None) -> ComputeTarget:
+    if name:
+        found = ComputeTarget.objects.filter(workspace=workspace, name=name).first()
+        if found is None:
+            raise FieldErrors([("compute", f"no compute target named {name!r} in this workspace")])
+        return found
+    found = compute_services.default_compute(workspace)
+    if found is None:
+        raise FieldErrors([("compute", "the workspace has no compute target; name one")])
+    return found
+
+
+def save_endpoint(workspace: Workspace, user: Any, data: dict[str, Any]) -> Endpoint:
+    """Create an endpoint, or update the one of that name in this workspace (its compute
+    never changes). Traffic may name only the endpoint's deployments."""
+    document = spec.parse_endpoint(data)
+    existing = Endpoint.objects.filter(name=document.name).first()
+    if existing is not None and existing.workspace_id != workspace.pk:
+        raise FieldErrors(
+            [
+                (
+                    "name",
+                    f"an endpoint named {document.name!r} already exists; "
+                    "endpoint names are unique across the studio",
+                )
+            ]
+        )
+    compute = (
+        _compute(workspace, document.compute) if existing is None or document.compute else None
+    )
+    if existing is not None and compute is not None and compute.pk != existing.compute_id:
+        raise FieldErrors(
+            [("compute", "an endpoint's compute never changes; make another endpoint")]
+        )
+    deployments = set(existing.deployments.values_list("name", flat=True)) if existing else set()
+    _check_traffic(document, deployments)
+    fields = {
+        "auth_mode": document.auth_mode,
+        "traffic": document.traffic,
+        "mirror_traffic": document.mirror_traffic,
+        "description": document.description,
+        "tags": document.tags,
+        "properties": document.properties,
+    }
+    if existing is not None:
+        for key, value in fields.items():
+            setattr(existing, key, value)
+        existing.save()
+        return existing
+    assert compute is not None
+    return Endpoint.objects.create(
+        workspace=workspace,
+        name=document.name,
+        compute=compute,
+        keys=new_keys(),
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+        **fields,
+    )
+
+
+def _check_traffic(document: spec.EndpointDocument, deployments: set[str]) -> None:
+    errors = [
+        (f"{field}.{name}", f"the endpoint has no deployment named {name!r}")
+        for field, shares in (
+            ("traffic", document.traffic),
+            ("mirror_traffic", document.mirror_traffic),
+        )
+        for name in shares
+        if name not in deployments
+    ]
+    if errors:
+        raise FieldErrors(errors)
+
+
+def set_traffic(
+    endpoint: Endpoint, traffic: dict[str, int], mirror: dict[str, int] | None = None
+) -> Endpoint:
+    """Move traffic (`--traffic "blue=90 green=10"`): checked as the whole endpoint is."""
+    data = {
+        "name": endpoint.name,
+        "auth_mode": endpoint.auth_mode,
+        "traffic": traffic,
+        "mirror_traffic": endpoint.mirror_traffic if mirror is None else mirror,
+        "description": endpoint.description,
+        "tags": endpoint.tags,
+        "properties": endpoint.properties,
+    }
+    return save_endpoint(endpoint.workspace, None, data)
+
+
+def delete_endpoint(endpoint: Endpoint) -> None:
+    """Its deployments stop (the runner sees them go) and it is forgotten."""
+    with transaction.atomic():
+        endpoint.deployments.update(state=State.DELETING)
+        publish(wake())
+        endpoint.state = State.DELETING
+        endpoint.save(update_fields=["state", "updated_at"])
+
+
+# -- deployments -----------------------------------------------------------------------------
+def save_deployment(
+    workspace: Workspace,
+    user: Any,
+    data: dict[str, Any],
+    *,
+    code: IO[bytes] | None = None,
+    model_upload: IO[bytes] | None = None,
+    model_is_folder: bool = True,
+    all_traffic: bool = False,
+) -> Deployment:
+    """Create a deployment, or update it (a rollout: the runner starts the new instances
+    before it stops the old). Everything is checked before anything is kept."""
+    document = spec.parse_deployment(data)
+    endpoint = Endpoint.objects.filter(workspace=workspace, name=document.endpoint_name).first()
+    if endpoint is None or endpoint.state == State.DELETING:
+        raise FieldErrors(
+            [
+                (
+                    "endpoint_name",
+                    f"no endpoint named {document.endpoint_name!r} in "
+                    "this workspace; create it first",
+                )
+            ]
+        )
+    kind: Literal["kubernetes", "managed"] = (
+        "kubernetes" if endpoint.compute.kind == ComputeKind.KUBERNETES else "managed"
+    )
+    if document.type is not None and document.type != kind and kind == "kubernetes":
+        raise FieldErrors([("type", f"the endpoint runs on Kubernetes compute; use type {kind}")])
+    document.type = document.type or kind
+    errors: list[tuple[str, str]] = []
+    if document.code_configuration is not None and code is None:
+        errors.append(
+            (
+                "code_configuration.code",
+                "the code folder is uploaded with the "
+                "deployment (kstudio online-deployment create sends it)",
+            )
+        )
+    model = _model(workspace, user, document, model_upload, model_is_folder, errors)
+    environment = None
+    try:
+        environment = environment_services.resolve(workspace, document.environment)
+    except DocumentError as exc:
+        errors.extend(exc.errors)
+    if code is not None and document.code_configuration is not None:
+        errors.extend(_check_code(code, document.code_configuration.scoring_script))
+    if errors:
+        raise FieldErrors(errors)
+    existing = endpoint.deployments.filter(name=document.name).first()
+    fields = {
+        "type": document.type,
+        "document": document.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "model": model,
+        "environment_used": environment.record() if environment else None,
+    }
+    with transaction.atomic():
+        if existing is None:
+            deployment = Deployment.objects.create(
+                endpoint=endpoint, name=document.name, state=State.CREATING, **fields
+            )
+        else:
+            deployment = existing
+            for key, value in fields.items():
+                setattr(deployment, key, value)
+            deployment.state = State.UPDATING
+            deployment.generation += 1
+            deployment.error_code = deployment.reason = ""
+        if code is not None:
+            code.seek(0)
+            name = f"deployments/{deployment.pk}/{deployment.generation}/code.tar.gz"
+            deployment.code = storages["artifacts"].save(name, File(code))
+        elif existing is None or document.code_configuration is None:
+            deployment.code = ""
+        deployment.save()
+        if all_traffic:
+            Endpoint.objects.filter(pk=endpoint.pk).update(traffic={document.name: 100})
+        publish(wake())
+    return deployment
+
+
+def _model(
+    workspace: Workspace,
+    user: Any,
+    document: spec.DeploymentDocument,
+    upload: IO[bytes] | None,
+    is_folder: bool,
+    errors: list[tuple[str, str]],
+) -> Model | None:
+    """The registered version a deployment serves: named (azureml:NAME:VERSION), or an
+    inline path, registered as a version of `<endpoint>-<deployment>` (Azure registers
+    inline models anonymously)."""
+    if document.model is None:
+        return None
+    if isinstance(document.model, str):
+        try:
+            name, version = registry_spec.parse_ref(document.model)
+            found = assets.find(Model, workspace, name, version)
+        except (ValueError, DocumentError) as exc:
+            message = exc.errors[0][1] if isinstance(exc, DocumentError) else str(exc)
+            errors.append(("model", message))
+            return None
+        assert isinstance(found, Model)
+        return found
+    inline = document.model
+    data = {
+        "name": inline.name or f"{document.endpoint_name}-{document.name}",
+        "path": inline.path,
+        "type": inline.type,
+        "description": inline.description,
+    }
+    try:
+        return registry.create_model(workspace, user, data, upload, upload_is_folder=is_folder)
+    except FieldErrors as exc:
+        errors.extend((f"model.{field}", message) for field, message in exc.errors)
+    except Conflict as exc:
+        errors.append(("model", str(exc)))
+    return None
+
+
+def _check_code(code: IO[bytes], script: str) -> list[tuple[str, str]]:
+    """The code archive must be one, and hold the scoring script."""
+    code.seek(0)
+    try:
+        with tarfile.open(fileobj=code) as archive:
+            names = {m.name.removeprefix("./") for m in archive.getmembers() if m.isfile()}
+    except tarfile.TarError as exc:
+        return [("code_configuration.code", f"the code archive cannot be read: {exc}")]
+    finally:
+        code.seek(0)
+    if script.removeprefix("./") not in names:
+        return [("code_configuration.scoring_script", f"{script!r} is not in the code folder")]
+    return []
+
+
+def delete_deployment(deployment: Deployment) -> None:
+    """Refused while it takes live traffic (Azure's rule): move the traffic first."""
+    endpoint = deployment.endpoint
+    if endpoint.traffic.get(deployment.name) or endpoint.mirror_traffic.get(deployment.name):
+        raise Conflict(
+            f"Deployment {deployment.name} takes {endpoint.traffic.get(deployment.name) or 0}% "
+            "of the endpoint's traffic; set its traffic to 0 first."
+        )
+    deployment.state = State.DELETING
+    deployment.save(update_fields=["state", "updated_at"])
+    publish(wake())
+
+
+# -- aml_token mode --------------------------------------------------------------------------
+TOKEN_SECONDS = 3600
+_TOKEN_SALT = "kstudio.endpoint-token"  # noqa: S105 - a salt's name, not a secret
+
+
+def issue_token(endpoint: Endpoint) -> dict[str, Any]:
+    """A short-lived token for an aml_token endpoint (Azure's shape); signed by the studio,
+    so the router checks it without a lookup."""
+    now = int(time.time())
+    token = signing.dumps({"endpoint": endpoint.pk}, salt=_TOKEN_SALT)
+    return {
+        "accessToken": token,
+        "tokenType": "Bearer",
+        "expiryTimeUtc": now + TOKEN_SECONDS,
+        "refreshAfterTimeUtc": now + TOKEN_SECONDS // 2,
+    }
+
+
+def token_valid(endpoint: Endpoint, token: str) -> bool:
+    try:
+        data = signing.loads(token, salt=_TOKEN_SALT, max_age=TOKEN_SECONDS)
+    except signing.BadSignature:
+        return False
+    return isinstance(data, dict) and data.get("endpoint") == endpoint.pk
+
+
+def scoring_uri(endpoint: Endpoint, base: str) -> str:
+    """Where clients score: STUDIO_INFERENCE_URL (the router's external address), else
+    `base` (the studio's own)."""
+    root = (settings.STUDIO_INFERENCE_URL or base).rstrip("/")
+    return f"{root}/api/v1/endpoint/{endpoint.name}/score"

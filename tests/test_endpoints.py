@@ -1,0 +1,211 @@
+"""Online endpoints on the local compute, end to end over HTTP: a real scikit-learn model
+and scoring script deployed as blue and green, scored through the router with the
+endpoint's keys, traffic split and moved, a deployment named by header, and Azure's
+refusals and status codes."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import pickle
+import sys
+import tarfile
+
+import httpx
+import pytest
+from django.db import connection
+
+from endpoints import spec
+from endpoints.models import Deployment, Endpoint
+from studio.documents import DocumentError
+from tests.conftest import token_for, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SCORE = """
+import json, os, pickle, time
+
+def init():
+    global model
+    with open(os.path.join(os.getenv("AZUREML_MODEL_DIR"), "model", "model.pkl"), "rb") as f:
+        model = pickle.load(f)
+
+def run(raw_data):
+    body = json.loads(raw_data)
+    if body.get("sleep"):
+        time.sleep(body["sleep"])
+    if body.get("fail"):
+        raise RuntimeError("asked to fail")
+    return {"predictions": model.predict(body["data"]).tolist(), "color": os.environ["COLOR"]}
+"""
+
+
+def archive(files: dict[str, bytes]) -> io.BytesIO:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out.seek(0)
+    return out
+
+
+def model_folder() -> io.BytesIO:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit([[0.0, 0.0], [1.0, 1.0], [0.1, 0.0], [0.9, 1.0]], [0, 1, 0, 1])
+    return archive({"model.pkl": pickle.dumps(model)})
+
+
+def deployment_yaml(name: str, **extra: object) -> str:
+    document = {
+        "$schema": "https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json",
+        "name": name, "endpoint_name": "my-endpoint",
+        "model": {"path": "../model-1/model/"},
+        "code_configuration": {"code": "../model-1/onlinescoring/", "scoring_script": "score.py"},
+        "environment_variables": {"COLOR": name},
+        "request_settings": {"request_timeout_ms": 3000, "max_queue_wait_ms": 3000},
+        "instance_count": 1, **extra,
+    }  # fmt: skip
+    return json.dumps(document)
+
+
+@pytest.fixture
+def studio(live_studio, people, settings):
+    settings.STUDIO_DEPLOYMENT_PYTHON = sys.executable  # it has scikit-learn
+    http = httpx.Client(
+        base_url=f"{live_studio.url}/api/v1/workspaces/demo/",
+        headers={"Authorization": f"Bearer {token_for(people.contributor)}"}, timeout=30,
+    )  # fmt: skip
+    yield http
+    http.close()
+
+
+def deploy(http: httpx.Client, name: str, **extra: object) -> httpx.Response:
+    return http.post(
+        "online-endpoints/my-endpoint/deployments/",
+        data={"spec": deployment_yaml(name, **extra)},
+        files={"code": ("code.tar.gz", archive({"score.py": SCORE.encode()})),
+               "model_folder": ("model.tar.gz", model_folder())},
+    )  # fmt: skip
+
+
+def running(http: httpx.Client, name: str) -> dict:
+    shown = http.get(f"online-endpoints/my-endpoint/deployments/{name}/").json()
+    assert shown["provisioning_state"] != "Failed", shown
+    return shown if shown["provisioning_state"] == "Succeeded" else {}
+
+
+def test_blue_green_deployments_score_through_the_router_with_keys_and_traffic(studio, live_studio):
+    made = studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\nauth_mode: Key\n"})
+    assert made.status_code == 201, made.text
+    uri = made.json()["scoring_uri"]
+    assert uri == f"{live_studio.url}/api/v1/endpoint/my-endpoint/score"
+    for color in ("blue", "green"):
+        answer = deploy(studio, color)
+        assert answer.status_code == 201, answer.text
+    for color in ("blue", "green"):
+        wait_until(lambda c=color: running(studio, c), 60, f"{color} to serve")
+    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
+    primary = {"Authorization": f"Bearer {keys['primaryKey']}"}
+    # Keys are shown by get-credentials alone, and kept encrypted.
+    for shown in (
+        studio.get("online-endpoints/").text,
+        studio.get("online-endpoints/my-endpoint/").text,
+    ):
+        assert keys["primaryKey"] not in shown and keys["secondaryKey"] not in shown
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT keys FROM endpoints_endpoint")
+        assert keys["primaryKey"] not in cursor.fetchone()[0]
+    body = {"data": [[0.0, 0.1], [1.0, 0.9]]}
+    # No traffic yet: nothing takes it. A wrong key reaches nothing.
+    assert httpx.post(uri, json=body, headers=primary).status_code == 404
+    assert httpx.post(uri, json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert httpx.post(uri, json=body).status_code == 401
+    # All to blue, then 50/50: the split shows in who answers.
+    moved = studio.patch("online-endpoints/my-endpoint/", json={"traffic": {"blue": 100}})
+    assert moved.status_code == 200, moved.text
+    scored = httpx.post(uri, json=body, headers=primary)
+    assert scored.status_code == 200, scored.text
+    assert scored.json() == {"predictions": [0, 1], "color": "blue"}
+    assert scored.headers["azureml-model-deployment"] == "blue"
+    studio.patch("online-endpoints/my-endpoint/", json={"traffic": {"blue": 50, "green": 50}})
+    seen = collections.Counter(
+        httpx.post(uri, json=body, headers=primary).headers["azureml-model-deployment"]
+        for _ in range(200)
+    )
+    assert set(seen) == {"blue", "green"} and min(seen.values()) > 60, seen  # p < 1e-4 else
+    # The header targets one deployment, whatever the split; the secondary key works too.
+    secondary = {"Authorization": f"Bearer {keys['secondaryKey']}",
+                 "azureml-model-deployment": "green"}  # fmt: skip
+    assert httpx.post(uri, json=body, headers=secondary).json()["color"] == "green"
+    # Azure's codes: run() raised -> 502; too slow -> 504.
+    failed = httpx.post(uri, json={**body, "fail": True}, headers=secondary)
+    assert failed.status_code == 502 and "asked to fail" in failed.text
+    slow = httpx.post(uri, json={**body, "sleep": 4}, headers=secondary, timeout=30)
+    assert slow.status_code == 504
+    # A deployment with live traffic cannot be deleted; a regenerated key stops working.
+    refused = studio.delete("online-endpoints/my-endpoint/deployments/green/")
+    assert refused.status_code == 409 and "traffic" in refused.text
+    studio.post("online-endpoints/my-endpoint/regenerate-keys/", json={"key_type": "primary"})
+    assert httpx.post(uri, json=body, headers=primary).status_code == 401
+    logs = studio.get("online-endpoints/my-endpoint/deployments/blue/logs/", params={"lines": 5})
+    assert "POST /score" in logs.text
+
+
+def test_endpoint_and_deployment_documents_are_checked_by_field(studio):
+    cases = {
+        "name: x\n": "name",
+        "name: my-endpoint\nauth_mode: aad_token\n": "auth_mode",
+        "name: my-endpoint\nidentity:\n  type: system_assigned\n": "identity",
+        "name: my-endpoint\npublic_network_access: disabled\n": "public_network_access",
+        "name: my-endpoint\ntraffic:\n  blue: 100\n": "traffic.blue",
+        "name: my-endpoint\ncompute: azureml:nope\n": "compute",
+    }
+    for text, field in cases.items():
+        refused = studio.post("online-endpoints/", json={"yaml": text})
+        assert refused.status_code == 400, text
+        fields = [e["field"] for e in refused.json()["errors"]]
+        messages = " ".join(e["message"] for e in refused.json()["errors"])
+        assert field in fields or field in messages, (text, refused.json())
+    assert not Endpoint.objects.exists()
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
+    bad = studio.post(
+        "online-endpoints/my-endpoint/deployments/",
+        data={"spec": deployment_yaml("blue", data_collector={"collections": {}},
+                                      model="azureml:no-such-model:1")},
+    )  # fmt: skip
+    assert bad.status_code == 400
+    assert not Deployment.objects.exists()
+
+
+def test_azures_defaults_and_rules_apply_to_a_deployment_document():
+    document = spec.parse_deployment(
+        {"name": "blue", "endpoint_name": "my-endpoint", "type": "kubernetes",
+         "model": "azureml:m:1", "resources": {"requests": {"cpu": "0.1", "memory": "0.1Gi"}}}
+    )  # fmt: skip
+    assert document.request_settings.model_dump() == {
+        "request_timeout_ms": 5000, "max_concurrent_requests_per_instance": 1,
+        "max_queue_wait_ms": 500,
+    }  # fmt: skip
+    assert document.liveness_probe.model_dump() == {
+        "period": 10, "initial_delay": 10, "timeout": 2, "success_threshold": 1,
+        "failure_threshold": 30,
+    }  # fmt: skip
+    assert document.scale_settings is not None
+    assert document.scale_settings.model_dump() == {
+        "type": "target_utilization", "min_instances": 1, "max_instances": 1,
+        "target_utilization_percentage": 70, "polling_interval": 1,
+    }  # fmt: skip
+    with pytest.raises(DocumentError) as refused:
+        spec.parse_deployment({"name": "blue", "endpoint_name": "e-1", "model": "azureml:m:1",
+                               "resources": {"requests": {"cpu": "1"}}})  # fmt: skip
+    assert "requests needs cpu and memory" in str(refused.value.errors)
+    with pytest.raises(DocumentError) as mirrored:
+        spec.parse_endpoint({"name": "e-1", "traffic": {"blue": 100},
+                             "mirror_traffic": {"blue": 10}})  # fmt: skip
+    assert "takes live traffic" in str(mirrored.value.errors)
+    with pytest.raises(DocumentError):
+        spec.parse_endpoint({"name": "e-1", "traffic": {"blue": 60, "green": 30}})
