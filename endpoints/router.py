@@ -99,6 +99,12 @@ def _choose(endpoint: Endpoint, deployments: dict[str, Deployment], named: str) 
     return shares[-1][0]
 
 
+def _post(url: str, body: bytes, content_type: str, timeout: float) -> httpx.Response:
+    return _http.post(
+        url + "/score", content=body, headers={"Content-Type": content_type}, timeout=timeout
+    )
+
+
 def forward(deployment: Deployment, body: bytes, content_type: str) -> HttpResponse:
     """One request to one of the deployment's instances, within its timeout."""
     settings = deployment.document.get("request_settings") or {}
@@ -108,11 +114,18 @@ def forward(deployment: Deployment, body: bytes, content_type: str) -> HttpRespo
         return _answer(
             502, f"Deployment {deployment.name} has no instance running.", deployment.name
         )
-    url = instances[next(_turns) % len(instances)]["url"] + "/score"
+    turn = next(_turns)
     try:
-        answer = _http.post(
-            url, content=body, headers={"Content-Type": content_type}, timeout=timeout
-        )
+        try:
+            answer = _post(instances[turn % len(instances)]["url"], body, content_type, timeout)
+        except httpx.ConnectError:
+            # Nothing was sent: an instance that a rollout just replaced. Once more, on
+            # the instances the deployment has now.
+            deployment.refresh_from_db(fields=["instances"])
+            if not deployment.instances:
+                raise
+            current = deployment.instances[turn % len(deployment.instances)]["url"]
+            answer = _post(current, body, content_type, timeout)
     except httpx.TimeoutException:
         return _answer(
             504,

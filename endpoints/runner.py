@@ -26,6 +26,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import httpx
 from django.conf import settings
@@ -71,6 +72,15 @@ def log_files(root: Path, deployment: Deployment) -> list[Path]:
     return sorted(folder.glob("instance-*.log"))
 
 
+def instances_wanted(document: dict[str, Any]) -> int:
+    """instance_count, or for target_utilization its min_instances (at least one: the
+    autoscaler adds more when the router's counts ask for them)."""
+    scale = document.get("scale_settings") or {}
+    if scale.get("type") == "target_utilization":
+        return max(1, int(scale.get("min_instances") or 1))
+    return int(document.get("instance_count") or 1)
+
+
 def error_of(log_file: Path) -> tuple[str, str]:
     """Azure's code and the reason, from a model server's last words."""
     try:
@@ -91,6 +101,9 @@ class Runner:
         self._root = root
         self.rollouts: dict[int, Rollout] = {}
         self.running: dict[int, Running] = {}
+        # Instances replaced by a new generation: they finish what the router already sent
+        # them (up to the request timeout) before they stop.
+        self.draining: list[tuple[float, list[subprocess.Popen[bytes]]]] = []
         self.http = httpx.Client(timeout=1)
 
     @property
@@ -119,6 +132,10 @@ class Runner:
             close_old_connections()
 
     def reconcile(self) -> None:
+        now = time.monotonic()
+        for _deadline, processes in [d for d in self.draining if d[0] <= now]:
+            _terminate(processes)
+        self.draining = [d for d in self.draining if d[0] > now]
         local = Deployment.objects.filter(endpoint__compute__kind=ComputeKind.LOCAL)
         for deployment in local.select_related("endpoint", "model"):
             if deployment.state == State.DELETING:
@@ -142,7 +159,7 @@ class Runner:
             self.fail(deployment, "DeploymentPreparationFailed", f"preparing it failed: {exc}")
             return
         document = deployment.document
-        count = int(document.get("instance_count") or 1)
+        count = instances_wanted(document)
         probe = document.get("readiness_probe") or {}
         budget = probe.get("initial_delay", 10) + probe.get("failure_threshold", 30) * probe.get(
             "period", 10
@@ -226,8 +243,8 @@ class Runner:
                 return
         if all(self.answers(url) for url in rollout.urls):
             del self.rollouts[deployment.pk]
-            self.stop(deployment.pk)  # the old generation, now that the new one serves
-            self.running[deployment.pk] = Running(rollout.generation, rollout.processes)
+            # The router sends new requests to the new generation from now on; the old
+            # one drains what it already has, then stops.
             Deployment.objects.filter(pk=deployment.pk, generation=rollout.generation).update(
                 state=State.SUCCEEDED,
                 error_code="",
@@ -237,6 +254,12 @@ class Runner:
                     for u, p in zip(rollout.urls, rollout.processes, strict=True)
                 ],
             )
+            old = self.running.pop(deployment.pk, None)
+            if old is not None:
+                settings_ = deployment.document.get("request_settings") or {}
+                grace = settings_.get("request_timeout_ms", 5000) / 1000 + 1
+                self.draining.append((time.monotonic() + grace, old.processes))
+            self.running[deployment.pk] = Running(rollout.generation, rollout.processes)
             log.info("deployment %s: generation %d serves", deployment, rollout.generation)
         elif time.monotonic() > rollout.deadline:
             self.abandon(deployment.pk)
@@ -286,6 +309,9 @@ class Runner:
             _terminate(running.processes)
 
     def stop_all(self) -> None:
+        for _deadline, processes in self.draining:
+            _terminate(processes)
+        self.draining = []
         for pk in list(self.rollouts):
             self.abandon(pk)
         for pk in list(self.running):

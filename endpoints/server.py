@@ -224,7 +224,9 @@ def make_handler(run: Callable[[str], Any]) -> type[BaseHTTPRequestHandler]:
 
 
 class Server(ThreadingMixIn, HTTPServer):
-    daemon_threads = True
+    # On SIGTERM, requests under way finish (server_close joins their threads).
+    daemon_threads = False
+    block_on_close = True
     allow_reuse_address = True
 
 
@@ -233,6 +235,7 @@ def serve(sock: socket.socket, run: Callable[[str], Any]) -> None:
     server.socket = sock
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     server.serve_forever(poll_interval=0.2)
+    server.server_close()
 
 
 def main(argv: list[str] | None = None) -> int:

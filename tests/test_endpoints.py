@@ -209,3 +209,119 @@ def test_azures_defaults_and_rules_apply_to_a_deployment_document():
     assert "takes live traffic" in str(mirrored.value.errors)
     with pytest.raises(DocumentError):
         spec.parse_endpoint({"name": "e-1", "traffic": {"blue": 60, "green": 30}})
+
+
+# azureml-examples' online/model-1/onlinescoring/score.py, as it reads its model.
+EXAMPLE_SCORE = """
+import json, logging, os
+import joblib, numpy
+
+def init():
+    global model
+    model_path = os.path.join(os.getenv("AZUREML_MODEL_DIR"), "model/sklearn_regression_model.pkl")
+    model = joblib.load(model_path)
+    logging.info("Init complete")
+
+def run(raw_data):
+    data = numpy.array(json.loads(raw_data)["data"])
+    return model.predict(data).tolist()
+"""
+
+
+def example_tree(tmp_path, compat):
+    """Azure's kubernetes endpoint and blue/green deployment files, beside model-1 and
+    model-2 as the example lays them out (their model and score.py made here: the
+    compat copy ships neither)."""
+    import joblib
+    from sklearn.linear_model import LinearRegression
+
+    online = compat / "cli" / "endpoints" / "online"
+    for kind in ("kubernetes",):
+        (tmp_path / kind).mkdir()
+        for f in (online / kind).glob("*.yml"):
+            (tmp_path / kind / f.name).write_text(f.read_text())
+    for index, slope in (("1", 1.0), ("2", 2.0)):
+        base = tmp_path / f"model-{index}"
+        (base / "model").mkdir(parents=True)
+        (base / "onlinescoring").mkdir()
+        (base / "environment").mkdir()
+        x = [[float(i + j) for j in range(10)] for i in range(20)]
+        y = [slope * sum(row) for row in x]
+        joblib.dump(LinearRegression().fit(x, y), base / "model" / "sklearn_regression_model.pkl")
+        (base / "onlinescoring" / "score.py").write_text(EXAMPLE_SCORE)
+        conda = online / f"model-{index}" / "environment" / "conda.yaml"
+        (base / "environment" / "conda.yaml").write_text(conda.read_text())
+    request = {"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]]}
+    (tmp_path / "sample-request.json").write_text(json.dumps(request))
+    return tmp_path
+
+
+def test_azures_blue_green_example_deploys_and_moves_traffic_without_a_failed_request(
+    kstudio, tmp_path, settings
+):
+    import threading
+    from pathlib import Path
+
+    compat = Path(__file__).resolve().parents[2] / "shared" / "compat" / "azureml-examples"
+    if not compat.is_dir():
+        pytest.skip("shared/compat is not beside the checkout")
+    settings.STUDIO_DEPLOYMENT_PYTHON = sys.executable  # it has scikit-learn and joblib
+    tree = example_tree(tmp_path, compat)
+    k8s = tree / "kubernetes"
+    kstudio("online-endpoint", "create", "-f", str(k8s / "kubernetes-endpoint.yml"),
+            "--set", "compute=azureml:local", check=True)  # fmt: skip
+    kstudio("online-deployment", "create", "-f", str(k8s / "kubernetes-blue-deployment.yml"),
+            "--all-traffic", check=True)  # fmt: skip
+    invoked = kstudio("online-endpoint", "invoke", "-n", "my-endpoint", "--request-file",
+                      str(tree / "sample-request.json"), check=True)  # fmt: skip
+    assert json.loads(invoked.stdout) == pytest.approx([55.0, 55.0])
+    kstudio("online-deployment", "create", "-f", str(k8s / "kubernetes-green-deployment.yml"),
+            check=True)  # fmt: skip
+    uri = kstudio("online-endpoint", "show", "-n", "my-endpoint", "--query", "scoring_uri",
+                  "-o", "tsv", check=True).stdout.strip()  # fmt: skip
+    assert uri.endswith("/api/v1/endpoint/my-endpoint/score")
+    key = json.loads(kstudio("online-endpoint", "get-credentials", "-n", "my-endpoint",
+                             check=True).stdout)["primaryKey"]  # fmt: skip
+    # Score all the while traffic moves and blue is rolled to two instances.
+    answers: list[tuple[int, str, object]] = []
+    done = threading.Event()
+
+    def score() -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            while not done.is_set():
+                r = http.post(uri, content=(tree / "sample-request.json").read_bytes(),
+                              headers={"Content-Type": "application/json"})  # fmt: skip
+                answers.append((r.status_code, r.headers.get("azureml-model-deployment", ""),
+                                r.json() if r.status_code == 200 else r.text))  # fmt: skip
+
+    caller = threading.Thread(target=score)
+    caller.start()
+    try:
+        for split in ("blue=90 green=10", "blue=50 green=50"):
+            kstudio("online-endpoint", "update", "-n", "my-endpoint", "--traffic", split,
+                    check=True)  # fmt: skip
+            wait_until(lambda: len(answers) > 40, 60, "some answers")
+            answers_before = len(answers)
+            wait_until(lambda n=answers_before: len(answers) > n + 40, 60, "more answers")
+        kstudio("online-deployment", "update", "-f", str(k8s / "kubernetes-blue-deployment.yml"),
+                "--set", "instance_count=2", check=True)  # fmt: skip
+        kstudio("online-endpoint", "update", "-n", "my-endpoint", "--traffic",
+                "blue=0 green=100", check=True)  # fmt: skip
+        settled = len(answers)
+        wait_until(lambda: len(answers) > settled + 40, 60, "answers after the move")
+    finally:
+        done.set()
+        caller.join(60)
+    failed = [a for a in answers if a[0] != 200]
+    assert not failed, failed[:5]
+    seen = {name for _, name, _ in answers}
+    assert seen == {"blue", "green"}
+    assert {name for _, name, _ in answers[-10:]} == {"green"}
+    assert answers[-1][2] == pytest.approx([110.0, 110.0])  # model-2 doubles
+    shown = json.loads(kstudio("online-deployment", "show", "-n", "blue", "-e", "my-endpoint",
+                               "-o", "json", check=True).stdout)  # fmt: skip
+    assert (shown["instances_running"], shown["provisioning_state"]) == (2, "Succeeded")
+    kstudio("online-deployment", "delete", "-n", "blue", "-e", "my-endpoint", check=True)
+    logs = kstudio("online-deployment", "get-logs", "-n", "green", "-e", "my-endpoint",
+                   "--lines", "3", check=True).stdout  # fmt: skip
+    assert "POST /score" in logs

@@ -115,14 +115,22 @@ def output_option(f: Any) -> Any:
         "-o",
         "--output",
         "fmt",
-        type=click.Choice(["table", "json"]),
+        type=click.Choice(["table", "json", "tsv"]),
         default="table",
         show_default=True,
-        help="Output format.",
+        help="Output format (tsv: values only, tab-separated, as `az -o tsv`).",
     )(f)
 
 
 def emit(data: Any, fmt: str, columns: list[str] | None = None) -> None:
+    if fmt == "tsv":
+        rows = data if isinstance(data, list) else [data]
+        for row in rows:
+            if isinstance(row, dict):
+                click.echo("\t".join(_cell(row.get(c)) for c in columns or list(row)))
+            else:
+                click.echo(_cell(row))
+        return
     if fmt == "json" or columns is None:
         click.echo(json.dumps(data, indent=2))
         return
@@ -769,9 +777,9 @@ def instance_type_delete(studio: Studio, name: str, cluster: str) -> None:
 
 
 # Commands kept in their own modules register themselves on `main` when imported.
-from kstudio_cli import assets, models  # noqa: E402
+from kstudio_cli import assets, endpoints, models  # noqa: E402
 
-__all__ = ["assets", "main", "models"]
+__all__ = ["assets", "endpoints", "main", "models"]
 
 if __name__ == "__main__":
     main()
