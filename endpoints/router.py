@@ -153,18 +153,22 @@ def score(request: HttpRequest, name: str) -> HttpResponse:
         return _answer(404, f"No endpoint named {name}.")
     if not _authorized(endpoint, request):
         return _answer(401, "Give the endpoint's key (or token) as Authorization: Bearer <key>.")
+    named = request.headers.get(DEPLOYMENT_HEADER, "")
+    return dispatch(endpoint, request.body, request.content_type or "application/json", named)
+
+
+def dispatch(endpoint: Endpoint, body: bytes, content_type: str, named: str = "") -> HttpResponse:
+    """Route one authorized request: a deployment by the split (or `named`), room in it,
+    an instance of it. Shared with the endpoint page's test console."""
     deployments = {
         d.name: d for d in endpoint.deployments.exclude(state=State.DELETING) if d.instances
     }
-    named = request.headers.get(DEPLOYMENT_HEADER, "")
     chosen = _choose(endpoint, deployments, named)
     if chosen is None:
         if named:
             return _answer(404, f"The endpoint has no running deployment named {named}.")
         return _answer(404, "No deployment of the endpoint takes traffic; set its traffic.")
     deployment = deployments[chosen]
-    body = request.body
-    content_type = request.content_type or "application/json"
     if not named:
         for mirrored, share in endpoint.mirror_traffic.items():
             target = deployments.get(mirrored)

@@ -274,6 +274,8 @@ A11Y_PAGES = [
     ("carl", "/workspaces/demo/models/"),
     ("carl", "/workspaces/demo/models/new/"),
     ("carl", "model"),
+    ("carl", "/workspaces/demo/endpoints/"),
+    ("carl", "endpoint"),
     ("ivan", "/workspaces/demo/data/datastores/"),
     ("carl", "/profile/"),
     ("ivan", "/console/"),
@@ -299,6 +301,11 @@ def test_pages_pass_axe_wcag_aa(people, workspace, page, who, where):
         orm(lambda: create_model(workspace, people.contributor,
                                  {"name": "clf", "path": "model.pkl"}, weights))  # fmt: skip
         where = "/workspaces/demo/models/clf/1/"
+    if where == "endpoint":
+        from endpoints.services import save_endpoint
+
+        orm(lambda: save_endpoint(workspace, people.contributor, {"name": "my-endpoint"}))
+        where = "/workspaces/demo/endpoints/my-endpoint/"
     if who:
         sign_in(page, who, f"pw-{who}-12345")
     page.goto(f"/workspaces/demo/jobs/{job.name}/" if where == "job" else where)
@@ -534,3 +541,68 @@ def test_pick_jobs_in_the_list_and_compare_a_metric(people, workspace, page, liv
         page.click("a:text-is('CSV')")
     lines = Path(download.value.path()).read_text().splitlines()
     assert lines[0] == "job,step,value" and len(lines) == 1 + 3 * 10
+
+
+CONSOLE_SCORE = b"""
+import json, os, pickle
+
+def init():
+    global model
+    with open(os.path.join(os.getenv("AZUREML_MODEL_DIR"), "model.pkl"), "rb") as f:
+        model = pickle.load(f)
+
+def run(raw_data):
+    return model.predict(json.loads(raw_data)["data"]).tolist()
+"""
+
+
+def test_deploy_a_registered_model_move_traffic_and_score_from_the_console(
+    people, workspace, page, live_studio, settings, tmp_path
+):
+    """From the endpoint page: two deployments of a registered scikit-learn model, the
+    traffic moved from blue to green with the sliders, and the test console's request
+    answered by green."""
+    import io
+    import pickle
+    import sys
+
+    from playwright.sync_api import expect
+    from sklearn.linear_model import LogisticRegression
+
+    from registry.services import create_model
+
+    settings.STUDIO_DEPLOYMENT_PYTHON = sys.executable  # it has scikit-learn
+    fitted = LogisticRegression().fit(
+        [[0.0, 0.0], [1.0, 1.0], [0.1, 0.0], [0.9, 1.0]], [0, 1, 0, 1]
+    )
+    weights = io.BytesIO(pickle.dumps(fitted))
+    orm(lambda: create_model(workspace, people.contributor,
+                             {"name": "clf", "path": "model.pkl"}, weights))  # fmt: skip
+    score = tmp_path / "score.py"
+    score.write_bytes(CONSOLE_SCORE)
+    sign_in(page, "carl", "pw-carl-12345")
+    page.goto("/workspaces/demo/endpoints/")
+    page.fill("input[name=name]", "iris-live")
+    page.click("button:text('Create endpoint')")
+    expect(page.locator("h1")).to_contain_text("iris-live")
+    for color in ("blue", "green"):
+        page.fill("#new-deployment input[name=name]", color)
+        page.set_input_files("#new-deployment input[name=code]", str(score))
+        if color == "blue":
+            page.check("#new-deployment input[name=all_traffic]")
+        page.click("#new-deployment button[type=submit]")
+        row = page.locator(f"tr[data-deployment={color}] [data-state]")
+        expect(row).to_have_text("Succeeded", timeout=60_000)
+    page.reload()
+    page.locator("input[data-share-of=blue]").fill("0")
+    page.locator("input[data-share-of=green]").fill("100")
+    expect(page.locator("output[data-share-shown=green]")).to_have_text("100")
+    page.click("#traffic button[type=submit]")
+    expect(page.locator("main")).to_contain_text("Traffic: blue 0%, green 100%.")
+    page.fill("#console textarea[name=request]", '{"data": [[1.0, 1.0], [0.0, 0.0]]}')
+    page.click("#console button[type=submit]")
+    expect(page.locator("#console-answer [data-deployment]")).to_have_text("green")
+    expect(page.locator("#console-answer [data-status]")).to_have_text("200")
+    expect(page.locator("#console-answer pre")).to_have_text("[1, 0]")
+    page.click("text=Show keys")
+    expect(page.locator("#keys dt")).to_have_count(2)
