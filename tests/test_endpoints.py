@@ -325,3 +325,57 @@ def test_azures_blue_green_example_deploys_and_moves_traffic_without_a_failed_re
     logs = kstudio("online-deployment", "get-logs", "-n", "green", "-e", "my-endpoint",
                    "--lines", "3", check=True).stdout  # fmt: skip
     assert "POST /score" in logs
+
+
+def test_overload_is_refused_with_azures_codes_and_mirrored_traffic_is_copied(studio):
+    """One instance taking one request at a time, a queue wait of 0.2 s: of three slow
+    requests at once, one is served and the others refused, 503 on a kubernetes
+    deployment, 429 on a managed one. Mirrored traffic reaches its deployment, whose
+    answers nobody sees."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    made = studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
+    uri = made.json()["scoring_uri"]
+    tight = {"request_timeout_ms": 10000, "max_concurrent_requests_per_instance": 1,
+             "max_queue_wait_ms": 200}  # fmt: skip
+    for color, kind in (("blue", "kubernetes"), ("green", "managed")):
+        answer = deploy(studio, color, type=kind, request_settings=tight)
+        assert answer.status_code == 201, answer.text
+    for color in ("blue", "green"):
+        wait_until(lambda c=color: running(studio, c), 60, f"{color} to serve")
+    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
+    headers = {"Authorization": f"Bearer {keys['primaryKey']}"}
+    slow = {"data": [[1.0, 1.0]], "sleep": 1.5}
+    for color, refused in (("blue", 503), ("green", 429)):
+        with ThreadPoolExecutor(3) as pool:
+            statuses = sorted(pool.map(
+                lambda _, c=color: httpx.post(
+                    uri, json=slow, timeout=30,
+                    headers={**headers, "azureml-model-deployment": c},
+                ).status_code,
+                range(3),
+            ))  # fmt: skip
+        assert statuses == [200, refused, refused], (color, statuses)
+    # All live traffic to blue, half of it mirrored to green.
+    moved = studio.patch("online-endpoints/my-endpoint/",
+                         json={"traffic": {"blue": 100}, "mirror_traffic": {"green": 50}})  # fmt: skip
+    assert moved.status_code == 200, moved.text
+    before = studio.get("online-endpoints/my-endpoint/deployments/green/logs/",
+                        params={"lines": 10000}).text.count("POST /score")  # fmt: skip
+    answered = {
+        httpx.post(uri, json={"data": [[0.0, 0.0]]}, headers=headers).headers[
+            "azureml-model-deployment"
+        ]
+        for _ in range(40)
+    }
+    assert answered == {"blue"}
+
+    def mirrored() -> int:
+        log = studio.get("online-endpoints/my-endpoint/deployments/green/logs/",
+                         params={"lines": 10000}).text  # fmt: skip
+        return log.count("POST /score") - before
+
+    wait_until(lambda: mirrored() >= 5, 30, "mirrored requests to reach green")
+    assert mirrored() < 40
+    refused = studio.patch("online-endpoints/my-endpoint/", json={"mirror_traffic": {"blue": 10}})
+    assert refused.status_code == 400 and "live traffic" in refused.text
