@@ -326,12 +326,12 @@ def issue_token(endpoint: Endpoint) -> dict[str, Any]:
     }
 
 
-def token_valid(endpoint: Endpoint, token: str) -> bool:
+def token_valid_for(endpoint_pk: int, token: str) -> bool:
     try:
         data = signing.loads(token, salt=_TOKEN_SALT, max_age=TOKEN_SECONDS)
     except signing.BadSignature:
         return False
-    return isinstance(data, dict) and data.get("endpoint") == endpoint.pk
+    return isinstance(data, dict) and data.get("endpoint") == endpoint_pk
 
 
 def scoring_uri(endpoint: Endpoint, base: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -121,14 +122,19 @@ def deployment_new(request: HttpRequest, workspace: str, name: str) -> HttpRespo
             data["code_configuration"] = {"code": ".", "scoring_script": script}
             with folder_archive(files) as code:
                 made = services.save_deployment(
-                    endpoint.workspace, request.user, data, code=code,
+                    endpoint.workspace,
+                    request.user,
+                    data,
+                    code=code,
                     all_traffic=form.cleaned_data["all_traffic"],
-                )  # fmt: skip
+                )
         else:
             made = services.save_deployment(
-                endpoint.workspace, request.user, data,
+                endpoint.workspace,
+                request.user,
+                data,
                 all_traffic=form.cleaned_data["all_traffic"],
-            )  # fmt: skip
+            )
     except FieldErrors as exc:
         for field, message in exc.errors:
             messages.error(request, f"{field}: {message}")
@@ -178,14 +184,18 @@ def console(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
     form = ConsoleForm(request.POST)
     if not form.is_valid():
         return render(request, "endpoints/_answer.html", {"problem": "Write a request body."})
-    answer = router.dispatch(
-        endpoint, form.cleaned_data["request"].encode(), "application/json",
+    answer = async_to_sync(router.ROUTER.handle_once)(
+        endpoint.name,
+        "",
         form.cleaned_data["deployment"],
-    )  # fmt: skip
+        "application/json",
+        form.cleaned_data["request"].encode(),
+        trusted=True,
+    )
     context = {
-        "status": answer.status_code,
-        "deployment": answer.get(router.DEPLOYMENT_HEADER, ""),
-        "body": answer.content.decode("utf-8", errors="replace")[:20_000],
+        "status": answer.status,
+        "deployment": answer.deployment,
+        "body": answer.body.decode("utf-8", errors="replace")[:20_000],
     }
     return render(request, "endpoints/_answer.html", context)
 

@@ -23,6 +23,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from endpoints.router import app as endpoint_router  # noqa: E402
 from jobs.routing import websocket_urlpatterns as job_sockets  # noqa: E402
 from studio import events  # noqa: E402
 from studio.ws import OriginOrTokenValidator, TokenAuthMiddleware  # noqa: E402
@@ -33,6 +34,11 @@ _django_http = WSGIMiddleware(cast(WSGIApp, django_wsgi_app), workers=settings.S
 
 
 async def http(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http" and scope["path"].startswith("/api/v1/endpoint/"):
+        # Scoring goes to the inference router, ahead of Django: no request stack, no
+        # thread hop, no query (its routing tables are cached).
+        await endpoint_router(dict(scope), receive, send)
+        return
     # Views publish to the channel layer, whose connections belong to this loop.
     events.use_loop(asyncio.get_running_loop())
     await _django_http(scope, receive, send)

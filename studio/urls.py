@@ -34,8 +34,6 @@ urlpatterns = [
     path("api/v1/", include("environments.api.urls")),
     path("api/v1/", include("registry.api.urls")),
     path("api/v1/", include("endpoints.api.urls")),
-    # The inference router (in the studio's process in embedded mode).
-    path("api/v1/endpoint/", include("endpoints.urls_router")),
     path("api/v1/", include("jobs.api.urls")),
     path("admin/", admin.site.urls),
 ]

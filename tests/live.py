@@ -62,6 +62,9 @@ class LiveStudio:
             for task in (controller, runner):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            from endpoints.router import ROUTER
+
+            await ROUTER.close()
 
     def close(self) -> None:
         if self.server is not None:

@@ -357,8 +357,8 @@ def test_overload_is_refused_with_azures_codes_and_mirrored_traffic_is_copied(st
             ))  # fmt: skip
         assert statuses == [200, refused, refused], (color, statuses)
     # All live traffic to blue, half of it mirrored to green.
-    moved = studio.patch("online-endpoints/my-endpoint/",
-                         json={"traffic": {"blue": 100}, "mirror_traffic": {"green": 50}})  # fmt: skip
+    split = {"traffic": {"blue": 100}, "mirror_traffic": {"green": 50}}
+    moved = studio.patch("online-endpoints/my-endpoint/", json=split)
     assert moved.status_code == 200, moved.text
     before = studio.get("online-endpoints/my-endpoint/deployments/green/logs/",
                         params={"lines": 10000}).text.count("POST /score")  # fmt: skip

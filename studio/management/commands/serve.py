@@ -80,3 +80,6 @@ class Command(BaseCommand):
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            from endpoints.router import ROUTER
+
+            await ROUTER.close()
