@@ -146,3 +146,69 @@ def test_runcontroller_process_runs_jobs_and_stops_on_sigterm(workspace, people,
 
     assert running.lease_expires_at <= timezone.now()
     os.killpg(running.runtime["pid"], signal.SIGKILL)
+
+
+@pytest.mark.skipif(bool(settings.DATABASE_URL), reason="shares the embedded mode's SQLite file")
+def test_runrouter_scores_as_its_own_process_and_stops_cleanly(tmp_path):
+    """`serve` runs a deployment; `runrouter`, another process on the same database,
+    routes scoring requests to it with the endpoint's key, and stops on SIGTERM."""
+    import io
+    import json
+    import tarfile
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(STUDIO_VAR_DIR=str(tmp_path / "var"), STUDIO_ADMIN_PASSWORD="a-long-password-1")
+    manage("migrate", "--noinput", env=env)
+    manage("seed", env=env)
+    token = manage("createtoken", "admin", env=env).stdout.strip().splitlines()[-1]
+    port, router_port = free_port(), free_port()
+    env["STUDIO_INFERENCE_URL"] = f"http://127.0.0.1:{router_port}"
+    server = start("serve", "--port", str(port), env=env)
+    router = start("runrouter", "--port", str(router_port), env=env)
+    script = b"def init():\n    pass\n\ndef run(raw):\n    return {'got': raw}\n"
+    code = io.BytesIO()
+    with tarfile.open(fileobj=code, mode="w:gz") as tar:
+        info = tarfile.TarInfo("score.py")
+        info.size = len(script)
+        tar.addfile(info, io.BytesIO(script))
+    try:
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/workspaces/demo/",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
+
+        def up() -> bool:
+            try:
+                return api.get("online-endpoints/").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "the studio to answer")
+        made = api.post("online-endpoints/", json={"yaml": "name: routed\n"}).json()
+        assert made["scoring_uri"] == f"http://127.0.0.1:{router_port}/api/v1/endpoint/routed/score"
+        spec = {"name": "blue", "code_configuration": {"code": ".", "scoring_script": "score.py"}}
+        code.seek(0)
+        api.post("online-endpoints/routed/deployments/", params={"all_traffic": "true"},
+                 data={"spec": json.dumps(spec)}, files={"code": ("c.tar.gz", code)})  # fmt: skip
+        wait_until(lambda: api.get("online-endpoints/routed/deployments/blue/").json()[
+            "provisioning_state"] == "Succeeded", 60, "blue to serve")  # fmt: skip
+        key = api.post("online-endpoints/routed/get-credentials/").json()["primaryKey"]
+
+        def scored() -> httpx.Response | None:
+            try:
+                return httpx.post(made["scoring_uri"], content=b"hello",
+                                  headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+            except httpx.HTTPError:
+                return None
+
+        answer = wait_until(scored, 30, "the router to answer")
+        assert answer.status_code == 200 and answer.json() == {"got": "hello"}
+        assert answer.headers["azureml-model-deployment"] == "blue"
+        wrong = httpx.post(
+            made["scoring_uri"], content=b"x", headers={"Authorization": "Bearer no"}
+        )
+        assert wrong.status_code == 401
+    finally:
+        for process in (router, server):
+            process.send_signal(signal.SIGTERM)
+        outputs = [process.communicate(timeout=60)[0] for process in (router, server)]
+    assert router.returncode == 0, outputs[0]
+    assert "Traceback" not in outputs[0]
