@@ -74,6 +74,8 @@ class Deployment(models.Model):
     # What runs now: [{"url", "pid"}] for the local compute.
     instances = models.JSONField(default=list, blank=True)
     generation = models.IntegerField(default=1)  # bumped by every update: a rollout
+    # What changed, newest last: [{"at", "generation", "what"}] (the last 100).
+    history = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -15,6 +15,7 @@ from django.core import signing
 from django.core.files import File
 from django.core.files.storage import storages
 from django.db import transaction
+from django.utils import timezone
 
 from compute import services as compute_services
 from compute.models import ComputeKind, ComputeTarget
@@ -221,6 +222,7 @@ def save_deployment(
             deployment = Deployment.objects.create(
                 endpoint=endpoint, name=document.name, state=State.CREATING, **fields
             )
+            _record(deployment, f"created, serving {_label(model)}")
         else:
             deployment = existing
             for key, value in fields.items():
@@ -228,6 +230,7 @@ def save_deployment(
             deployment.state = State.UPDATING
             deployment.generation += 1
             deployment.error_code = deployment.reason = ""
+            _record(deployment, f"updated, serving {_label(model)}")
         if code is not None:
             code.seek(0)
             name = f"deployments/{deployment.pk}/{deployment.generation}/code.tar.gz"
@@ -239,6 +242,55 @@ def save_deployment(
             Endpoint.objects.filter(pk=endpoint.pk).update(traffic={document.name: 100})
         publish(wake())
     return deployment
+
+
+MAX_HISTORY = 100
+
+
+def _label(model: Model | None) -> str:
+    return f"{model.name}:{model.version}" if model else "its scoring script"
+
+
+def _record(deployment: Deployment, what: str) -> None:
+    entry = {"at": timezone.now().isoformat(), "generation": deployment.generation, "what": what}
+    deployment.history = [*deployment.history, entry][-MAX_HISTORY:]
+
+
+def follows_latest(document: dict[str, Any]) -> str | None:
+    """The model name a deployment follows (`model: azureml:NAME@latest`), if it does."""
+    model = document.get("model")
+    if isinstance(model, str) and model.endswith("@latest"):
+        return model.removeprefix("azureml:").removesuffix("@latest")
+    return None
+
+
+def model_registered(model: Model) -> None:
+    """A new version of a model: the deployments that follow its latest version roll to
+    it (STUDIO_MODEL_REGISTERED), each a rollout recorded in its history."""
+    followers = Deployment.objects.filter(
+        endpoint__workspace_id=model.workspace_id,
+        state__in=(State.SUCCEEDED, State.FAILED, State.CREATING, State.UPDATING),
+    ).exclude(model=model)
+    rolled = False
+    for deployment in followers.select_related("endpoint"):
+        if follows_latest(deployment.document) != model.name:
+            continue
+        with transaction.atomic():
+            deployment.model = model
+            deployment.state = State.UPDATING
+            deployment.generation += 1
+            deployment.error_code = deployment.reason = ""
+            _record(deployment, f"rolled to {model.name}:{model.version}, its latest version")
+            deployment.save()
+        rolled = True
+    if rolled:
+        publish(wake())
+
+
+def compute_in_use(compute: ComputeTarget) -> str | None:
+    """Endpoints on a compute target keep it (STUDIO_COMPUTE_IN_USE)."""
+    names = list(compute.endpoints.exclude(state=State.DELETING).values_list("name", flat=True))
+    return f"serves endpoints {', '.join(names)}" if names else None
 
 
 def _model(

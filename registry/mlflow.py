@@ -171,7 +171,10 @@ def _rename(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
 
 
 def _delete(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
-    _registered(ws, body).delete()
+    try:
+        services.delete_model(_registered(ws, body))
+    except Conflict as exc:
+        raise TrackingError("INVALID_STATE", str(exc)) from exc
     return {}
 
 
@@ -311,7 +314,10 @@ def _version_update(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str,
 
 
 def _version_delete(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
-    services.delete_version(_version(ws, body))
+    try:
+        services.delete_version(_version(ws, body))
+    except Conflict as exc:
+        raise TrackingError("INVALID_STATE", str(exc)) from exc
     return {}
 
 

@@ -10,6 +10,7 @@ default datastore's azureml/models/<name>/<version>/."""
 
 from __future__ import annotations
 
+import functools
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import yaml
 import zipstream
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
+from django.utils.module_loading import import_string
 
 from data import services as data_services
 from data.spec import datastore_uri
@@ -131,6 +134,8 @@ def keep(
                 created_by=by,
             )
             RegisteredModel.objects.filter(pk=registered.pk).update(updated_at=model.created_at)
+            for path in settings.STUDIO_MODEL_REGISTERED:  # endpoints that follow @latest
+                transaction.on_commit(functools.partial(import_string(path), model))
             return model
     except IntegrityError as exc:
         raise Conflict(
@@ -412,10 +417,24 @@ def zip_stream(model: Model) -> Iterator[bytes]:
     return iter(archive)
 
 
+def delete_model(registered: RegisteredModel) -> None:
+    """Forget a model and every version of it; Conflict while a deployment serves one."""
+    try:
+        registered.delete()
+    except ProtectedError as exc:
+        raise Conflict(
+            f"A version of model {registered.name} is served by a deployment; deploy another first."
+        ) from exc
+
+
 def delete_version(model: Model) -> None:
-    """Forget a version (its files stay where they are: a job's output, an upload)."""
+    """Forget a version (its files stay where they are: a job's output, an upload).
+    Conflict while a deployment serves it."""
     registered = model.registered
-    model.delete()
+    try:
+        model.delete()
+    except ProtectedError as exc:
+        raise Conflict(f"Model {model} is served by a deployment; deploy another first.") from exc
     if registered.aliases:
         registered.aliases = {a: v for a, v in registered.aliases.items() if v != model.version}
         registered.save(update_fields=["aliases", "updated_at"])

@@ -177,7 +177,10 @@ STUDIO_TRACKING_IDENTITIES = ["jobs.tokens.tracking_identity"]
 # root -> a function (workspace, path parts) -> (tree, path within it).
 STUDIO_ARTIFACT_ROOTS = {"registry": "registry.mlflow.model_tree"}
 # Who may refuse a compute target's deletion (each returns a reason, or None).
-STUDIO_COMPUTE_IN_USE = ["jobs.services.compute_in_use"]
+STUDIO_COMPUTE_IN_USE = ["jobs.services.compute_in_use", "endpoints.services.compute_in_use"]
+# Told of every new model version, after it commits (endpoints roll the deployments that
+# follow a model's latest version).
+STUDIO_MODEL_REGISTERED = ["endpoints.services.model_registered"]
 
 # The controller runs inside the web process unless told otherwise (server mode).
 STUDIO_EMBEDDED_CONTROLLER = env_bool("STUDIO_EMBEDDED_CONTROLLER", not REDIS_URL)

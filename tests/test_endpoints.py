@@ -379,3 +379,49 @@ def test_overload_is_refused_with_azures_codes_and_mirrored_traffic_is_copied(st
     assert mirrored() < 40
     refused = studio.patch("online-endpoints/my-endpoint/", json={"mirror_traffic": {"blue": 10}})
     assert refused.status_code == 400 and "live traffic" in refused.text
+
+
+def test_a_deployment_that_follows_its_models_latest_version_rolls_to_a_new_one(
+    studio, workspace, people
+):
+    """`model: azureml:clf@latest`: registering version 2 (as a retraining job would)
+    rolls the deployment to it, and its history says so."""
+    from sklearn.linear_model import LogisticRegression
+
+    from registry.services import create_model
+
+    def register(labels: list[int]) -> None:
+        fitted = LogisticRegression().fit([[0.0, 0.0], [1.0, 1.0], [0.1, 0.0], [0.9, 1.0]], labels)
+        weights = archive({"model.pkl": pickle.dumps(fitted)})
+        data = {"name": "clf", "path": "model"}
+        create_model(workspace, people.contributor, data, weights, upload_is_folder=True)
+
+    register([0, 1, 0, 1])
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\ntraffic: {}\n"})
+    answer = deploy(studio, "blue", model="azureml:clf@latest")
+    assert answer.status_code == 201, answer.text
+    wait_until(lambda: running(studio, "blue"), 60, "blue to serve")
+    studio.patch("online-endpoints/my-endpoint/", json={"traffic": {"blue": 100}})
+    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
+    uri = studio.get("online-endpoints/my-endpoint/").json()["scoring_uri"]
+    headers = {"Authorization": f"Bearer {keys['primaryKey']}"}
+    body = {"data": [[0.0, 0.0], [1.0, 1.0]]}
+    assert httpx.post(uri, json=body, headers=headers).json()["predictions"] == [0, 1]
+    register([1, 0, 1, 0])  # version 2 learned the opposite
+    wait_until(lambda: running(studio, "blue").get("model") == "clf:2", 60, "the roll to v2")
+    assert httpx.post(uri, json=body, headers=headers).json()["predictions"] == [1, 0]
+    history = studio.get("online-endpoints/my-endpoint/deployments/blue/").json()["history"]
+    assert [h["what"] for h in history] == [
+        "created, serving clf:1",
+        "rolled to clf:2, its latest version",
+    ]
+    # A served version stays: MLflow's delete says why; the compute target keeps too.
+    from compute.services import ComputeInUse, delete_compute
+    from registry.models import Model
+    from registry.services import delete_version
+    from studio.errors import Conflict
+
+    with pytest.raises(Conflict, match="served by a deployment"):
+        delete_version(Model.objects.get(name="clf", version="2"))
+    with pytest.raises(ComputeInUse, match="serves endpoints my-endpoint"):
+        delete_compute(Endpoint.objects.get(name="my-endpoint").compute)  # fmt: skip

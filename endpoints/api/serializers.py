@@ -38,6 +38,7 @@ class DeploymentSerializer(serializers.Serializer[Deployment]):
     reason = serializers.CharField()
     request_settings = serializers.DictField()
     scale_settings = serializers.DictField()
+    history = serializers.ListField(child=serializers.DictField(), help_text="What changed.")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
@@ -77,6 +78,7 @@ def render_deployment(deployment: Deployment) -> dict[str, Any]:
         "reason": deployment.reason,
         "request_settings": document.get("request_settings") or {},
         "scale_settings": document.get("scale_settings") or {},
+        "history": deployment.history,
         "created_at": deployment.created_at,
         "updated_at": deployment.updated_at,
     }
