@@ -15,6 +15,7 @@ RUNS = [
     ["experiments.py", "--mode", "embedded"],
     ["mlflow_ingest.py", "--mode", "embedded"],
     ["mlflow_ingest.py", "--mode", "server"],
+    ["router.py", "--mode", "embedded"],
 ]
 
 if __name__ == "__main__":
