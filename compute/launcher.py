@@ -709,8 +709,14 @@ class Launcher:
         default = self.spec.get("python") or sys.executable
         found = shutil.which(f"python{pin}") if pin else None
         why = f"this host has no python{pin}"
-        if found and self.uid is not None and not runnable_by_anyone(self.interpreter(found)[0]):
-            found, why = None, f"python{pin} here is not one the job's own user may run"
+        if found:
+            try:
+                real = self.interpreter(found)[0]
+            except LaunchError:  # a version manager's shim for a version it does not have
+                found, why = None, f"python{pin} here does not run"
+            else:
+                if self.uid is not None and not runnable_by_anyone(real):
+                    found, why = None, f"python{pin} here is not one the job's own user may run"
         python = found or default
         real, version = self.interpreter(python)
         if pin and not found and version != pin:  # the usual one may be that Python too

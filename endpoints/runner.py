@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,6 +35,7 @@ from django.conf import settings
 from django.core.files.storage import storages
 from django.db import close_old_connections
 
+from compute.launcher import Launcher, LaunchError
 from compute.models import ComputeKind
 from endpoints import server
 from endpoints.models import Deployment, Endpoint, State
@@ -51,13 +54,16 @@ def free_port() -> int:
 
 @dataclass
 class Rollout:
-    """A generation of a deployment on its way up."""
+    """A generation of a deployment on its way up: prepared in the background, then
+    started, then serving once every instance answers."""
 
     generation: int
     processes: list[subprocess.Popen[bytes]]
     urls: list[str]
     logs: list[Path]
     deadline: float
+    preparing: Future[tuple[dict[str, str], str]] | None = None
+    spawned: bool = False
 
 
 @dataclass
@@ -72,6 +78,41 @@ def log_files(root: Path, deployment: Deployment) -> list[Path]:
     return sorted(folder.glob("instance-*.log"))
 
 
+def build_environment(record: dict[str, Any] | None, folder: Path) -> str | None:
+    """The deployment's environment as a virtual environment (the launcher's builder,
+    with the jobs' cache: one build per content, under a lock), its output in the
+    folder's `storage-initializer.log`; the interpreter, or None when there is nothing to
+    install."""
+    if not record or not record.get("key"):
+        return None
+    if record.get("curated") and not settings.STUDIO_LOCAL_CURATED:
+        return None  # curated stand-ins: the host's Python, as for jobs
+    spec = {
+        "root": str(folder / "build"),
+        "name": "environment",
+        "environment": {
+            **record,
+            "cache": str(settings.STUDIO_ENVIRONMENTS_DIR),
+            "pip_env": {k: v for k, v in os.environ.items() if k.startswith("PIP_")},
+        },
+    }
+    (folder / "build" / "tmp").mkdir(parents=True)
+    (folder / "environment.json").write_text(json.dumps(spec))
+    launcher = Launcher(str(folder / "environment.json"))
+    try:
+        launcher.build_environment()
+    finally:
+        _as_text(folder / "build" / "log.jsonl", folder / "storage-initializer.log")
+    return str(launcher.spec["python"])
+
+
+def _as_text(records: Path, text: Path) -> None:
+    with contextlib.suppress(OSError), open(records, encoding="utf-8") as f, open(text, "a") as out:
+        for record in f:
+            with contextlib.suppress(ValueError):
+                out.write(json.loads(record)["line"] + "\n")
+
+
 def instances_wanted(document: dict[str, Any]) -> int:
     """instance_count, or for target_utilization its min_instances (at least one: the
     autoscaler adds more when the router's counts ask for them)."""
@@ -79,6 +120,11 @@ def instances_wanted(document: dict[str, Any]) -> int:
     if scale.get("type") == "target_utilization":
         return max(1, int(scale.get("min_instances") or 1))
     return int(document.get("instance_count") or 1)
+
+
+def preparation_log(root: Path, deployment: Deployment) -> Path:
+    """The log of the newest generation's preparation (its environment build)."""
+    return root / str(deployment.pk) / str(deployment.generation) / "storage-initializer.log"
 
 
 def error_of(log_file: Path) -> tuple[str, str]:
@@ -105,6 +151,7 @@ class Runner:
         # them (up to the request timeout) before they stop.
         self.draining: list[tuple[float, list[subprocess.Popen[bytes]]]] = []
         self.http = httpx.Client(timeout=1)
+        self.preparer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deployment-prep")
 
     @property
     def root(self) -> Path:
@@ -120,6 +167,7 @@ class Runner:
                     await asyncio.wait_for(stop.wait(), TICK)
         finally:
             await asyncio.to_thread(self.stop_all)
+            self.preparer.shutdown(wait=False, cancel_futures=True)
             log.info("deployment runner stopped")
 
     def tick(self) -> None:
@@ -152,20 +200,33 @@ class Runner:
 
     # -- starting ----------------------------------------------------------------------------
     def start(self, deployment: Deployment) -> None:
+        """Prepare the generation in the background (its files, its environment: a pip
+        install may take minutes), then `follow` starts its instances."""
         folder = self.root / str(deployment.pk) / str(deployment.generation)
-        try:
-            env = self.prepare(deployment, folder)
-        except (OSError, tarfile.TarError, LookupError, ValueError) as exc:
-            self.fail(deployment, "DeploymentPreparationFailed", f"preparing it failed: {exc}")
-            return
+        rollout = Rollout(
+            deployment.generation,
+            [],
+            [],
+            [],
+            time.monotonic() + settings.STUDIO_DEPLOYMENT_PREPARE_SECONDS,
+        )
+        rollout.preparing = self.preparer.submit(self.prepare, deployment, folder)
+        self.rollouts[deployment.pk] = rollout
+        log.info("deployment %s: preparing generation %d", deployment, deployment.generation)
+
+    def spawn(self, deployment: Deployment, rollout: Rollout) -> None:
+        """Start the prepared generation's instances, each a model server."""
+        assert rollout.preparing is not None
+        env, python = rollout.preparing.result()
+        folder = self.root / str(deployment.pk) / str(deployment.generation)
         document = deployment.document
         count = instances_wanted(document)
         probe = document.get("readiness_probe") or {}
         budget = probe.get("initial_delay", 10) + probe.get("failure_threshold", 30) * probe.get(
             "period", 10
         )
-        rollout = Rollout(deployment.generation, [], [], [], time.monotonic() + budget)
-        python = settings.STUDIO_DEPLOYMENT_PYTHON or sys.executable
+        rollout.deadline = time.monotonic() + budget
+        rollout.spawned = True
         for index in range(count):
             port = free_port()
             log_file = folder / f"instance-{index}.log"
@@ -183,15 +244,24 @@ class Runner:
                 )
             rollout.urls.append(f"http://127.0.0.1:{port}")
             rollout.logs.append(log_file)
-        self.rollouts[deployment.pk] = rollout
         log.info("deployment %s: starting %d instance(s)", deployment, count)
 
-    def prepare(self, deployment: Deployment, folder: Path) -> dict[str, str]:
-        """The generation's folder: its code and its model's files; and the environment
-        the model server gets (Azure's variables, then the deployment's own)."""
+    def prepare(self, deployment: Deployment, folder: Path) -> tuple[dict[str, str], str]:
+        """The generation's folder (its code, its model's files), its environment built,
+        and what the model server gets: its variables (Azure's, then the deployment's
+        own) and its interpreter. In a worker thread: no state of the runner's here."""
+        try:
+            return self._prepare(deployment, folder)
+        finally:
+            close_old_connections()
+
+    def _prepare(self, deployment: Deployment, folder: Path) -> tuple[dict[str, str], str]:
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, mode=0o700)
+        python = build_environment(deployment.environment_used, folder) or (
+            settings.STUDIO_DEPLOYMENT_PYTHON or sys.executable
+        )
         code = folder / "code"
         code.mkdir()
         document = deployment.document
@@ -212,7 +282,7 @@ class Runner:
         if deployment.model is not None:
             env["AZUREML_MODEL_DIR"] = str(self.fetch_model(deployment, folder / "model-dir"))
         env.update(document.get("environment_variables") or {})
-        return env
+        return env, python
 
     def fetch_model(self, deployment: Deployment, target: Path) -> Path:
         """The model's files under `target`/<its folder or file name>, as Azure lays them
@@ -234,6 +304,29 @@ class Runner:
         rollout = self.rollouts[deployment.pk]
         if rollout.generation != deployment.generation:  # updated again meanwhile
             self.abandon(deployment.pk)
+            return
+        if not rollout.spawned:
+            assert rollout.preparing is not None
+            if not rollout.preparing.done():
+                if time.monotonic() > rollout.deadline:
+                    self.abandon(deployment.pk)
+                    self.fail(
+                        deployment,
+                        "DeploymentPreparationFailed",
+                        "preparing it (files, environment) took too long",
+                    )
+                return
+            problem = rollout.preparing.exception()
+            if problem is not None:
+                self.abandon(deployment.pk)
+                code = (
+                    "EnvironmentBuildFailed"
+                    if isinstance(problem, LaunchError)
+                    else "DeploymentPreparationFailed"
+                )
+                self.fail(deployment, code, f"preparing it failed: {problem}")
+                return
+            self.spawn(deployment, rollout)
             return
         for process, log_file in zip(rollout.processes, rollout.logs, strict=True):
             if process.poll() is not None:

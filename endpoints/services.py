@@ -14,11 +14,12 @@ from django.conf import settings
 from django.core import signing
 from django.core.files import File
 from django.core.files.storage import storages
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from compute import services as compute_services
-from compute.models import ComputeKind, ComputeTarget
+from compute.models import ComputeKind, ComputeTarget, InstanceType
+from compute.resources import DEFAULT_INSTANCE_TYPE
 from endpoints import spec
 from endpoints.models import Deployment, Endpoint, State
 from environments import services as environment_services
@@ -78,6 +79,16 @@ def save_endpoint(workspace: Workspace, user: Any, data: dict[str, Any]) -> Endp
     never changes). Traffic may name only the endpoint's deployments."""
     document = spec.parse_endpoint(data)
     existing = Endpoint.objects.filter(name=document.name).first()
+    if existing is not None and existing.state == State.DELETING:
+        raise FieldErrors(
+            [
+                (
+                    "name",
+                    f"endpoint {document.name!r} is being deleted; its name "
+                    "is free once its deployments have stopped",
+                )
+            ]
+        )
     if existing is not None and existing.workspace_id != workspace.pk:
         raise FieldErrors(
             [
@@ -111,14 +122,20 @@ def save_endpoint(workspace: Workspace, user: Any, data: dict[str, Any]) -> Endp
         existing.save()
         return existing
     assert compute is not None
-    return Endpoint.objects.create(
-        workspace=workspace,
-        name=document.name,
-        compute=compute,
-        keys=new_keys(),
-        created_by=user if getattr(user, "is_authenticated", False) else None,
-        **fields,
-    )
+    try:
+        with transaction.atomic():
+            return Endpoint.objects.create(
+                workspace=workspace,
+                name=document.name,
+                compute=compute,
+                keys=new_keys(),
+                created_by=user if getattr(user, "is_authenticated", False) else None,
+                **fields,
+            )
+    except IntegrityError as exc:  # made by another request meanwhile
+        raise FieldErrors(
+            [("name", f"an endpoint named {document.name!r} already exists")]
+        ) from exc
 
 
 def _check_traffic(document: spec.EndpointDocument, deployments: set[str]) -> None:
@@ -200,7 +217,18 @@ def save_deployment(
                 "deployment (kstudio online-deployment create sends it)",
             )
         )
-    model = _model(workspace, user, document, model_upload, model_is_folder, errors)
+    model = _named_model(workspace, document, errors)
+    if isinstance(document.model, spec.InlineModel) and model_upload is None:
+        path = document.model.path
+        if "://" not in path and not path.startswith("azureml:"):
+            errors.append(
+                (
+                    "model.path",
+                    "the model's files are uploaded with the deployment "
+                    "(kstudio online-deployment create sends them)",
+                )
+            )
+    instance_type = _instance_type(endpoint.compute, document, errors)
     environment = None
     try:
         environment = environment_services.resolve(workspace, document.environment)
@@ -210,7 +238,11 @@ def save_deployment(
         errors.extend(_check_code(code, document.code_configuration.scoring_script))
     if errors:
         raise FieldErrors(errors)
+    if isinstance(document.model, spec.InlineModel):  # registered last: nothing half-kept
+        model = _register_inline(workspace, user, document, model_upload, model_is_folder)
     existing = endpoint.deployments.filter(name=document.name).first()
+    if instance_type is not None:
+        document.instance_type = instance_type.name
     fields = {
         "type": document.type,
         "document": document.model_dump(mode="json", by_alias=True, exclude_none=True),
@@ -245,6 +277,30 @@ def save_deployment(
 
 
 MAX_HISTORY = 100
+
+
+def _instance_type(
+    compute: ComputeTarget, document: spec.DeploymentDocument, errors: list[tuple[str, str]]
+) -> InstanceType | None:
+    """The instance type a deployment runs as: the one named (a managed deployment's
+    Azure VM size through STUDIO_VM_SIZES, the table IT-ops keeps), else
+    defaultinstancetype; refused with the list of those offered."""
+    wanted = document.instance_type or DEFAULT_INSTANCE_TYPE
+    if document.type == "managed" and wanted in settings.STUDIO_VM_SIZES:
+        wanted = settings.STUDIO_VM_SIZES[wanted]
+    found = compute.instance_types().filter(name=wanted).first()
+    if found is None:
+        offered = ", ".join(compute.instance_types().values_list("name", flat=True))
+        mapped = ", ".join(sorted(settings.STUDIO_VM_SIZES)) or "none"
+        errors.append(
+            (
+                "instance_type",
+                f"{document.instance_type!r} is not offered on compute "
+                f"{compute.name!r} (instance types: {offered}; Azure VM sizes mapped "
+                f"for managed deployments: {mapped})",
+            )
+        )
+    return found
 
 
 def _label(model: Model | None) -> str:
@@ -293,30 +349,34 @@ def compute_in_use(compute: ComputeTarget) -> str | None:
     return f"serves endpoints {', '.join(names)}" if names else None
 
 
-def _model(
+def _named_model(
+    workspace: Workspace, document: spec.DeploymentDocument, errors: list[tuple[str, str]]
+) -> Model | None:
+    """The registered version a deployment names (azureml:NAME:VERSION, NAME@latest)."""
+    if not isinstance(document.model, str):
+        return None
+    try:
+        name, version = registry_spec.parse_ref(document.model)
+        found = assets.find(Model, workspace, name, version)
+    except (ValueError, DocumentError) as exc:
+        message = exc.errors[0][1] if isinstance(exc, DocumentError) else str(exc)
+        errors.append(("model", message))
+        return None
+    assert isinstance(found, Model)
+    return found
+
+
+def _register_inline(
     workspace: Workspace,
     user: Any,
     document: spec.DeploymentDocument,
     upload: IO[bytes] | None,
     is_folder: bool,
-    errors: list[tuple[str, str]],
-) -> Model | None:
-    """The registered version a deployment serves: named (azureml:NAME:VERSION), or an
-    inline path, registered as a version of `<endpoint>-<deployment>` (Azure registers
-    inline models anonymously)."""
-    if document.model is None:
-        return None
-    if isinstance(document.model, str):
-        try:
-            name, version = registry_spec.parse_ref(document.model)
-            found = assets.find(Model, workspace, name, version)
-        except (ValueError, DocumentError) as exc:
-            message = exc.errors[0][1] if isinstance(exc, DocumentError) else str(exc)
-            errors.append(("model", message))
-            return None
-        assert isinstance(found, Model)
-        return found
+) -> Model:
+    """An inline model, registered as a version of `<endpoint>-<deployment>` (Azure
+    registers inline models anonymously)."""
     inline = document.model
+    assert isinstance(inline, spec.InlineModel)
     data = {
         "name": inline.name or f"{document.endpoint_name}-{document.name}",
         "path": inline.path,
@@ -326,10 +386,9 @@ def _model(
     try:
         return registry.create_model(workspace, user, data, upload, upload_is_folder=is_folder)
     except FieldErrors as exc:
-        errors.extend((f"model.{field}", message) for field, message in exc.errors)
+        raise FieldErrors([(f"model.{field}", message) for field, message in exc.errors]) from exc
     except Conflict as exc:
-        errors.append(("model", str(exc)))
-    return None
+        raise FieldErrors([("model", str(exc))]) from exc
 
 
 def _check_code(code: IO[bytes], script: str) -> list[tuple[str, str]]:

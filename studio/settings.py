@@ -242,9 +242,18 @@ STUDIO_JOB_PYTHON = env_str("STUDIO_JOB_PYTHON")
 # runs the model server (default: the studio's own).
 STUDIO_DEPLOYMENTS_DIR = env_path("STUDIO_DEPLOYMENTS_DIR", VAR_DIR / "deployments")
 STUDIO_DEPLOYMENT_PYTHON = env_str("STUDIO_DEPLOYMENT_PYTHON")
+# How long a deployment's preparation (its files, its environment's packages) may take.
+STUDIO_DEPLOYMENT_PREPARE_SECONDS = env_int("STUDIO_DEPLOYMENT_PREPARE_SECONDS", 1800)
 # The router's external base URL, as endpoints' scoring URIs show it (default: the
 # studio's own address).
 STUDIO_INFERENCE_URL = env_str("STUDIO_INFERENCE_URL")
+# Managed deployments name Azure VM sizes: the instance type each one runs as here. IT-ops
+# keep the table (STUDIO_VM_SIZES, JSON); a size not in it is refused with the list.
+STUDIO_VM_SIZES = json.loads(
+    env_str("STUDIO_VM_SIZES", "")
+    or '{"Standard_DS2_v2": "defaultinstancetype", "Standard_DS3_v2": "defaultinstancetype",'
+    ' "Standard_F2s_v2": "defaultinstancetype", "Standard_F4s_v2": "defaultinstancetype"}'
+)
 STUDIO_JOB_ENV_PASSTHROUGH = [
     "PATH",
     "LANG",

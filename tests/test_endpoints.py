@@ -18,6 +18,7 @@ from django.db import connection
 
 from endpoints import spec
 from endpoints.models import Deployment, Endpoint
+from registry.models import Model
 from studio.documents import DocumentError
 from tests.conftest import token_for, wait_until
 
@@ -178,7 +179,17 @@ def test_endpoint_and_deployment_documents_are_checked_by_field(studio):
                                       model="azureml:no-such-model:1")},
     )  # fmt: skip
     assert bad.status_code == 400
+    unknown = studio.post(
+        "online-endpoints/my-endpoint/deployments/",
+        data={"spec": deployment_yaml("blue", instance_type="Standard_NC6")},
+        files={"code": ("code.tar.gz", archive({"score.py": SCORE.encode()})),
+               "model_folder": ("model.tar.gz", model_folder())},
+    )  # fmt: skip
+    errors = {e["field"]: e["message"] for e in unknown.json()["errors"]}
+    assert "defaultinstancetype" in errors["instance_type"]
+    assert "Standard_DS3_v2" in errors["instance_type"]  # the VM sizes that are mapped
     assert not Deployment.objects.exists()
+    assert not Model.objects.exists()  # the inline model is registered only once all is well
 
 
 def test_azures_defaults_and_rules_apply_to_a_deployment_document():
@@ -265,7 +276,11 @@ def test_azures_blue_green_example_deploys_and_moves_traffic_without_a_failed_re
     compat = Path(__file__).resolve().parents[2] / "shared" / "compat" / "azureml-examples"
     if not compat.is_dir():
         pytest.skip("shared/compat is not beside the checkout")
-    settings.STUDIO_DEPLOYMENT_PYTHON = sys.executable  # it has scikit-learn and joblib
+    # The example's environment (numpy, scikit-learn, Azure's inference server...) is
+    # built from the host's package index, once per checkout: both run modes reuse it.
+    settings.STUDIO_ENVIRONMENTS_DIR = (
+        Path(__file__).resolve().parents[1] / "var" / "test-environments"
+    )
     tree = example_tree(tmp_path, compat)
     k8s = tree / "kubernetes"
     kstudio("online-endpoint", "create", "-f", str(k8s / "kubernetes-endpoint.yml"),
@@ -417,7 +432,6 @@ def test_a_deployment_that_follows_its_models_latest_version_rolls_to_a_new_one(
     ]
     # A served version stays: MLflow's delete says why; the compute target keeps too.
     from compute.services import ComputeInUse, delete_compute
-    from registry.models import Model
     from registry.services import delete_version
     from studio.errors import Conflict
 
@@ -425,3 +439,48 @@ def test_a_deployment_that_follows_its_models_latest_version_rolls_to_a_new_one(
         delete_version(Model.objects.get(name="clf", version="2"))
     with pytest.raises(ComputeInUse, match="serves endpoints my-endpoint"):
         delete_compute(Endpoint.objects.get(name="my-endpoint").compute)  # fmt: skip
+
+
+def test_a_deployment_runs_in_its_own_environment_built_from_its_conda_file(
+    studio, settings, kstudio
+):
+    """The model server runs in a virtual environment with the conda file's pip packages
+    (toolz here, which the studio itself lacks); the build's log is the
+    storage-initializer's; a package that does not exist fails the deployment clearly."""
+    settings.STUDIO_DEPLOYMENT_PYTHON = ""  # the studio's own interpreter, to build from
+    script = (
+        b"import toolz, sys\n\ndef init():\n    pass\n\ndef run(raw):\n"
+        b"    return {'first': toolz.first([7, 8]), 'venv': sys.prefix != sys.base_prefix}\n"
+    )
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
+    environment = {"image": "python:3.11-slim",
+                   "conda_file": {"dependencies": [{"pip": ["toolz"]}]}}  # fmt: skip
+    spec = {"name": "blue", "endpoint_name": "my-endpoint", "environment": environment,
+            "code_configuration": {"code": ".", "scoring_script": "score.py"}}  # fmt: skip
+    made = studio.post("online-endpoints/my-endpoint/deployments/", params={"all_traffic": "true"},
+                       data={"spec": json.dumps(spec)},
+                       files={"code": ("c.tar.gz", archive({"score.py": script}))})  # fmt: skip
+    assert made.status_code == 201, made.text
+    wait_until(lambda: running(studio, "blue"), 300, "blue's environment to build and serve")
+    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
+    uri = studio.get("online-endpoints/my-endpoint/").json()["scoring_uri"]
+    scored = httpx.post(
+        uri, content=b"{}", headers={"Authorization": f"Bearer {keys['primaryKey']}"}
+    )
+    assert scored.json() == {"first": 7, "venv": True}
+    built = kstudio("online-deployment", "get-logs", "-n", "blue", "-e", "my-endpoint",
+                    "--container", "storage-initializer", check=True).stdout  # fmt: skip
+    assert "environment: building inline" in built and "is ready" in built
+    # A package that does not exist: Failed, with Azure-style code and pip's words.
+    spec["name"] = "green"
+    environment["conda_file"] = {"dependencies": [{"pip": ["no-such-package-kstudio-x"]}]}
+    studio.post("online-endpoints/my-endpoint/deployments/", data={"spec": json.dumps(spec)},
+                files={"code": ("c.tar.gz", archive({"score.py": script}))})  # fmt: skip
+
+    def failed() -> dict:
+        shown = studio.get("online-endpoints/my-endpoint/deployments/green/").json()
+        return shown if shown["provisioning_state"] == "Failed" else {}
+
+    shown = wait_until(failed, 300, "green to fail")
+    assert shown["error_code"] == "EnvironmentBuildFailed"
+    assert "no-such-package-kstudio-x" in shown["reason"]

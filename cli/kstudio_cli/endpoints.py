@@ -367,9 +367,9 @@ def deployment_delete(studio: Studio, name: str, endpoint_name: str, yes: bool) 
 @click.option("-l", "--lines", type=int, default=100, show_default=True)
 @click.option(
     "--container",
-    type=click.Choice(["inference-server"]),
+    type=click.Choice(["inference-server", "storage-initializer"]),
     default="inference-server",
-    help="The model server's log (the only container on the local compute).",
+    help="The model server's log, or its preparation's (the environment build).",
 )
 @pass_studio
 def deployment_logs(
@@ -377,4 +377,5 @@ def deployment_logs(
 ) -> None:
     """The last lines of the model server's log."""
     path = _deployment_path(studio, endpoint_name, name) + "logs/"
-    click.echo(studio.request("GET", path, params={"lines": lines}).text, nl=False)
+    params = {"lines": lines, "container": container}
+    click.echo(studio.request("GET", path, params=params).text, nl=False)

@@ -206,15 +206,23 @@ class OnlineDeploymentViewSet(WorkspaceMixin, viewsets.ViewSet):
     @extend_schema(responses={(200, "text/plain"): str})
     @action(detail=True, methods=["get"])
     def logs(self, request: Request, name: str, **kwargs: Any) -> HttpResponse:
-        """The model server's log (`?lines=N`, the last N; `?instance=I`)."""
+        """The last `?lines=N` of a log: `?container=inference-server` (the model server,
+        `?instance=I`) or `storage-initializer` (its preparation: the environment build)."""
         deployment = self._get(name)
         try:
             lines = min(MAX_LOG_LINES, max(1, int(request.query_params.get("lines", 100))))
             index = int(request.query_params.get("instance", 0))
         except ValueError as exc:
             raise FieldErrors([("lines", "must be a number")]) from exc
-        files = runner.log_files(settings.STUDIO_DEPLOYMENTS_DIR, deployment)
-        if not 0 <= index < max(1, len(files)):
+        container = request.query_params.get("container", "inference-server")
+        root = settings.STUDIO_DEPLOYMENTS_DIR
+        if container == "storage-initializer":
+            files = [runner.preparation_log(root, deployment)]
+        elif container == "inference-server":
+            files = runner.log_files(root, deployment)
+        else:
+            raise FieldErrors([("container", "use inference-server or storage-initializer")])
+        if files and not 0 <= index < len(files):
             raise FieldErrors([("instance", f"the deployment has {len(files)} instance(s)")])
         text = runner.tail(files[index], lines) if files else ""
         return HttpResponse(text, content_type="text/plain; charset=utf-8")
