@@ -16,7 +16,10 @@ traffic is copied to its deployment and its answers dropped.
 It is a plain ASGI app (`app`), not a Django view: the studio's ASGI entry sends it
 `/api/v1/endpoint/...` ahead of Django, and `manage.py runrouter` serves it alone. Each
 endpoint's routing table is read from the database at most once a second and kept in
-memory (a change made in this process drops it at once), so a request costs no query.
+memory (an endpoint or deployment saved through its model in this process drops it at
+once; the runner's switch of instances, an update, reaches it within the second, and a
+request meeting a replaced instance's closed port is retried), so a request costs no
+query.
 In-flight counts are the process's own.
 """
 

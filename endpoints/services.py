@@ -447,6 +447,6 @@ def token_valid_for(endpoint_pk: int, token: str) -> bool:
 
 def scoring_uri(endpoint: Endpoint, base: str) -> str:
     """Where clients score: STUDIO_INFERENCE_URL (the router's external address), else
-    `base` (the studio's own)."""
-    root = (settings.STUDIO_INFERENCE_URL or base).rstrip("/")
+    the studio's (STUDIO_PUBLIC_URL, else `base`: the address the request came to)."""
+    root = (settings.STUDIO_INFERENCE_URL or settings.STUDIO_PUBLIC_URL or base).rstrip("/")
     return f"{root}/api/v1/endpoint/{endpoint.name}/score"

@@ -40,10 +40,6 @@ def _endpoint(request: HttpRequest, workspace: str, name: str, role: str = Role.
     return found, user_role
 
 
-def _base(request: HttpRequest) -> str:
-    return settings.STUDIO_PUBLIC_URL or request.build_absolute_uri("/")
-
-
 @login_required
 def endpoint_list(request: HttpRequest, workspace: str) -> HttpResponse:
     ws, role = access.workspace_for(request.user, workspace)
@@ -64,7 +60,10 @@ def endpoint_list(request: HttpRequest, workspace: str) -> HttpResponse:
     found = Endpoint.objects.filter(workspace=ws).exclude(state=State.DELETING)
     context = {
         "workspace": ws,
-        "endpoints": [render_endpoint(e, _base(request)) for e in found.select_related("compute")],
+        "endpoints": [
+            render_endpoint(e, request.build_absolute_uri("/"))
+            for e in found.select_related("compute")
+        ],
         "can_create": can_create,
         "form": form,
         "errors": errors,
@@ -82,7 +81,7 @@ def endpoint_detail(request: HttpRequest, workspace: str, name: str) -> HttpResp
     ]
     context = {
         "workspace": endpoint.workspace,
-        "endpoint": render_endpoint(endpoint, _base(request)),
+        "endpoint": render_endpoint(endpoint, request.build_absolute_uri("/")),
         "deployments": deployments,
         "busy": any(d.state in (State.CREATING, State.UPDATING) for d in deployments),
         "traffic": [(d.name, endpoint.traffic.get(d.name, 0)) for d in deployments],

@@ -26,10 +26,6 @@ from studio.errors import Conflict, FieldErrors
 MAX_LOG_LINES = 10_000
 
 
-def _base(request: Request) -> str:
-    return settings.STUDIO_PUBLIC_URL or request.build_absolute_uri("/")
-
-
 class OnlineEndpointViewSet(WorkspaceMixin, viewsets.ViewSet):
     """A workspace's online endpoints: members read them; contributors create, update
     (traffic), delete them and read their keys."""
@@ -55,12 +51,15 @@ class OnlineEndpointViewSet(WorkspaceMixin, viewsets.ViewSet):
             state=State.DELETING
         )
         return Response(
-            [render_endpoint(e, _base(request)) for e in found.select_related("compute")]
+            [
+                render_endpoint(e, request.build_absolute_uri("/"))
+                for e in found.select_related("compute")
+            ]
         )
 
     @extend_schema(responses=EndpointSerializer)
     def retrieve(self, request: Request, name: str, **kwargs: Any) -> Response:
-        return Response(render_endpoint(self._get(name), _base(request)))
+        return Response(render_endpoint(self._get(name), request.build_absolute_uri("/")))
 
     @extend_schema(request=None, responses=EndpointSerializer)
     def create(self, request: Request, **kwargs: Any) -> Response:
@@ -77,7 +76,7 @@ class OnlineEndpointViewSet(WorkspaceMixin, viewsets.ViewSet):
                 ]
             )
         endpoint = services.save_endpoint(workspace, request.user, data)
-        return Response(render_endpoint(endpoint, _base(request)), status=201)
+        return Response(render_endpoint(endpoint, request.build_absolute_uri("/")), status=201)
 
     @extend_schema(request=None, responses=EndpointSerializer)
     def update(self, request: Request, name: str, **kwargs: Any) -> Response:
@@ -87,7 +86,7 @@ class OnlineEndpointViewSet(WorkspaceMixin, viewsets.ViewSet):
         if data["name"] != name:
             raise FieldErrors([("name", f"must be {name!r}, the endpoint this URL names")])
         endpoint = services.save_endpoint(existing.workspace, request.user, data)
-        return Response(render_endpoint(endpoint, _base(request)))
+        return Response(render_endpoint(endpoint, request.build_absolute_uri("/")))
 
     @extend_schema(request=None, responses=EndpointSerializer)
     def partial_update(self, request: Request, name: str, **kwargs: Any) -> Response:
@@ -99,7 +98,7 @@ class OnlineEndpointViewSet(WorkspaceMixin, viewsets.ViewSet):
             raise FieldErrors([(f, "only traffic and mirror_traffic change here") for f in unknown])
         traffic = data.get("traffic", endpoint.traffic)
         endpoint = services.set_traffic(endpoint, traffic, data.get("mirror_traffic"))
-        return Response(render_endpoint(endpoint, _base(request)))
+        return Response(render_endpoint(endpoint, request.build_absolute_uri("/")))
 
     def destroy(self, request: Request, name: str, **kwargs: Any) -> Response:
         services.delete_endpoint(self._get(name))
