@@ -43,3 +43,54 @@ class ConsoleForm(forms.Form):
         initial='{"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}',
     )
     deployment = forms.CharField(required=False)
+
+
+class BatchEndpointForm(forms.Form):
+    name = forms.CharField(max_length=32, help_text="3 to 32 letters, digits and '-'.")
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class BatchDeploymentForm(forms.Form):
+    name = forms.CharField(max_length=32)
+    model = forms.ChoiceField(help_text="A registered model version.")
+    compute = forms.ChoiceField()
+    scoring_script = forms.CharField(
+        required=False, initial="batch_driver.py",
+        help_text="Empty for an MLflow model, which needs none.",
+    )  # fmt: skip
+    code = MultipleFileField(
+        required=False, widget=MultipleFileInput(attrs={"multiple": True}),
+        help_text="The scoring script and what it imports.",
+    )  # fmt: skip
+    mini_batch_size = forms.IntegerField(min_value=1, initial=10, help_text="Files per mini-batch.")
+    max_concurrency_per_instance = forms.IntegerField(min_value=1, max_value=64, initial=1)
+    error_threshold = forms.IntegerField(
+        min_value=-1, initial=-1, help_text="Failed files tolerated; -1 tolerates all."
+    )
+    output_file_name = forms.CharField(initial="predictions.csv")
+    set_default = forms.BooleanField(required=False, label="Make it the default")
+
+    def __init__(self, *args: Any, models: list[str], computes: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, choices in (("model", models), ("compute", computes)):
+            field = self.fields[name]
+            assert isinstance(field, forms.ChoiceField)
+            field.choices = [(c, c) for c in choices]
+
+
+class InvokeForm(forms.Form):
+    deployment = forms.ChoiceField(required=False, help_text="Empty: the default deployment.")
+    input = forms.CharField(
+        required=False, max_length=2000,
+        help_text="A data asset (azureml:name:version) or a datastore path; or upload files.",
+    )  # fmt: skip
+    upload = MultipleFileField(
+        required=False, label="Or files", widget=MultipleFileInput(attrs={"multiple": True})
+    )
+    mini_batch_size = forms.IntegerField(required=False, min_value=1)
+
+    def __init__(self, *args: Any, deployments: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["deployment"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [("", "(default)")] + [(d, d) for d in deployments]

@@ -87,3 +87,79 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint.name}/{self.name}"
+
+
+class BatchEndpoint(models.Model):
+    """A name to invoke for batch scoring; each invocation is a job of its default (or a
+    named) deployment. Invoked through the studio's API with the caller's own token."""
+
+    workspace = models.ForeignKey(
+        Workspace, on_delete=models.CASCADE, related_name="batch_endpoints"
+    )
+    name = models.CharField(max_length=32)
+    description = models.TextField(blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    properties = models.JSONField(default=dict, blank=True)
+    default_deployment = models.CharField(max_length=32, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=("workspace", "name"), name="batch_endpoint_per_workspace"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class BatchDeployment(models.Model):
+    """A model, its scoring script, environment and compute, and how to cut the input."""
+
+    endpoint = models.ForeignKey(
+        BatchEndpoint, on_delete=models.CASCADE, related_name="deployments"
+    )
+    name = models.CharField(max_length=32)
+    # The validated document, with Azure's defaults filled in (settings always nested).
+    document = models.JSONField(default=dict)
+    model = models.ForeignKey("registry.Model", on_delete=models.PROTECT, related_name="+")
+    code = models.CharField(max_length=500, blank=True)  # the code archive, in the artifact store
+    compute = models.ForeignKey(
+        "compute.ComputeTarget", on_delete=models.PROTECT, related_name="batch_deployments"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("endpoint", "name")
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=("endpoint", "name"), name="batch_deployment_per_endpoint"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint.name}/{self.name}"
+
+
+class BatchJob(models.Model):
+    """An invocation: the ordinary job it started, and which deployment ran it."""
+
+    endpoint = models.ForeignKey(BatchEndpoint, on_delete=models.CASCADE, related_name="jobs")
+    deployment = models.ForeignKey(
+        BatchDeployment, null=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    deployment_name = models.CharField(max_length=32)  # kept when the deployment is gone
+    job = models.OneToOneField("jobs.Job", on_delete=models.CASCADE, related_name="batch")
+
+    class Meta:
+        ordering = ("-job__created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.endpoint.name}/{self.deployment_name}: {self.job_id}"

@@ -37,7 +37,7 @@ from django.db import close_old_connections
 
 from compute.launcher import Launcher, LaunchError
 from compute.models import ComputeKind
-from endpoints import server
+from endpoints import server, spec
 from endpoints.models import Deployment, Endpoint, State
 from registry import services as registry
 
@@ -111,15 +111,6 @@ def _as_text(records: Path, text: Path) -> None:
         for record in f:
             with contextlib.suppress(ValueError):
                 out.write(json.loads(record)["line"] + "\n")
-
-
-def instances_wanted(document: dict[str, Any]) -> int:
-    """instance_count, or for target_utilization its min_instances (at least one: the
-    autoscaler adds more when the router's counts ask for them)."""
-    scale = document.get("scale_settings") or {}
-    if scale.get("type") == "target_utilization":
-        return max(1, int(scale.get("min_instances") or 1))
-    return int(document.get("instance_count") or 1)
 
 
 def preparation_log(root: Path, deployment: Deployment) -> Path:
@@ -220,7 +211,7 @@ class Runner:
         env, python = rollout.preparing.result()
         folder = self.root / str(deployment.pk) / str(deployment.generation)
         document = deployment.document
-        count = instances_wanted(document)
+        count = spec.instances_wanted(document)
         probe = document.get("readiness_probe") or {}
         budget = probe.get("initial_delay", 10) + probe.get("failure_threshold", 30) * probe.get(
             "period", 10

@@ -217,7 +217,7 @@ def save_deployment(
                 "deployment (kstudio online-deployment create sends it)",
             )
         )
-    model = _named_model(workspace, document, errors)
+    model = named_model(workspace, document.model, errors)
     if isinstance(document.model, spec.InlineModel) and model_upload is None:
         path = document.model.path
         if "://" not in path and not path.startswith("azureml:"):
@@ -235,11 +235,18 @@ def save_deployment(
     except DocumentError as exc:
         errors.extend(exc.errors)
     if code is not None and document.code_configuration is not None:
-        errors.extend(_check_code(code, document.code_configuration.scoring_script))
+        errors.extend(check_code(code, document.code_configuration.scoring_script))
     if errors:
         raise FieldErrors(errors)
     if isinstance(document.model, spec.InlineModel):  # registered last: nothing half-kept
-        model = _register_inline(workspace, user, document, model_upload, model_is_folder)
+        model = register_inline(
+            workspace,
+            user,
+            document.model,
+            f"{document.endpoint_name}-{document.name}",
+            model_upload,
+            model_is_folder,
+        )
     existing = endpoint.deployments.filter(name=document.name).first()
     if instance_type is not None:
         document.instance_type = instance_type.name
@@ -346,17 +353,18 @@ def model_registered(model: Model) -> None:
 def compute_in_use(compute: ComputeTarget) -> str | None:
     """Endpoints on a compute target keep it (STUDIO_COMPUTE_IN_USE)."""
     names = list(compute.endpoints.exclude(state=State.DELETING).values_list("name", flat=True))
+    names += [str(d) for d in compute.batch_deployments.select_related("endpoint")]
     return f"serves endpoints {', '.join(names)}" if names else None
 
 
-def _named_model(
-    workspace: Workspace, document: spec.DeploymentDocument, errors: list[tuple[str, str]]
+def named_model(
+    workspace: Workspace, named: str | spec.InlineModel | None, errors: list[tuple[str, str]]
 ) -> Model | None:
     """The registered version a deployment names (azureml:NAME:VERSION, NAME@latest)."""
-    if not isinstance(document.model, str):
+    if not isinstance(named, str):
         return None
     try:
-        name, version = registry_spec.parse_ref(document.model)
+        name, version = registry_spec.parse_ref(named)
         found = assets.find(Model, workspace, name, version)
     except (ValueError, DocumentError) as exc:
         message = exc.errors[0][1] if isinstance(exc, DocumentError) else str(exc)
@@ -366,19 +374,18 @@ def _named_model(
     return found
 
 
-def _register_inline(
+def register_inline(
     workspace: Workspace,
     user: Any,
-    document: spec.DeploymentDocument,
+    inline: spec.InlineModel,
+    default_name: str,
     upload: IO[bytes] | None,
     is_folder: bool,
 ) -> Model:
-    """An inline model, registered as a version of `<endpoint>-<deployment>` (Azure
-    registers inline models anonymously)."""
-    inline = document.model
-    assert isinstance(inline, spec.InlineModel)
+    """An inline model, registered as a version of `default_name`,
+    `<endpoint>-<deployment>` (Azure registers inline models anonymously)."""
     data = {
-        "name": inline.name or f"{document.endpoint_name}-{document.name}",
+        "name": inline.name or default_name,
         "path": inline.path,
         "type": inline.type,
         "description": inline.description,
@@ -391,7 +398,7 @@ def _register_inline(
         raise FieldErrors([("model", str(exc))]) from exc
 
 
-def _check_code(code: IO[bytes], script: str) -> list[tuple[str, str]]:
+def check_code(code: IO[bytes], script: str) -> list[tuple[str, str]]:
     """The code archive must be one, and hold the scoring script."""
     code.seek(0)
     try:

@@ -226,3 +226,12 @@ class DeploymentDocument(Strict):
 
 def parse_deployment(data: dict[str, Any]) -> DeploymentDocument:
     return validate(DeploymentDocument, data)
+
+
+def instances_wanted(document: dict[str, Any]) -> int:
+    """instance_count, or for target_utilization its min_instances (at least one: the
+    autoscaler adds more when the router's counts ask for them)."""
+    scale = document.get("scale_settings") or {}
+    if scale.get("type") == "target_utilization":
+        return max(1, int(scale.get("min_instances") or 1))
+    return int(document.get("instance_count") or 1)

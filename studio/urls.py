@@ -15,6 +15,7 @@ urlpatterns = [
     path("workspaces/<str:workspace>/environments/", include("environments.urls")),
     path("workspaces/<str:workspace>/models/", include("registry.urls")),
     path("workspaces/<str:workspace>/endpoints/", include("endpoints.urls")),
+    path("workspaces/<str:workspace>/batch-endpoints/", include("endpoints.urls_batch")),
     path("workspaces/<str:workspace>/experiments/", include("tracking.urls_pages")),
     # The workspace's MLflow tracking URI is /workspaces/<workspace>/mlflow.
     path("workspaces/<str:workspace>/mlflow/", include("registry.urls_mlflow")),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from asgiref.sync import async_to_sync
 from channels.layers import channel_layers, get_channel_layer
 from django.contrib.auth.models import Group, User
@@ -279,3 +280,24 @@ def kube() -> Iterator[FakeCluster]:
             backend.close()
         backends._built.clear()
     cluster.stop()
+
+
+def register(api: Any, user: Any, kube: FakeCluster, name: str = "lab", **extra: Any) -> Any:
+    body = {"name": name, "kubeconfig": yaml.safe_dump(kube.kubeconfig()), **extra}
+    return api(user).post("/api/v1/clusters/", body, format="json")
+
+
+@pytest.fixture
+def attached(api: Any, people: People, kube: FakeCluster, live_studio: LiveStudio) -> Any:
+    """A cluster registered and attached to the demo workspace as `k8s` (namespace team-a)."""
+    assert register(api, people.it_ops, kube, studio_url=live_studio.url).status_code == 201
+    made = api(people.it_ops).post(
+        "/api/v1/workspaces/demo/computes/",
+        {"name": "k8s", "type": "kubernetes", "cluster": "lab", "namespace": "team-a",
+         "create_namespace": True},
+        format="json",
+    )  # fmt: skip
+    assert made.status_code == 201, made.content
+    from compute.models import ComputeTarget
+
+    return ComputeTarget.objects.get(name="k8s")

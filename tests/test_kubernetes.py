@@ -19,31 +19,11 @@ from compute.models import Cluster, ComputeTarget, InstanceType
 from jobs import services
 from jobs.models import Job
 from jobs.spec import SpecError
-from tests.conftest import code_archive, token_for, wait_until
-from tests.kube.cluster import FakeCluster
+from tests.conftest import code_archive, register, token_for, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 K8S_VERSION = "1.31"
-
-
-def register(api: Any, user: Any, kube: FakeCluster, name: str = "lab", **extra: Any) -> Any:
-    body = {"name": name, "kubeconfig": yaml.safe_dump(kube.kubeconfig()), **extra}
-    return api(user).post("/api/v1/clusters/", body, format="json")
-
-
-@pytest.fixture
-def attached(api, people, kube, live_studio) -> ComputeTarget:
-    """A cluster registered and attached to the demo workspace as `k8s` (namespace team-a)."""
-    assert register(api, people.it_ops, kube, studio_url=live_studio.url).status_code == 201
-    made = api(people.it_ops).post(
-        "/api/v1/workspaces/demo/computes/",
-        {"name": "k8s", "type": "kubernetes", "cluster": "lab", "namespace": "team-a",
-         "create_namespace": True},
-        format="json",
-    )  # fmt: skip
-    assert made.status_code == 201, made.content
-    return ComputeTarget.objects.get(name="k8s")
 
 
 def finished(job: Job, timeout: float = 60) -> Job:

@@ -777,9 +777,9 @@ def instance_type_delete(studio: Studio, name: str, cluster: str) -> None:
 
 
 # Commands kept in their own modules register themselves on `main` when imported.
-from kstudio_cli import assets, endpoints, models  # noqa: E402
+from kstudio_cli import assets, batch, endpoints, models  # noqa: E402
 
-__all__ = ["assets", "endpoints", "main", "models"]
+__all__ = ["assets", "batch", "endpoints", "main", "models"]
 
 if __name__ == "__main__":
     main()

@@ -238,6 +238,30 @@ def _deployment_files(document: dict[str, Any], base: Path) -> tuple[dict[str, A
     return files, yaml.safe_dump(document, sort_keys=False)
 
 
+def send_deployment(
+    studio: Studio,
+    file_: str,
+    sets: tuple[str, ...],
+    names: tuple[str | None, str | None],
+    method: str,
+    path_of: Any,
+    params: dict[str, str],
+) -> dict[str, Any]:
+    """POST (create) or PUT (update) a deployment's YAML and files; `names` (from --name
+    and --endpoint-name) override the file's; `path_of(studio, endpoint, name)` is where."""
+    name, endpoint = names
+    extra = [f"{k}={v}" for k, v in (("name", name), ("endpoint_name", endpoint)) if v]
+    document, _text, base = _load(file_, (*sets, *extra))
+    endpoint_name = document.get("endpoint_name")
+    if not isinstance(endpoint_name, str) or not isinstance(document.get("name"), str):
+        fail("name and endpoint_name are needed (in the file, or --name / --endpoint-name)", 2)
+    files, text = _deployment_files(document, base)
+    path = path_of(studio, endpoint_name, document["name"] if method == "PUT" else "")
+    return dict(
+        studio.request(method, path, data={"spec": text}, files=files or None, params=params).json()
+    )
+
+
 def _send_deployment(
     studio: Studio,
     file_: str,
@@ -247,17 +271,8 @@ def _send_deployment(
     method: str,
     all_traffic: bool,
 ) -> dict[str, Any]:
-    extra = [f"{k}={v}" for k, v in (("name", name), ("endpoint_name", endpoint)) if v]
-    document, _text, base = _load(file_, (*sets, *extra))
-    endpoint_name = document.get("endpoint_name")
-    if not isinstance(endpoint_name, str) or not isinstance(document.get("name"), str):
-        fail("name and endpoint_name are needed (in the file, or --name / --endpoint-name)", 2)
-    files, text = _deployment_files(document, base)
-    path = _deployment_path(studio, endpoint_name, document["name"] if method == "PUT" else "")
     params = {"all_traffic": "true"} if all_traffic else {}
-    return dict(
-        studio.request(method, path, data={"spec": text}, files=files or None, params=params).json()
-    )
+    return send_deployment(studio, file_, sets, (name, endpoint), method, _deployment_path, params)
 
 
 def _wait(studio: Studio, shown: dict[str, Any], no_wait: bool) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import viewsets
@@ -24,6 +26,38 @@ from studio.api import WorkspaceMixin, document_from_request
 from studio.errors import Conflict, FieldErrors
 
 MAX_LOG_LINES = 10_000
+
+
+@dataclass
+class Sent:
+    """A deployment as a create or update request sends it: the YAML (`spec`), the code
+    folder as a .tar.gz (`code`), an inline model's files (`model_file`, or `model_folder`
+    as a .tar.gz)."""
+
+    data: dict[str, Any]
+    code: Any
+    model: Any
+    model_is_folder: bool
+
+
+def deployment_sent(
+    request: Request, endpoint: str, name: str | None, existing: QuerySet[Any]
+) -> Sent:
+    """The request's deployment, its names checked against the URL's; a create may not
+    reuse a name (`existing`: the endpoint's deployments)."""
+    data, _text = document_from_request(request, "deployment")
+    data.setdefault("endpoint_name", endpoint)
+    if data["endpoint_name"] != endpoint:
+        raise FieldErrors([("endpoint_name", f"must be {endpoint!r}, the endpoint this URL names")])
+    if name is not None:
+        data.setdefault("name", name)
+        if data["name"] != name:
+            raise FieldErrors([("name", f"must be {name!r}, the deployment this URL names")])
+    elif existing.filter(name=data.get("name")).exists():
+        raise Conflict(f"Deployment {data.get('name')} exists; update it instead.")
+    folder = request.FILES.get("model_folder")
+    return Sent(data, request.FILES.get("code"), folder or request.FILES.get("model_file"),
+                folder is not None)  # fmt: skip
 
 
 class OnlineEndpointViewSet(WorkspaceMixin, viewsets.ViewSet):
@@ -166,26 +200,14 @@ class OnlineDeploymentViewSet(WorkspaceMixin, viewsets.ViewSet):
 
     def _save(self, request: Request, name: str | None) -> Deployment:
         endpoint = self._endpoint()
-        data, _text = document_from_request(request, "deployment")
-        data.setdefault("endpoint_name", endpoint.name)
-        if data["endpoint_name"] != endpoint.name:
-            raise FieldErrors(
-                [("endpoint_name", f"must be {endpoint.name!r}, the endpoint this URL names")]
-            )
-        if name is not None:
-            data.setdefault("name", name)
-            if data["name"] != name:
-                raise FieldErrors([("name", f"must be {name!r}, the deployment this URL names")])
-        elif endpoint.deployments.filter(name=data.get("name")).exists():
-            raise Conflict(f"Deployment {data.get('name')} exists; update it instead.")
-        folder = request.FILES.get("model_folder")
+        sent = deployment_sent(request, endpoint.name, name, endpoint.deployments.all())
         return services.save_deployment(
             endpoint.workspace,
             request.user,
-            data,
-            code=request.FILES.get("code"),
-            model_upload=folder or request.FILES.get("model_file"),
-            model_is_folder=folder is not None,
+            sent.data,
+            code=sent.code,
+            model_upload=sent.model,
+            model_is_folder=sent.model_is_folder,
             all_traffic=str(request.query_params.get("all_traffic")).lower() == "true",
         )
 
