@@ -161,8 +161,17 @@ def crd(group: str = GROUP) -> dict[str, Any]:
     }
 
 
-def _role_rules() -> list[dict[str, Any]]:
-    return [
+def _role_rules(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    inference = [
+        # Online deployments (enableInference): their Deployments, Services, ConfigMaps
+        # (server-side applied), and the service proxy a studio outside the cluster uses.
+        {"apiGroups": ["apps"], "resources": ["deployments"],
+         "verbs": ["get", "list", "watch", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["configmaps", "services"],
+         "verbs": ["list", "patch"]},
+        {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get", "create"]},
+    ] if settings.get("enableInference") else []  # fmt: skip
+    return [*inference,
         {"apiGroups": ["batch"], "resources": ["jobs"],
          "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
@@ -228,7 +237,7 @@ def manifests(
              "metadata": {"name": namespace, "labels": labels}},
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
              "metadata": {"name": "kstudio", "namespace": namespace, "labels": labels},
-             "rules": _role_rules()},
+             "rules": _role_rules(settings or {})},
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
              "metadata": {"name": "kstudio", "namespace": namespace, "labels": labels},
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
@@ -250,6 +259,9 @@ PLURALS = {
     "RoleBinding": "rolebindings",
     "InstanceType": "instancetypes",
     "PersistentVolumeClaim": "persistentvolumeclaims",
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "Deployment": "deployments",
 }
 
 

@@ -44,7 +44,7 @@ from django.db import close_old_connections
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from endpoints import services
+from endpoints import kube, services
 from endpoints.models import Deployment, Endpoint, State
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
@@ -65,6 +65,10 @@ class Route:
     timeout: float  # seconds
     queue_wait: float
     room: int  # instances x max concurrent requests per instance
+    # A deployment on a cluster is reached through its API server's service proxy, with
+    # the cluster's credentials: (headers, ssl) from endpoints.kube.access.
+    headers: tuple[tuple[str, str], ...] = ()
+    ssl: Any = True
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,12 @@ def load(name: str) -> Table | None:
     """The endpoint's table from the database (two queries)."""
     close_old_connections()
     try:
-        endpoint = Endpoint.objects.filter(name=name).exclude(state=State.DELETING).first()
+        endpoint = (
+            Endpoint.objects.filter(name=name)
+            .exclude(state=State.DELETING)
+            .select_related("compute__cluster")
+            .first()
+        )
         if endpoint is None:
             return None
         routes = {}
@@ -105,6 +114,11 @@ def load(name: str) -> Table | None:
                 continue
             requests = d.document.get("request_settings") or {}
             per = int(requests.get("max_concurrent_requests_per_instance", 1))
+            reach = (
+                kube.access(endpoint.compute)
+                if any(i.get("kubernetes") for i in d.instances)
+                else kube.Access((), True)
+            )
             routes[d.name] = Route(
                 pk=d.pk,
                 name=d.name,
@@ -112,7 +126,9 @@ def load(name: str) -> Table | None:
                 urls=tuple(i["url"] for i in d.instances),
                 timeout=int(requests.get("request_timeout_ms", 5000)) / 1000,
                 queue_wait=int(requests.get("max_queue_wait_ms", 500)) / 1000,
-                room=len(d.instances) * per,
+                room=sum(int(i.get("replicas", 1)) for i in d.instances) * per,
+                headers=reach.headers,
+                ssl=reach.ssl,
             )
         keys = services.keys_of(endpoint).values() if endpoint.auth_mode == "key" else ()
         return Table(
@@ -293,11 +309,14 @@ class Router:
 
     async def _call(self, route: Route, url: str, body: bytes, content_type: str) -> Answer:
         timeout = aiohttp.ClientTimeout(total=route.timeout)
+        headers = dict(route.headers)
         if url.endswith("/swagger.json"):
-            request = self.http.get(url, timeout=timeout)
+            request = self.http.get(url, headers=headers, timeout=timeout, ssl=route.ssl)
         else:
-            headers = {"Content-Type": content_type}
-            request = self.http.post(url, data=body, headers=headers, timeout=timeout)
+            headers["Content-Type"] = content_type
+            request = self.http.post(
+                url, data=body, headers=headers, timeout=timeout, ssl=route.ssl
+            )
         async with request as answer:
             content = await answer.read()
             status = 502 if answer.status >= 500 else answer.status

@@ -35,14 +35,17 @@ from django.conf import settings
 from django.core.files.storage import storages
 from django.db import close_old_connections
 
+from compute import kube as kube_client
 from compute.launcher import Launcher, LaunchError
 from compute.models import ComputeKind
-from endpoints import server, spec
+from endpoints import kube, server, spec
 from endpoints.models import Deployment, Endpoint, State
 from registry import services as registry
+from studio.errors import FieldErrors
 
 log = logging.getLogger(__name__)
 TICK = 0.5
+KUBE_CHECK = 5.0  # seconds between reads of a Kubernetes deployment that serves (or failed)
 LOG_TAIL_BYTES = 64 * 1024
 
 
@@ -143,6 +146,8 @@ class Runner:
         self.draining: list[tuple[float, list[subprocess.Popen[bytes]]]] = []
         self.http = httpx.Client(timeout=1)
         self.preparer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deployment-prep")
+        self.applied: dict[int, int] = {}  # Kubernetes deployments: the generation applied
+        self.checked: dict[int, float] = {}  # and when their state was last read
 
     @property
     def root(self) -> Path:
@@ -187,7 +192,58 @@ class Runner:
                 self.start(deployment)
             elif deployment.state == State.SUCCEEDED:
                 self.keep_up(deployment)
+        self.reconcile_kubernetes()
         Endpoint.objects.filter(state=State.DELETING, deployments__isnull=True).delete()
+
+    # -- on Kubernetes -----------------------------------------------------------------------
+    def reconcile_kubernetes(self) -> None:
+        """Deployments on clusters: applied once per generation (server-side apply, so a
+        runner that restarts applies again harmlessly), then read back: a rollout under
+        way every tick, a serving one every KUBE_CHECK seconds."""
+        found = Deployment.objects.filter(endpoint__compute__kind=ComputeKind.KUBERNETES)
+        now = time.monotonic()
+        for deployment in found.select_related(
+            "endpoint__compute__cluster", "endpoint__workspace", "model"
+        ):
+            target = deployment.endpoint.compute
+            steady = deployment.state in (State.SUCCEEDED, State.FAILED)
+            if steady and now - self.checked.get(deployment.pk, 0) < KUBE_CHECK:
+                continue
+            self.checked[deployment.pk] = now
+            try:
+                self.kube_step(deployment, target)
+            except Exception as exc:  # the cluster is away or refuses: said, tried again
+                why = kube_client.in_words(exc)
+                log.warning("deployment %s: the cluster: %s", deployment, why)
+                if deployment.state in (State.CREATING, State.UPDATING):
+                    Deployment.objects.filter(pk=deployment.pk).update(
+                        reason=f"waiting for the cluster: {why}"[:2000]
+                    )
+
+    def kube_step(self, deployment: Deployment, target: Any) -> None:
+        if deployment.state == State.DELETING:
+            kube.remove(deployment, target)
+            self.applied.pop(deployment.pk, None)
+            deployment.delete()
+            return
+        if self.applied.get(deployment.pk) != deployment.generation and deployment.state in (
+            State.CREATING,
+            State.UPDATING,
+        ):
+            kube.apply(deployment, target)
+            self.applied[deployment.pk] = deployment.generation
+        seen = kube.observe(deployment, target)
+        if seen.done:
+            serving = [{"url": kube.proxy_url(deployment, target), "kubernetes": True,
+                        "replicas": seen.ready}]  # fmt: skip
+            if deployment.state != State.SUCCEEDED:
+                kube.remove(deployment, target, keep_generation=deployment.generation)
+                log.info("deployment %s: generation %d serves", deployment, deployment.generation)
+            Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
+                state=State.SUCCEEDED, error_code="", reason="", instances=serving
+            )
+        elif seen.code and deployment.state != State.FAILED:
+            self.fail(deployment, seen.code, seen.reason)
 
     # -- starting ----------------------------------------------------------------------------
     def start(self, deployment: Deployment) -> None:
@@ -415,6 +471,33 @@ def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+CONTAINERS = ("inference-server", "storage-initializer")
+
+
+def log_text(deployment: Deployment, container: str, lines: int, index: int = 0) -> str:
+    """The last lines of one of a deployment's logs: the model server's (`inference-server`,
+    of instance `index`) or its preparation's (`storage-initializer`: on the local compute
+    the environment build, on a cluster the pod's init container). FieldErrors when the
+    container or the instance does not exist."""
+    if container not in CONTAINERS:
+        raise FieldErrors([("container", f"use {' or '.join(CONTAINERS)}")])
+    if deployment.endpoint.compute.kind == ComputeKind.KUBERNETES:
+        try:
+            return kube.log_tail(deployment, deployment.endpoint.compute, container, lines, index)
+        except FieldErrors:
+            raise
+        except Exception as exc:  # the cluster is away or refuses: said, not raised
+            return f"(the cluster cannot give this log now: {kube_client.in_words(exc)})\n"
+    root = Path(settings.STUDIO_DEPLOYMENTS_DIR)
+    if container == "storage-initializer":
+        files = [preparation_log(root, deployment)]
+    else:
+        files = log_files(root, deployment)
+    if files and not 0 <= index < len(files):
+        raise FieldErrors([("instance", f"the deployment has {len(files)} instance(s)")])
+    return tail(files[index], lines) if files else ""
 
 
 def tail(log_file: Path, lines: int) -> str:

@@ -20,7 +20,7 @@ from django.utils import timezone
 from compute import services as compute_services
 from compute.models import ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
-from endpoints import spec
+from endpoints import kube, spec
 from endpoints.models import Deployment, Endpoint, State
 from environments import services as environment_services
 from registry import services as registry
@@ -67,10 +67,22 @@ def _compute(workspace: Workspace, name: str | None) -> ComputeTarget:
         found = ComputeTarget.objects.filter(workspace=workspace, name=name).first()
         if found is None:
             raise FieldErrors([("compute", f"no compute target named {name!r} in this workspace")])
-        return found
-    found = compute_services.default_compute(workspace)
-    if found is None:
-        raise FieldErrors([("compute", "the workspace has no compute target; name one")])
+    else:
+        found = compute_services.default_compute(workspace)
+        if found is None:
+            raise FieldErrors([("compute", "the workspace has no compute target; name one")])
+    cluster = found.cluster
+    if cluster is not None and not (cluster.settings or {}).get("enableInference"):
+        raise FieldErrors(
+            [
+                (
+                    "compute",
+                    f"cluster {cluster.name!r} serves no online endpoints: its extension is "
+                    "installed without enableInference (IT-ops: kstudio cluster install "
+                    f"{cluster.name} --set enableInference=true)",
+                )
+            ]
+        )
     return found
 
 
@@ -236,6 +248,11 @@ def save_deployment(
         errors.extend(exc.errors)
     if code is not None and document.code_configuration is not None:
         errors.extend(check_code(code, document.code_configuration.scoring_script))
+    if kind == "kubernetes":
+        model_size = model.size if model is not None else _size(model_upload)
+        problem = kube.too_large(model_size or 0, _size(code))
+        if problem:
+            errors.append(("model", problem))
     if errors:
         raise FieldErrors(errors)
     if isinstance(document.model, spec.InlineModel):  # registered last: nothing half-kept
@@ -396,6 +413,15 @@ def register_inline(
         raise FieldErrors([(f"model.{field}", message) for field, message in exc.errors]) from exc
     except Conflict as exc:
         raise FieldErrors([("model", str(exc))]) from exc
+
+
+def _size(upload: IO[bytes] | None) -> int:
+    if upload is None:
+        return 0
+    at = upload.tell()
+    size = upload.seek(0, 2)
+    upload.seek(at)
+    return size
 
 
 def check_code(code: IO[bytes], script: str) -> list[tuple[str, str]]:

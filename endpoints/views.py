@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -207,12 +206,11 @@ def deployment_detail(
     found = endpoint.deployments.filter(name=deployment).select_related("model").first()
     if found is None:
         raise Http404(f"No deployment named {deployment!r}.")
-    files = runner.log_files(settings.STUDIO_DEPLOYMENTS_DIR, found)
     context = {
         "workspace": endpoint.workspace,
         "endpoint": endpoint,
         "deployment": found,
-        "log": runner.tail(files[0], LOG_LINES) if files else "",
+        "log": runner.log_text(found, "inference-server", LOG_LINES),
         "settings": found.document,
     }
     template = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from drf_spectacular.utils import extend_schema
@@ -236,14 +235,5 @@ class OnlineDeploymentViewSet(WorkspaceMixin, viewsets.ViewSet):
         except ValueError as exc:
             raise FieldErrors([("lines", "must be a number")]) from exc
         container = request.query_params.get("container", "inference-server")
-        root = settings.STUDIO_DEPLOYMENTS_DIR
-        if container == "storage-initializer":
-            files = [runner.preparation_log(root, deployment)]
-        elif container == "inference-server":
-            files = runner.log_files(root, deployment)
-        else:
-            raise FieldErrors([("container", "use inference-server or storage-initializer")])
-        if files and not 0 <= index < len(files):
-            raise FieldErrors([("instance", f"the deployment has {len(files)} instance(s)")])
-        text = runner.tail(files[index], lines) if files else ""
+        text = runner.log_text(deployment, container, lines, index)
         return HttpResponse(text, content_type="text/plain; charset=utf-8")

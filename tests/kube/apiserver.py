@@ -59,6 +59,7 @@ BUILT_IN = [
     Kind("", "v1", "serviceaccounts", "ServiceAccount", True),
     Kind("", "v1", "events", "Event", True),
     Kind("batch", "v1", "jobs", "Job", True),
+    Kind("apps", "v1", "deployments", "Deployment", True),
     Kind("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
     Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
     Kind("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
@@ -205,6 +206,9 @@ class ApiServer:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.on_change: list[Callable[[str, Kind, dict[str, Any]], None]] = []
         self.log_source: Callable[[str, str, dict[str, str]], Iterator[bytes]] | None = None
+        # The cluster's network, for the service proxy: (namespace, service, its port,
+        # method, path, body, content type) -> (status, headers, body).
+        self.forward: Callable[..., tuple[int, list[tuple[str, str]], bytes]] | None = None
         self.git_version = "v1.31.0"
         self.create(self.kind("", "namespaces"), "", {"metadata": {"name": "default"}})
         self.http: socketserver.ThreadingTCPServer | None = None
@@ -526,6 +530,11 @@ PATH = re.compile(
     r"(?:/namespaces/(?P<ns>[^/]+)(?=/))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?"
     r"(?:/(?P<sub>status|log))?$"
 )
+# The service proxy: /api/v1/namespaces/<ns>/services/[http:]<name>[:<port>]/proxy/<path>
+PROXY = re.compile(
+    r"^/api/v1/namespaces/(?P<ns>[^/]+)/services/(?:(?P<scheme>https?):)?(?P<name>[^/:]+)"
+    r"(?::(?P<port>[^/]+))?/proxy(?P<rest>/.*)?$"
+)
 VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
@@ -592,7 +601,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         url = url._replace(path=url.path.rstrip("/") or "/")
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         self.api.requests.append((method, url.path))
-        body = self.body() if method in ("POST", "PUT", "PATCH") else None
+        proxied = PROXY.match(url.path)
+        body = self.body() if method in ("POST", "PUT", "PATCH") and not proxied else None
         try:
             auth = self.headers.get("Authorization") or ""
             if auth != f"Bearer {self.api.token}":
@@ -607,6 +617,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 return self.send_json(201, self.rules_review(body))
             if url.path.endswith("/selfsubjectaccessreviews") and method == "POST":
                 return self.send_json(201, self.access_review(body))
+            if proxied:
+                return self.proxy(method, proxied)
             self.route(method, url.path, query, body)
         except ApiError as error:
             self.send_json(error.code, error.status())
@@ -670,6 +682,37 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if method == "DELETE":
             return self.send_json(200, self.api.delete(kind, namespace, name))
         raise ApiError(405, "MethodNotAllowed", method)
+
+    def proxy(self, method: str, match: re.Match[str]) -> None:
+        """The API server's service proxy: the request, as sent, to a ready pod the
+        Service selects (on the pod's address and the port the Service targets); 503 when
+        none is ready, as Kubernetes answers."""
+        if self.api.forward is None:
+            raise ApiError(503, "ServiceUnavailable", "no kubelet")
+        service = self.api.get(self.api.kind("", "services"), match["ns"], match["name"])
+        wanted = match["port"]
+        port = next(
+            (
+                p
+                for p in service["spec"]["ports"]
+                if wanted in (None, p.get("name"), str(p["port"]))
+            ),
+            None,
+        )
+        if port is None:
+            raise ApiError(404, "NotFound", f"no port {wanted} on service {match['name']}")
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        status, headers, content = self.api.forward(
+            match["ns"], service, port, method, match["rest"] or "/", raw,
+            self.headers.get("Content-Type") or "application/json",
+        )  # fmt: skip
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
 
     def logs(self, namespace: str, name: str, query: dict[str, str]) -> None:
         pod = self.api.get(self.api.kind("", "pods"), namespace, name)

@@ -11,12 +11,25 @@ image in the cluster's own registry (`registry.kube.test/...`) pulls only once s
 pushed it. Kaniko's executor image runs `tests/kube/kaniko.py`, which checks the context
 and "pushes" the destination to that registry. Init containers run in order before the
 container; a suspended Job gets its pods when it is resumed.
+
+Deployments: the controller makes their pods from the template itself (no ReplicaSet
+objects), labelled with the template's hash, and rolls a changed template as the
+RollingUpdate strategy says (a new pod ready before an old one goes, with maxUnavailable
+0). Each pod gets an address of its own on the loopback network (127.1.x.y), the Downward
+API gives it as `status.podIP`, readiness probes (httpGet) are really sent there, and a
+container of a restartPolicy Always pod that exits is reported in CrashLoopBackOff with
+its last termination (not restarted). The API server's service proxy reaches a ready pod
+the Service selects.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import http.client
+import itertools
+import json
 import os
 import queue
 import re
@@ -78,6 +91,8 @@ class Running:
     process: subprocess.Popen[bytes] | None = None
     sandbox: str = ""
     lines: list[tuple[float, bytes]] = field(default_factory=list)
+    # Init containers' output, by container name (the log API's ?container=).
+    init_lines: dict[str, list[tuple[float, bytes]]] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
     stop_reason: str = ""
 
@@ -87,6 +102,8 @@ class FakeCluster:
         self.api = ApiServer()
         self.api.on_change.append(self._heard)
         self.api.log_source = self.logs
+        self.api.forward = self.forward
+        self.addresses = (f"127.1.{n // 250}.{n % 250 + 1}" for n in itertools.count())
         self.work: queue.Queue[tuple[str, Kind, dict[str, Any]] | None] = queue.Queue()
         self.pods: dict[tuple[str, str], Running] = {}
         self.lock = threading.RLock()
@@ -98,6 +115,7 @@ class FakeCluster:
         # The images pushed to the cluster's registry: a file each, named by the image.
         self.registry = tempfile.mkdtemp(prefix="fake-registry-")
         self.started: set[str] = set()  # the uids of Jobs whose pods were made
+        self.turns = itertools.count()  # the service proxy's round robin
 
     def start(self) -> FakeCluster:
         self.url = self.api.start()
@@ -173,6 +191,8 @@ class FakeCluster:
                 timer = threading.Timer(deadline, self._deadline, (meta["namespace"], meta["name"]))
                 timer.daemon = True
                 timer.start()
+        elif kind.plural == "deployments" and event in ("ADDED", "MODIFIED"):
+            self._sync_deployment(meta["namespace"], meta["name"])
         elif kind.plural == "pods" and event == "ADDED":
             self._schedule(obj)
         elif kind.plural == "pods" and event == "DELETED":
@@ -180,6 +200,10 @@ class FakeCluster:
                 pod = self.pods.get((meta["namespace"], meta["name"]))
             if pod is not None:
                 self._kill(pod, "deleted")
+        if kind.plural == "pods" and event in ("MODIFIED", "DELETED"):
+            owner = next(iter(meta.get("ownerReferences") or []), {})
+            if owner.get("kind") == "Deployment":
+                self._sync_deployment(meta["namespace"], owner["name"])
         elif kind.plural == "nodes":
             pods = self.api.list(self.api.kind("", "pods"), "")["items"]
             for pod in pods:
@@ -226,6 +250,112 @@ class FakeCluster:
                 "status": {"phase": "Pending"},
             },
         )
+
+    # -- the Deployment controller -------------------------------------------------------
+    def _sync_deployment(self, namespace: str, name: str) -> None:
+        """Pods for the template (its hash a label), rolled a pod at a time: a new one
+        made while there are fewer new ones than replicas (one more than replicas at
+        most: maxSurge 1), an old one deleted once enough pods are ready without it
+        (maxUnavailable 0); then the status, when it changed."""
+        try:
+            deployment = self.api.get(self.api.kind("apps", "deployments"), namespace, name)
+        except ApiError:
+            return  # deleted: its pods go with it (ownerReferences)
+        spec = deployment["spec"]
+        template = spec["template"]
+        digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
+        pods = [
+            p for p in self.api.list(self.api.kind("", "pods"), namespace, selector)["items"]
+            if not p["metadata"].get("deletionTimestamp")
+        ]  # fmt: skip
+        wanted = int(spec.get("replicas", 1))
+        new = [p for p in pods if p["metadata"]["labels"].get("pod-template-hash") == digest]
+        old = [p for p in pods if p not in new]
+        ready = [p for p in pods if _ready(p)]
+        if len(new) < wanted and len(pods) < wanted + 1:
+            self._create_deployment_pod(deployment, digest)
+        for extra in new[wanted:]:  # scaled down
+            with contextlib.suppress(ApiError):
+                self.api.delete(self.api.kind("", "pods"), namespace, extra["metadata"]["name"])
+        # Old pods go not-ready ones first, each only while the rest keep enough ready.
+        for pod in sorted(old, key=_ready):
+            if len(ready) - (1 if _ready(pod) else 0) < wanted and any(_ready(p) for p in old):
+                break
+            if _ready(pod):
+                ready.remove(pod)
+            with contextlib.suppress(ApiError):
+                self.api.delete(self.api.kind("", "pods"), namespace, pod["metadata"]["name"])
+        live = self.api.list(self.api.kind("", "pods"), namespace, selector)["items"]
+        status = {
+            "observedGeneration": deployment["metadata"].get("generation", 1),
+            "replicas": len(live),
+            "updatedReplicas": sum(
+                1 for p in live if p["metadata"]["labels"].get("pod-template-hash") == digest
+            ),
+            "readyReplicas": sum(1 for p in live if _ready(p)),
+            "availableReplicas": sum(1 for p in live if _ready(p)),
+        }
+        if deployment.get("status") != status:
+            with contextlib.suppress(ApiError):
+                self._set_status(self.api.kind("apps", "deployments"), deployment, status)
+
+    def _create_deployment_pod(self, deployment: dict[str, Any], digest: str) -> None:
+        meta, template = deployment["metadata"], deployment["spec"]["template"]
+        owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"],
+                 "uid": meta["uid"], "controller": True}  # fmt: skip
+        labels = {**(template.get("metadata", {}).get("labels") or {}),
+                  "pod-template-hash": digest}  # fmt: skip
+        self.api.create(
+            self.api.kind("", "pods"),
+            meta["namespace"],
+            {
+                "metadata": {
+                    "name": f"{meta['name']}-{digest[:5]}-{uuid.uuid4().hex[:5]}",
+                    "labels": labels,
+                    "ownerReferences": [owner],
+                },
+                "spec": {"restartPolicy": "Always", **copy.deepcopy(template["spec"])},
+                "status": {"phase": "Pending"},
+            },
+        )
+
+    def forward(
+        self, namespace: str, service: dict[str, Any], port: dict[str, Any], method: str,
+        path: str, body: bytes, content_type: str,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:  # fmt: skip
+        """The service proxy's request to one of the Service's ready pods."""
+        selector = ",".join(f"{k}={v}" for k, v in service["spec"]["selector"].items())
+        pods = [
+            p for p in self.api.list(self.api.kind("", "pods"), namespace, selector)["items"]
+            if _ready(p)
+        ]  # fmt: skip
+        if not pods:
+            message = f'no endpoints available for service "{service["metadata"]["name"]}"'
+            return (
+                503,
+                [("Content-Type", "application/json")],
+                json.dumps(
+                    {"kind": "Status", "status": "Failure", "message": message, "code": 503}
+                ).encode(),
+            )
+        pod = pods[next(self.turns) % len(pods)]
+        target = _port_of(pod, port.get("targetPort", port["port"]))
+        connection = http.client.HTTPConnection(pod["status"]["podIP"], target, timeout=60)
+        try:
+            connection.request(method, path, body, {"Content-Type": content_type})
+            answer = connection.getresponse()
+            content = answer.read()
+            kept = [(k, v) for k, v in answer.getheaders() if k.lower() == "content-type"]
+            return answer.status, kept, content
+        except OSError as exc:
+            return (
+                502,
+                [("Content-Type", "text/plain")],
+                f"error trying to reach service: {exc}".encode(),
+            )
+        finally:
+            connection.close()
 
     def _job_of(self, pod: dict[str, Any]) -> dict[str, Any] | None:
         name = (pod["metadata"].get("labels") or {}).get("job-name")
@@ -461,11 +591,23 @@ class FakeCluster:
                 self._pod_ended(self.api.get(self.api.kind("", "pods"), *key), disrupted=False)
                 return
             creating = {"waiting": {"reason": "ContainerCreating"}}
-            self._patch_pod(meta, {"containerStatuses": self._container(container, creating)})
+            with self.lock:
+                address = next(self.addresses)
+            self._patch_pod(
+                meta,
+                {
+                    "containerStatuses": self._container(container, creating),
+                    "podIP": address,
+                    "podIPs": [{"ip": address}],
+                },
+            )
             paths = self._mount(pod, running.sandbox)
             for init in pod["spec"].get("initContainers") or []:
-                process = self._start(init, paths, meta, running.sandbox)
+                process = self._start(init, paths, meta, running.sandbox, address)
                 output, _ = process.communicate()
+                running.init_lines[init["name"]] = [
+                    (time.time(), line) for line in output.splitlines()
+                ]
                 if process.returncode != 0:
                     message = output.decode(errors="replace")[-2000:]
                     terminated = {"exitCode": process.returncode, "reason": "Error",
@@ -474,10 +616,18 @@ class FakeCluster:
                     self._patch_pod(meta, {"phase": "Failed", "initContainerStatuses": statuses})
                     self._pod_ended(self.api.get(self.api.kind("", "pods"), *key), disrupted=False)
                     return
-            running.process = self._start(container, paths, meta, running.sandbox)
+            running.process = self._start(container, paths, meta, running.sandbox, address)
             started = {"running": {"startedAt": now_rfc3339()}}
-            statuses = self._container(container, started, ready=True)
-            self._patch_pod(meta, {"phase": "Running", "containerStatuses": statuses})
+            probe = (container.get("readinessProbe") or {}).get("httpGet")
+            statuses = self._container(container, started, ready=not probe)
+            ready = [{"type": "Ready", "status": "False" if probe else "True"}]
+            self._patch_pod(
+                meta, {"phase": "Running", "containerStatuses": statuses, "conditions": ready}
+            )
+            if probe:
+                threading.Thread(
+                    target=self._probe, args=(pod, container, address, running), daemon=True
+                ).start()
             assert running.process.stdout is not None
             for line in iter(running.process.stdout.readline, b""):
                 running.lines.append((time.time(), line.rstrip(b"\n")))
@@ -498,6 +648,9 @@ class FakeCluster:
                 message = tail[-2048:].decode(errors="replace")
             if running.stop_reason:
                 return  # evicted or deleted: the one who stopped it reports
+            if pod["spec"].get("restartPolicy") == "Always":
+                self._crashed(meta, container, code, message)
+                return
             terminated = {
                 "exitCode": code if code >= 0 else 128 - code,
                 "reason": "Completed" if code == 0 else "Error",
@@ -515,14 +668,72 @@ class FakeCluster:
             running.done.set()
             shutil.rmtree(running.sandbox, ignore_errors=True)
 
+    def _probe(
+        self, pod: dict[str, Any], container: dict[str, Any], address: str, running: Running
+    ) -> None:
+        """The readiness probe, sent as the kubelet sends it; Ready once it answers."""
+        probe = container["readinessProbe"]
+        port = _port_of(pod, probe["httpGet"]["port"])
+        if running.done.wait(min(float(probe.get("initialDelaySeconds", 0)), 5)):
+            return
+        while not running.done.is_set():
+            connection = http.client.HTTPConnection(
+                address, port, timeout=probe.get("timeoutSeconds", 1)
+            )
+            try:
+                connection.request("GET", probe["httpGet"].get("path", "/"))
+                if 200 <= connection.getresponse().status < 400:
+                    started = {"running": {"startedAt": now_rfc3339()}}
+                    statuses = self._container(container, started, ready=True)
+                    with contextlib.suppress(ApiError):
+                        self._patch_pod(
+                            pod["metadata"],
+                            {"containerStatuses": statuses,
+                             "conditions": [{"type": "Ready", "status": "True"}]},
+                        )  # fmt: skip
+                    return
+            except OSError:
+                pass
+            finally:
+                connection.close()
+            running.done.wait(min(float(probe.get("periodSeconds", 10)), 0.2))
+
+    def _crashed(
+        self, meta: dict[str, Any], container: dict[str, Any], code: int, message: str
+    ) -> None:
+        """A restartPolicy Always container that exited: CrashLoopBackOff, with how it
+        ended as its last state (this kubelet does not start it again)."""
+        last = {"exitCode": code if code >= 0 else 128 - code,
+                "reason": "Error" if code else "Completed", "message": message,
+                "finishedAt": now_rfc3339()}  # fmt: skip
+        status = self._container(container, {"waiting": {"reason": "CrashLoopBackOff",
+                                 "message": "back-off restarting failed container"}})  # fmt: skip
+        status[0].update(restartCount=1, lastState={"terminated": last})
+        with contextlib.suppress(ApiError):
+            self._patch_pod(
+                meta,
+                {"containerStatuses": status, "conditions": [{"type": "Ready", "status": "False"}]},
+            )
+
     def _start(
-        self, container: dict[str, Any], paths: dict[str, str], meta: dict[str, Any], sandbox: str
+        self,
+        container: dict[str, Any],
+        paths: dict[str, str],
+        meta: dict[str, Any],
+        sandbox: str,
+        address: str = "",
     ) -> subprocess.Popen[bytes]:
         """One container's process: its env with mount paths rewritten, $(VAR) expanded
         in its command and args as Kubernetes does, an image's entrypoint when it has no
         command."""
         env = {"PATH": os.environ.get("PATH", os.defpath), "HOSTNAME": meta["name"]}
+        fields = {"status.podIP": address, "metadata.name": meta["name"],
+                  "metadata.namespace": meta.get("namespace", "")}  # fmt: skip
         for item in container.get("env") or []:
+            reference = (item.get("valueFrom") or {}).get("fieldRef")
+            if reference:  # the Downward API
+                env[item["name"]] = fields.get(reference["fieldPath"], "")
+                continue
             value = item.get("value", "")
             for path, local in paths.items():
                 if value == path or value.startswith(path.rstrip("/") + "/"):
@@ -653,10 +864,13 @@ class FakeCluster:
             since = time.time() - int(query["sinceSeconds"])
         timestamps = query.get("timestamps") == "true"
         follow = query.get("follow") == "true"
+        source = running.init_lines.get(query.get("container", ""), running.lines)
         sent = 0
+        if query.get("tailLines"):
+            sent = max(0, len(source) - int(query["tailLines"]))
         while True:
-            finished = running.done.is_set()
-            lines = running.lines[sent:]
+            finished = running.done.is_set() or source is not running.lines
+            lines = source[sent:]
             sent += len(lines)
             for at, line in lines:
                 if at >= since:
@@ -664,3 +878,21 @@ class FakeCluster:
             if not follow or finished:
                 return
             running.done.wait(0.05)
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def _port_of(pod: dict[str, Any], port: Any) -> int:
+    """A port by number, or by the name a container gives it."""
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    for container in pod["spec"]["containers"]:
+        for each in container.get("ports") or []:
+            if each.get("name") == port:
+                return int(each["containerPort"])
+    raise ApiError(503, "ServiceUnavailable", f"no port named {port} on the pod")

@@ -1,0 +1,263 @@
+"""Online endpoints on a Kubernetes compute target, against the fake API server and its
+kubelet (tests/kube): the rendered objects are valid Kubernetes, a deployment becomes a
+Deployment + Service + ConfigMap in the attachment's namespace whose pods really serve,
+the router reaches them through the API server's service proxy, an update rolls without
+a failed request, and pods that cannot serve are named with Azure's codes."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+
+import httpx
+import kubernetes_validate
+import pytest
+
+from endpoints import kube as endpoint_kube
+from endpoints.models import Deployment
+from tests.conftest import code_archive, token_for, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+K8S_VERSION = "1.31"
+
+# Standard library only: the fake kubelet runs pods on this host's python3.
+SCORE = """
+import json, os
+
+def init():
+    global weight
+    if os.environ.get("BREAK_INIT"):
+        raise RuntimeError("the model file is corrupt")
+    with open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "weight.txt")) as f:
+        weight = float(f.read())
+
+def run(raw_data):
+    body = json.loads(raw_data)
+    return {"predictions": [weight * x for x in body["data"]], "color": os.environ["COLOR"]}
+"""
+
+
+def deployment_yaml(name: str, color: str, **extra: object) -> str:
+    fast = {"initial_delay": 0, "period": 1, "timeout": 1, "failure_threshold": 30}
+    document = {
+        "$schema": "https://azuremlschemas.azureedge.net/latest/kubernetesOnlineDeployment.schema.json",
+        "name": name, "endpoint_name": "k8s-endpoint", "type": "kubernetes",
+        "model": {"path": "model"},
+        "code_configuration": {"code": "code", "scoring_script": "score.py"},
+        "environment_variables": {"COLOR": color},
+        "request_settings": {"request_timeout_ms": 5000, "max_queue_wait_ms": 5000,
+                             "max_concurrent_requests_per_instance": 4},
+        "readiness_probe": fast, "liveness_probe": fast,
+        "instance_count": 1, **extra,
+    }  # fmt: skip
+    return json.dumps(document)
+
+
+@pytest.fixture
+def studio(attached, live_studio, people):
+    attached.cluster.settings = {**attached.cluster.settings, "enableInference": True}
+    attached.cluster.save()
+    http = httpx.Client(
+        base_url=f"{live_studio.url}/api/v1/workspaces/demo/",
+        headers={"Authorization": f"Bearer {token_for(people.contributor)}"}, timeout=30,
+    )  # fmt: skip
+    made = http.post(
+        "online-endpoints/", json={"yaml": "name: k8s-endpoint\ncompute: azureml:k8s\n"}
+    )
+    assert made.status_code == 201, made.text
+    yield http
+    http.close()
+
+
+def send(http: httpx.Client, name: str, color: str, method: str = "POST", **extra: object):
+    path = "online-endpoints/k8s-endpoint/deployments/" + (f"{name}/" if method == "PUT" else "")
+    return http.request(
+        method, path,
+        data={"spec": deployment_yaml(name, color, **extra)},
+        files={"code": ("code.tar.gz", code_archive({"score.py": SCORE.encode()})),
+               "model_folder": ("model.tar.gz", code_archive({"weight.txt": b"2"}))},
+    )  # fmt: skip
+
+
+def state(http: httpx.Client, name: str) -> dict:
+    return http.get(f"online-endpoints/k8s-endpoint/deployments/{name}/").json()
+
+
+def settled(http: httpx.Client, name: str) -> dict | None:
+    shown = state(http, name)
+    return shown if shown["provisioning_state"] in ("Succeeded", "Failed") else None
+
+
+def test_rendered_deployment_objects_are_valid_kubernetes(studio, attached):
+    answer = send(studio, "blue", "blue")
+    assert answer.status_code == 201, answer.text
+    deployment = Deployment.objects.select_related("endpoint__workspace").get(name="blue")
+    objects = endpoint_kube.render(deployment, attached)
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Deployment", "Service"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pod = objects[1]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["storage-initializer"]
+    server = pod["containers"][0]
+    assert server["name"] == "inference-server"
+    assert server["readinessProbe"]["periodSeconds"] == 1
+    assert objects[1]["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    names = {o["metadata"]["name"] for o in objects}
+    assert all(n.startswith("ks-k8s-endpoint-blue-") for n in names)
+    assert all(o["metadata"]["namespace"] == "team-a" for o in objects)
+    # The extension with enableInference lets the studio manage them, and no more.
+    from compute import extension
+
+    installed = extension.manifests(attached.cluster, ["team-a"], {"enableInference": True})
+    (role,) = [o for o in installed if o["kind"] == "Role"]
+    kubernetes_validate.validate(role, K8S_VERSION, strict=True)
+    granted = {
+        (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    assert {("apps", "deployments"), ("", "services/proxy")} <= granted
+    plain = extension.manifests(attached.cluster, ["team-a"], {"enableInference": False})
+    (role,) = [o for o in plain if o["kind"] == "Role"]
+    assert ("apps", "deployments") not in {
+        (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+
+
+def test_a_deployment_serves_from_pods_and_rolls_an_update_without_a_failed_request(
+    studio, kube, attached
+):
+    assert send(studio, "blue", "blue").status_code == 201
+    shown = wait_until(lambda: settled(studio, "blue"), 90, "blue to serve")
+    assert shown["provisioning_state"] == "Succeeded", shown
+    name = endpoint_kube.names(Deployment.objects.get(name="blue"))
+    made = kube.api.get(kube.api.kind("apps", "deployments"), "team-a", name)
+    assert made["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubestudio"
+    kube.api.get(kube.api.kind("", "services"), "team-a", name)
+    # Its logs are the pod's containers': the model server, and the download step.
+    logs = "online-endpoints/k8s-endpoint/deployments/blue/logs/"
+    assert "model server listening on 127.1." in studio.get(logs).text
+    prepared = studio.get(logs, params={"container": "storage-initializer"}).text
+    assert "unpacked code.tar.gz" in prepared and "unpacked model.tar.gz" in prepared
+    assert studio.patch(
+        "online-endpoints/k8s-endpoint/", json={"traffic": {"blue": 100}}
+    ).is_success
+    endpoint = studio.get("online-endpoints/k8s-endpoint/").json()
+    keys = studio.post("online-endpoints/k8s-endpoint/get-credentials/").json()
+    auth = {"Authorization": f"Bearer {keys['primaryKey']}"}
+    scored = httpx.post(endpoint["scoring_uri"], json={"data": [1, 2]}, headers=auth, timeout=30)
+    assert scored.status_code == 200, scored.text
+    assert scored.json() == {"predictions": [2.0, 4.0], "color": "blue"}
+    assert scored.headers["azureml-model-deployment"] == "blue"
+    # Traffic keeps flowing while blue rolls to a new version of itself.
+    codes: collections.Counter[int] = collections.Counter()
+    colors: collections.Counter[str] = collections.Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                answer = client.post(endpoint["scoring_uri"], json={"data": [1]}, headers=auth)
+                codes[answer.status_code] += 1
+                if answer.status_code == 200:
+                    colors[answer.json()["color"]] += 1
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        assert send(studio, "blue", "navy", method="PUT").status_code == 200
+        rolled = wait_until(
+            lambda: (
+                (s := state(studio, "blue"))["provisioning_state"] == "Succeeded"
+                and s["history"][-1]["generation"] == 2
+                and colors["navy"] > 3
+            ),
+            90,
+            "the update to serve",
+        )
+        assert rolled
+    finally:
+        stop.set()
+        worker.join()
+    assert set(codes) == {200}, codes
+    pods = kube.api.list(
+        kube.api.kind("", "pods"), "team-a", f"kstudio.io/online-deployment={name}"
+    )
+    assert {p["metadata"]["labels"]["kstudio.io/generation"] for p in pods["items"]} == {"2"}
+    maps = kube.api.list(
+        kube.api.kind("", "configmaps"), "team-a", f"kstudio.io/online-deployment={name}"
+    )
+    assert [m["metadata"]["name"] for m in maps["items"]] == [f"{name}-2"]  # the old one went
+    # Deleting it (its traffic moved away first) removes its objects.
+    assert studio.patch("online-endpoints/k8s-endpoint/", json={"traffic": {"blue": 0}}).is_success
+    assert studio.delete("online-endpoints/k8s-endpoint/deployments/blue/").status_code == 204
+    wait_until(
+        lambda: not Deployment.objects.filter(name="blue").exists(), 30, "the deployment to go"
+    )
+    assert kube.api.count(kube.api.kind("apps", "deployments"), "team-a") == 0
+    assert kube.api.count(kube.api.kind("", "services"), "team-a") == 0
+    assert kube.api.count(kube.api.kind("", "configmaps"), "team-a") == 0
+
+
+def test_pods_that_cannot_serve_are_named_with_azures_codes(studio, kube, attached):
+    assert send(studio, "broken", "red", environment_variables={"BREAK_INIT": "1",
+                "COLOR": "red"}).status_code == 201  # fmt: skip
+    shown = wait_until(lambda: settled(studio, "broken"), 90, "the broken deployment to settle")
+    assert shown["provisioning_state"] == "Failed"
+    assert shown["error_code"] == "UserScriptInitFailed", shown
+    assert "the model file is corrupt" in shown["reason"]
+
+    image = {"image": "registry.example/scoring:unpullable"}
+    assert send(studio, "nopull", "red", environment=image).status_code == 201
+    shown = wait_until(lambda: settled(studio, "nopull"), 60, "the unpullable one to settle")
+    assert (shown["error_code"], shown["provisioning_state"]) == ("ImagePullLoopBackOff", "Failed")
+
+    from compute.models import InstanceType
+
+    InstanceType.objects.create(
+        cluster=attached.cluster, name="gpu-pool", node_selector={"pool": "gpu"},
+        resources={"requests": {"cpu": "1", "memory": "1Gi"},
+                   "limits": {"cpu": "1", "memory": "1Gi"}},
+    )  # fmt: skip
+    assert send(studio, "waits", "red", instance_type="gpu-pool").status_code == 201
+    shown = wait_until(lambda: settled(studio, "waits"), 60, "the unschedulable one to settle")
+    assert shown["error_code"] == "PodUnschedulable", shown
+    assert "didn't match Pod's node affinity/selector" in shown["reason"]
+    # A node that fits arrives (a cluster autoscaler's, say): the deployment serves.
+    kube.add_node("gpu-1", {"pool": "gpu"}, cpu="8", memory="32Gi")
+    shown = wait_until(
+        lambda: (s := state(studio, "waits"))["provisioning_state"] == "Succeeded" and s,
+        60,
+        "the deployment to serve once a node fits",
+    )
+    assert shown["error_code"] == ""
+
+
+def test_a_cluster_without_inference_or_a_model_too_big_to_carry_is_refused_by_field(
+    attached, live_studio, people, api
+):
+    client = api(people.contributor)
+    base = "/api/v1/workspaces/demo/online-endpoints/"
+    answer = client.post(
+        base, {"yaml": "name: k8s-endpoint\ncompute: azureml:k8s\n"}, format="json"
+    )
+    assert answer.status_code == 400
+    (error,) = answer.json()["errors"]
+    assert error["field"] == "compute" and "enableInference" in error["message"]
+    attached.cluster.settings = {**attached.cluster.settings, "enableInference": True}
+    attached.cluster.save()
+    assert client.post(base, {"yaml": "name: k8s-endpoint\ncompute: azureml:k8s\n"},
+                       format="json").status_code == 201  # fmt: skip
+    big = code_archive({"weights.bin": os.urandom(1024 * 1024)})  # 1 MiB that does not compress
+    answer = client.post(
+        base + "k8s-endpoint/deployments/",
+        {"spec": deployment_yaml("blue", "blue"),
+         "code": ("code.tar.gz", code_archive({"score.py": SCORE.encode()})),
+         "model_folder": ("model.tar.gz", big)},
+        format="multipart",
+    )  # fmt: skip
+    assert answer.status_code == 400
+    assert any(e["field"] == "model" and "ConfigMap" in e["message"]
+               for e in answer.json()["errors"])  # fmt: skip
+    assert not Deployment.objects.exists()
