@@ -68,6 +68,7 @@ for name, target in (("code.tar.gz", "code"), ("model.tar.gz", "models")):
 python = sys.executable
 plan = os.path.join(mount, "environment.json")
 if os.path.exists(plan):
+    os.makedirs(os.path.join(os.environ["KSTUDIO_ROOT"], "tmp"), exist_ok=True)
     sys.path.insert(0, mount)
     import launcher
     builder = launcher.Launcher(plan)

@@ -72,7 +72,7 @@ def render_deployment(deployment: Deployment) -> dict[str, Any]:
         "environment": (deployment.environment_used or {}).get("label"),
         "instance_type": document.get("instance_type"),
         "instance_count": document.get("instance_count", 1),
-        "instances_running": len(deployment.instances),
+        "instances_running": sum(int(i.get("replicas", 1)) for i in deployment.instances),
         "provisioning_state": deployment.state,
         "error_code": deployment.error_code,
         "reason": deployment.reason,
