@@ -165,7 +165,9 @@ def _resources(deployment: Deployment, instance_type: InstanceType | None) -> di
     return out
 
 
-def render(deployment: Deployment, target: ComputeTarget) -> list[dict[str, Any]]:
+def render(
+    deployment: Deployment, target: ComputeTarget, replicas: int | None = None
+) -> list[dict[str, Any]]:
     """The generation's ConfigMap, the Deployment and the Service, as plain objects
     (validated in the tests)."""
     cluster = target.cluster
@@ -300,7 +302,7 @@ def render(deployment: Deployment, target: ComputeTarget) -> list[dict[str, Any]
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
-            "replicas": instances_wanted(document),
+            "replicas": replicas or instances_wanted(document),
             "selector": {"matchLabels": {DEPLOYMENT_LABEL: name}},
             # One new pod ready before an old one goes: no request is refused meanwhile.
             "strategy": {
@@ -327,12 +329,12 @@ def render(deployment: Deployment, target: ComputeTarget) -> list[dict[str, Any]
 
 
 # -- in the cluster ----------------------------------------------------------------------------
-def apply(deployment: Deployment, target: ComputeTarget) -> None:
-    """Create or roll the deployment's objects (server-side apply: idempotent)."""
+def apply(deployment: Deployment, target: ComputeTarget, replicas: int | None = None) -> None:
+    """Create, roll or scale the deployment's objects (server-side apply: idempotent)."""
     assert target.cluster is not None
     api = kube.api_client(target.cluster)
     try:
-        for obj in render(deployment, target):
+        for obj in render(deployment, target, replicas):
             extension.apply(api, obj)
     finally:
         api.close()

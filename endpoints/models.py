@@ -89,6 +89,24 @@ class Deployment(models.Model):
         return f"{self.endpoint.name}/{self.name}"
 
 
+class TrafficSecond(models.Model):
+    """What one router saw of a deployment in one second (endpoints.traffic)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
+    at = models.DateTimeField()
+    router = models.CharField(max_length=64)  # host-pid: one row per router per second
+    codes = models.JSONField(default=dict)  # {"200": n, "503": n}
+    latency = models.JSONField(default=list)  # requests per bucket (traffic.BOUNDS_MS)
+    busy = models.IntegerField(default=0)  # most requests in flight or waiting at once
+    replicas = models.IntegerField(default=0)
+
+    class Meta:
+        indexes: ClassVar = [models.Index(fields=("deployment", "at"), name="traffic_by_second")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id}@{self.at}"
+
+
 class BatchEndpoint(models.Model):
     """A name to invoke for batch scoring; each invocation is a job of its default (or a
     named) deployment. Invoked through the studio's API with the caller's own token."""

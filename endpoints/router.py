@@ -46,6 +46,7 @@ from django.dispatch import receiver
 
 from endpoints import kube, services
 from endpoints.models import Deployment, Endpoint, State
+from endpoints.traffic import RECORDER
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 TABLE_SECONDS = 1.0  # how stale a routing table may be (changed by another process)
@@ -65,6 +66,7 @@ class Route:
     timeout: float  # seconds
     queue_wait: float
     room: int  # instances x max concurrent requests per instance
+    replicas: int
     # A deployment on a cluster is reached through its API server's service proxy, with
     # the cluster's credentials: (headers, ssl) from endpoints.kube.access.
     headers: tuple[tuple[str, str], ...] = ()
@@ -127,6 +129,7 @@ def load(name: str) -> Table | None:
                 timeout=int(requests.get("request_timeout_ms", 5000)) / 1000,
                 queue_wait=int(requests.get("max_queue_wait_ms", 500)) / 1000,
                 room=sum(int(i.get("replicas", 1)) for i in d.instances) * per,
+                replicas=sum(int(i.get("replicas", 1)) for i in d.instances),
                 headers=reach.headers,
                 ssl=reach.ssl,
             )
@@ -264,6 +267,19 @@ class Router:
                     copy = asyncio.ensure_future(self.forward(target, "/score", body, content_type))
                     self.mirrored.add(copy)  # kept until done: a task nobody holds may vanish
                     copy.add_done_callback(self.mirrored.discard)
+        # Counted from here (in flight or waiting for room) for the charts and the
+        # autoscaler: what the deployment was asked, whatever it answered.
+        started = time.monotonic()
+        RECORDER.started(route.pk, route.replicas)
+        answer = _answer(500, "The router failed.", route.name)
+        try:
+            answer = await self._score(route, body, content_type)
+            return answer
+        finally:
+            RECORDER.finished(route.pk, answer.status, time.monotonic() - started)
+
+    async def _score(self, route: Route, body: bytes, content_type: str) -> Answer:
+        """Wait for room in the deployment (within max_queue_wait_ms), then forward."""
         slots = self._here().slots
         slot = slots.get((route.pk, route.room))
         if slot is None:

@@ -34,11 +34,12 @@ import httpx
 from django.conf import settings
 from django.core.files.storage import storages
 from django.db import close_old_connections
+from django.utils import timezone
 
 from compute import kube as kube_client
 from compute.launcher import Launcher, LaunchError
 from compute.models import ComputeKind
-from endpoints import kube, server, spec
+from endpoints import autoscale, kube, server, services, spec, traffic
 from endpoints.models import Deployment, Endpoint, State
 from registry import services as registry
 from studio.errors import FieldErrors
@@ -47,6 +48,24 @@ log = logging.getLogger(__name__)
 TICK = 0.5
 KUBE_CHECK = 5.0  # seconds between reads of a Kubernetes deployment that serves (or failed)
 LOG_TAIL_BYTES = 64 * 1024
+
+
+def start_instance(
+    python: str, env: dict[str, str], folder: Path, index: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """One model server on a free loopback port, its output in instance-<index>.log."""
+    port = free_port()
+    with open(folder / f"instance-{index}.log", "ab") as out:
+        process = subprocess.Popen(
+            [python, server.__file__, "--port", str(port)],
+            cwd=folder,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return process, f"http://127.0.0.1:{port}"
 
 
 def free_port() -> int:
@@ -73,6 +92,23 @@ class Rollout:
 class Running:
     generation: int
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    # What one more instance needs (the autoscaler's): the interpreter, its variables,
+    # the generation's folder; and the instances started for it that do not answer yet.
+    python: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    folder: Path | None = None
+    starting: list[tuple[subprocess.Popen[bytes], str]] = field(default_factory=list)
+
+
+@dataclass
+class Scaling:
+    """The autoscaler's memory of a deployment: when it last polled, how many polls in a
+    row one replica fewer would have done, and how many replicas it asked for."""
+
+    polled_at: float = 0.0
+    below: int = 0
+    replicas: int = 0
 
 
 def log_files(root: Path, deployment: Deployment) -> list[Path]:
@@ -146,6 +182,8 @@ class Runner:
         self.draining: list[tuple[float, list[subprocess.Popen[bytes]]]] = []
         self.http = httpx.Client(timeout=1)
         self.preparer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deployment-prep")
+        self.scaling: dict[int, Scaling] = {}
+        self.pruned_at = 0.0
         self.applied: dict[int, int] = {}  # Kubernetes deployments: the generation applied
         self.checked: dict[int, float] = {}  # and when their state was last read
 
@@ -190,10 +228,13 @@ class Runner:
                 self.follow(deployment)
             elif deployment.state in (State.CREATING, State.UPDATING):
                 self.start(deployment)
-            elif deployment.state == State.SUCCEEDED:
+            elif deployment.state in (State.SUCCEEDED, State.SCALING):
                 self.keep_up(deployment)
         self.reconcile_kubernetes()
         Endpoint.objects.filter(state=State.DELETING, deployments__isnull=True).delete()
+        if now - self.pruned_at > 60:  # the router's per-second counts, past keeping
+            self.pruned_at = now
+            traffic.prune()
 
     # -- on Kubernetes -----------------------------------------------------------------------
     def reconcile_kubernetes(self) -> None:
@@ -206,7 +247,10 @@ class Runner:
             "endpoint__compute__cluster", "endpoint__workspace", "model"
         ):
             target = deployment.endpoint.compute
-            steady = deployment.state in (State.SUCCEEDED, State.FAILED)
+            scale = (deployment.document.get("scale_settings") or {}).get("type")
+            steady = deployment.state == State.FAILED or (
+                deployment.state == State.SUCCEEDED and scale != "target_utilization"
+            )
             if steady and now - self.checked.get(deployment.pk, 0) < KUBE_CHECK:
                 continue
             self.checked[deployment.pk] = now
@@ -226,11 +270,12 @@ class Runner:
             self.applied.pop(deployment.pk, None)
             deployment.delete()
             return
+        scaled = self.scaling.get(deployment.pk)
         if self.applied.get(deployment.pk) != deployment.generation and deployment.state in (
             State.CREATING,
             State.UPDATING,
         ):
-            kube.apply(deployment, target)
+            kube.apply(deployment, target, replicas=scaled.replicas if scaled else None)
             self.applied[deployment.pk] = deployment.generation
         seen = kube.observe(deployment, target)
         if seen.done:
@@ -242,6 +287,8 @@ class Runner:
             Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
                 state=State.SUCCEEDED, error_code="", reason="", instances=serving
             )
+            if deployment.state in (State.SUCCEEDED, State.SCALING):
+                self.autoscale(deployment, seen.ready)
         elif seen.code and deployment.state != State.FAILED:
             self.fail(deployment, seen.code, seen.reason)
 
@@ -275,22 +322,10 @@ class Runner:
         rollout.deadline = time.monotonic() + budget
         rollout.spawned = True
         for index in range(count):
-            port = free_port()
-            log_file = folder / f"instance-{index}.log"
-            with open(log_file, "ab") as out:
-                rollout.processes.append(
-                    subprocess.Popen(
-                        [python, server.__file__, "--port", str(port)],
-                        cwd=folder,
-                        env=env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                )
-            rollout.urls.append(f"http://127.0.0.1:{port}")
-            rollout.logs.append(log_file)
+            process, url = start_instance(python, env, folder, index)
+            rollout.processes.append(process)
+            rollout.urls.append(url)
+            rollout.logs.append(folder / f"instance-{index}.log")
         log.info("deployment %s: starting %d instance(s)", deployment, count)
 
     def prepare(self, deployment: Deployment, folder: Path) -> tuple[dict[str, str], str]:
@@ -399,7 +434,15 @@ class Runner:
                 settings_ = deployment.document.get("request_settings") or {}
                 grace = settings_.get("request_timeout_ms", 5000) / 1000 + 1
                 self.draining.append((time.monotonic() + grace, old.processes))
-            self.running[deployment.pk] = Running(rollout.generation, rollout.processes)
+            env, python = rollout.preparing.result() if rollout.preparing else ({}, "")
+            self.running[deployment.pk] = Running(
+                rollout.generation,
+                rollout.processes,
+                urls=list(rollout.urls),
+                python=python,
+                env=env,
+                folder=self.root / str(deployment.pk) / str(rollout.generation),
+            )
             log.info("deployment %s: generation %d serves", deployment, rollout.generation)
         elif time.monotonic() > rollout.deadline:
             self.abandon(deployment.pk)
@@ -429,6 +472,116 @@ class Runner:
                 self.stop(deployment.pk)
                 self.fail(deployment, "DeploymentCrashLoopBackOff", f"an instance exited: {why}")
                 return
+        self.scaled_up(deployment, running)
+        self.autoscale(deployment, len(running.processes) + len(running.starting))
+
+    # -- autoscaling (target_utilization) ------------------------------------------------------
+    def autoscale(self, deployment: Deployment, replicas: int) -> None:
+        """Every polling_interval: the router's counts against the target; the new size,
+        if any, applied (processes here, the Deployment's replicas on a cluster)."""
+        scale = deployment.document.get("scale_settings") or {}
+        if scale.get("type") != "target_utilization":
+            return
+        low, high = int(scale.get("min_instances", 1)), int(scale.get("max_instances", 1))
+        if low >= high:
+            return
+        memory = self.scaling.setdefault(deployment.pk, Scaling(replicas=replicas))
+        interval = float(scale.get("polling_interval", 1))
+        now = time.monotonic()
+        if now - memory.polled_at < interval:
+            return
+        memory.polled_at = now
+        per = int(
+            (deployment.document.get("request_settings") or {}).get(
+                "max_concurrent_requests_per_instance", 1
+            )
+        )
+        target_percent = int(scale.get("target_utilization_percentage", 70))
+        decision = autoscale.decide(
+            replicas,
+            traffic.busy(deployment, interval),
+            per,
+            target_percent,
+            low,
+            high,
+            memory.below,
+            settings.STUDIO_SCALE_DOWN_POLLS,
+        )
+        memory.below = decision.below
+        if decision.replicas == replicas:
+            return
+        what = (
+            f"scaled from {replicas} to {decision.replicas} instance(s) "
+            f"(utilization {decision.utilization:.0f}%, target {target_percent}%)"
+        )
+        log.info("deployment %s: %s", deployment, what)
+        memory.replicas = decision.replicas
+        entry = {
+            "at": timezone.now().isoformat(),
+            "generation": deployment.generation,
+            "what": what,
+        }
+        Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
+            state=State.SCALING, history=[*deployment.history, entry][-services.MAX_HISTORY :]
+        )
+        traffic.record_replicas(deployment, decision.replicas)  # the charts' replicas line
+        target = deployment.endpoint.compute
+        if target.kind == ComputeKind.KUBERNETES:
+            kube.apply(deployment, target, replicas=decision.replicas)
+        else:
+            self.scale_local(deployment, decision.replicas)
+
+    def scale_local(self, deployment: Deployment, replicas: int) -> None:
+        """More model servers (serving once they answer), or fewer (the newest leaves the
+        router's table first, then finishes what it has, then stops)."""
+        running = self.running[deployment.pk]
+        assert running.folder is not None
+        current = len(running.processes) + len(running.starting)
+        for index in range(current, replicas):
+            running.starting.append(
+                start_instance(running.python, running.env, running.folder, index)
+            )
+        while len(running.processes) + len(running.starting) > max(1, replicas):
+            if running.starting:
+                _terminate([running.starting.pop()[0]])
+                continue
+            process, url = running.processes.pop(), running.urls.pop()
+            grace = (deployment.document.get("request_settings") or {}).get(
+                "request_timeout_ms", 5000
+            ) / 1000 + 1
+            self.draining.append((time.monotonic() + grace, [process]))
+            log.info("deployment %s: instance %s leaves", deployment, url)
+        self.publish_instances(deployment, running, done=not running.starting)
+
+    def scaled_up(self, deployment: Deployment, running: Running) -> None:
+        """Instances the autoscaler started that answer now join the router's table."""
+        if not running.starting and deployment.state != State.SCALING:
+            return
+        joined = False
+        for process, url in list(running.starting):
+            if process.poll() is not None:
+                running.starting.remove((process, url))
+                log.warning("deployment %s: an instance for scaling exited", deployment)
+            elif self.answers(url):
+                running.starting.remove((process, url))
+                running.processes.append(process)
+                running.urls.append(url)
+                joined = True
+        if joined or not running.starting:
+            self.publish_instances(deployment, running, done=not running.starting)
+
+    def publish_instances(self, deployment: Deployment, running: Running, done: bool) -> None:
+        fields: dict[str, Any] = {
+            "instances": [
+                {"url": u, "pid": p.pid}
+                for u, p in zip(running.urls, running.processes, strict=True)
+            ]
+        }
+        if done:
+            fields["state"] = State.SUCCEEDED
+        Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
+            **fields
+        )
 
     def fail(self, deployment: Deployment, code: str, reason: str) -> None:
         """Failed, with Azure's code; a previous generation that serves keeps serving."""
@@ -445,8 +598,9 @@ class Runner:
 
     def stop(self, pk: int) -> None:
         running = self.running.pop(pk, None)
+        self.scaling.pop(pk, None)
         if running is not None:
-            _terminate(running.processes)
+            _terminate([*running.processes, *(p for p, _ in running.starting)])
 
     def stop_all(self) -> None:
         for _deadline, processes in self.draining:

@@ -10,5 +10,8 @@ urlpatterns = [
     path("<str:name>/traffic/", views.traffic, name="traffic"),
     path("<str:name>/keys/", views.keys, name="keys"),
     path("<str:name>/console/", views.console, name="console"),
+    path(
+        "<str:name>/<str:deployment>/traffic/", views.deployment_traffic, name="deployment-traffic"
+    ),
     path("<str:name>/<str:deployment>/", views.deployment_detail, name="deployment"),
 ]

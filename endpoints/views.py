@@ -9,12 +9,13 @@ from asgiref.sync import async_to_sync
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from data.forms import folder_archive
 from endpoints import router, runner, services
+from endpoints import traffic as counts
 from endpoints.api.serializers import render_endpoint
 from endpoints.forms import ConsoleForm, DeploymentForm, EndpointForm
 from endpoints.models import Endpoint, State
@@ -196,6 +197,18 @@ def console(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
         "body": answer.body.decode("utf-8", errors="replace")[:20_000],
     }
     return render(request, "endpoints/_answer.html", context)
+
+
+@login_required
+def deployment_traffic(
+    request: HttpRequest, workspace: str, name: str, deployment: str
+) -> JsonResponse:
+    """The deployment's charts' data: the router's counts of the last 15 minutes."""
+    endpoint, _role = _endpoint(request, workspace, name)
+    found = endpoint.deployments.filter(name=deployment).first()
+    if found is None:
+        raise Http404(f"No deployment named {deployment!r}.")
+    return JsonResponse(counts.series(found))
 
 
 @login_required

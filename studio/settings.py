@@ -242,6 +242,10 @@ STUDIO_JOB_PYTHON = env_str("STUDIO_JOB_PYTHON")
 # runs the model server (default: the studio's own).
 STUDIO_DEPLOYMENTS_DIR = env_path("STUDIO_DEPLOYMENTS_DIR", VAR_DIR / "deployments")
 STUDIO_DEPLOYMENT_PYTHON = env_str("STUDIO_DEPLOYMENT_PYTHON")
+# Autoscaling (target_utilization): polls in a row one replica fewer would have done
+# before a deployment shrinks; and how long the router's per-second counts are kept.
+STUDIO_SCALE_DOWN_POLLS = env_int("STUDIO_SCALE_DOWN_POLLS", 20)
+STUDIO_TRAFFIC_KEEP_SECONDS = env_int("STUDIO_TRAFFIC_KEEP_SECONDS", 3600)
 # How long a deployment's preparation (its files, its environment's packages) may take.
 STUDIO_DEPLOYMENT_PREPARE_SECONDS = env_int("STUDIO_DEPLOYMENT_PREPARE_SECONDS", 1800)
 # The router's external base URL, as endpoints' scoring URIs show it (default: the

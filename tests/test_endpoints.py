@@ -484,3 +484,120 @@ def test_a_deployment_runs_in_its_own_environment_built_from_its_conda_file(
     shown = wait_until(failed, 300, "green to fail")
     assert shown["error_code"] == "EnvironmentBuildFailed"
     assert "no-such-package-kstudio-x" in shown["reason"]
+
+
+def test_target_utilization_scales_on_the_routers_counts_and_the_charts_show_it(
+    studio, settings, client, people
+):
+    """Three slow requests at a time against one instance taking one: 300% of the 70%
+    target, so the deployment grows at once to its max of 3; idle, it shrinks back one at
+    a time after STUDIO_SCALE_DOWN_POLLS polls. The router's counts are the charts'."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings.STUDIO_SCALE_DOWN_POLLS = 3
+    made = studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
+    uri = made.json()["scoring_uri"]
+    scale = {"type": "target_utilization", "min_instances": 1, "max_instances": 3,
+             "target_utilization_percentage": 70, "polling_interval": 1}  # fmt: skip
+    patient = {"request_timeout_ms": 20000, "max_concurrent_requests_per_instance": 1,
+               "max_queue_wait_ms": 20000}  # fmt: skip
+    answer = deploy(studio, "blue", type="kubernetes", scale_settings=scale,
+                    request_settings=patient)  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    wait_until(lambda: running(studio, "blue"), 60, "blue to serve")
+    studio.patch("online-endpoints/my-endpoint/", json={"traffic": {"blue": 100}})
+    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
+    headers = {"Authorization": f"Bearer {keys['primaryKey']}"}
+
+    def shown() -> dict:
+        return studio.get("online-endpoints/my-endpoint/deployments/blue/").json()
+
+    statuses: list[int] = []
+    with ThreadPoolExecutor(3) as pool:
+        while shown()["instances_running"] < 3:
+            statuses += pool.map(
+                lambda _: httpx.post(uri, json={"data": [[1.0, 1.0]], "sleep": 0.6},
+                                     headers=headers, timeout=30).status_code,
+                range(3),
+            )  # fmt: skip
+            assert len(statuses) < 200, "blue never grew to 3 instances"
+    assert set(statuses) == {200}
+    grown = shown()
+    assert grown["provisioning_state"] == "Succeeded"
+    assert any("scaled from 1 to 3" in h["what"] for h in grown["history"]), grown["history"]
+    # Idle: one instance fewer after each few polls, down to min_instances.
+    wait_until(lambda: shown()["instances_running"] == 1, 60, "blue to shrink back to 1")
+    steps = [h["what"] for h in shown()["history"] if "scaled" in h["what"]]
+    assert [s.split(" instance")[0] for s in steps] == [
+        "scaled from 1 to 3",
+        "scaled from 3 to 2",
+        "scaled from 2 to 1",
+    ]
+    scored = httpx.post(uri, json={"data": [[1.0, 1.0]]}, headers=headers, timeout=30)
+    assert scored.status_code == 200
+    # The charts' data: requests by code, latency percentiles, replicas over time.
+    client.force_login(people.reader)
+    data = client.get("/workspaces/demo/endpoints/my-endpoint/blue/traffic/").json()
+    assert sum(data["codes"]["200"]) >= len(statuses)
+    assert max(data["replicas"]) == 3 and max(data["busy"]) >= 3
+    assert all(p is None or p >= 500 for p in data["latency"]["p50"])  # each slept 0.6 s
+    page = client.get("/workspaces/demo/endpoints/my-endpoint/").content.decode()
+    assert "studio/traffic.js" in page and "Latency percentiles of blue" in page
+
+
+def test_autoscaling_grows_at_once_and_shrinks_only_after_a_run_of_quiet_polls():
+    from endpoints.autoscale import decide
+
+    # 3 busy on 1 instance taking 2: 150% of 70% -> ceil(3 / 1.4) = 3, within 1..4.
+    assert decide(1, 3, 2, 70, 1, 4, 0, 20).replicas == 3
+    assert decide(3, 30, 1, 70, 1, 4, 0, 20).replicas == 4  # never past max_instances
+    # 1 busy on 2 instances: 50%; with one fewer, 100% > 70%: it stays, and says so.
+    assert decide(2, 1, 1, 70, 1, 4, 5, 20) == decide(2, 1, 1, 70, 1, 4, 0, 20)
+    assert decide(2, 1, 1, 70, 1, 4, 5, 20).replicas == 2
+    # Idle on 3: one fewer after 20 quiet polls, not before; never under min_instances.
+    assert decide(3, 0, 1, 70, 1, 4, 18, 20).replicas == 3
+    assert decide(3, 0, 1, 70, 1, 4, 19, 20).replicas == 2
+    assert decide(1, 0, 1, 70, 1, 4, 19, 20).replicas == 1
+
+
+def test_latency_percentiles_come_from_buckets_that_add_up_across_routers():
+    from endpoints.traffic import bucket_of, percentile
+
+    latency = [0] * 17
+    for ms in (0.5, 3, 3, 40, 900):
+        latency[bucket_of(ms)] += 1
+    assert percentile(latency, 0.5) == 5.0
+    assert percentile(latency, 0.99) == 1000.0
+    assert percentile([0] * 17, 0.5) is None
+
+
+def test_an_aml_token_endpoint_takes_short_lived_tokens_for_itself_only(studio, monkeypatch):
+    from endpoints import services as endpoint_services
+
+    made = studio.post(
+        "online-endpoints/", json={"yaml": "name: my-endpoint\nauth_mode: AML_Token\n"}
+    )
+    assert made.status_code == 201 and made.json()["auth_mode"] == "aml_token"
+    other = studio.post(
+        "online-endpoints/", json={"yaml": "name: other-endpoint\nauth_mode: aml_token\n"}
+    )
+    assert other.status_code == 201
+    assert deploy(studio, "blue").status_code == 201
+    wait_until(lambda: running(studio, "blue"), 60, "blue to serve")
+    studio.patch("online-endpoints/my-endpoint/", json={"traffic": {"blue": 100}})
+    uri = made.json()["scoring_uri"]
+    issued = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
+    assert set(issued) == {"accessToken", "tokenType", "expiryTimeUtc", "refreshAfterTimeUtc"}
+    assert issued["expiryTimeUtc"] > issued["refreshAfterTimeUtc"]
+    body = {"data": [[1.0, 1.0]]}
+
+    def score(token: str) -> int:
+        return httpx.post(uri, json=body, headers={"Authorization": f"Bearer {token}"}).status_code
+
+    assert score(issued["accessToken"]) == 200
+    stranger = studio.post("online-endpoints/other-endpoint/get-credentials/").json()
+    assert score(stranger["accessToken"]) == 401  # another endpoint's token
+    assert score(issued["accessToken"][:-2] + "xx") == 401
+    # Past its lifetime a token is refused (the lifetime made shorter than its age).
+    monkeypatch.setattr(endpoint_services, "TOKEN_SECONDS", -1)
+    assert score(issued["accessToken"]) == 401

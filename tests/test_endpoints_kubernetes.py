@@ -25,7 +25,7 @@ K8S_VERSION = "1.31"
 
 # Standard library only: the fake kubelet runs pods on this host's python3.
 SCORE = """
-import json, os
+import json, os, time
 
 def init():
     global weight
@@ -36,6 +36,7 @@ def init():
 
 def run(raw_data):
     body = json.loads(raw_data)
+    time.sleep(body.get("sleep", 0))
     return {"predictions": [weight * x for x in body["data"]], "color": os.environ["COLOR"]}
 """
 
@@ -263,8 +264,14 @@ def test_a_cluster_without_inference_or_a_model_too_big_to_carry_is_refused_by_f
     assert not Deployment.objects.exists()
 
 
+def state_of(live_studio, people, endpoint: str, name: str) -> dict:
+    path = f"/api/v1/workspaces/demo/online-endpoints/{endpoint}/deployments/{name}/"
+    headers = {"Authorization": f"Bearer {token_for(people.contributor)}"}
+    return httpx.get(live_studio.url + path, headers=headers).json()
+
+
 def test_azures_blue_green_example_deploys_to_kubernetes_and_moves_traffic_without_a_failure(
-    attached, kube, kstudio, tmp_path
+    attached, kube, kstudio, tmp_path, live_studio, people
 ):
     from pathlib import Path
 
@@ -335,6 +342,51 @@ def test_azures_blue_green_example_deploys_to_kubernetes_and_moves_traffic_witho
     assert (shown["instances_running"], shown["provisioning_state"]) == (2, "Succeeded")
     pods = kube.api.list(kube.api.kind("", "pods"), "team-a", "kstudio.io/deployment=blue")
     assert len([p for p in pods["items"] if p["status"].get("phase") == "Running"]) == 2
+    # Green autoscaled under the load (target_utilization): its pods' logs together hold
+    # the requests (the CLI shows the first pod's; the API takes ?instance=).
     logs = kstudio("online-deployment", "get-logs", "-n", "green", "-e", "my-endpoint",
                    "--lines", "3", check=True).stdout  # fmt: skip
-    assert "POST /score" in logs
+    green = state_of(live_studio, people, "my-endpoint", "green")
+    assert green["history"][0]["what"].startswith("created")
+    every = [logs] + [
+        httpx.get(f"{live_studio.url}/api/v1/workspaces/demo/online-endpoints/my-endpoint/"
+                  f"deployments/green/logs/", params={"instance": i, "lines": 10000},
+                  headers={"Authorization": f"Bearer {token_for(people.contributor)}"}).text
+        for i in range(green["instances_running"])
+    ]  # fmt: skip
+    assert any("POST /score" in text for text in every), every
+
+
+def test_target_utilization_scales_the_pods_on_the_routers_counts(studio, kube, settings):
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings.STUDIO_SCALE_DOWN_POLLS = 2
+    scale = {"type": "target_utilization", "min_instances": 1, "max_instances": 2,
+             "target_utilization_percentage": 70, "polling_interval": 1}  # fmt: skip
+    patient = {"request_timeout_ms": 20000, "max_concurrent_requests_per_instance": 1,
+               "max_queue_wait_ms": 20000}  # fmt: skip
+    answer = send(studio, "blue", "blue", scale_settings=scale, request_settings=patient)
+    assert answer.status_code == 201, answer.text
+    assert wait_until(lambda: settled(studio, "blue"), 90, "blue")["provisioning_state"] == (
+        "Succeeded"
+    )
+    studio.patch("online-endpoints/k8s-endpoint/", json={"traffic": {"blue": 100}})
+    endpoint = studio.get("online-endpoints/k8s-endpoint/").json()
+    keys = studio.post("online-endpoints/k8s-endpoint/get-credentials/").json()
+    auth = {"Authorization": f"Bearer {keys['primaryKey']}"}
+    name = endpoint_kube.names(Deployment.objects.get(name="blue"))
+    statuses: list[int] = []
+    with ThreadPoolExecutor(2) as pool:
+        while state(studio, "blue")["instances_running"] < 2:
+            statuses += pool.map(
+                lambda _: httpx.post(endpoint["scoring_uri"], json={"data": [1], "sleep": 0.5},
+                                     headers=auth, timeout=30).status_code,
+                range(2),
+            )  # fmt: skip
+            assert len(statuses) < 200, "blue never grew to 2 pods"
+    assert set(statuses) == {200}
+    workload = kube.api.get(kube.api.kind("apps", "deployments"), "team-a", name)
+    assert workload["spec"]["replicas"] == 2
+    wait_until(lambda: state(studio, "blue")["instances_running"] == 1, 60, "blue to shrink")
+    workload = kube.api.get(kube.api.kind("apps", "deployments"), "team-a", name)
+    assert workload["spec"]["replicas"] == 1

@@ -103,7 +103,6 @@ class FakeCluster:
         self.api.on_change.append(self._heard)
         self.api.log_source = self.logs
         self.api.forward = self.forward
-        self.addresses = (f"127.1.{n // 250}.{n % 250 + 1}" for n in itertools.count())
         self.work: queue.Queue[tuple[str, Kind, dict[str, Any]] | None] = queue.Queue()
         self.pods: dict[tuple[str, str], Running] = {}
         self.lock = threading.RLock()
@@ -591,8 +590,7 @@ class FakeCluster:
                 self._pod_ended(self.api.get(self.api.kind("", "pods"), *key), disrupted=False)
                 return
             creating = {"waiting": {"reason": "ContainerCreating"}}
-            with self.lock:
-                address = next(self.addresses)
+            address = next_address()
             self._patch_pod(
                 meta,
                 {
@@ -878,6 +876,18 @@ class FakeCluster:
             if not follow or finished:
                 return
             running.done.wait(0.05)
+
+
+# Pod addresses, unique in the process: a pod of an earlier test's cluster that is still
+# stopping never shares one with a new pod.
+_addresses = itertools.count()
+_addresses_lock = threading.Lock()
+
+
+def next_address() -> str:
+    with _addresses_lock:
+        n = next(_addresses)
+    return f"127.1.{n // 250 % 250}.{n % 250 + 1}"
 
 
 def _ready(pod: dict[str, Any]) -> bool:
