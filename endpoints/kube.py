@@ -34,7 +34,7 @@ from compute.backends.kubernetes import CACHE, MANAGED, STUDIO, object_name
 from compute.extension import CACHE_CLAIM
 from compute.models import ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
-from endpoints import server
+from endpoints import initializer, server, tokens
 from endpoints.models import Deployment
 from endpoints.spec import instances_wanted
 from jobs.launch import label_value
@@ -51,32 +51,6 @@ SERVICE_PORT = 80
 # more once base64-encoded). Larger models need a download step not built yet.
 EMBED_LIMIT = 700 * 1024
 IMAGE_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
-
-# The storage initializer: unpacks the archives, and builds the environment (the
-# launcher's builder, as jobs' pods do) when the deployment has a conda file.
-INITIALIZER = """\
-import json, os, sys, tarfile
-app, mount = os.environ["APP"], os.environ["KSTUDIO_DIR"]
-for name, target in (("code.tar.gz", "code"), ("model.tar.gz", "models")):
-    source = os.path.join(mount, name)
-    if os.path.exists(source):
-        with tarfile.open(source) as archive:
-            if hasattr(tarfile, "data_filter"):
-                archive.extraction_filter = tarfile.data_filter
-            archive.extractall(os.path.join(app, target))
-        print("unpacked", name, flush=True)
-python = sys.executable
-plan = os.path.join(mount, "environment.json")
-if os.path.exists(plan):
-    os.makedirs(os.path.join(os.environ["KSTUDIO_ROOT"], "tmp"), exist_ok=True)
-    sys.path.insert(0, mount)
-    import launcher
-    builder = launcher.Launcher(plan)
-    builder.build_environment()
-    python = builder.spec["python"]
-with open(os.path.join(app, "python"), "w") as f:
-    f.write(python)
-"""
 
 
 def names(deployment: Deployment) -> str:
@@ -109,6 +83,20 @@ def _archive(files: list[tuple[str, Any]]) -> bytes:
     return out.getvalue()
 
 
+def model_layout(deployment: Deployment) -> dict[str, Any]:
+    """Where the initializer puts a fetched model: models/<name>/<version>/<folder>, the
+    files beneath the folder, or the one file as it."""
+    model = deployment.model
+    assert model is not None
+    folder = PurePosixPath(registry.location_of(model).path.rstrip("/")).name
+    files = registry.files(model)
+    return {
+        "dir": f"{model.name}/{model.version}",
+        "folder": folder,
+        "single": len(files) == 1 and files[0]["path"] == folder,
+    }
+
+
 def model_archive(deployment: Deployment) -> tuple[bytes, str]:
     """The model's files as Azure lays them out, and the AZUREML_MODEL_DIR that holds them:
     models/<name>/<version>/<its folder or file>."""
@@ -128,15 +116,23 @@ def model_archive(deployment: Deployment) -> tuple[bytes, str]:
     return _archive(entries), f"{APP}/models/{base}"
 
 
-def too_large(model_size: int, code_size: int) -> str | None:
-    """Why a deployment cannot travel to a cluster yet, or None."""
+def studio_url(target: ComputeTarget) -> str:
+    """How the cluster's pods reach the studio (the cluster's --studio-url)."""
+    cluster = target.cluster
+    return (cluster.studio_url if cluster else "") or settings.STUDIO_PUBLIC_URL
+
+
+def too_large(model_size: int, code_size: int, target: ComputeTarget) -> str | None:
+    """Why a deployment cannot reach its pods, or None: past what a ConfigMap carries, the
+    pods fetch it from the studio, which they must then be able to reach."""
     total = model_size + code_size
-    if total <= EMBED_LIMIT:
+    if total <= EMBED_LIMIT or studio_url(target):
         return None
     return (
-        f"on Kubernetes compute the model and code travel in a ConfigMap: at most "
-        f"{EMBED_LIMIT // 1024} KiB together, this is {total // 1024} KiB (a download step "
-        "for larger models is not built yet; deploy it on the local compute meanwhile)"
+        f"the model and code ({total // 1024} KiB) are more than a ConfigMap carries "
+        f"({EMBED_LIMIT // 1024} KiB), and the pods have no way to fetch them: IT-ops, "
+        "give the cluster the studio's address (kstudio cluster create --studio-url) or "
+        "set STUDIO_PUBLIC_URL"
     )
 
 
@@ -188,18 +184,37 @@ def render(
         {"name": "WORKER_COUNT", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    data = {
+        "server.py": Path(server.__file__).read_text(),
+        "initializer.py": Path(initializer.__file__).read_text(),
+    }
+    model = deployment.model
+    code_size = storages["artifacts"].size(deployment.code) if deployment.code else 0
+    embedded = code_size + (model.size if model else 0) <= EMBED_LIMIT
     if deployment.code:
-        with storages["artifacts"].open(deployment.code, "rb") as f:
-            files["code.tar.gz"] = f.read()
+        if embedded:
+            with storages["artifacts"].open(deployment.code, "rb") as f:
+                files["code.tar.gz"] = f.read()
         script = document["code_configuration"]["scoring_script"]
         env.append({"name": "AZUREML_ENTRY_SCRIPT", "value": script.removeprefix("./")})
-    if deployment.model is not None:
-        files["model.tar.gz"], model_dir = model_archive(deployment)
+    if model is not None:
+        model_dir = f"{APP}/models/{model.name}/{model.version}"
+        if embedded:
+            files["model.tar.gz"], model_dir = model_archive(deployment)
         env.append({"name": "AZUREML_MODEL_DIR", "value": model_dir})
+    if not embedded:
+        # Fetched from the studio by the initializer, with this generation's own token.
+        data["fetch.json"] = json.dumps(
+            {
+                "url": studio_url(target),
+                "token": tokens.deployment_token(deployment),
+                "code": bool(deployment.code),
+                "model": model_layout(deployment) if model else None,
+            }
+        )
     env += [
         {"name": k, "value": str(v)} for k, v in document.get("environment_variables", {}).items()
     ]
-    data = {"server.py": Path(server.__file__).read_text(), "initializer.py": INITIALIZER}
     init_env = [{"name": "APP", "value": APP}, {"name": "KSTUDIO_DIR", "value": MOUNT}]
     volumes: list[dict[str, Any]] = [
         {"name": "kstudio", "configMap": {"name": f"{name}-{generation}"}},
@@ -270,7 +285,7 @@ def render(
         # The model server's last words (KSTUDIO_ERROR <code>: ...) when it fails to start.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    initializer = {
+    init_container = {
         "name": "storage-initializer",
         "image": image,
         "command": ["python3", "$(KSTUDIO_DIR)/initializer.py"],
@@ -279,7 +294,7 @@ def render(
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: dict[str, Any] = {
-        "initContainers": [initializer],
+        "initContainers": [init_container],
         "containers": [container],
         "volumes": volumes,
         "enableServiceLinks": False,

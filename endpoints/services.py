@@ -250,7 +250,7 @@ def save_deployment(
         errors.extend(check_code(code, document.code_configuration.scoring_script))
     if kind == "kubernetes":
         model_size = model.size if model is not None else _size(model_upload)
-        problem = kube.too_large(model_size or 0, _size(code))
+        problem = kube.too_large(model_size or 0, _size(code), endpoint.compute)
         if problem:
             errors.append(("model", problem))
     if errors:

@@ -606,3 +606,62 @@ def test_deploy_a_registered_model_move_traffic_and_score_from_the_console(
     expect(page.locator("#console-answer pre")).to_have_text("[1, 0]")
     page.click("text=Show keys")
     expect(page.locator("#keys dt")).to_have_count(2)
+
+
+BATCH_SCORE = b"""
+import os
+
+def init():
+    global factor
+    with open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "factor.txt")) as f:
+        factor = float(f.read())
+
+def run(mini_batch):
+    rows = []
+    for path in mini_batch:
+        with open(path) as f:
+            rows.append(os.path.basename(path) + " " + str(factor * float(f.read())))
+    return rows
+"""
+
+
+def test_create_a_batch_deployment_and_invoke_it_with_files_from_the_pages(
+    people, workspace, page, live_studio, settings, tmp_path
+):
+    """A batch endpoint made on its page, a deployment of a registered model with its
+    scoring script, an invocation with files picked in the browser, and the job's
+    progress shown until all its mini-batches are done."""
+    import io
+
+    from playwright.sync_api import expect
+
+    from registry.services import create_model
+
+    settings.STUDIO_JOB_UID_BASE = 0  # as the studio's user: its python is under /root
+    settings.STUDIO_PUBLIC_URL = live_studio.url  # as `serve` sets it: jobs report there
+    factor = {"name": "doubler", "path": "factor.txt"}
+    orm(lambda: create_model(workspace, people.contributor, factor, io.BytesIO(b"2")))
+    score = tmp_path / "batch_score.py"
+    score.write_bytes(BATCH_SCORE)
+    inputs = []
+    for i in range(3):
+        (tmp_path / f"n{i}.txt").write_text(str(i + 1))
+        inputs.append(str(tmp_path / f"n{i}.txt"))
+    sign_in(page, "carl", "pw-carl-12345")
+    page.goto("/workspaces/demo/batch-endpoints/")
+    page.fill("input[name=name]", "doubling")
+    page.click("button:text('Create batch endpoint')")
+    expect(page.locator("h1")).to_contain_text("doubling")
+    page.fill("#new-deployment input[name=name]", "first")
+    page.fill("#new-deployment input[name=scoring_script]", "batch_score.py")
+    page.set_input_files("#new-deployment input[name=code]", str(score))
+    page.fill("#new-deployment input[name=mini_batch_size]", "1")
+    page.click("#new-deployment button[type=submit]")
+    expect(page.locator("main")).to_contain_text("Deployment first saved.")
+    expect(page.locator("tr[data-deployment=first]")).to_contain_text("default")
+    page.set_input_files("#invoke input[name=upload]", inputs)
+    page.click("#invoke button[type=submit]")
+    expect(page.locator("main")).to_contain_text("started.")
+    progress = page.locator("#batch-jobs [data-progress]").first
+    expect(progress).to_have_text("3 done, 0 failed, 0 left", timeout=60_000)
+    expect(page.locator("#batch-jobs .status").first).to_have_text("Completed", timeout=30_000)

@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import threading
+from typing import Any
 
 import httpx
 import kubernetes_validate
@@ -235,33 +236,75 @@ def test_pods_that_cannot_serve_are_named_with_azures_codes(studio, kube, attach
     assert shown["error_code"] == ""
 
 
-def test_a_cluster_without_inference_or_a_model_too_big_to_carry_is_refused_by_field(
-    attached, live_studio, people, api
+def test_a_cluster_without_inference_is_refused_and_a_big_model_is_fetched_by_its_pods(
+    attached, live_studio, people, api, settings, kube
 ):
     client = api(people.contributor)
     base = "/api/v1/workspaces/demo/online-endpoints/"
-    answer = client.post(
-        base, {"yaml": "name: k8s-endpoint\ncompute: azureml:k8s\n"}, format="json"
-    )
+    endpoint = {"yaml": "name: k8s-endpoint\ncompute: azureml:k8s\n"}
+    answer = client.post(base, endpoint, format="json")
     assert answer.status_code == 400
     (error,) = answer.json()["errors"]
     assert error["field"] == "compute" and "enableInference" in error["message"]
-    attached.cluster.settings = {**attached.cluster.settings, "enableInference": True}
-    attached.cluster.save()
-    assert client.post(base, {"yaml": "name: k8s-endpoint\ncompute: azureml:k8s\n"},
-                       format="json").status_code == 201  # fmt: skip
-    big = code_archive({"weights.bin": os.urandom(1024 * 1024)})  # 1 MiB that does not compress
-    answer = client.post(
-        base + "k8s-endpoint/deployments/",
-        {"spec": deployment_yaml("blue", "blue"),
-         "code": ("code.tar.gz", code_archive({"score.py": SCORE.encode()})),
-         "model_folder": ("model.tar.gz", big)},
-        format="multipart",
-    )  # fmt: skip
+    cluster = attached.cluster
+    cluster.settings = {**cluster.settings, "enableInference": True}
+    cluster.save()
+    assert client.post(base, endpoint, format="json").status_code == 201
+    # A model past what a ConfigMap carries: its pods fetch it from the studio, so the
+    # studio must be reachable from the cluster, or it is refused by field.
+    blob = os.urandom(1024 * 1024)  # 1 MiB that does not compress
+    big = {"weight.txt": b"3", "weights.bin": blob}
+
+    def deploy() -> Any:
+        return client.post(
+            base + "k8s-endpoint/deployments/",
+            {"spec": deployment_yaml("blue", "blue"),
+             "code": ("code.tar.gz", code_archive({"score.py": SCORE.encode()})),
+             "model_folder": ("model.tar.gz", code_archive(big))},
+            format="multipart",
+        )  # fmt: skip
+
+    studio_url, cluster.studio_url = cluster.studio_url, ""
+    cluster.save()
+    settings.STUDIO_PUBLIC_URL = ""
+    answer = deploy()
     assert answer.status_code == 400
-    assert any(e["field"] == "model" and "ConfigMap" in e["message"]
+    assert any(e["field"] == "model" and "--studio-url" in e["message"]
                for e in answer.json()["errors"])  # fmt: skip
     assert not Deployment.objects.exists()
+    cluster.studio_url = studio_url
+    cluster.save()
+    assert deploy().status_code == 201
+    http = httpx.Client(
+        base_url=f"{live_studio.url}/api/v1/workspaces/demo/",
+        headers={"Authorization": f"Bearer {token_for(people.contributor)}"}, timeout=30,
+    )  # fmt: skip
+    shown = wait_until(lambda: settled(http, "blue"), 90, "blue to serve")
+    assert shown["provisioning_state"] == "Succeeded", shown
+    made = Deployment.objects.get(name="blue")
+    config = kube.api.get(kube.api.kind("", "configmaps"), "team-a",
+                          f"{endpoint_kube.names(made)}-1")  # fmt: skip
+    assert "fetch.json" in config["data"] and not config.get("binaryData")
+    prepared = http.get("online-endpoints/k8s-endpoint/deployments/blue/logs/",
+                        params={"container": "storage-initializer"}).text  # fmt: skip
+    assert "fetched the model (2 files)" in prepared and "fetched the code" in prepared
+    http.patch("online-endpoints/k8s-endpoint/", json={"traffic": {"blue": 100}})
+    keys = http.post("online-endpoints/k8s-endpoint/get-credentials/").json()
+    scored = httpx.post(f"{live_studio.url}/api/v1/endpoint/k8s-endpoint/score",
+                        json={"data": [1, 2]},
+                        headers={"Authorization": f"Bearer {keys['primaryKey']}"})  # fmt: skip
+    assert scored.json() == {"predictions": [3.0, 6.0], "color": "blue"}
+    # The token in the ConfigMap opens this deployment's files only, and only for pods.
+    token = json.loads(config["data"]["fetch.json"])["token"]
+    io = f"{live_studio.url}/api/v1/deployment-io/"
+    listing = httpx.get(io + "model/files/", headers={"Authorization": f"Bearer {token}"})
+    assert sorted(f["path"] for f in listing.json()["files"]) == ["weight.txt", "weights.bin"]
+    assert (
+        httpx.get(io + "model/files/", headers={"Authorization": "Bearer kdt_forged"}).status_code
+        == 401
+    )
+    assert httpx.get(io + "model/files/..%2F..%2Fartifacts%2Fsecret",
+                     headers={"Authorization": f"Bearer {token}"}).status_code == 404  # fmt: skip
 
 
 def state_of(live_studio, people, endpoint: str, name: str) -> dict:

@@ -1,6 +1,8 @@
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from endpoints.api.batch import BatchDeploymentViewSet, BatchEndpointViewSet
+from endpoints.api.io import CodeView, ModelFilesView, ModelFileView
 from endpoints.api.views import OnlineDeploymentViewSet, OnlineEndpointViewSet
 
 WORKSPACE = r"workspaces/(?P<workspace>[^/]+)"
@@ -17,4 +19,12 @@ router.register(
     BatchDeploymentViewSet,
     basename="batch-deployment",
 )
-urlpatterns = router.urls
+urlpatterns = [
+    *router.urls,
+    # For a deployment's pods (its own token): what its ConfigMap could not carry.
+    path("deployment-io/code", CodeView.as_view(), name="deployment-io-code"),
+    path("deployment-io/model/files/", ModelFilesView.as_view(), name="deployment-io-files"),
+    path(
+        "deployment-io/model/files/<path:path>", ModelFileView.as_view(), name="deployment-io-file"
+    ),
+]
