@@ -463,6 +463,8 @@ class Runner:
         just started), failed when an instance died."""
         running = self.running.get(deployment.pk)
         if running is None or running.generation != deployment.generation:
+            if running is None:
+                stop_orphans(deployment.instances)
             self.start(deployment)
             return
         for process in running.processes:
@@ -652,6 +654,25 @@ def log_text(deployment: Deployment, container: str, lines: int, index: int = 0)
     if files and not 0 <= index < len(files):
         raise FieldErrors([("instance", f"the deployment has {len(files)} instance(s)")])
     return tail(files[index], lines) if files else ""
+
+
+def stop_orphans(instances: list[dict[str, Any]]) -> None:
+    """Model servers a previous runner left (the studio was killed before it could stop
+    them): stopped before their deployment starts again, so none keeps its memory and
+    port for ever. Only processes that are this model server, by their command line."""
+    for instance in instances:
+        pid = instance.get("pid")
+        if not isinstance(pid, int):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().split(b"\0")
+        except OSError:
+            continue  # gone already
+        if any(part.endswith(b"endpoints/server.py") for part in command):
+            log.info("stopping model server %d left by an earlier runner", pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def tail(log_file: Path, lines: int) -> str:

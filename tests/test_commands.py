@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,6 +33,16 @@ def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def processes_in(folder: Path) -> list[int]:
+    """The processes working in a folder (a deployment's instances work in theirs)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/cwd").startswith(str(folder)):
+                found.append(int(entry))
+    return found
 
 
 def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -191,6 +202,7 @@ def test_runrouter_scores_as_its_own_process_and_stops_cleanly(tmp_path):
         wait_until(lambda: api.get("online-endpoints/routed/deployments/blue/").json()[
             "provisioning_state"] == "Succeeded", 60, "blue to serve")  # fmt: skip
         key = api.post("online-endpoints/routed/get-credentials/").json()["primaryKey"]
+        assert processes_in(tmp_path / "var")  # the model server, started by `serve`
 
         def scored() -> httpx.Response | None:
             try:
@@ -212,3 +224,7 @@ def test_runrouter_scores_as_its_own_process_and_stops_cleanly(tmp_path):
         outputs = [process.communicate(timeout=60)[0] for process in (router, server)]
     assert router.returncode == 0, outputs[0]
     assert "Traceback" not in outputs[0]
+    # `serve` stopped its deployment runner, and the runner its model servers.
+    assert server.returncode == 0, outputs[1][-2000:]
+    assert "deployment runner stopped" in outputs[1]
+    assert not processes_in(tmp_path / "var"), "a model server outlived the studio"

@@ -601,3 +601,20 @@ def test_an_aml_token_endpoint_takes_short_lived_tokens_for_itself_only(studio, 
     # Past its lifetime a token is refused (the lifetime made shorter than its age).
     monkeypatch.setattr(endpoint_services, "TOKEN_SECONDS", -1)
     assert score(issued["accessToken"]) == 401
+
+
+def test_model_servers_left_by_a_killed_runner_are_stopped_and_nothing_else():
+    import subprocess
+
+    from endpoints import runner, server
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    ours = subprocess.Popen([*sleeper, server.__file__], start_new_session=True)
+    other = subprocess.Popen(sleeper, start_new_session=True)
+    try:
+        runner.stop_orphans([{"url": "a", "pid": ours.pid}, {"url": "b", "pid": other.pid}])
+        assert ours.wait(10) == -9
+        assert other.poll() is None  # not a model server: left alone
+    finally:
+        other.kill()
+        other.wait()

@@ -6,6 +6,7 @@ controller must share the web server's loop for its log lines to reach the socke
 
 import asyncio
 import contextlib
+import signal
 from typing import Any
 
 import uvicorn
@@ -65,6 +66,11 @@ class Command(BaseCommand):
             access_log=settings.STUDIO_ACCESS_LOG,
         )
         server = uvicorn.Server(config)
+        # uvicorn stops on SIGTERM/SIGINT, then raises the signal again for the handler it
+        # found: this one, so the controller and the deployment runner still stop cleanly
+        # below (leases released, model servers stopped) and the process ends with 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         stop = asyncio.Event()
         tasks = []
         if embedded:
