@@ -23,6 +23,7 @@ Standard library only, Python 3.8 and later: it runs in the deployment's environ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -30,6 +31,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from socketserver import ThreadingMixIn
@@ -235,13 +237,42 @@ class Server(ThreadingMixIn, HTTPServer):
     block_on_close = True
     allow_reuse_address = True
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # The listening socket is non-blocking: the worker processes share it, and the
+        # ones that lose the race for a connection must go back to their loop (and see a
+        # shutdown) instead of waiting in accept() for the next one.
+        connection, address = self.socket.accept()
+        connection.setblocking(True)
+        return connection, address
+
 
 def serve(sock: socket.socket, run: Callable[[str], Any]) -> None:
     server = Server(sock.getsockname()[:2], make_handler(run), bind_and_activate=False)
     server.socket = sock
+    sock.setblocking(False)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     server.serve_forever(poll_interval=0.2)
     server.server_close()
+
+
+def stop_workers(children: list[int], grace: float = 10.0) -> None:
+    """The other worker processes stopped (they finish their requests first), and waited
+    for: when the first one has ended, the whole server has."""
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for pid in children:
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.02)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,13 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     except StartFailed as exc:
         sys.stderr.write(f"KSTUDIO_ERROR {exc.code}: {exc}\n")
         sys.stderr.flush()
-        for pid in children:
-            os.kill(pid, signal.SIGTERM)
+        stop_workers(children)
         return START_FAILED
     print(f"model server listening on {args.host}:{args.port}", flush=True)
     serve(sock, run)
-    for pid in children:
-        os.kill(pid, signal.SIGTERM)
+    stop_workers(children)
     return 0
 
 

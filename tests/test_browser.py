@@ -276,6 +276,8 @@ A11Y_PAGES = [
     ("carl", "model"),
     ("carl", "/workspaces/demo/endpoints/"),
     ("carl", "endpoint"),
+    ("carl", "/workspaces/demo/batch-endpoints/"),
+    ("carl", "batch endpoint"),
     ("ivan", "/workspaces/demo/data/datastores/"),
     ("carl", "/profile/"),
     ("ivan", "/console/"),
@@ -306,6 +308,12 @@ def test_pages_pass_axe_wcag_aa(people, workspace, page, who, where):
 
         orm(lambda: save_endpoint(workspace, people.contributor, {"name": "my-endpoint"}))
         where = "/workspaces/demo/endpoints/my-endpoint/"
+    if where == "batch endpoint":
+        from endpoints import batch
+
+        orm(lambda: batch.save_endpoint(workspace, people.contributor, {"name": "scorer"},
+                                        create=True))  # fmt: skip
+        where = "/workspaces/demo/batch-endpoints/scorer/"
     if who:
         sign_in(page, who, f"pw-{who}-12345")
     page.goto(f"/workspaces/demo/jobs/{job.name}/" if where == "job" else where)
