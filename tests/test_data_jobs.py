@@ -166,7 +166,14 @@ outputs:
     entries = {(e["output"], e["path"]): e for e in job.outputs}
     assert entries[("report", "deep/r.txt")]["datastore"] == "lake"
     assert "artifact" in entries[("default", "run.txt")]
-    assert not artifacts.store().exists(f"jobs/{job.pk}/outputs/model/m.txt")
+    # The artifact store's copy of a delivered output goes once the job's end is recorded
+    # (beside the controller, so a moment later).
+    copy = f"jobs/{job.pk}/outputs/model/m.txt"
+
+    async def dropped() -> bool:
+        return not await sync_to_async(artifacts.store().exists)(copy)
+
+    await await_until(dropped, 30, "the artifact copy of the delivered output to go")
     # Downloads read them where they are now.
     with await sync_to_async(outputs.open_file)(job, "report", "deep/r.txt") as f:
         assert f.read() == b"fine\n"
