@@ -84,8 +84,9 @@ def _archive(files: list[tuple[str, Any]]) -> bytes:
 
 
 def model_layout(deployment: Deployment) -> dict[str, Any]:
-    """Where the initializer puts a fetched model: models/<name>/<version>/<folder>, the
-    files beneath the folder, or the one file as it."""
+    """Where the model's files go in a pod, as Azure lays them out under
+    AZUREML_MODEL_DIR: models/<name>/<version>/<folder>, the files beneath the folder, or
+    the one file as it; with the files' listing."""
     model = deployment.model
     assert model is not None
     folder = PurePosixPath(registry.location_of(model).path.rstrip("/")).name
@@ -94,26 +95,22 @@ def model_layout(deployment: Deployment) -> dict[str, Any]:
         "dir": f"{model.name}/{model.version}",
         "folder": folder,
         "single": len(files) == 1 and files[0]["path"] == folder,
+        "files": [f["path"] for f in files],
     }
 
 
 def model_archive(deployment: Deployment) -> tuple[bytes, str]:
-    """The model's files as Azure lays them out, and the AZUREML_MODEL_DIR that holds them:
-    models/<name>/<version>/<its folder or file>."""
+    """The model's files in that layout as an archive, and the AZUREML_MODEL_DIR."""
     model = deployment.model
     assert model is not None
-    folder = PurePosixPath(registry.location_of(model).path.rstrip("/")).name
-    files = registry.files(model)
-    single = len(files) == 1 and files[0]["path"] == folder
-    base = f"{model.name}/{model.version}"
+    layout = model_layout(deployment)
+    base = f"{layout['dir']}/{layout['folder']}"
     entries = [
-        (
-            f"{base}/{folder}" if single else f"{base}/{folder}/{entry['path']}",
-            lambda p=entry["path"]: registry.open_file(model, p),
-        )
-        for entry in files
-    ]
-    return _archive(entries), f"{APP}/models/{base}"
+        (base if layout["single"] else f"{base}/{path}",
+         lambda p=path: registry.open_file(model, p))
+        for path in layout["files"]
+    ]  # fmt: skip
+    return _archive(entries), f"{APP}/models/{layout['dir']}"
 
 
 def studio_url(target: ComputeTarget) -> str:
@@ -209,7 +206,11 @@ def render(
                 "url": studio_url(target),
                 "token": tokens.deployment_token(deployment),
                 "code": bool(deployment.code),
-                "model": model_layout(deployment) if model else None,
+                "model": (
+                    {k: v for k, v in model_layout(deployment).items() if k != "files"}
+                    if model
+                    else None
+                ),
             }
         )
     env += [
