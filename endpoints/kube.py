@@ -42,6 +42,7 @@ from registry import services as registry
 from studio.errors import FieldErrors
 
 DEPLOYMENT_LABEL = "kstudio.io/online-deployment"
+DRAIN_SECONDS = 5  # how long a deleted pod keeps serving (see its preStop hook)
 GENERATION_LABEL = "kstudio.io/generation"
 APP = "/var/azureml-app"  # where Azure's inference images keep the app and the models
 MOUNT = "/kstudio"  # the ConfigMap: server.py, the archives
@@ -285,6 +286,10 @@ def render(
         ],
         # The model server's last words (KSTUDIO_ERROR <code>: ...) when it fails to start.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        # A deleted pod leaves the Service's endpoints a moment after it is marked, not at
+        # once: it keeps taking requests until every proxy has heard, and only then is
+        # sent SIGTERM (on which the server finishes what it has and stops).
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(DRAIN_SECONDS)]}}},
     }
     init_container = {
         "name": "storage-initializer",
@@ -312,7 +317,7 @@ def render(
     if selector:
         pod_spec["nodeSelector"] = selector
     timeout = int((document.get("request_settings") or {}).get("request_timeout_ms", 5000))
-    pod_spec["terminationGracePeriodSeconds"] = max(30, timeout // 1000 + 5)
+    pod_spec["terminationGracePeriodSeconds"] = max(30, DRAIN_SECONDS + timeout // 1000 + 5)
     workload = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

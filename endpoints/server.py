@@ -183,6 +183,20 @@ def make_handler(run: Callable[[str], Any]) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
+        def handle_one_request(self) -> None:
+            # Between requests a kept-alive connection is idle: a stopping server ends it
+            # (rather than wait for the client to), and takes no new request on it.
+            server: Any = self.server
+            if not server.waiting(self.connection):
+                self.close_connection = True
+                return
+            super().handle_one_request()
+
+        def parse_request(self) -> bool:
+            server: Any = self.server
+            server.busy(self.connection)  # a request came: it is answered, stopping or not
+            return super().parse_request()
+
         def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
             self.send_response(status)
             self.send_header("Content-Type", kind)
@@ -232,10 +246,38 @@ def make_handler(run: Callable[[str], Any]) -> type[BaseHTTPRequestHandler]:
 
 
 class Server(ThreadingMixIn, HTTPServer):
-    # On SIGTERM, requests under way finish (server_close joins their threads).
+    # On SIGTERM, requests under way finish (server_close joins their threads), and idle
+    # kept-alive connections are ended (`drop_idle`).
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle: set[socket.socket] = set()
+        self.idle_lock = threading.Lock()
+        self.stopping = False
+
+    def waiting(self, connection: socket.socket) -> bool:
+        """The connection waits for its next request; False once the server stops."""
+        with self.idle_lock:
+            if self.stopping:
+                return False
+            self.idle.add(connection)
+            return True
+
+    def busy(self, connection: socket.socket) -> None:
+        with self.idle_lock:
+            self.idle.discard(connection)
+
+    def drop_idle(self) -> None:
+        """No more requests: connections waiting for one see their end (a request that
+        arrived meanwhile is still read and answered: only reading is shut)."""
+        with self.idle_lock:
+            self.stopping = True
+            for connection in self.idle:
+                with contextlib.suppress(OSError):  # closed by its client meanwhile
+                    connection.shutdown(socket.SHUT_RD)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         # The listening socket is non-blocking: the worker processes share it, and the
@@ -250,7 +292,12 @@ def serve(sock: socket.socket, run: Callable[[str], Any]) -> None:
     server = Server(sock.getsockname()[:2], make_handler(run), bind_and_activate=False)
     server.socket = sock
     sock.setblocking(False)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+
+    def stop() -> None:
+        server.shutdown()
+        server.drop_idle()
+
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop).start())
     server.serve_forever(poll_interval=0.2)
     server.server_close()
 

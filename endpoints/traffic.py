@@ -115,6 +115,23 @@ class Recorder:
             except Exception:  # the database is away for now: the next second tries again
                 log.exception("writing the router's traffic counts failed")
 
+    def stop(self) -> None:
+        """The router stops: its last counts are written (the second under way too) and
+        the writer thread ends; a later request starts afresh."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        with self.lock:
+            if self.current:
+                self.ended.append((self.second, self.current))
+            self.current, self.busy_now = {}, Counter()
+        try:
+            self.flush()
+        except Exception:
+            log.exception("writing the router's last traffic counts failed")
+        self.stopping.clear()
+
     def flush(self) -> int:
         """Write the seconds that have ended; how many rows."""
         with self.lock:

@@ -63,8 +63,10 @@ class LiveStudio:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             from endpoints.router import ROUTER
+            from endpoints.traffic import RECORDER
 
             await ROUTER.close()
+            await asyncio.to_thread(RECORDER.stop)
 
     def close(self) -> None:
         if self.server is not None:

@@ -210,6 +210,10 @@ class ApiServer:
         # method, path, body, content type) -> (status, headers, body).
         self.forward: Callable[..., tuple[int, list[tuple[str, str]], bytes]] | None = None
         self.git_version = "v1.31.0"
+        # A kubelet that ends pods gracefully: a running pod that is deleted is only
+        # marked (deletionTimestamp) until the kubelet has stopped it and deletes it again
+        # with a grace period of 0. Without one, pods go at once.
+        self.graceful_pods = False
         self.create(self.kind("", "namespaces"), "", {"metadata": {"name": "default"}})
         self.http: socketserver.ThreadingTCPServer | None = None
 
@@ -387,25 +391,52 @@ class ApiServer:
         self._changed("MODIFIED", kind, updated)
         return updated
 
-    def delete(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
+    def delete(
+        self, kind: Kind, namespace: str, name: str, grace: int | None = None
+    ) -> dict[str, Any]:
+        """Deletes the object and, at once, what it owns. A pod bound to a node and not
+        ended is only marked for deletion, as a real API server does, unless `grace` is
+        0: its kubelet stops it, then deletes it with a grace period of 0."""
         with self.store.lock:
             key = self.store.key(kind, namespace, name)
-            obj = self.store.objects.pop(key, None)
+            obj = self.store.objects.get(key)
             if obj is None:
                 raise ApiError(404, "NotFound", f'{kind.plural} "{name}" not found')
-            self.store.owners.pop(key, None)
-            self.store.version += 1
-            obj["metadata"]["resourceVersion"] = str(self.store.version)
-            self.store.record("DELETED", kind, copy.deepcopy(obj))
-            dependents = [
-                (self.store.kind_of(k), ns, n)
-                for (k, ns, n), other in self.store.objects.items()
-                if any(
-                    ref.get("uid") == obj["metadata"]["uid"]
-                    for ref in other["metadata"].get("ownerReferences") or []
-                )
-                or (kind.plural == "namespaces" and ns == name)
-            ]
+            if (
+                kind.plural == "pods"
+                and self.graceful_pods
+                and grace != 0
+                and obj["spec"].get("nodeName")
+                and (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            ):
+                if obj["metadata"].get("deletionTimestamp"):
+                    return copy.deepcopy(obj)  # already terminating
+                marked = copy.deepcopy(obj)
+                marked["metadata"]["deletionTimestamp"] = now_rfc3339()
+                marked["metadata"]["deletionGracePeriodSeconds"] = (
+                    grace if grace is not None
+                    else int(obj["spec"].get("terminationGracePeriodSeconds", 30))
+                )  # fmt: skip
+                terminating = self._write("MODIFIED", kind, key, marked)
+            else:
+                terminating = None
+                del self.store.objects[key]
+                self.store.owners.pop(key, None)
+                self.store.version += 1
+                obj["metadata"]["resourceVersion"] = str(self.store.version)
+                self.store.record("DELETED", kind, copy.deepcopy(obj))
+                dependents = [
+                    (self.store.kind_of(k), ns, n)
+                    for (k, ns, n), other in self.store.objects.items()
+                    if any(
+                        ref.get("uid") == obj["metadata"]["uid"]
+                        for ref in other["metadata"].get("ownerReferences") or []
+                    )
+                    or (kind.plural == "namespaces" and ns == name)
+                ]
+        if terminating is not None:
+            self._changed("MODIFIED", kind, terminating)
+            return terminating
         self._changed("DELETED", kind, obj)
         for dependent_kind, ns, n in dependents:  # garbage collection, at once
             with contextlib.suppress(ApiError):
@@ -680,7 +711,10 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             )
             return self.send_json(200, patched)
         if method == "DELETE":
-            return self.send_json(200, self.api.delete(kind, namespace, name))
+            options = self.body() or {}  # DeleteOptions
+            grace = options.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+            deleted = self.api.delete(kind, namespace, name, None if grace is None else int(grace))
+            return self.send_json(200, deleted)
         raise ApiError(405, "MethodNotAllowed", method)
 
     def proxy(self, method: str, match: re.Match[str]) -> None:

@@ -15,7 +15,7 @@ container; a suspended Job gets its pods when it is resumed.
 Deployments: the controller makes their pods from the template itself (no ReplicaSet
 objects), labelled with the template's hash, and rolls a changed template as the
 RollingUpdate strategy says (a new pod ready before an old one goes, with maxUnavailable
-0). Each pod gets an address of its own on the loopback network (127.1.x.y), the Downward
+0). Each pod gets an address of its own on the loopback network (127.x.y.z), the Downward
 API gives it as `status.podIP`, readiness probes (httpGet) are really sent there, and a
 container of a restartPolicy Always pod that exits is reported in CrashLoopBackOff with
 its last termination (not restarted). The API server's service proxy reaches a ready pod
@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import queue
+import random
 import re
 import shutil
 import signal
@@ -95,11 +96,16 @@ class Running:
     init_lines: dict[str, list[tuple[float, bytes]]] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
     stop_reason: str = ""
+    # What a lifecycle hook needs to run as the container does.
+    paths: dict[str, str] = field(default_factory=dict)
+    address: str = ""
+    serving: bool = False  # the container (not an init container) is running
 
 
 class FakeCluster:
     def __init__(self) -> None:
         self.api = ApiServer()
+        self.api.graceful_pods = True
         self.api.on_change.append(self._heard)
         self.api.log_source = self.logs
         self.api.forward = self.forward
@@ -114,6 +120,7 @@ class FakeCluster:
         # The images pushed to the cluster's registry: a file each, named by the image.
         self.registry = tempfile.mkdtemp(prefix="fake-registry-")
         self.started: set[str] = set()  # the uids of Jobs whose pods were made
+        self.terminating: set[str] = set()  # the uids of pods being stopped
         self.turns = itertools.count()  # the service proxy's round robin
 
     def start(self) -> FakeCluster:
@@ -194,6 +201,10 @@ class FakeCluster:
             self._sync_deployment(meta["namespace"], meta["name"])
         elif kind.plural == "pods" and event == "ADDED":
             self._schedule(obj)
+        elif kind.plural == "pods" and event == "MODIFIED" and meta.get("deletionTimestamp"):
+            if meta["uid"] not in self.terminating:
+                self.terminating.add(meta["uid"])
+                threading.Thread(target=self._terminate, args=(obj,), daemon=True).start()
         elif kind.plural == "pods" and event == "DELETED":
             with self.lock:
                 pod = self.pods.get((meta["namespace"], meta["name"]))
@@ -285,7 +296,11 @@ class FakeCluster:
                 ready.remove(pod)
             with contextlib.suppress(ApiError):
                 self.api.delete(self.api.kind("", "pods"), namespace, pod["metadata"]["name"])
-        live = self.api.list(self.api.kind("", "pods"), namespace, selector)["items"]
+        # Terminating pods are no longer counted, as a ReplicaSet does not count them.
+        live = [
+            p for p in self.api.list(self.api.kind("", "pods"), namespace, selector)["items"]
+            if not p["metadata"].get("deletionTimestamp")
+        ]  # fmt: skip
         status = {
             "observedGeneration": deployment["metadata"].get("generation", 1),
             "replicas": len(live),
@@ -323,11 +338,12 @@ class FakeCluster:
         self, namespace: str, service: dict[str, Any], port: dict[str, Any], method: str,
         path: str, body: bytes, content_type: str,
     ) -> tuple[int, list[tuple[str, str]], bytes]:  # fmt: skip
-        """The service proxy's request to one of the Service's ready pods."""
+        """The service proxy's request to one of the Service's endpoints: its ready pods
+        that are not terminating."""
         selector = ",".join(f"{k}={v}" for k, v in service["spec"]["selector"].items())
         pods = [
             p for p in self.api.list(self.api.kind("", "pods"), namespace, selector)["items"]
-            if _ready(p)
+            if _ready(p) and not p["metadata"].get("deletionTimestamp")
         ]  # fmt: skip
         if not pods:
             message = f'no endpoints available for service "{service["metadata"]["name"]}"'
@@ -600,12 +616,23 @@ class FakeCluster:
                 },
             )
             paths = self._mount(pod, running.sandbox)
+            running.paths, running.address = paths, address
+            done_inits: list[dict[str, Any]] = []
             for init in pod["spec"].get("initContainers") or []:
-                process = self._start(init, paths, meta, running.sandbox, address)
+                if running.stop_reason:
+                    return
+                process = running.process = self._start(init, paths, meta, running.sandbox, address)
                 output, _ = process.communicate()
                 running.init_lines[init["name"]] = [
                     (time.time(), line) for line in output.splitlines()
                 ]
+                if running.stop_reason:
+                    return  # deleted or evicted meanwhile
+                if process.returncode == 0:
+                    completed = {"exitCode": 0, "reason": "Completed",
+                                 "finishedAt": now_rfc3339()}  # fmt: skip
+                    done_inits.extend(self._container(init, {"terminated": completed}))
+                    self._patch_pod(meta, {"initContainerStatuses": done_inits})
                 if process.returncode != 0:
                     message = output.decode(errors="replace")[-2000:]
                     terminated = {"exitCode": process.returncode, "reason": "Error",
@@ -614,7 +641,10 @@ class FakeCluster:
                     self._patch_pod(meta, {"phase": "Failed", "initContainerStatuses": statuses})
                     self._pod_ended(self.api.get(self.api.kind("", "pods"), *key), disrupted=False)
                     return
+            if running.stop_reason:
+                return
             running.process = self._start(container, paths, meta, running.sandbox, address)
+            running.serving = True
             started = {"running": {"startedAt": now_rfc3339()}}
             probe = (container.get("readinessProbe") or {}).get("httpGet")
             statuses = self._container(container, started, ready=not probe)
@@ -812,13 +842,46 @@ class FakeCluster:
         paths[termination] = os.path.join(sandbox, "termination-log")
         return paths
 
-    def _kill(self, pod: Running, why: str) -> None:
+    def _terminate(self, pod: dict[str, Any]) -> None:
+        """A pod marked for deletion, as its kubelet ends it: the container's preStop
+        hook, then SIGTERM, SIGKILL once the grace period is over; then the pod goes."""
+        meta = pod["metadata"]
+        grace = float(meta.get("deletionGracePeriodSeconds", 30))
+        deadline = time.monotonic() + grace
+        with self.lock:
+            running = self.pods.get((meta["namespace"], meta["name"]))
+        if running is not None:
+            if running.serving and running.process and running.process.poll() is None:
+                self._pre_stop(pod, running, grace)
+            self._kill(running, "deleted", max(deadline - time.monotonic(), 0.0))
+            running.done.wait(max(deadline - time.monotonic(), 0.0) + 5)
+        with contextlib.suppress(ApiError):
+            self.api.delete(self.api.kind("", "pods"), meta["namespace"], meta["name"], grace=0)
+        self.terminating.discard(meta["uid"])
+
+    def _pre_stop(self, pod: dict[str, Any], running: Running, grace: float) -> None:
+        container = pod["spec"]["containers"][0]
+        hook = (container.get("lifecycle") or {}).get("preStop") or {}
+        if "sleep" in hook:
+            running.done.wait(min(float(hook["sleep"]["seconds"]), grace))
+        elif "exec" in hook:
+            action = {**container, "command": hook["exec"]["command"], "args": []}
+            process = self._start(
+                action, running.paths, pod["metadata"], running.sandbox, running.address
+            )
+            try:
+                process.communicate(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def _kill(self, pod: Running, why: str, grace: float = 5.0) -> None:
         pod.stop_reason = pod.stop_reason or why
         if pod.process is not None and pod.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pod.process.pid, signal.SIGTERM)
             try:
-                pod.process.wait(5)
+                pod.process.wait(grace)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pod.process.pid, signal.SIGKILL)
@@ -878,16 +941,17 @@ class FakeCluster:
             running.done.wait(0.05)
 
 
-# Pod addresses, unique in the process: a pod of an earlier test's cluster that is still
-# stopping never shares one with a new pod.
-_addresses = itertools.count()
+# Pod addresses, unique in the process (a pod of an earlier test's cluster that is still
+# stopping never shares one with a new pod) and starting at random, so a pod process that
+# an aborted run left behind does not hold the first address of the next run.
+_addresses = itertools.count(random.randrange(250**3))
 _addresses_lock = threading.Lock()
 
 
 def next_address() -> str:
     with _addresses_lock:
         n = next(_addresses)
-    return f"127.1.{n // 250 % 250}.{n % 250 + 1}"
+    return f"127.{n // 250**2 % 250 + 1}.{n // 250 % 250}.{n % 250 + 1}"
 
 
 def _ready(pod: dict[str, Any]) -> bool:

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from endpoints.router import ROUTER
+from endpoints.traffic import RECORDER
 from studio.logging import uvicorn_log_config
 
 
@@ -49,3 +50,4 @@ class Command(BaseCommand):
             await server.serve()
         finally:
             await ROUTER.close()
+            await asyncio.to_thread(RECORDER.stop)

@@ -87,5 +87,7 @@ class Command(BaseCommand):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             from endpoints.router import ROUTER
+            from endpoints.traffic import RECORDER
 
             await ROUTER.close()
+            await asyncio.to_thread(RECORDER.stop)
