@@ -89,6 +89,53 @@ class Deployment(models.Model):
         return f"{self.endpoint.name}/{self.name}"
 
 
+class DeploymentLog(models.Model):
+    """Where the deployment's log store has read up to (endpoints.logs): its last line's
+    seq, and a cursor per source (a local instance's file, a pod's container). Apart from
+    the deployment's row, which the runner saves whole."""
+
+    deployment = models.OneToOneField(
+        Deployment, on_delete=models.CASCADE, primary_key=True, related_name="log"
+    )
+    last_seq = models.PositiveIntegerField(default=0)
+    cursors = models.JSONField(default=dict)
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id}#{self.last_seq}"
+
+
+class DeploymentLogLine(models.Model):
+    """One line of a deployment's containers, in the order the store took them."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
+    seq = models.PositiveIntegerField()
+    ts = models.DateTimeField()
+    instance = models.CharField(max_length=253)  # instance-0 locally, the pod's name on a cluster
+    container = models.CharField(max_length=40)  # inference-server | storage-initializer
+    line = models.TextField()
+
+    class Meta:
+        ordering = ("seq",)
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=("deployment", "seq"), name="one_deployment_line_per_seq"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id}#{self.seq}"
+
+    def as_message(self) -> dict[str, object]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts.isoformat(),
+            "stream": "stdout",
+            "instance": self.instance,
+            "container": self.container,
+            "line": self.line,
+        }
+
+
 class TrafficSecond(models.Model):
     """What one router saw of a deployment in one second (endpoints.traffic)."""
 

@@ -39,7 +39,7 @@ from django.utils import timezone
 from compute import kube as kube_client
 from compute.launcher import Launcher, LaunchError
 from compute.models import ComputeKind
-from endpoints import autoscale, kube, server, services, spec, traffic
+from endpoints import autoscale, kube, logs, server, services, spec, traffic
 from endpoints.models import Deployment, Endpoint, State
 from registry import services as registry
 from studio.errors import FieldErrors
@@ -47,6 +47,10 @@ from studio.errors import FieldErrors
 log = logging.getLogger(__name__)
 TICK = 0.5
 KUBE_CHECK = 5.0  # seconds between reads of a Kubernetes deployment that serves (or failed)
+LOG_READ = 1.0  # seconds between reads of the deployments' logs into the log store
+# More restarts of a deployment's instances than this in so many seconds: it fails.
+CRASH_LOOP_RESTARTS = 5
+CRASH_LOOP_SECONDS = 600
 LOG_TAIL_BYTES = 64 * 1024
 
 
@@ -99,6 +103,11 @@ class Running:
     env: dict[str, str] = field(default_factory=dict)
     folder: Path | None = None
     starting: list[tuple[subprocess.Popen[bytes], str]] = field(default_factory=list)
+    # The liveness probe's count of failures in a row and when it next looks, by pid;
+    # and when instances were restarted (too many too fast: a crash loop).
+    failures: dict[int, int] = field(default_factory=dict)
+    probe_at: dict[int, float] = field(default_factory=dict)
+    restarts: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -186,6 +195,11 @@ class Runner:
         self.pruned_at = 0.0
         self.applied: dict[int, int] = {}  # Kubernetes deployments: the generation applied
         self.checked: dict[int, float] = {}  # and when their state was last read
+        # Logs are read in a thread of their own: a slow cluster delays them, not the tick.
+        self.log_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deployment-logs")
+        self.logs_read: Future[None] | None = None
+        self.logs_read_at = 0.0
+        self.log_errors: dict[int, str] = {}  # the last failure to read each one's logs
 
     @property
     def root(self) -> Path:
@@ -202,6 +216,7 @@ class Runner:
         finally:
             await asyncio.to_thread(self.stop_all)
             self.preparer.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(self.log_reader.shutdown, wait=True, cancel_futures=True)
             log.info("deployment runner stopped")
 
     def tick(self) -> None:
@@ -232,9 +247,33 @@ class Runner:
                 self.keep_up(deployment)
         self.reconcile_kubernetes()
         Endpoint.objects.filter(state=State.DELETING, deployments__isnull=True).delete()
+        if now - self.logs_read_at >= LOG_READ and (
+            self.logs_read is None or self.logs_read.done()
+        ):
+            self.logs_read_at = now
+            self.logs_read = self.log_reader.submit(self.read_logs)
         if now - self.pruned_at > 60:  # the router's per-second counts, past keeping
             self.pruned_at = now
             traffic.prune()
+
+    def read_logs(self) -> None:
+        """Every deployment's new log lines into the log store (endpoints.logs)."""
+        close_old_connections()
+        try:
+            deployments = Deployment.objects.exclude(state=State.DELETING).select_related(
+                "endpoint__compute__cluster"
+            )
+            for deployment in deployments:
+                try:
+                    logs.collect(deployment)
+                    self.log_errors.pop(deployment.pk, None)
+                except Exception as exc:  # the cluster is away: said once, not raised
+                    said = kube_client.in_words(exc)
+                    if self.log_errors.get(deployment.pk) != said:
+                        self.log_errors[deployment.pk] = said
+                        log.warning("reading the logs of %s: %s", deployment, said)
+        finally:
+            close_old_connections()
 
     # -- on Kubernetes -----------------------------------------------------------------------
     def reconcile_kubernetes(self) -> None:
@@ -460,22 +499,77 @@ class Runner:
 
     def keep_up(self, deployment: Deployment) -> None:
         """A deployment that serves: started again when this runner has none of it (it
-        just started), failed when an instance died."""
+        just started); an instance that exits or fails its liveness probe restarted, as
+        a kubelet would, unless they crash in a loop (then it fails)."""
         running = self.running.get(deployment.pk)
         if running is None or running.generation != deployment.generation:
             if running is None:
                 stop_orphans(deployment.instances)
             self.start(deployment)
             return
-        for process in running.processes:
-            if process.poll() is not None:
-                files = log_files(self.root, deployment)
-                _code, why = error_of(files[0]) if files else ("", "")
-                self.stop(deployment.pk)
-                self.fail(deployment, "DeploymentCrashLoopBackOff", f"an instance exited: {why}")
+        for process, url in list(zip(running.processes, running.urls, strict=True)):
+            why = self.unwell(deployment, running, process, url)
+            if why and not self.restart(deployment, running, process, url, why):
                 return
         self.scaled_up(deployment, running)
         self.autoscale(deployment, len(running.processes) + len(running.starting))
+
+    def unwell(
+        self, deployment: Deployment, running: Running, process: subprocess.Popen[bytes], url: str
+    ) -> str:
+        """Why the instance must be restarted, or "": it exited, or its liveness route
+        failed `failure_threshold` probes in a row (one every `period`, each within
+        `timeout`), counted from when it joined."""
+        if process.poll() is not None:
+            return f"it exited with code {process.returncode}"
+        probe = {**spec.Probe().model_dump(), **(deployment.document.get("liveness_probe") or {})}
+        now = time.monotonic()
+        if now < running.probe_at.setdefault(process.pid, now + probe["period"]):
+            return ""
+        running.probe_at[process.pid] = now + probe["period"]
+        try:
+            alive = self.http.get(url + "/", timeout=probe["timeout"]).status_code == 200
+        except httpx.HTTPError:
+            alive = False
+        failures = running.failures[process.pid] = (
+            0 if alive else running.failures.get(process.pid, 0) + 1
+        )
+        if failures >= probe["failure_threshold"]:
+            return f"it failed {failures} liveness probes in a row"
+        return ""
+
+    def restart(
+        self,
+        deployment: Deployment,
+        running: Running,
+        process: subprocess.Popen[bytes],
+        url: str,
+        why: str,
+    ) -> bool:
+        """The instance leaves the router's table and stops; a new one starts in its place
+        (serving once it answers). False when that is one restart too many: the
+        deployment failed with DeploymentCrashLoopBackOff."""
+        index = running.processes.index(process)
+        running.processes.pop(index)
+        running.urls.pop(index)
+        running.failures.pop(process.pid, None)
+        running.probe_at.pop(process.pid, None)
+        if process.poll() is None:  # it hangs: no use asking it to stop
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if not self.start_again(deployment, running, index, why):
+            return False
+        what = f"instance {index} restarted: {why}"
+        log.warning("deployment %s: %s", deployment, what)
+        entry = {"at": timezone.now().isoformat(), "generation": deployment.generation,
+                 "what": what}  # fmt: skip
+        deployment.history = [*deployment.history, entry][-services.MAX_HISTORY :]
+        Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
+            history=deployment.history
+        )
+        self.publish_instances(deployment, running, done=False)
+        return True
 
     # -- autoscaling (target_utilization) ------------------------------------------------------
     def autoscale(self, deployment: Deployment, replicas: int) -> None:
@@ -555,6 +649,28 @@ class Runner:
             log.info("deployment %s: instance %s leaves", deployment, url)
         self.publish_instances(deployment, running, done=not running.starting)
 
+    def start_again(self, deployment: Deployment, running: Running, index: int, why: str) -> bool:
+        """Instance `index` once more, unless instances crash in a loop (more than
+        CRASH_LOOP_RESTARTS restarts in CRASH_LOOP_SECONDS): then the deployment fails
+        with DeploymentCrashLoopBackOff and the model server's last words."""
+        now = time.monotonic()
+        running.restarts = [t for t in running.restarts if now - t < CRASH_LOOP_SECONDS]
+        running.restarts.append(now)
+        if len(running.restarts) > CRASH_LOOP_RESTARTS:
+            files = log_files(self.root, deployment)
+            _code, said = error_of(files[index]) if index < len(files) else ("", "")
+            self.stop(deployment.pk)
+            self.fail(
+                deployment,
+                "DeploymentCrashLoopBackOff",
+                f"instances were restarted {len(running.restarts)} times in "
+                f"{CRASH_LOOP_SECONDS // 60} minutes; the last time, {why}. {said}".strip(),
+            )
+            return False
+        assert running.folder is not None
+        running.starting.append(start_instance(running.python, running.env, running.folder, index))
+        return True
+
     def scaled_up(self, deployment: Deployment, running: Running) -> None:
         """Instances the autoscaler started that answer now join the router's table."""
         if not running.starting and deployment.state != State.SCALING:
@@ -563,7 +679,11 @@ class Runner:
         for process, url in list(running.starting):
             if process.poll() is not None:
                 running.starting.remove((process, url))
-                log.warning("deployment %s: an instance for scaling exited", deployment)
+                index = len(running.processes) + len(running.starting)
+                why = f"it exited with code {process.returncode} before it answered"
+                log.warning("deployment %s: a starting instance: %s", deployment, why)
+                if not self.start_again(deployment, running, index, why):
+                    return
             elif self.answers(url):
                 running.starting.remove((process, url))
                 running.processes.append(process)

@@ -14,7 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from data.forms import folder_archive
-from endpoints import router, runner, services
+from endpoints import router, services
 from endpoints import traffic as counts
 from endpoints.api.serializers import render_endpoint
 from endpoints.forms import ConsoleForm, DeploymentForm, EndpointForm
@@ -23,8 +23,6 @@ from registry.models import Model
 from studio import access
 from studio.errors import Conflict, FieldErrors
 from studio.models import Role
-
-LOG_LINES = 200
 
 
 def _endpoint(request: HttpRequest, workspace: str, name: str, role: str = Role.READER) -> Any:
@@ -223,10 +221,6 @@ def deployment_detail(
         "workspace": endpoint.workspace,
         "endpoint": endpoint,
         "deployment": found,
-        "log": runner.log_text(found, "inference-server", LOG_LINES),
         "settings": found.document,
     }
-    template = (
-        "endpoints/_log.html" if request.GET.get("part") == "log" else "endpoints/deployment.html"
-    )
-    return render(request, template, context)
+    return render(request, "endpoints/deployment.html", context)

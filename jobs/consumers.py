@@ -8,16 +8,13 @@ Both close (code 4403) once their user is no longer a member (studio.ws).
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 
 from jobs import events
 from jobs.models import Job, LogLine
 from studio import access
-from studio.ws import AccessWatchingConsumer
-
-BACKLOG_CHUNK = 1000
+from studio.ws import AccessWatchingConsumer, LogTailConsumer
 
 
 def _query(func: Any) -> Any:
@@ -62,13 +59,9 @@ def _progress(job_id: int) -> tuple[str, int]:
     return status, last_seq
 
 
-class JobLogConsumer(AccessWatchingConsumer):
-    """Backlog after `?after=N`, then the live tail, then `{"type": "end", "status": ...}`.
-
-    The store is the truth and the group the fast path: lines from the group that were
-    already sent are dropped, and a gap (a group message lost or ahead) is filled from
-    the store, so the client sees every seq once, in order.
-    """
+class JobLogConsumer(LogTailConsumer):
+    """Backlog after `?after=N`, then the live tail (studio.ws.LogTailConsumer), then
+    `{"type": "end", "status": ...}` once the job has ended."""
 
     async def connect(self) -> None:
         kwargs = self.scope["url_route"]["kwargs"]
@@ -76,57 +69,23 @@ class JobLogConsumer(AccessWatchingConsumer):
         if job_id is None:
             await self.close()
             return
-        query = parse_qs(self.scope.get("query_string", b"").decode())
-        try:
-            self.sent = max(0, int(query.get("after", ["0"])[0]))
-        except ValueError:
-            self.sent = 0
+        self.sent = self.after_param()
         self.job_id = job_id
-        self.group = events.job_group(job_id)
-        self.ended = False
         # Join before reading the store: whatever is stored after the read comes by group.
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
-        await self.watch_access()
+        await self.join(events.job_group(job_id))
         status, last_seq = await _progress(self.job_id)
         if last_seq > self.sent:
             await self.catch_up()
         if status in ("Completed", "Failed", "Canceled"):  # its lines are all stored by now
             await self.end(status)
 
-    async def disconnect(self, code: int) -> None:
-        await self.stop_watching()
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-
     async def still_allowed(self) -> bool:
         kwargs = self.scope["url_route"]["kwargs"]
         user = self.scope["user"]
         return await _visible_job_id(user, kwargs["workspace"], kwargs["name"]) is not None
 
-    async def catch_up(self, until: int | None = None) -> None:
-        """Send stored lines after the last one sent (up to `until`, when given)."""
-        while until is None or self.sent < until:
-            lines = await _lines(self.job_id, self.sent, BACKLOG_CHUNK)
-            if not lines:
-                return
-            for line in lines:
-                await self.send_json(line)
-                self.sent = int(str(line["seq"]))
-            if len(lines) < BACKLOG_CHUNK:
-                return
-
-    async def log_lines(self, message: dict[str, Any]) -> None:
-        """A batch of consecutive lines from `first`, already encoded."""
-        if self.ended:
-            return
-        first: int = message["first"]
-        if first > self.sent + 1:
-            await self.catch_up(until=first - 1)
-        for seq, text in enumerate(message["texts"], start=first):
-            if seq == self.sent + 1:
-                await self.send(text_data=text)
-                self.sent = seq
+    async def stored_lines(self, after: int, limit: int) -> list[dict[str, object]]:
+        return await _lines(self.job_id, after, limit)
 
     async def job_end(self, message: dict[str, Any]) -> None:
         await self.catch_up()  # every line is stored before the end is announced
@@ -150,15 +109,7 @@ class WorkspaceJobsConsumer(AccessWatchingConsumer):
         if workspace_id is None:
             await self.close()
             return
-        self.group = events.workspace_group(workspace_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
-        await self.watch_access()
-
-    async def disconnect(self, code: int) -> None:
-        await self.stop_watching()
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.join(events.workspace_group(workspace_id))
 
     async def still_allowed(self) -> bool:
         workspace = self.scope["url_route"]["kwargs"]["workspace"]

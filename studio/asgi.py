@@ -24,6 +24,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from endpoints.router import app as endpoint_router  # noqa: E402
+from endpoints.routing import websocket_urlpatterns as deployment_sockets  # noqa: E402
 from jobs.routing import websocket_urlpatterns as job_sockets  # noqa: E402
 from studio import events  # noqa: E402
 from studio.ws import OriginOrTokenValidator, TokenAuthMiddleware  # noqa: E402
@@ -48,7 +49,9 @@ application = ProtocolTypeRouter(
     {
         "http": http,
         "websocket": OriginOrTokenValidator(
-            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(job_sockets + run_sockets)))
+            AuthMiddlewareStack(
+                TokenAuthMiddleware(URLRouter(job_sockets + run_sockets + deployment_sockets))
+            )
         ),
     }
 )

@@ -246,6 +246,8 @@ STUDIO_DEPLOYMENT_PYTHON = env_str("STUDIO_DEPLOYMENT_PYTHON")
 # before a deployment shrinks; and how long the router's per-second counts are kept.
 STUDIO_SCALE_DOWN_POLLS = env_int("STUDIO_SCALE_DOWN_POLLS", 20)
 STUDIO_TRAFFIC_KEEP_SECONDS = env_int("STUDIO_TRAFFIC_KEEP_SECONDS", 3600)
+# How many of a deployment's latest log lines are kept (endpoints.logs).
+STUDIO_DEPLOYMENT_LOG_LINES = env_int("STUDIO_DEPLOYMENT_LOG_LINES", 20000)
 # How long a deployment's preparation (its files, its environment's packages) may take.
 STUDIO_DEPLOYMENT_PREPARE_SECONDS = env_int("STUDIO_DEPLOYMENT_PREPARE_SECONDS", 1800)
 # The router's external base URL, as endpoints' scoring URIs show it (default: the

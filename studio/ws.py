@@ -5,6 +5,7 @@ import abc
 import asyncio
 import contextlib
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -82,8 +83,21 @@ class AccessWatchingConsumer(AsyncJsonWebsocketConsumer, metaclass=abc.ABCMeta):
     async def still_allowed(self) -> bool:
         """Whether the user may still see what this socket shows (membership)."""
 
+    async def join(self, group: str) -> None:
+        """Accept the socket as a member of `group` (joined first: whatever is sent to it
+        from now on arrives) and start watching access; `disconnect` leaves both."""
+        self.group = group
+        await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        await self.watch_access()
+
+    async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
     async def watch_access(self) -> None:
-        """Call once the socket is accepted."""
+        """Call once the socket is accepted (`join` does)."""
         user = self.scope["user"]
         self._user_id = user.pk
         self._access_group = events.user_group(user.pk)
@@ -115,3 +129,53 @@ class AccessWatchingConsumer(AsyncJsonWebsocketConsumer, metaclass=abc.ABCMeta):
         if hasattr(self, "_access_group"):
             await self.channel_layer.group_discard(self._access_group, self.channel_name)
             del self._access_group
+
+
+class LogTailConsumer(AccessWatchingConsumer):
+    """A stored log's socket: the backlog after `?after=N`, then the live tail.
+
+    The store is the truth and the group the fast path: lines from the group that were
+    already sent are dropped, and a gap (a group message lost or ahead) is filled from
+    the store, so the client sees every seq once, in order. Subclasses authorize and
+    join their group in `connect`, set `sent` from `after_param()`, and read the store in
+    `stored_lines`; the group sends `log.lines` messages (`first`, encoded `texts`).
+    """
+
+    BACKLOG_CHUNK = 1000
+    sent = 0
+    ended = False
+
+    @abc.abstractmethod
+    async def stored_lines(self, after: int, limit: int) -> list[dict[str, object]]:
+        """Up to `limit` stored lines after seq `after`, as messages."""
+
+    def after_param(self) -> int:
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        try:
+            return max(0, int(query.get("after", ["0"])[0]))
+        except ValueError:
+            return 0
+
+    async def catch_up(self, until: int | None = None) -> None:
+        """Send stored lines after the last one sent (up to `until`, when given)."""
+        while until is None or self.sent < until:
+            lines = await self.stored_lines(self.sent, self.BACKLOG_CHUNK)
+            if not lines:
+                return
+            for line in lines:
+                await self.send_json(line)
+                self.sent = int(str(line["seq"]))
+            if len(lines) < self.BACKLOG_CHUNK:
+                return
+
+    async def log_lines(self, message: dict[str, Any]) -> None:
+        """A batch of consecutive lines from `first`, already encoded."""
+        if self.ended:
+            return
+        first: int = message["first"]
+        if first > self.sent + 1:
+            await self.catch_up(until=first - 1)
+        for seq, text in enumerate(message["texts"], start=first):
+            if seq == self.sent + 1:
+                await self.send(text_data=text)
+                self.sent = seq

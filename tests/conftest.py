@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -184,6 +185,22 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def read_socket(
+    url: str, token: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 30
+) -> list[dict[str, Any]]:
+    """A websocket's messages, read as the CLI reads them (bearer token), until `until`
+    holds for those read so far; TimeoutError if it does not within `timeout`."""
+    from websockets.sync.client import connect
+
+    read: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {token}"}
+    with connect(url, additional_headers=headers, open_timeout=10) as ws:
+        while not until(read):
+            read.append(json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic()))))
+    return read
 
 
 async def await_until(

@@ -614,6 +614,11 @@ def test_deploy_a_registered_model_move_traffic_and_score_from_the_console(
     expect(page.locator("#console-answer pre")).to_have_text("[1, 0]")
     page.click("text=Show keys")
     expect(page.locator("#keys dt")).to_have_count(2)
+    # Green's page follows its log live: the console's request is there, by instance.
+    page.goto("/workspaces/demo/endpoints/iris-live/green/")
+    served = page.get_by_role("log").locator("span.line", has_text="POST /score")
+    expect(served.first).to_contain_text("[g1-instance-0 inference-server]")
+    expect(page.locator("#log-state")).to_have_text("Live.")
 
 
 BATCH_SCORE = b"""

@@ -8,19 +8,24 @@ from __future__ import annotations
 import collections
 import io
 import json
+import os
 import pickle
+import signal
+import subprocess
 import sys
 import tarfile
+import threading
 
 import httpx
 import pytest
 from django.db import connection
+from websockets.exceptions import InvalidStatus
 
 from endpoints import spec
 from endpoints.models import Deployment, Endpoint
 from registry.models import Model
 from studio.documents import DocumentError
-from tests.conftest import token_for, wait_until
+from tests.conftest import read_socket, token_for, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -442,7 +447,7 @@ def test_a_deployment_that_follows_its_models_latest_version_rolls_to_a_new_one(
 
 
 def test_a_deployment_runs_in_its_own_environment_built_from_its_conda_file(
-    studio, settings, kstudio
+    studio, settings, kstudio, live_studio, people
 ):
     """The model server runs in a virtual environment with the conda file's pip packages
     (toolz here, which the studio itself lacks); the build's log is the
@@ -471,6 +476,54 @@ def test_a_deployment_runs_in_its_own_environment_built_from_its_conda_file(
     built = kstudio("online-deployment", "get-logs", "-n", "blue", "-e", "my-endpoint",
                     "--container", "storage-initializer", check=True).stdout  # fmt: skip
     assert "environment: building inline" in built and "is ready" in built
+    # The same lines, and the model server's, are in the log store: live on the socket,
+    # each saying which instance and container wrote it.
+    socket = (
+        f"{live_studio.url.replace('http', 'ws')}/ws/workspaces/demo/online-endpoints/"
+        "my-endpoint/deployments/blue/logs/"
+    )
+
+    def both(read: list[dict]) -> bool:
+        ready = any("is ready" in m["line"] for m in read if m["instance"] == "g1")
+        return ready and any(m["instance"] == "g1-instance-0" for m in read)
+
+    read = read_socket(socket, token_for(people.contributor), both)
+    assert [m["seq"] for m in read] == list(range(1, len(read) + 1))
+    assert {m["container"] for m in read if m["instance"] == "g1"} == {"storage-initializer"}
+    served = {m["container"] for m in read if m["instance"] == "g1-instance-0"}
+    assert served == {"inference-server"}
+    # The preparation's lines come first: its log was written first.
+    first_served = next(i for i, m in enumerate(read) if m["instance"] == "g1-instance-0")
+    assert all(m["instance"] == "g1" for m in read[:first_served])
+    # Resumed after a seq, it sends only what follows; a stranger is refused.
+    last = len(read) - 1
+    again = read_socket(f"{socket}?after={last}", token_for(people.contributor), lambda r: r != [])
+    assert again[0]["seq"] == last + 1 and again[0]["line"] == read[last]["line"]
+    with pytest.raises(InvalidStatus):
+        read_socket(socket, token_for(people.stranger), lambda r: True)
+    # The CLI follows the same socket: one container's lines, each with its instance.
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "kstudio_cli", "online-deployment", "get-logs", "-n", "blue",
+         "-e", "my-endpoint", "--container", "storage-initializer", "--follow"],
+        env=dict(os.environ, KSTUDIO_URL=live_studio.url, KSTUDIO_WORKSPACE="demo",
+                 KSTUDIO_TOKEN=token_for(people.contributor)),
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    timer = threading.Timer(60, follow.kill)  # a CLI that never says it ends the loop
+    timer.start()
+    try:
+        assert follow.stdout is not None
+        seen = []
+        for line in follow.stdout:
+            seen.append(line)
+            if "is ready" in line:
+                break
+        assert seen and all(line.startswith("[g1] ") for line in seen), seen
+        assert "is ready" in seen[-1]
+    finally:
+        timer.cancel()
+        follow.kill()
+        follow.wait()
     # A package that does not exist: Failed, with Azure-style code and pip's words.
     spec["name"] = "green"
     environment["conda_file"] = {"dependencies": [{"pip": ["no-such-package-kstudio-x"]}]}
@@ -618,3 +671,36 @@ def test_model_servers_left_by_a_killed_runner_are_stopped_and_nothing_else():
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_instance_that_dies_or_hangs_is_restarted_as_a_kubelet_would(studio):
+    """Locally, the runner is the kubelet: an instance that exits, or that fails its
+    liveness probe `failure_threshold` times in a row (here a stopped process), leaves
+    the router's table and a new one takes its place; each restart is in the history."""
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\nauth_mode: key\n"})
+    probe = {"period": 1, "initial_delay": 0, "timeout": 1, "failure_threshold": 2}
+    assert deploy(studio, "blue", liveness_probe=probe).status_code == 201
+    wait_until(lambda: running(studio, "blue"), 60, "blue to serve")
+    studio.patch("online-endpoints/my-endpoint/", json={"traffic": {"blue": 100}})
+    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
+    uri = studio.get("online-endpoints/my-endpoint/").json()["scoring_uri"]
+    auth = {"Authorization": f"Bearer {keys['primaryKey']}"}
+
+    def replaced(old: int, because: str) -> dict:
+        shown = running(studio, "blue")
+        pids = [i["pid"] for i in Deployment.objects.get(name="blue").instances]
+        moved = pids and old not in pids and because in shown["history"][-1]["what"]
+        return shown if moved else {}
+
+    first = Deployment.objects.get(name="blue").instances[0]["pid"]
+    os.killpg(first, signal.SIGKILL)
+    shown = wait_until(lambda: replaced(first, "exited"), 60, "a new instance after the kill")
+    assert shown["history"][-1]["what"] == "instance 0 restarted: it exited with code -9"
+    assert httpx.post(uri, json={"data": [[0.0, 0.1]]}, headers=auth).status_code == 200
+    second = Deployment.objects.get(name="blue").instances[0]["pid"]
+    os.killpg(second, signal.SIGSTOP)  # alive, but answers nothing
+    shown = wait_until(lambda: replaced(second, "liveness"), 60, "a new instance after the hang")
+    assert "failed 2 liveness probes in a row" in shown["history"][-1]["what"]
+    assert httpx.post(uri, json={"data": [[0.0, 0.1]]}, headers=auth).status_code == 200
+    with pytest.raises(ProcessLookupError):  # the hung one was stopped for good
+        os.kill(second, 0)

@@ -18,7 +18,7 @@ import pytest
 
 from endpoints import kube as endpoint_kube
 from endpoints.models import Deployment
-from tests.conftest import code_archive, token_for, wait_until
+from tests.conftest import code_archive, read_socket, token_for, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -128,7 +128,7 @@ def test_rendered_deployment_objects_are_valid_kubernetes(studio, attached):
 
 
 def test_a_deployment_serves_from_pods_and_rolls_an_update_without_a_failed_request(
-    studio, kube, attached
+    studio, kube, attached, live_studio, people
 ):
     assert send(studio, "blue", "blue").status_code == 201
     shown = wait_until(lambda: settled(studio, "blue"), 90, "blue to serve")
@@ -139,7 +139,9 @@ def test_a_deployment_serves_from_pods_and_rolls_an_update_without_a_failed_requ
     kube.api.get(kube.api.kind("", "services"), "team-a", name)
     # Its logs are the pod's containers': the model server, and the download step.
     logs = "online-endpoints/k8s-endpoint/deployments/blue/logs/"
-    assert "model server listening on 127.1." in studio.get(logs).text
+    selector = f"{endpoint_kube.DEPLOYMENT_LABEL}={name}"
+    (pod,) = kube.api.list(kube.api.kind("", "pods"), "team-a", selector)["items"]
+    assert f"model server listening on {pod['status']['podIP']}:" in studio.get(logs).text
     prepared = studio.get(logs, params={"container": "storage-initializer"}).text
     assert "unpacked code.tar.gz" in prepared and "unpacked model.tar.gz" in prepared
     assert studio.patch(
@@ -183,10 +185,40 @@ def test_a_deployment_serves_from_pods_and_rolls_an_update_without_a_failed_requ
         stop.set()
         worker.join()
     assert set(codes) == {200}, codes
-    pods = kube.api.list(
-        kube.api.kind("", "pods"), "team-a", f"kstudio.io/online-deployment={name}"
+
+    def generations(terminating: bool) -> set[str]:
+        pods = kube.api.list(kube.api.kind("", "pods"), "team-a", selector)["items"]
+        return {
+            p["metadata"]["labels"]["kstudio.io/generation"]
+            for p in pods
+            if terminating or not p["metadata"].get("deletionTimestamp")
+        }
+
+    assert generations(terminating=False) == {"2"}
+    # The old pod serves on through its preStop pause, then ends.
+    wait_until(lambda: generations(terminating=True) == {"2"}, 30, "the old pod to end")
+    # Every pod's containers are in the deployment's log store, on its socket.
+    (new_pod,) = kube.api.list(kube.api.kind("", "pods"), "team-a", selector)["items"]
+    socket = (
+        f"{live_studio.url.replace('http', 'ws')}/ws/workspaces/demo/online-endpoints/"
+        "k8s-endpoint/deployments/blue/logs/"
     )
-    assert {p["metadata"]["labels"]["kstudio.io/generation"] for p in pods["items"]} == {"2"}
+    wanted = {
+        (pod["metadata"]["name"], "storage-initializer"),
+        (pod["metadata"]["name"], "inference-server"),
+        (new_pod["metadata"]["name"], "storage-initializer"),
+        (new_pod["metadata"]["name"], "inference-server"),
+    }
+    read = read_socket(
+        socket,
+        token_for(people.contributor),
+        lambda r: wanted <= {(m["instance"], m["container"]) for m in r},
+    )
+    lines = {(m["instance"], m["container"], m["line"]) for m in read}
+    assert (new_pod["metadata"]["name"], "storage-initializer", "unpacked code.tar.gz") in lines
+    listening = f"model server listening on {new_pod['status']['podIP']}:{endpoint_kube.PORT}"
+    assert (new_pod["metadata"]["name"], "inference-server", listening) in lines
+    assert len({m["seq"] for m in read}) == len(read)  # none twice
     maps = kube.api.list(
         kube.api.kind("", "configmaps"), "team-a", f"kstudio.io/online-deployment={name}"
     )
@@ -384,7 +416,11 @@ def test_azures_blue_green_example_deploys_to_kubernetes_and_moves_traffic_witho
                                "-o", "json", check=True).stdout)  # fmt: skip
     assert (shown["instances_running"], shown["provisioning_state"]) == (2, "Succeeded")
     pods = kube.api.list(kube.api.kind("", "pods"), "team-a", "kstudio.io/deployment=blue")
-    assert len([p for p in pods["items"] if p["status"].get("phase") == "Running"]) == 2
+    serving = [
+        p for p in pods["items"]
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]  # fmt: skip
+    assert len(serving) == 2  # (the first generation's pods may still be ending)
     # Green autoscaled under the load (target_utilization): its pods' logs together hold
     # the requests (the CLI shows the first pod's; the API takes ?instance=).
     logs = kstudio("online-deployment", "get-logs", "-n", "green", "-e", "my-endpoint",

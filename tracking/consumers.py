@@ -31,15 +31,7 @@ class RunMetricsConsumer(AccessWatchingConsumer):
         if not await _visible(self.scope.get("user"), kwargs["workspace"], kwargs["run_id"]):
             await self.close()
             return
-        self.group = events.run_group(kwargs["run_id"])
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
-        await self.watch_access()
-
-    async def disconnect(self, code: int) -> None:
-        await self.stop_watching()
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.join(events.run_group(kwargs["run_id"]))
 
     async def still_allowed(self) -> bool:
         kwargs = self.scope["url_route"]["kwargs"]

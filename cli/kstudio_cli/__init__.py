@@ -13,6 +13,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -387,6 +388,20 @@ def job_stream(studio: Studio, name: str) -> None:
 
 
 def _stream(studio: Studio, name: str) -> int:
+    def show(message: dict[str, Any]) -> int | None:
+        if message.get("type") == "end":
+            status = message["status"]
+            click.echo(f"Job {name} ended: {status}", err=True)
+            return 0 if status == "Completed" else 1
+        click.echo(message["line"], err=message["stream"] == "stderr")
+        return None
+
+    return follow_socket(studio, f"/ws/workspaces/{studio.workspace}/jobs/{name}/logs/", show)
+
+
+def follow_socket(studio: Studio, path: str, handle: Callable[[dict[str, Any]], int | None]) -> int:
+    """A log socket's messages, each given to `handle` until it returns an exit code;
+    on a lost connection, resumed after the last line's seq."""
     from websockets.exceptions import ConnectionClosed, InvalidStatus
     from websockets.sync.client import connect
 
@@ -394,18 +409,16 @@ def _stream(studio: Studio, name: str) -> int:
     headers = {"Authorization": f"Bearer {studio.token}"} if studio.token else {}
     failures = 0
     while True:
-        url = studio.ws_url(f"/ws/workspaces/{studio.workspace}/jobs/{name}/logs/?after={last}")
+        url = studio.ws_url(f"{path}?after={last}")
         try:
             with connect(url, additional_headers=headers, open_timeout=10) as ws:
                 failures = 0
                 for raw in ws:
                     message = json.loads(raw)
-                    if message.get("type") == "end":
-                        status = message["status"]
-                        click.echo(f"Job {name} ended: {status}", err=True)
-                        return 0 if status == "Completed" else 1
-                    last = message["seq"]
-                    click.echo(message["line"], err=message["stream"] == "stderr")
+                    last = message.get("seq", last)
+                    code = handle(message)
+                    if code is not None:
+                        return code
         except InvalidStatus as exc:
             fail(f"the studio refused the log stream ({exc.response.status_code})")
         except (ConnectionClosed, OSError) as exc:

@@ -11,7 +11,17 @@ import click
 import httpx
 import yaml
 
-from kstudio_cli import Studio, _archive_folder, _load, emit, fail, main, output_option, pass_studio
+from kstudio_cli import (
+    Studio,
+    _archive_folder,
+    _load,
+    emit,
+    fail,
+    follow_socket,
+    main,
+    output_option,
+    pass_studio,
+)
 from kstudio_cli.assets import _is_local, inline_conda_file
 
 ENDPOINT_COLUMNS = ["name", "auth_mode", "traffic", "provisioning_state", "scoring_uri"]
@@ -386,11 +396,37 @@ def deployment_delete(studio: Studio, name: str, endpoint_name: str, yes: bool) 
     default="inference-server",
     help="The model server's log, or its preparation's (the environment build).",
 )
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Every instance's lines of the container, live, each with the instance that "
+    "wrote it (until interrupted).",
+)
 @pass_studio
 def deployment_logs(
-    studio: Studio, name: str, endpoint_name: str, lines: int, container: str
+    studio: Studio, name: str, endpoint_name: str, lines: int, container: str, follow: bool
 ) -> None:
-    """The last lines of the model server's log."""
+    """The last lines of the model server's log (of its first instance), or, with
+    --follow, every instance's lines as they come."""
     path = _deployment_path(studio, endpoint_name, name) + "logs/"
-    params = {"lines": lines, "container": container}
-    click.echo(studio.request("GET", path, params=params).text, nl=False)
+    if not follow:
+        params = {"lines": lines, "container": container}
+        click.echo(studio.request("GET", path, params=params).text, nl=False)
+        return
+    studio.request("GET", _deployment_path(studio, endpoint_name, name))  # a wrong name, said
+    socket = (
+        f"/ws/workspaces/{studio.workspace}/online-endpoints/{endpoint_name}"
+        f"/deployments/{name}/logs/"
+    )
+    _follow(studio, socket, container)
+
+
+def _follow(studio: Studio, socket: str, container: str) -> None:
+    """A deployment's log socket, printed (it has no end: until interrupted)."""
+
+    def show(message: dict[str, Any]) -> None:
+        if message["container"] == container:
+            click.echo(f"[{message['instance']}] {message['line']}")
+
+    follow_socket(studio, socket, show)

@@ -346,6 +346,34 @@ def parse_stamp(text: str) -> tuple[int, int]:
     return seconds, int((fraction + "000000000")[:9]) if fraction else 0
 
 
+def lines_after(
+    raw_lines: list[bytes], after: str, seen: int, skip: int
+) -> tuple[list[tuple[str, str]], str, int, int]:
+    """The new lines of a pod log read with timestamps, from a little before the last
+    line taken (`after`, of which `seen` lines share its timestamp): lines older than it
+    are dropped and `skip` of those at exactly it. Returns the (timestamp, line) pairs
+    kept, the new `after` and `seen`, and how many are still to be skipped."""
+    taken = []
+    last = parse_stamp(after) if after else None
+    for raw in raw_lines:
+        stamp_text, _, line = raw.decode("utf-8", errors="replace").rstrip("\r").partition(" ")
+        try:
+            at = parse_stamp(stamp_text)
+        except ValueError:
+            continue
+        if last is not None and at < last:
+            continue
+        if last is not None and at == last and skip > 0:
+            skip -= 1
+            continue
+        taken.append((stamp_text, line))
+        if last is not None and at == last:
+            seen += 1
+        else:
+            after, seen, last = stamp_text, 1, at
+    return taken, after, seen, skip
+
+
 @dataclass
 class Follower:
     """One pod's container log, streamed in a thread: lines wait in `lines` until the
@@ -654,27 +682,12 @@ class KubernetesBackend(ComputeBackend):
     def _take(self, follower: Follower, raw_lines: list[bytes], skip: int) -> int:
         """Keep the new lines of a (re)connected stream; returns how many lines at the
         resume point are still to be skipped."""
-        taken = []
-        last = parse_stamp(follower.after) if follower.after else None
-        for raw in raw_lines:
-            stamp_text, _, line = raw.decode("utf-8", errors="replace").rstrip("\r").partition(" ")
-            try:
-                at = parse_stamp(stamp_text)
-            except ValueError:
-                continue
-            if last is not None and at < last:
-                continue
-            if last is not None and at == last and skip > 0:
-                skip -= 1
-                continue
-            taken.append((stamp_text, line))
-            if last is not None and at == last:
-                follower.seen += 1
-            else:
-                follower.after, follower.seen, last = stamp_text, 1, at
+        with follower.lock:
+            taken, follower.after, follower.seen, skip = lines_after(
+                raw_lines, follower.after, follower.seen, skip
+            )
+            follower.lines.extend(taken)
         if taken:
-            with follower.lock:
-                follower.lines.extend(taken)
             self._tell({follower.job})
         return skip
 

@@ -1,4 +1,4 @@
-// Live parts of the studio: a job's log over its websocket, and job status changes
+// Live parts of the studio: a job's or a deployment's log over its websocket, and job status changes
 // from the workspace socket, which ask htmx to refresh the affected rows and panels.
 (function () {
   "use strict";
@@ -53,6 +53,12 @@
       text.className = "text";
       text.textContent = msg.line + "\n";
       line.appendChild(ts);
+      if (msg.instance) {  // a deployment's line: which instance and container wrote it
+        var source = document.createElement("span");
+        source.className = "source";
+        source.textContent = "[" + msg.instance + " " + msg.container + "] ";
+        line.appendChild(source);
+      }
       line.appendChild(text);
       if (!matches(msg.line)) line.classList.add("hidden");
       return line;
