@@ -124,6 +124,33 @@ def test_more_failed_files_than_the_error_threshold_stops_the_job(python, tmp_pa
     assert "ERROR: 2 files failed, more than error_threshold 1; stopping" in result.stdout
 
 
+def test_an_mlflow_model_scores_csv_files_without_a_scoring_script(tmp_path):
+    """Azure's no-code batch deployment: each file is read as a table and the model's
+    predictions are rows of the output, the file's name first. (Parquet files take
+    pyarrow in the deployment's environment, which the studio's own does not have.)"""
+    import mlflow.sklearn
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    fitted = LogisticRegression().fit(
+        pd.DataFrame({"a": [0.0, 1.0, 0.1, 0.9], "b": [0.0, 1.0, 0.0, 1.0]}), [0, 1, 0, 1]
+    )
+    mlflow.sklearn.save_model(fitted, str(tmp_path / "model" / "clf"))
+    code = driver_folder(tmp_path, scoring_script=None, mini_batch_size=2)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "low.csv").write_text("a,b\n0.0,0.0\n0.1,0.1\n")
+    (data / "high.csv").write_text("a,b\n1.0,0.9\n")
+    result = subprocess.run(
+        [sys.executable, str(code / "_kstudio_batch.py"), "--data", str(data),
+         "--output", str(tmp_path / "out"), "--model", str(tmp_path / "model")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = sorted((tmp_path / "out" / "predictions.csv").read_text().splitlines())
+    assert rows == ["high.csv 1", "low.csv 0", "low.csv 0"]
+
+
 def test_a_failing_init_fails_the_job_with_its_traceback(tmp_path):
     script = (
         "def init():\n    raise OSError('no model here')\n\ndef run(batch):\n    return batch\n"
