@@ -7,7 +7,8 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +120,27 @@ def api_client(cluster: Cluster) -> client.ApiClient:
         raise_on_status=False,
     )
     return client.ApiClient(configuration)
+
+
+# Frequent callers (the deployment runner and its log reader) share one client per
+# cluster: connections are kept between calls, and the kubeconfig is read and decrypted
+# once per version of the cluster's record, and again every SHARED_SECONDS (credentials
+# that expire, as exec plugins' tokens do, are fetched anew).
+SHARED_SECONDS = 300.0
+_shared: dict[int, tuple[float, float, client.ApiClient]] = {}
+_shared_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def shared_client(cluster: Cluster) -> Iterator[client.ApiClient]:
+    """The cluster's shared client, for one use (it is not closed after: others share
+    it; a replaced one goes with its last user)."""
+    version, now = cluster.updated_at.timestamp(), time.monotonic()
+    with _shared_lock:
+        found = _shared.get(cluster.pk)
+        if found is None or found[0] != version or now - found[1] > SHARED_SECONDS:
+            found = _shared[cluster.pk] = (version, now, api_client(cluster))
+    yield found[2]
 
 
 def in_words(exc: Exception) -> str:

@@ -353,12 +353,9 @@ def render(
 def apply(deployment: Deployment, target: ComputeTarget, replicas: int | None = None) -> None:
     """Create, roll or scale the deployment's objects (server-side apply: idempotent)."""
     assert target.cluster is not None
-    api = kube.api_client(target.cluster)
-    try:
+    with kube.shared_client(target.cluster) as api:
         for obj in render(deployment, target, replicas):
             extension.apply(api, obj)
-    finally:
-        api.close()
 
 
 @dataclass
@@ -413,8 +410,7 @@ def observe(deployment: Deployment, target: ComputeTarget) -> Seen:
     assert target.cluster is not None
     namespace = target.namespace or "default"
     name = names(deployment)
-    api = kube.api_client(target.cluster)
-    try:
+    with kube.shared_client(target.cluster) as api:
         apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
         try:
             workload = api.sanitize_for_serialization(
@@ -429,8 +425,6 @@ def observe(deployment: Deployment, target: ComputeTarget) -> Seen:
         pods = api.sanitize_for_serialization(
             core.list_namespaced_pod(namespace, label_selector=f"{DEPLOYMENT_LABEL}={name}")
         )["items"]
-    finally:
-        api.close()
     generation = str(deployment.generation)
     wanted = int(workload["spec"].get("replicas") or 0)
     new = [p for p in pods if p["metadata"]["labels"].get(GENERATION_LABEL) == generation]
@@ -474,8 +468,7 @@ def remove(
     assert target.cluster is not None
     namespace = target.namespace or "default"
     name = names(deployment)
-    api = kube.api_client(target.cluster)
-    try:
+    with kube.shared_client(target.cluster) as api:
         core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
         maps = core.list_namespaced_config_map(
             namespace, label_selector=f"{DEPLOYMENT_LABEL}={name}"
@@ -490,8 +483,6 @@ def remove(
             _quietly(apps.delete_namespaced_deployment, name, namespace,
                      propagation_policy="Foreground")  # fmt: skip
             _quietly(core.delete_namespaced_service, name, namespace)
-    finally:
-        api.close()
 
 
 def _quietly(call: Any, *args: Any, **kwargs: Any) -> None:
@@ -509,8 +500,7 @@ def log_tail(
     assert target.cluster is not None
     namespace = target.namespace or "default"
     selector = f"{DEPLOYMENT_LABEL}={names(deployment)},{GENERATION_LABEL}={deployment.generation}"
-    api = kube.api_client(target.cluster)
-    try:
+    with kube.shared_client(target.cluster) as api:
         core = client.CoreV1Api(api)
         listed = core.list_namespaced_pod(namespace, label_selector=selector).items
         pods = sorted(str(p.metadata.name) for p in listed if p.metadata)
@@ -528,8 +518,6 @@ def log_tail(
             if exc.status == 400:  # the container has not started yet: no log
                 return ""
             raise
-    finally:
-        api.close()
 
 
 # -- reaching it -------------------------------------------------------------------------------
@@ -559,11 +547,8 @@ def proxy_url(deployment: Deployment, target: ComputeTarget) -> str:
 
 def access_host(target: ComputeTarget) -> str:
     assert target.cluster is not None
-    api = kube.api_client(target.cluster)
-    try:
+    with kube.shared_client(target.cluster) as api:
         return str(api.configuration.host)
-    finally:
-        api.close()
 
 
 def access(target: ComputeTarget) -> Access:
@@ -575,8 +560,7 @@ def access(target: ComputeTarget) -> Access:
     found = _access.get(key)
     if found is not None:
         return found
-    api = kube.api_client(cluster)
-    try:
+    with kube.shared_client(cluster) as api:
         config = api.configuration
         token = (config.api_key or {}).get("authorization") or (config.api_key or {}).get(
             "BearerToken"
@@ -594,5 +578,3 @@ def access(target: ComputeTarget) -> Access:
                 tls.load_cert_chain(config.cert_file, config.key_file)
         found = _access[key] = Access(headers, tls)
         return found
-    finally:
-        api.close()

@@ -141,10 +141,9 @@ def _from_pods(deployment: Deployment, cursors: dict[str, Any]) -> list[Line]:
     target = deployment.endpoint.compute
     assert target.cluster is not None
     namespace = target.namespace or "default"
-    api = kube_client.api_client(target.cluster)
     lines: list[Line] = []
     present = set()
-    try:
+    with kube_client.shared_client(target.cluster) as api:
         core = client.CoreV1Api(api)
         selector = f"{kube.DEPLOYMENT_LABEL}={kube.names(deployment)}"
         for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
@@ -193,8 +192,6 @@ def _from_pods(deployment: Deployment, cursors: dict[str, Any]) -> list[Line]:
                 for stamp, text in taken:
                     seconds, nanos = parse_stamp(stamp)
                     lines.append(Line(seconds + nanos / 1e9, name, each.name, text))
-    finally:
-        api.close()
     for gone in set(cursors) - present:
         del cursors[gone]
     lines.sort(key=lambda each: each.ts)
