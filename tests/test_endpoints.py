@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -272,24 +273,13 @@ def example_tree(tmp_path, compat):
     return tmp_path
 
 
-def test_azures_blue_green_example_deploys_and_moves_traffic_without_a_failed_request(
-    kstudio, tmp_path, settings
-):
-    import threading
-    from pathlib import Path
-
-    compat = Path(__file__).resolve().parents[2] / "shared" / "compat" / "azureml-examples"
-    if not compat.is_dir():
-        pytest.skip("shared/compat is not beside the checkout")
-    # The example's environment (numpy, scikit-learn, Azure's inference server...) is
-    # built from the host's package index, once per checkout: both run modes reuse it.
-    settings.STUDIO_ENVIRONMENTS_DIR = (
-        Path(__file__).resolve().parents[1] / "var" / "test-environments"
-    )
-    tree = example_tree(tmp_path, compat)
+def walk_azures_blue_green_example(kstudio, tree: Path, compute: str) -> None:
+    """Azure's safe rollout with its own files, from the CLI: blue takes all traffic,
+    green joins, traffic moves 90/10, 50/50, then all to green while blue is rolled to two
+    instances; a client scoring all the while never gets a failure."""
     k8s = tree / "kubernetes"
     kstudio("online-endpoint", "create", "-f", str(k8s / "kubernetes-endpoint.yml"),
-            "--set", "compute=azureml:local", check=True)  # fmt: skip
+            "--set", f"compute=azureml:{compute}", check=True)  # fmt: skip
     kstudio("online-deployment", "create", "-f", str(k8s / "kubernetes-blue-deployment.yml"),
             "--all-traffic", check=True)  # fmt: skip
     invoked = kstudio("online-endpoint", "invoke", "-n", "my-endpoint", "--request-file",
@@ -302,7 +292,6 @@ def test_azures_blue_green_example_deploys_and_moves_traffic_without_a_failed_re
     assert uri.endswith("/api/v1/endpoint/my-endpoint/score")
     key = json.loads(kstudio("online-endpoint", "get-credentials", "-n", "my-endpoint",
                              check=True).stdout)["primaryKey"]  # fmt: skip
-    # Score all the while traffic moves and blue is rolled to two instances.
     answers: list[tuple[int, str, object]] = []
     done = threading.Event()
 
@@ -320,9 +309,8 @@ def test_azures_blue_green_example_deploys_and_moves_traffic_without_a_failed_re
         for split in ("blue=90 green=10", "blue=50 green=50"):
             kstudio("online-endpoint", "update", "-n", "my-endpoint", "--traffic", split,
                     check=True)  # fmt: skip
-            wait_until(lambda: len(answers) > 40, 60, "some answers")
-            answers_before = len(answers)
-            wait_until(lambda n=answers_before: len(answers) > n + 40, 60, "more answers")
+            before = len(answers)
+            wait_until(lambda n=before: len(answers) > n + 40, 60, "answers")
         kstudio("online-deployment", "update", "-f", str(k8s / "kubernetes-blue-deployment.yml"),
                 "--set", "instance_count=2", check=True)  # fmt: skip
         kstudio("online-endpoint", "update", "-n", "my-endpoint", "--traffic",
@@ -334,13 +322,27 @@ def test_azures_blue_green_example_deploys_and_moves_traffic_without_a_failed_re
         caller.join(60)
     failed = [a for a in answers if a[0] != 200]
     assert not failed, failed[:5]
-    seen = {name for _, name, _ in answers}
-    assert seen == {"blue", "green"}
+    assert {name for _, name, _ in answers} == {"blue", "green"}
     assert {name for _, name, _ in answers[-10:]} == {"green"}
     assert answers[-1][2] == pytest.approx([110.0, 110.0])  # model-2 doubles
     shown = json.loads(kstudio("online-deployment", "show", "-n", "blue", "-e", "my-endpoint",
                                "-o", "json", check=True).stdout)  # fmt: skip
     assert (shown["instances_running"], shown["provisioning_state"]) == (2, "Succeeded")
+
+
+def test_azures_blue_green_example_deploys_and_moves_traffic_without_a_failed_request(
+    kstudio, tmp_path, settings
+):
+
+    compat = Path(__file__).resolve().parents[2] / "shared" / "compat" / "azureml-examples"
+    if not compat.is_dir():
+        pytest.skip("shared/compat is not beside the checkout")
+    # The example's environment (numpy, scikit-learn, Azure's inference server...) is
+    # built from the host's package index, once per checkout: both run modes reuse it.
+    settings.STUDIO_ENVIRONMENTS_DIR = (
+        Path(__file__).resolve().parents[1] / "var" / "test-environments"
+    )
+    walk_azures_blue_green_example(kstudio, example_tree(tmp_path, compat), "local")
     kstudio("online-deployment", "delete", "-n", "blue", "-e", "my-endpoint", check=True)
     logs = kstudio("online-deployment", "get-logs", "-n", "green", "-e", "my-endpoint",
                    "--lines", "3", check=True).stdout  # fmt: skip

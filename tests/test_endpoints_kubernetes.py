@@ -351,7 +351,7 @@ def test_azures_blue_green_example_deploys_to_kubernetes_and_moves_traffic_witho
     from pathlib import Path
 
     from compute import clusters
-    from tests.test_endpoints import example_tree
+    from tests.test_endpoints import example_tree, walk_azures_blue_green_example
 
     compat = Path(__file__).resolve().parents[2] / "shared" / "compat" / "azureml-examples"
     if not compat.is_dir():
@@ -365,56 +365,7 @@ def test_azures_blue_green_example_deploys_to_kubernetes_and_moves_traffic_witho
     (Path(kube.volumes) / "team-a").mkdir(parents=True, exist_ok=True)
     (Path(kube.volumes) / "team-a" / "kstudio-environments").symlink_to(cache)
     tree = example_tree(tmp_path, compat)
-    k8s = tree / "kubernetes"
-    kstudio("online-endpoint", "create", "-f", str(k8s / "kubernetes-endpoint.yml"),
-            "--set", "compute=azureml:k8s", check=True)  # fmt: skip
-    kstudio("online-deployment", "create", "-f", str(k8s / "kubernetes-blue-deployment.yml"),
-            "--all-traffic", check=True)  # fmt: skip
-    invoked = kstudio("online-endpoint", "invoke", "-n", "my-endpoint", "--request-file",
-                      str(tree / "sample-request.json"), check=True)  # fmt: skip
-    assert json.loads(invoked.stdout) == pytest.approx([55.0, 55.0])
-    kstudio("online-deployment", "create", "-f", str(k8s / "kubernetes-green-deployment.yml"),
-            check=True)  # fmt: skip
-    uri = kstudio("online-endpoint", "show", "-n", "my-endpoint", "--query", "scoring_uri",
-                  "-o", "tsv", check=True).stdout.strip()  # fmt: skip
-    key = json.loads(kstudio("online-endpoint", "get-credentials", "-n", "my-endpoint",
-                             check=True).stdout)["primaryKey"]  # fmt: skip
-    answers: list[tuple[int, str, object]] = []
-    done = threading.Event()
-
-    def score() -> None:
-        with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
-            while not done.is_set():
-                r = http.post(uri, content=(tree / "sample-request.json").read_bytes(),
-                              headers={"Content-Type": "application/json"})  # fmt: skip
-                answers.append((r.status_code, r.headers.get("azureml-model-deployment", ""),
-                                r.json() if r.status_code == 200 else r.text))  # fmt: skip
-
-    caller = threading.Thread(target=score)
-    caller.start()
-    try:
-        for split in ("blue=90 green=10", "blue=50 green=50"):
-            kstudio("online-endpoint", "update", "-n", "my-endpoint", "--traffic", split,
-                    check=True)  # fmt: skip
-            before = len(answers)
-            wait_until(lambda n=before: len(answers) > n + 40, 60, "answers")
-        kstudio("online-deployment", "update", "-f", str(k8s / "kubernetes-blue-deployment.yml"),
-                "--set", "instance_count=2", check=True)  # fmt: skip
-        kstudio("online-endpoint", "update", "-n", "my-endpoint", "--traffic",
-                "blue=0 green=100", check=True)  # fmt: skip
-        settled = len(answers)
-        wait_until(lambda: len(answers) > settled + 40, 60, "answers after the move")
-    finally:
-        done.set()
-        caller.join(60)
-    failed = [a for a in answers if a[0] != 200]
-    assert not failed, failed[:5]
-    assert {name for _, name, _ in answers} == {"blue", "green"}
-    assert {name for _, name, _ in answers[-10:]} == {"green"}
-    assert answers[-1][2] == pytest.approx([110.0, 110.0])  # model-2 doubles
-    shown = json.loads(kstudio("online-deployment", "show", "-n", "blue", "-e", "my-endpoint",
-                               "-o", "json", check=True).stdout)  # fmt: skip
-    assert (shown["instances_running"], shown["provisioning_state"]) == (2, "Succeeded")
+    walk_azures_blue_green_example(kstudio, tree, "k8s")
     pods = kube.api.list(kube.api.kind("", "pods"), "team-a", "kstudio.io/deployment=blue")
     serving = [
         p for p in pods["items"]
