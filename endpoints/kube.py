@@ -145,8 +145,15 @@ def _probe(settings_: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def resources_of(deployment: Deployment, target: ComputeTarget) -> dict[str, Any]:
+    """A pod's (or a local instance's) requests and limits: the deployment's own
+    resources when it gives them, else its instance type's (defaultinstancetype when it
+    names none)."""
+    wanted = deployment.document.get("instance_type") or DEFAULT_INSTANCE_TYPE
+    return _resources(deployment, target.instance_types().filter(name=wanted).first())
+
+
 def _resources(deployment: Deployment, instance_type: InstanceType | None) -> dict[str, Any]:
-    """The deployment's own resources when it gives them, else its instance type's."""
     own = deployment.document.get("resources")
     source = own if own else (instance_type.resources if instance_type else {})
     out: dict[str, Any] = {}

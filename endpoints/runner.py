@@ -17,7 +17,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -39,6 +41,7 @@ from django.utils import timezone
 from compute import kube as kube_client
 from compute.launcher import Launcher, LaunchError
 from compute.models import ComputeKind
+from compute.resources import quantity
 from endpoints import autoscale, kube, logs, server, services, spec, traffic
 from endpoints.models import Deployment, Endpoint, State
 from registry import services as registry
@@ -54,8 +57,37 @@ CRASH_LOOP_SECONDS = 600
 LOG_TAIL_BYTES = 64 * 1024
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What of a deployment's `resources.limits` this host enforces, as for local jobs:
+    memory as each process's data-size limit (RLIMIT_DATA), CPUs as an affinity to as many
+    whole cores."""
+
+    memory: int | None = None
+    cpus: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, resources: dict[str, Any]) -> Limits:
+        limits = resources.get("limits") or {}
+        memory = int(quantity(limits["memory"])) if limits.get("memory") else None
+        cpus: tuple[int, ...] = ()
+        if limits.get("cpu") and hasattr(os, "sched_setaffinity"):
+            host = sorted(os.sched_getaffinity(0))
+            cpus = tuple(host[: max(1, math.ceil(quantity(limits["cpu"])))])
+        return cls(memory, cpus)
+
+    def apply(self, pid: int) -> None:
+        """Set on a process just started (from here: no code runs in the child between
+        fork and exec, which a threaded program must avoid); the worker processes it
+        forks later inherit them."""
+        if self.memory:
+            resource.prlimit(pid, resource.RLIMIT_DATA, (self.memory, self.memory))
+        if self.cpus:
+            os.sched_setaffinity(pid, self.cpus)
+
+
 def start_instance(
-    python: str, env: dict[str, str], folder: Path, index: int
+    python: str, env: dict[str, str], folder: Path, index: int, limits: Limits = Limits()
 ) -> tuple[subprocess.Popen[bytes], str]:
     """One model server on a free loopback port, its output in instance-<index>.log."""
     port = free_port()
@@ -69,6 +101,12 @@ def start_instance(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    try:
+        limits.apply(process.pid)
+    except (OSError, ValueError):
+        process.kill()
+        process.wait()
+        raise
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -90,6 +128,7 @@ class Rollout:
     deadline: float
     preparing: Future[tuple[dict[str, str], str]] | None = None
     spawned: bool = False
+    limits: Limits = Limits()
 
 
 @dataclass
@@ -102,6 +141,7 @@ class Running:
     python: str = ""
     env: dict[str, str] = field(default_factory=dict)
     folder: Path | None = None
+    limits: Limits = Limits()
     starting: list[tuple[subprocess.Popen[bytes], str]] = field(default_factory=list)
     # The liveness probe's count of failures in a row and when it next looks, by pid;
     # and when instances were restarted (too many too fast: a crash loop).
@@ -360,8 +400,9 @@ class Runner:
         )
         rollout.deadline = time.monotonic() + budget
         rollout.spawned = True
+        rollout.limits = Limits.of(kube.resources_of(deployment, deployment.endpoint.compute))
         for index in range(count):
-            process, url = start_instance(python, env, folder, index)
+            process, url = start_instance(python, env, folder, index, rollout.limits)
             rollout.processes.append(process)
             rollout.urls.append(url)
             rollout.logs.append(folder / f"instance-{index}.log")
@@ -481,6 +522,7 @@ class Runner:
                 python=python,
                 env=env,
                 folder=self.root / str(deployment.pk) / str(rollout.generation),
+                limits=rollout.limits,
             )
             log.info("deployment %s: generation %d serves", deployment, rollout.generation)
         elif time.monotonic() > rollout.deadline:
@@ -635,7 +677,7 @@ class Runner:
         current = len(running.processes) + len(running.starting)
         for index in range(current, replicas):
             running.starting.append(
-                start_instance(running.python, running.env, running.folder, index)
+                start_instance(running.python, running.env, running.folder, index, running.limits)
             )
         while len(running.processes) + len(running.starting) > max(1, replicas):
             if running.starting:
@@ -668,7 +710,9 @@ class Runner:
             )
             return False
         assert running.folder is not None
-        running.starting.append(start_instance(running.python, running.env, running.folder, index))
+        running.starting.append(
+            start_instance(running.python, running.env, running.folder, index, running.limits)
+        )
         return True
 
     def scaled_up(self, deployment: Deployment, running: Running) -> None:

@@ -706,3 +706,31 @@ def test_an_instance_that_dies_or_hangs_is_restarted_as_a_kubelet_would(studio):
     assert httpx.post(uri, json={"data": [[0.0, 0.1]]}, headers=auth).status_code == 200
     with pytest.raises(ProcessLookupError):  # the hung one was stopped for good
         os.kill(second, 0)
+
+
+def test_a_local_deployment_is_held_to_its_resource_limits(studio):
+    """As for local jobs: limits.memory is each model server process's data-size limit
+    (an allocation past it fails, and run() says so with a 502), limits.cpu pins it to
+    as many cores."""
+    script = (
+        b"import os\n\ndef init():\n    pass\n\ndef run(raw):\n"
+        b"    size = int(raw) * 2**20\n    data = bytearray(size)\n"
+        b"    return {'cores': len(os.sched_getaffinity(0)), 'allocated': len(data)}\n"
+    )
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
+    spec = {"name": "blue", "endpoint_name": "my-endpoint",
+            "code_configuration": {"code": ".", "scoring_script": "score.py"},
+            "resources": {"requests": {"cpu": "100m", "memory": "100Mi"},
+                          "limits": {"cpu": "1", "memory": "300Mi"}}}  # fmt: skip
+    made = studio.post("online-endpoints/my-endpoint/deployments/", params={"all_traffic": "true"},
+                       data={"spec": json.dumps(spec)},
+                       files={"code": ("c.tar.gz", archive({"score.py": script}))})  # fmt: skip
+    assert made.status_code == 201, made.text
+    wait_until(lambda: running(studio, "blue"), 60, "blue to serve")
+    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
+    uri = studio.get("online-endpoints/my-endpoint/").json()["scoring_uri"]
+    auth = {"Authorization": f"Bearer {keys['primaryKey']}"}
+    small = httpx.post(uri, content=b"10", headers=auth)
+    assert small.json() == {"cores": 1, "allocated": 10 * 2**20}, small.text
+    big = httpx.post(uri, content=b"500", headers=auth)
+    assert big.status_code == 502 and "MemoryError" in big.text, big.text
