@@ -294,14 +294,29 @@ def distribution_environment(distribution: dict[str, Any] | None, env: Any) -> d
 
 
 # Runs the job's command (in $KSTUDIO_COMMAND) once per process of the instance, each
-# with its own LOCAL_RANK and RANK, and ends with the first failure's status.
+# with its own LOCAL_RANK and RANK, and ends with the first failure's status. The first
+# process to fail stops the others (the rest of the process group this shell leads: the
+# launcher starts it in one of its own), as torchrun does: they would otherwise wait for
+# their lost peer until the job's timeout. Their SIGTERM ends (143) do not hide its status.
 PER_PROCESS = """\
-status=0; pids=""; i=0
+status=0; pids=""; i=0; leader=$$
 while [ "$i" -lt "$KSTUDIO_PROCESSES" ]; do
-  LOCAL_RANK=$i RANK=$((NODE_RANK * KSTUDIO_PROCESSES + i)) "$0" -c "$KSTUDIO_COMMAND" &
+  (LOCAL_RANK=$i RANK=$((NODE_RANK * KSTUDIO_PROCESSES + i)) "$0" -c "$KSTUDIO_COMMAND"
+   code=$?
+   if [ "$code" -ne 0 ]; then
+     echo "a process of this instance exited with $code: stopping the others" >&2
+     trap '' TERM; kill -s TERM -- "-$leader" 2>/dev/null
+   fi
+   exit "$code") &
   pids="$pids $!"; i=$((i + 1))
 done
-for pid in $pids; do wait "$pid"; code=$?; [ "$status" -eq 0 ] && status=$code; done
+trap '' TERM  # this shell waits; the processes started above keep SIGTERM's default
+for pid in $pids; do
+  wait "$pid"; code=$?
+  if [ "$code" -ne 0 ] && { [ "$status" -eq 0 ] || [ "$status" -eq 143 ]; }; then
+    status=$code
+  fi
+done
 exit "$status"
 """
 

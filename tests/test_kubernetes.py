@@ -874,6 +874,16 @@ def test_several_processes_per_instance_each_get_their_rank(attached, workspace,
     failing = text.replace("echo rank $RANK local $LOCAL_RANK of $WORLD_SIZE", "exit $RANK")
     job = finished(services.submit_yaml(workspace, people.contributor, failing, {}))
     assert job.status == "Failed"  # rank 1 exits 1 (and ranks 2, 3 too): the job fails
+    # One process failing stops its instance's others, which would wait for it for ever.
+    waiting = text.replace(
+        "echo rank $RANK local $LOCAL_RANK of $WORLD_SIZE",
+        "if [ $LOCAL_RANK = 1 ]; then exit 3; fi; sleep 600",
+    )
+    job = finished(services.submit_yaml(workspace, people.contributor, waiting, {}), 60)
+    assert job.status == "Failed" and "3" in job.failure_reason, job.failure_reason
+    assert "a process of this instance exited with 3: stopping the others" in "\n".join(
+        lines_of(job)
+    )
 
 
 def test_two_workspaces_share_a_namespace_and_a_job_name_without_colliding(

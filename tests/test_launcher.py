@@ -110,3 +110,29 @@ def test_old_pythons_refuse_what_the_data_filter_refuses(tmp_path):
         pytest.raises(launcher.LaunchError, match="links out"),
     ):
         launcher.safe_members(tar, str(tmp_path))
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_one_failed_process_of_an_instance_stops_the_others_with_its_status(shell):
+    """Several processes per instance: each its RANK; the first to fail ends the rest (which
+    would wait for their peer for ever) and its status, not their SIGTERM's, is the
+    instance's. Under dash as under bash (images differ)."""
+    if not os.path.exists(shell):
+        pytest.skip(f"no {shell} here")
+    command, extra = launcher.per_process(
+        "if [ $LOCAL_RANK = 1 ]; then exit 3; fi; sleep 60; echo rank $RANK slept",
+        {"process_count_per_instance": 3},
+    )
+    env = {"PATH": "/usr/bin:/bin", "KSTUDIO_PROCESSES": "3", "NODE_RANK": "1", **extra}
+    ended = subprocess.run(
+        [shell, "-c", command], env=env, capture_output=True, text=True, timeout=30,
+        start_new_session=True,  # as the launcher starts it: a process group of its own
+    )  # fmt: skip
+    assert ended.returncode == 3
+    assert "a process of this instance exited with 3: stopping the others" in ended.stderr
+    assert "slept" not in ended.stdout
+    ranks = launcher.per_process("echo $RANK $LOCAL_RANK", {"process_count_per_instance": 3})
+    env["KSTUDIO_COMMAND"] = ranks[1]["KSTUDIO_COMMAND"]
+    done = subprocess.run([shell, "-c", ranks[0]], env=env, capture_output=True, text=True,
+                          timeout=30, start_new_session=True)  # fmt: skip
+    assert (done.returncode, sorted(done.stdout.splitlines())) == (0, ["3 0", "4 1", "5 2"])
