@@ -7,20 +7,27 @@ from typing import Any
 
 import yaml
 from django.contrib import messages
-from django.forms import Form
+from django.forms import BaseForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from compute import clusters, instance_types
-from compute.forms import AttachForm, ClusterForm, ExtensionForm, InstanceTypeYamlForm
-from compute.models import Cluster
+from compute.forms import (
+    AttachForm,
+    ClusterForm,
+    ExtensionForm,
+    InstanceTypeForm,
+    InstanceTypeYamlForm,
+)
+from compute.models import Cluster, InstanceType
 from compute.views import it_ops_required
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
 
 
-def _show_errors(form: Form, errors: FieldErrors) -> None:
+def _show_errors(form: BaseForm, errors: FieldErrors) -> None:
     for field, message in errors.errors:
         form.add_error(field if field in form.fields else None, f"{field}: {message}")
 
@@ -131,6 +138,44 @@ def cluster_instance_types(request: HttpRequest, name: str) -> HttpResponse:
                 messages.warning(request, f"{type_name}: {said}")
             return redirect("compute:cluster", name)
     return cluster_detail(request, name, instance_type_form=form, status=400)
+
+
+@it_ops_required
+def cluster_instance_type_edit(
+    request: HttpRequest, name: str, instance_type: str | None = None
+) -> HttpResponse:
+    """One of the cluster's instance types, field by field: saved in the cluster first
+    (as an InstanceType object), then here; the fit check's warnings shown."""
+    cluster = get_object_or_404(Cluster, name=name)
+    row = (
+        get_object_or_404(InstanceType, cluster=cluster, name=instance_type)
+        if instance_type
+        else None
+    )
+    form = InstanceTypeForm(request.POST or None, instance=row, cluster=cluster)
+    if request.method == "POST" and form.is_valid():
+        try:
+            saved = instance_types.save(
+                cluster, form.instance.name, form.instance.node_selector,
+                form.instance.resources, form.cleaned_data.get("description") or "",
+            )  # fmt: skip
+        except FieldErrors as errors:
+            _show_errors(form, errors)
+        else:
+            messages.success(request, f"Instance type {saved.name} saved in {name}.")
+            for type_name, said in instance_types.fit_warnings(cluster, [saved]).items():
+                messages.warning(request, f"{type_name}: {said}")
+            return redirect("compute:cluster", name)
+    context = {
+        "form": form,
+        "title": f"Instance type {instance_type} of {name}"
+        if instance_type
+        else f"New instance type in {name}",
+        "cancel": reverse("compute:cluster", args=[name]),
+    }
+    return render(
+        request, "compute/form.html", context, status=400 if request.method == "POST" else 200
+    )
 
 
 @it_ops_required

@@ -63,8 +63,11 @@ class InstanceTypeForm(forms.ModelForm[InstanceType]):
         model = InstanceType
         fields = ("name", "description")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, cluster: Cluster | None = None, **kwargs: Any) -> None:
+        """`cluster`: one of a cluster's set (saved there by the view), else the local
+        host's."""
         super().__init__(*args, **kwargs)
+        self.cluster = cluster
         if self.instance.pk:
             self.fields["name"].disabled = True
             if self.instance.node_selector:
@@ -77,9 +80,9 @@ class InstanceTypeForm(forms.ModelForm[InstanceType]):
                     self.fields[field].initial = value
 
     def clean_name(self) -> str:
-        """Unique within the local host's set (a cluster may have the same name)."""
+        """Unique within its set (the local host's, or its cluster's)."""
         name: str = self.cleaned_data["name"]
-        taken = InstanceType.objects.filter(cluster=None, name=name)
+        taken = InstanceType.objects.filter(cluster=self.cluster, name=name)
         if self.instance.pk:
             taken = taken.exclude(pk=self.instance.pk)
         if taken.exists():
@@ -88,10 +91,12 @@ class InstanceTypeForm(forms.ModelForm[InstanceType]):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        resources: dict[str, dict[str, str]] = {}
+        resources: dict[str, dict[str, Any]] = {}
         for section, resource, field in QUANTITY_FIELDS:
-            value = (data.get(field) or "").strip()
-            if value:
+            value: Any = (data.get(field) or "").strip()
+            if resource == "nvidia.com/gpu" and value.isdigit():
+                value = int(value)  # a count: the CRD's schema takes an integer
+            if value != "":
                 resources.setdefault(section, {})[resource] = value
         try:
             validate_resources(resources)

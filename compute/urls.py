@@ -27,6 +27,16 @@ urlpatterns = [
         name="cluster-instance-types",
     ),
     path(
+        "clusters/<str:name>/instance-types/new/",
+        cluster_views.cluster_instance_type_edit,
+        name="cluster-instance-type-new",
+    ),
+    path(
+        "clusters/<str:name>/instance-types/<str:instance_type>/edit/",
+        cluster_views.cluster_instance_type_edit,
+        name="cluster-instance-type-edit",
+    ),
+    path(
         "clusters/<str:name>/instance-types/<str:instance_type>/delete/",
         cluster_views.cluster_instance_type_delete,
         name="cluster-instance-type-delete",

@@ -631,6 +631,46 @@ def test_console_pages_refuse_bad_input_by_field_and_store_nothing(client, peopl
     assert b"kind: ClusterRole" in manifests.content
 
 
+def test_a_clusters_instance_type_is_made_and_edited_field_by_field_in_the_console(
+    client, people, kube
+):
+    """The console's form writes the InstanceType object in the cluster first (Azure's
+    fields, as kubectl would see them), then the row; a bad quantity is refused by field
+    with nothing stored anywhere; a selector no node matches is saved with a warning."""
+    client.force_login(people.it_ops)
+    kubeconfig = yaml.safe_dump(kube.kubeconfig())
+    assert (
+        client.post("/console/clusters/new/", {"name": "lab", "kubeconfig": kubeconfig}).status_code
+        == 302
+    )
+    client.post("/console/clusters/lab/install/", {"settings": ""})
+    assert client.get("/console/clusters/lab/instance-types/new/").status_code == 200
+    fields = {"name": "gpu-small", "node_selector_text": "pool: gpu\n",
+              "requests_cpu": "500m", "requests_memory": "1Gi",
+              "limits_cpu": "1", "limits_memory": "2Gi", "limits_gpu": "1"}  # fmt: skip
+    bad = client.post("/console/clusters/lab/instance-types/new/", {**fields, "limits_cpu": "0"})
+    assert bad.status_code == 400 and b"must be greater than zero" in bad.content
+    kinds = kube.api.kind("kstudio.io", "instancetypes")
+    assert kube.api.list(kinds, "")["items"] == []
+    assert not InstanceType.objects.filter(cluster__name="lab", name="gpu-small").exists()
+    made = client.post("/console/clusters/lab/instance-types/new/", fields, follow=True)
+    assert made.status_code == 200 and b"Instance type gpu-small saved in lab." in made.content
+    assert b"no node advertises nvidia.com/gpu" in made.content  # a warning, not a refusal
+    spec = kube.api.get(kinds, "", "gpu-small")["spec"]
+    assert spec == {
+        "nodeSelector": {"pool": "gpu"},
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                      "limits": {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": 1}},
+    }  # fmt: skip
+    edit = "/console/clusters/lab/instance-types/gpu-small/edit/"
+    assert b'value="2Gi"' in client.get(edit).content
+    changed = client.post(edit, {**fields, "limits_memory": "4Gi"})
+    assert changed.status_code == 302
+    assert kube.api.get(kinds, "", "gpu-small")["spec"]["resources"]["limits"]["memory"] == "4Gi"
+    row = InstanceType.objects.get(cluster__name="lab", name="gpu-small")
+    assert row.resources["limits"]["memory"] == "4Gi"
+
+
 def test_job_validate_prints_the_exact_objects_without_creating_anything(
     attached, kstudio, kube, tmp_path
 ):

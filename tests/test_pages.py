@@ -245,7 +245,7 @@ def test_console_instance_type_form_validates_each_quantity(signed_in, people):
     assert saved.node_selector == {"accelerator": "nvidia-t4"}
     assert saved.resources == {
         "requests": {"cpu": "2"},
-        "limits": {"cpu": "4", "nvidia.com/gpu": "1"},
+        "limits": {"cpu": "4", "nvidia.com/gpu": 1},  # a count, as the CRD has it
     }
 
 
