@@ -283,6 +283,7 @@ def save_deployment(
             deployment = existing
             for key, value in fields.items():
                 setattr(deployment, key, value)
+            _cancel_rollout(deployment)
             deployment.state = State.UPDATING
             deployment.generation += 1
             deployment.error_code = deployment.reason = ""
@@ -331,6 +332,13 @@ def _label(model: Model | None) -> str:
     return f"{model.name}:{model.version}" if model else "its scoring script"
 
 
+def _cancel_rollout(deployment: Deployment) -> None:
+    """A generation still on its way up when a newer one is asked for is dropped (the
+    runner stops its instances): Azure's Canceled, in the history."""
+    if deployment.state in (State.CREATING, State.UPDATING):
+        _record(deployment, f"{State.CANCELED}: superseded before it served")
+
+
 def _record(deployment: Deployment, what: str) -> None:
     entry = {"at": timezone.now().isoformat(), "generation": deployment.generation, "what": what}
     deployment.history = [*deployment.history, entry][-MAX_HISTORY:]
@@ -357,6 +365,7 @@ def model_registered(model: Model) -> None:
             continue
         with transaction.atomic():
             deployment.model = model
+            _cancel_rollout(deployment)
             deployment.state = State.UPDATING
             deployment.generation += 1
             deployment.error_code = deployment.reason = ""

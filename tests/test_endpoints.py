@@ -734,3 +734,37 @@ def test_a_local_deployment_is_held_to_its_resource_limits(studio):
     assert small.json() == {"cores": 1, "allocated": 10 * 2**20}, small.text
     big = httpx.post(uri, content=b"500", headers=auth)
     assert big.status_code == 502 and "MemoryError" in big.text, big.text
+
+
+def test_an_update_before_the_deployment_serves_cancels_the_generation_under_way(studio):
+    """Azure's Canceled: a generation still starting when a newer one is asked for is
+    dropped (its instance stopped), and the history says so; the newer one serves."""
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
+    scripts = {
+        "slow": b"import time\n\ndef init():\n    time.sleep(120)\n\n"
+        b"def run(raw):\n    return 'slow'\n",
+        "quick": b"def init():\n    pass\n\ndef run(raw):\n    return 'quick'\n",
+    }
+    spec = {"name": "blue", "endpoint_name": "my-endpoint",
+            "code_configuration": {"code": ".", "scoring_script": "score.py"}}  # fmt: skip
+    for method, path, script in (
+        ("POST", "online-endpoints/my-endpoint/deployments/", "slow"),
+        ("PUT", "online-endpoints/my-endpoint/deployments/blue/", "quick"),
+    ):
+        code = archive({"score.py": scripts[script]})
+        sent = studio.request(method, path, params={"all_traffic": "true"},
+                              data={"spec": json.dumps(spec)},
+                              files={"code": ("c.tar.gz", code)})  # fmt: skip
+        assert sent.status_code in (200, 201), sent.text
+    shown = wait_until(lambda: running(studio, "blue"), 60, "the newer generation to serve")
+    assert [(h["generation"], h["what"]) for h in shown["history"]] == [
+        (1, "created, serving its scoring script"),
+        (1, "Canceled: superseded before it served"),
+        (2, "updated, serving its scoring script"),
+    ]
+    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
+    uri = studio.get("online-endpoints/my-endpoint/").json()["scoring_uri"]
+    answer = httpx.post(
+        uri, content=b"{}", headers={"Authorization": f"Bearer {keys['primaryKey']}"}
+    )
+    assert answer.text == "quick"
