@@ -9,7 +9,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from endpoints import logs
-from endpoints.models import Deployment, DeploymentLog, DeploymentLogLine
+from endpoints.models import Deployment, DeploymentLogLine
 from studio import access
 from studio.ws import LogTailConsumer
 
@@ -35,14 +35,6 @@ def _lines(deployment_id: int, after: int, limit: int) -> list[dict[str, object]
     return [line.as_message() for line in rows.order_by("seq")[:limit]]
 
 
-@database_sync_to_async
-def _last_seq(deployment_id: int) -> int:
-    found = DeploymentLog.objects.filter(deployment_id=deployment_id).values_list(
-        "last_seq", flat=True
-    )
-    return found.first() or 0
-
-
 class DeploymentLogConsumer(LogTailConsumer):
     """Backlog after `?after=N`, then the live tail, for as long as the deployment lives.
     Each message has `instance` and `container` besides a job line's fields."""
@@ -59,8 +51,7 @@ class DeploymentLogConsumer(LogTailConsumer):
         self.sent = self.after_param()
         # Join before reading the store: whatever is stored after the read comes by group.
         await self.join(logs.group(found))
-        if await _last_seq(found) > self.sent:
-            await self.catch_up()
+        await self.catch_up()
 
     async def still_allowed(self) -> bool:
         kwargs = self.scope["url_route"]["kwargs"]

@@ -276,6 +276,7 @@ A11Y_PAGES = [
     ("carl", "model"),
     ("carl", "/workspaces/demo/endpoints/"),
     ("carl", "endpoint"),
+    ("carl", "deployment"),
     ("carl", "/workspaces/demo/batch-endpoints/"),
     ("carl", "batch endpoint"),
     ("ivan", "/workspaces/demo/data/datastores/"),
@@ -308,6 +309,30 @@ def test_pages_pass_axe_wcag_aa(people, workspace, page, who, where):
 
         orm(lambda: save_endpoint(workspace, people.contributor, {"name": "my-endpoint"}))
         where = "/workspaces/demo/endpoints/my-endpoint/"
+    if where == "deployment":
+        from django.utils import timezone
+
+        from endpoints import spec
+        from endpoints.models import Deployment, DeploymentLogLine
+        from endpoints.services import save_endpoint
+
+        def made() -> None:
+            endpoint = save_endpoint(workspace, people.contributor, {"name": "my-endpoint"})
+            code = {"code": ".", "scoring_script": "score.py"}
+            document = spec.parse_deployment(
+                {"name": "blue", "endpoint_name": "my-endpoint", "code_configuration": code}
+            )
+            blue = Deployment.objects.create(
+                endpoint=endpoint, name="blue", type="kubernetes", state="Failed",
+                document=document.model_dump(mode="json", by_alias=True, exclude_none=True),
+            )  # fmt: skip
+            DeploymentLogLine.objects.create(
+                deployment=blue, seq=1, ts=timezone.now(), instance="g1-instance-0",
+                container="inference-server", line="model server listening on 127.0.0.1:5001",
+            )  # fmt: skip
+
+        orm(made)
+        where = "/workspaces/demo/endpoints/my-endpoint/blue/"
     if where == "batch endpoint":
         from endpoints import batch
 
@@ -318,6 +343,12 @@ def test_pages_pass_axe_wcag_aa(people, workspace, page, who, where):
         sign_in(page, who, f"pw-{who}-12345")
     page.goto(f"/workspaces/demo/jobs/{job.name}/" if where == "job" else where)
     page.wait_for_load_state("networkidle")
+    if where.endswith("/blue/"):  # the live log drawn (its source and text), then checked
+        from playwright.sync_api import expect
+
+        expect(page.locator("#logs span.line .source")).to_have_text(
+            "[g1-instance-0 inference-server] "
+        )
     results = Axe().run(
         page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}}
     )
