@@ -40,7 +40,7 @@ from typing import Any
 
 import aiohttp
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
@@ -167,6 +167,8 @@ class Router:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        self._forgotten = itertools.count()  # how many times a table was dropped
+        self._last_forgotten = 0
 
     def _here(self) -> PerLoop:
         loop = asyncio.get_running_loop()
@@ -198,17 +200,21 @@ class Router:
     def forget(self, name: str) -> None:
         with self._lock:
             self.tables.pop(name, None)
+            self._last_forgotten = next(self._forgotten)
 
     async def table(self, name: str) -> Table | None:
         found = self.tables.get(name)
         if found is not None and time.monotonic() - found.loaded_at < TABLE_SECONDS:
             return found
+        before = self._last_forgotten
         found = await sync_to_async(load, thread_sensitive=False)(name)
         with self._lock:
             if found is None:
                 self.tables.pop(name, None)
-            else:
+            elif self._last_forgotten == before:
                 self.tables[name] = found
+            # else a change was saved while it loaded: it may be the state before, so it
+            # serves this request only and the next one loads again
         return found
 
     def authorized(self, table: Table, authorization: str) -> bool:
@@ -352,7 +358,9 @@ ROUTER = Router()
 @receiver(post_save, sender=Endpoint)
 @receiver(post_delete, sender=Endpoint)
 def _endpoint_changed(sender: Any, instance: Endpoint, **kwargs: Any) -> None:
+    # Now, and once committed: a table loaded in between read the state before.
     ROUTER.forget(instance.name)
+    transaction.on_commit(lambda: ROUTER.forget(instance.name))
 
 
 @receiver(post_save, sender=Deployment)
@@ -361,6 +369,7 @@ def _deployment_changed(sender: Any, instance: Deployment, **kwargs: Any) -> Non
     name = Endpoint.objects.filter(pk=instance.endpoint_id).values_list("name", flat=True).first()
     if name:
         ROUTER.forget(name)
+        transaction.on_commit(lambda: ROUTER.forget(name))
 
 
 async def _read(receive: Any) -> bytes | None:
