@@ -55,7 +55,25 @@ def collect(deployment: Deployment) -> int:
         lines = _from_files(Path(settings.STUDIO_DEPLOYMENTS_DIR) / str(deployment.pk), cursors)
     if not lines and cursors == log.cursors:
         return 0
-    return _append(deployment, lines, cursors)
+    return _append(deployment, _within_rate(lines), cursors)
+
+
+def _within_rate(lines: list[Line]) -> list[Line]:
+    """At most STUDIO_DEPLOYMENT_LOG_RATE lines a read (a second): the latest, after a line
+    saying how many were left out. A busy model server logs every request, and storing
+    thousands a second would cost its router more than the requests (the instances' own
+    logs keep every line; `get-logs` reads them there)."""
+    keep = settings.STUDIO_DEPLOYMENT_LOG_RATE
+    if len(lines) <= keep:
+        return lines
+    left_out = len(lines) - keep
+    first = lines[left_out]
+    note = Line(
+        first.ts, first.instance, first.container,
+        f"({left_out} lines not kept here: more than {keep} a second; "
+        "get-logs reads every line from the instance)",
+    )  # fmt: skip
+    return [note, *lines[left_out:]]
 
 
 def lines_of(deployment: Deployment, after: int = 0, limit: int | None = None) -> QuerySet:

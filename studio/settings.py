@@ -248,6 +248,8 @@ STUDIO_SCALE_DOWN_POLLS = env_int("STUDIO_SCALE_DOWN_POLLS", 20)
 STUDIO_TRAFFIC_KEEP_SECONDS = env_int("STUDIO_TRAFFIC_KEEP_SECONDS", 3600)
 # How many of a deployment's latest log lines are kept (endpoints.logs).
 STUDIO_DEPLOYMENT_LOG_LINES = env_int("STUDIO_DEPLOYMENT_LOG_LINES", 20000)
+# ...and how many a second each keeps at most (a busy model server logs every request).
+STUDIO_DEPLOYMENT_LOG_RATE = env_int("STUDIO_DEPLOYMENT_LOG_RATE", 100)
 # How long a deployment's preparation (its files, its environment's packages) may take.
 STUDIO_DEPLOYMENT_PREPARE_SECONDS = env_int("STUDIO_DEPLOYMENT_PREPARE_SECONDS", 1800)
 # The router's external base URL, as endpoints' scoring URIs show it (default: the

@@ -768,3 +768,22 @@ def test_an_update_before_the_deployment_serves_cancels_the_generation_under_way
         uri, content=b"{}", headers={"Authorization": f"Bearer {keys['primaryKey']}"}
     )
     assert answer.text == "quick"
+
+
+def test_a_busy_deployment_keeps_its_latest_log_lines_a_second_and_says_how_many_it_left(
+    settings,
+):
+    from endpoints import logs
+
+    settings.STUDIO_DEPLOYMENT_LOG_RATE = 3
+    read = [logs.Line(float(i), "g1-instance-0", "inference-server", f"POST /score {i}")
+            for i in range(10)]  # fmt: skip
+    kept = logs._within_rate(read)
+    assert [line.line for line in kept] == [
+        "(7 lines not kept here: more than 3 a second; get-logs reads every line from the "
+        "instance)",
+        "POST /score 7",
+        "POST /score 8",
+        "POST /score 9",
+    ]
+    assert logs._within_rate(read[:3]) == read[:3]
