@@ -501,16 +501,19 @@ class Controller:
             problem = job_outputs.register(job)
         if problem:
             phase, reason = Status.FAILED, problem
-        ended = services.transition(
-            job,
-            phase,
-            reason,
-            exit_code=exit_code,
-            failure_reason=reason if phase == Status.FAILED else "",
-            outputs=outputs,
-        )
-        if ended:
-            tracking.end_job_run(f"{job.workspace_id}/{job.name}", phase)
+        # The run ends with the job, in one transaction: no one sees an ended job whose
+        # run is still RUNNING.
+        with transaction.atomic():
+            ended = services.transition(
+                job,
+                phase,
+                reason,
+                exit_code=exit_code,
+                failure_reason=reason if phase == Status.FAILED else "",
+                outputs=outputs,
+            )
+            if ended:
+                tracking.end_job_run(f"{job.workspace_id}/{job.name}", phase)
         if ended and moved:
             self.submitter.submit(job_outputs.forget, moved)
         self.let_go(job.pk)
