@@ -145,12 +145,16 @@ def _probe(settings_: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def instance_type_of(deployment: Deployment, target: ComputeTarget) -> InstanceType | None:
+    """The instance type the deployment names, else defaultinstancetype, in the target's set."""
+    wanted = deployment.document.get("instance_type") or DEFAULT_INSTANCE_TYPE
+    return target.instance_types().filter(name=wanted).first()
+
+
 def resources_of(deployment: Deployment, target: ComputeTarget) -> dict[str, Any]:
     """A pod's (or a local instance's) requests and limits: the deployment's own
-    resources when it gives them, else its instance type's (defaultinstancetype when it
-    names none)."""
-    wanted = deployment.document.get("instance_type") or DEFAULT_INSTANCE_TYPE
-    return _resources(deployment, target.instance_types().filter(name=wanted).first())
+    resources when it gives them, else its instance type's."""
+    return _resources(deployment, instance_type_of(deployment, target))
 
 
 def _resources(deployment: Deployment, instance_type: InstanceType | None) -> dict[str, Any]:
@@ -266,11 +270,7 @@ def render(
         "data": data,
         "binaryData": {k: base64.b64encode(v).decode() for k, v in files.items()},
     }
-    instance_type = (
-        target.instance_types()
-        .filter(name=document.get("instance_type") or DEFAULT_INSTANCE_TYPE)
-        .first()
-    )
+    instance_type = instance_type_of(deployment, target)
     image = environment.get("image") or settings.STUDIO_KUBERNETES_IMAGE
     container = {
         "name": "inference-server",

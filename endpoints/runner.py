@@ -551,7 +551,7 @@ class Runner:
             return
         for process, url in list(zip(running.processes, running.urls, strict=True)):
             why = self.unwell(deployment, running, process, url)
-            if why and not self.restart(deployment, running, process, url, why):
+            if why and not self.restart(deployment, running, process, why):
                 return
         self.scaled_up(deployment, running)
         self.autoscale(deployment, len(running.processes) + len(running.starting))
@@ -585,7 +585,6 @@ class Runner:
         deployment: Deployment,
         running: Running,
         process: subprocess.Popen[bytes],
-        url: str,
         why: str,
     ) -> bool:
         """The instance leaves the router's table and stops; a new one starts in its place

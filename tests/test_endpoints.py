@@ -105,6 +105,21 @@ def running(http: httpx.Client, name: str) -> dict:
     return shown if shown["provisioning_state"] == "Succeeded" else {}
 
 
+def serve_script(
+    studio: httpx.Client, spec: dict, script: bytes, timeout: float = 60
+) -> tuple[str, dict[str, str]]:
+    """A deployment of a scoring script alone (its code: score.py), taking all the
+    endpoint's traffic, once it serves: the scoring URI and the key's header."""
+    made = studio.post("online-endpoints/my-endpoint/deployments/", params={"all_traffic": "true"},
+                       data={"spec": json.dumps(spec)},
+                       files={"code": ("c.tar.gz", archive({"score.py": script}))})  # fmt: skip
+    assert made.status_code == 201, made.text
+    wait_until(lambda: running(studio, spec["name"]), timeout, f"{spec['name']} to serve")
+    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
+    uri = studio.get("online-endpoints/my-endpoint/").json()["scoring_uri"]
+    return uri, {"Authorization": f"Bearer {keys['primaryKey']}"}
+
+
 def test_blue_green_deployments_score_through_the_router_with_keys_and_traffic(studio, live_studio):
     made = studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\nauth_mode: Key\n"})
     assert made.status_code == 201, made.text
@@ -464,16 +479,8 @@ def test_a_deployment_runs_in_its_own_environment_built_from_its_conda_file(
                    "conda_file": {"dependencies": [{"pip": ["toolz"]}]}}  # fmt: skip
     spec = {"name": "blue", "endpoint_name": "my-endpoint", "environment": environment,
             "code_configuration": {"code": ".", "scoring_script": "score.py"}}  # fmt: skip
-    made = studio.post("online-endpoints/my-endpoint/deployments/", params={"all_traffic": "true"},
-                       data={"spec": json.dumps(spec)},
-                       files={"code": ("c.tar.gz", archive({"score.py": script}))})  # fmt: skip
-    assert made.status_code == 201, made.text
-    wait_until(lambda: running(studio, "blue"), 300, "blue's environment to build and serve")
-    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
-    uri = studio.get("online-endpoints/my-endpoint/").json()["scoring_uri"]
-    scored = httpx.post(
-        uri, content=b"{}", headers={"Authorization": f"Bearer {keys['primaryKey']}"}
-    )
+    uri, auth = serve_script(studio, spec, script, 300)  # its environment built first
+    scored = httpx.post(uri, content=b"{}", headers=auth)
     assert scored.json() == {"first": 7, "venv": True}
     built = kstudio("online-deployment", "get-logs", "-n", "blue", "-e", "my-endpoint",
                     "--container", "storage-initializer", check=True).stdout  # fmt: skip
@@ -722,14 +729,7 @@ def test_a_local_deployment_is_held_to_its_resource_limits(studio):
             "code_configuration": {"code": ".", "scoring_script": "score.py"},
             "resources": {"requests": {"cpu": "100m", "memory": "100Mi"},
                           "limits": {"cpu": "1", "memory": "300Mi"}}}  # fmt: skip
-    made = studio.post("online-endpoints/my-endpoint/deployments/", params={"all_traffic": "true"},
-                       data={"spec": json.dumps(spec)},
-                       files={"code": ("c.tar.gz", archive({"score.py": script}))})  # fmt: skip
-    assert made.status_code == 201, made.text
-    wait_until(lambda: running(studio, "blue"), 60, "blue to serve")
-    keys = studio.post("online-endpoints/my-endpoint/get-credentials/").json()
-    uri = studio.get("online-endpoints/my-endpoint/").json()["scoring_uri"]
-    auth = {"Authorization": f"Bearer {keys['primaryKey']}"}
+    uri, auth = serve_script(studio, spec, script)
     small = httpx.post(uri, content=b"10", headers=auth)
     assert small.json() == {"cores": 1, "allocated": 10 * 2**20}, small.text
     big = httpx.post(uri, content=b"500", headers=auth)
