@@ -36,6 +36,7 @@ import httpx
 from django.conf import settings
 from django.core.files.storage import storages
 from django.db import close_old_connections
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from compute import kube as kube_client
@@ -158,6 +159,14 @@ class Scaling:
     polled_at: float = 0.0
     below: int = 0
     replicas: int = 0
+
+
+def _unchanged(deployment: Deployment, generation: int | None = None) -> QuerySet[Deployment]:
+    """The deployment's row, as long as nobody changed it since this runner read it: a
+    new generation, or a delete, must not be overwritten by what the runner saw before."""
+    return Deployment.objects.filter(
+        pk=deployment.pk, generation=deployment.generation if generation is None else generation
+    ).exclude(state=State.DELETING)
 
 
 def log_files(root: Path, deployment: Deployment) -> list[Path]:
@@ -339,9 +348,7 @@ class Runner:
                 why = kube_client.in_words(exc)
                 log.warning("deployment %s: the cluster: %s", deployment, why)
                 if deployment.state in (State.CREATING, State.UPDATING):
-                    Deployment.objects.filter(pk=deployment.pk).update(
-                        reason=f"waiting for the cluster: {why}"[:2000]
-                    )
+                    _unchanged(deployment).update(reason=f"waiting for the cluster: {why}"[:2000])
 
     def kube_step(self, deployment: Deployment, target: Any) -> None:
         if deployment.state == State.DELETING:
@@ -363,7 +370,7 @@ class Runner:
             if deployment.state != State.SUCCEEDED:
                 kube.remove(deployment, target, keep_generation=deployment.generation)
                 log.info("deployment %s: generation %d serves", deployment, deployment.generation)
-            Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
+            _unchanged(deployment).update(
                 state=State.SUCCEEDED, error_code="", reason="", instances=serving
             )
             if deployment.state in (State.SUCCEEDED, State.SCALING):
@@ -500,7 +507,7 @@ class Runner:
             del self.rollouts[deployment.pk]
             # The router sends new requests to the new generation from now on; the old
             # one drains what it already has, then stops.
-            Deployment.objects.filter(pk=deployment.pk, generation=rollout.generation).update(
+            _unchanged(deployment, rollout.generation).update(
                 state=State.SUCCEEDED,
                 error_code="",
                 reason="",
@@ -606,9 +613,7 @@ class Runner:
         entry = {"at": timezone.now().isoformat(), "generation": deployment.generation,
                  "what": what}  # fmt: skip
         deployment.history = [*deployment.history, entry][-services.MAX_HISTORY :]
-        Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
-            history=deployment.history
-        )
+        _unchanged(deployment).update(history=deployment.history)
         self.publish_instances(deployment, running, done=False)
         return True
 
@@ -658,7 +663,7 @@ class Runner:
             "generation": deployment.generation,
             "what": what,
         }
-        Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
+        _unchanged(deployment).update(
             state=State.SCALING, history=[*deployment.history, entry][-services.MAX_HISTORY :]
         )
         traffic.record_replicas(deployment, decision.replicas)  # the charts' replicas line
@@ -744,16 +749,12 @@ class Runner:
         }
         if done:
             fields["state"] = State.SUCCEEDED
-        Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
-            **fields
-        )
+        _unchanged(deployment).update(**fields)
 
     def fail(self, deployment: Deployment, code: str, reason: str) -> None:
         """Failed, with Azure's code; a previous generation that serves keeps serving."""
         log.warning("deployment %s failed: %s: %s", deployment, code, reason)
-        Deployment.objects.filter(pk=deployment.pk, generation=deployment.generation).update(
-            state=State.FAILED, error_code=code, reason=reason[:2000]
-        )
+        _unchanged(deployment).update(state=State.FAILED, error_code=code, reason=reason[:2000])
 
     # -- stopping ----------------------------------------------------------------------------
     def abandon(self, pk: int) -> None:

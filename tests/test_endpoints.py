@@ -787,3 +787,29 @@ def test_a_busy_deployment_keeps_its_latest_log_lines_a_second_and_says_how_many
         "POST /score 9",
     ]
     assert logs._within_rate(read[:3]) == read[:3]
+
+
+def test_what_the_runner_read_before_a_delete_or_an_update_does_not_undo_it(workspace, people):
+    """The runner writes a deployment's state from what it read a moment before; a delete
+    (or a new generation) that lands in between must win. CI once saw a deleted
+    deployment come back as Succeeded and stay."""
+    from endpoints import services
+    from endpoints.models import State
+    from endpoints.runner import Runner, Running
+
+    endpoint = Endpoint.objects.create(
+        workspace=workspace, name="my-endpoint", compute=workspace.computes.get(name="local"),
+        created_by=people.owner,
+    )  # fmt: skip
+    Deployment.objects.create(endpoint=endpoint, name="blue", type="managed",
+                              state=State.SUCCEEDED)  # fmt: skip
+    read_before = Deployment.objects.get(name="blue")
+    services.delete_deployment(Deployment.objects.get(name="blue"))
+    runner = Runner()
+    runner.fail(read_before, "ImagePullLoopBackOff", "seen before the delete")
+    runner.publish_instances(read_before, Running(generation=1), done=True)
+    assert Deployment.objects.get(name="blue").state == State.DELETING
+
+    Deployment.objects.filter(name="blue").update(state=State.UPDATING, generation=2)
+    runner.fail(read_before, "ImagePullLoopBackOff", "about generation 1")
+    assert Deployment.objects.get(name="blue").state == State.UPDATING
