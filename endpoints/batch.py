@@ -22,6 +22,7 @@ from endpoints import batch_spec
 from endpoints.models import BatchDeployment, BatchEndpoint, BatchJob
 from endpoints.services import check_code, named_model, register_inline
 from environments import services as environment_services
+from jobs import outputs as job_outputs
 from jobs import services as job_services
 from jobs.models import Job
 from jobs.spec import SpecError
@@ -374,6 +375,10 @@ def _job_document(
     }
     if document.get("environment") is not None:
         job["environment"] = document["environment"]
+    if chosen.get("output_action", "append_row") == "append_row":
+        # Several instances each append to a part of the file; the studio joins them.
+        name = chosen.get("output_file_name") or "predictions.csv"
+        job["properties"] = {job_outputs.JOIN_PARTS: f"{SCORE}/{name}"}
     return job
 
 

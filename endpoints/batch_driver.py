@@ -8,7 +8,8 @@ with the deployment's settings in `_kstudio_batch.json` beside it.
 
 - The input's files (one file, or a folder's files in name order) are cut into
   mini-batches of `mini_batch_size` files. With several instances (an Indexed Job on
-  Kubernetes) instance i takes every i-th mini-batch.
+  Kubernetes) instance i takes every i-th mini-batch and appends to its own part of the
+  output file (`<name>.part-<i>`), which the studio joins once the job completes.
 - `max_concurrency_per_instance` worker processes each import the scoring script, call its
   `init()` once, then `run(mini_batch)` per mini-batch with the list of file paths. What
   `run` returns (a list, or a pandas DataFrame: a row each) is appended to
@@ -236,9 +237,8 @@ class Driver:
         self.output_file: str | None = None
         if settings.get("output_action", "append_row") == "append_row":
             name = settings.get("output_file_name") or "predictions.csv"
-            if instances > 1:  # each instance its own file: no two writers of one file
-                stem, dot, suffix = name.rpartition(".")
-                name = f"{stem}_{index}.{suffix}" if dot else name + "_" + str(index)
+            if instances > 1:  # each instance a part (no two writers of one file), which
+                name = f"{name}.part-{index}"  # the studio joins when the job completes
             self.output_file = os.path.join(output, name)
             open(self.output_file, "w").close()
         self.metrics = Metrics()

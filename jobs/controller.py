@@ -482,10 +482,14 @@ class Controller:
         elif phase != Status.CANCELED:
             self._advance_to(job, Status.FINALIZING)
         held.ending = (phase, exit_code, reason)
-        if job.data_outputs and phase != Status.CANCELED:
-            # Finalizing: named outputs go to their datastores, copied in a pool thread
-            # (they may be big; this thread follows every other job meanwhile).
-            delivery = job_outputs.plan_delivery(job, outputs)
+        delivery = (
+            job_outputs.plan_delivery(job, outputs, completed=phase == Status.COMPLETED)
+            if phase != Status.CANCELED
+            else None
+        )
+        if delivery is not None and delivery.needed:
+            # Finalizing: parts joined, named outputs sent to their datastores, in a pool
+            # thread (they may be big; this thread follows every other job meanwhile).
             held.delivery = self.submitter.submit(job_outputs.deliver, delivery)
             held.delivery.add_done_callback(lambda _: self._nudge(job.pk))
             return

@@ -8,6 +8,9 @@ are read from their folder on the compute's host, in the same safe way.
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -102,21 +105,40 @@ def zip_stream(job: Job, output: str) -> Iterator[bytes]:
     return iter(archive)
 
 
+# A job property naming files that several instances wrote in parts, "<output>/<file>"
+# (comma-separated): each instance i writes <file>.part-<i>, and a completed job's parts
+# become that one file (a batch job's append_row output, as Azure's parallel run gives).
+JOIN_PARTS = "kstudio.join_parts"
+_PART = re.compile(r"^(?P<file>.+)\.part-(?P<index>\d+)$")
+
+
 @dataclass
 class Delivery:
-    """What `deliver` copies: worked out in the controller's thread (it reads the
-    database), carried out in another (it only moves bytes)."""
+    """What `deliver` does: worked out in the controller's thread (it reads the
+    database), carried out in another (it only moves bytes): parts joined, then named
+    outputs copied to their datastores."""
 
     job: Job
     listing: list[dict[str, Any]]  # as the compute published it
     # Per named output: where its files go (the path in the datastore, and its store).
     targets: dict[str, tuple[str, str, Store]] = field(default_factory=dict)
     problem: str = ""  # a destination that cannot be used
+    joins: set[tuple[str, str]] = field(default_factory=set)  # (output, file)
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.targets or self.joins or self.problem)
 
 
-def plan_delivery(job: Job, listing: list[dict[str, Any]]) -> Delivery:
-    """Where each named output's files go (`job.data_outputs`), read now."""
+def plan_delivery(job: Job, listing: list[dict[str, Any]], completed: bool = True) -> Delivery:
+    """What becomes of the job's outputs at its end, read now: files written in parts
+    joined (when it completed), named outputs sent where `job.data_outputs` says."""
     delivery = Delivery(job, listing)
+    if completed:
+        for named in str((job.spec.get("properties") or {}).get(JOIN_PARTS, "")).split(","):
+            output, _, name = named.strip().partition("/")
+            if name:
+                delivery.joins.add((output, name))
     for output, destination in (job.data_outputs or {}).items():
         try:
             location = data_services.locate(job.workspace, destination["uri"])
@@ -136,7 +158,10 @@ def deliver(delivery: Delivery) -> tuple[list[dict[str, Any]], str, list[str]]:
     a file is kept once, where the user said). No database here."""
     delivered: list[dict[str, Any]] = []
     problem, moved = delivery.problem, []
-    for entry in delivery.listing:
+    listing = delivery.listing
+    for output, name in sorted(delivery.joins):
+        listing = _join(delivery.job, listing, output, name)
+    for entry in listing:
         target = delivery.targets.get(str(entry.get("output")))
         if target is None or problem or not entry.get("artifact"):
             delivered.append(entry)
@@ -155,6 +180,31 @@ def deliver(delivery: Delivery) -> tuple[list[dict[str, Any]], str, list[str]]:
         rest = {k: v for k, v in entry.items() if k != "artifact"}
         delivered.append({**rest, "datastore": datastore, "key": key})
     return delivered, problem, moved
+
+
+def _join(job: Job, listing: list[dict[str, Any]], output: str, name: str) -> list[dict[str, Any]]:
+    """The parts of output/name (name.part-0, name.part-1, ...) as one file in the
+    artifact store, in the parts' order, streamed through a temporary file."""
+    parts: list[tuple[int, dict[str, Any]]] = []
+    for entry in listing:
+        found = _PART.match(str(entry["path"])) if entry.get("output") == output else None
+        if found and found["file"] == name and entry.get("artifact"):
+            parts.append((int(found["index"]), entry))
+    if not parts:
+        return listing
+    parts.sort(key=lambda part: part[0])
+    with tempfile.NamedTemporaryFile() as joined:
+        for _index, entry in parts:
+            with _open(job, entry) as f:
+                shutil.copyfileobj(f, joined, CHUNK)
+        size = joined.tell()
+        joined.seek(0)
+        artifact = artifacts.publish(artifacts.output_name(job.pk, output, name), joined)
+    for _index, entry in parts:
+        artifacts.store().delete(entry["artifact"])
+    kept = [entry for entry in listing if all(entry is not part for _, part in parts)]
+    whole = {"output": output, "path": name, "size": size, "artifact": artifact}
+    return sorted([*kept, whole], key=lambda entry: (str(entry["output"]), str(entry["path"])))
 
 
 def forget(artifact_names: list[str]) -> None:

@@ -368,7 +368,8 @@ def test_a_batch_deployment_on_kubernetes_compute_runs_an_indexed_job_sharing_th
     attached, workspace, people, api, tmp_path
 ):
     """Two instances: pods of one Indexed Job, instance i taking every i-th mini-batch and
-    writing its own file (no two pods write one); the model comes as the job's input."""
+    appending to its own part (no two pods write one file), joined into one output file
+    when the job completes; the model comes as the job's input."""
     from endpoints import batch
     from jobs.services import Upload
     from tests.conftest import code_archive
@@ -395,13 +396,12 @@ def test_a_batch_deployment_on_kubernetes_compute_runs_an_indexed_job_sharing_th
     assert job.status == "Completed", (job.failure_reason, lines_of(job)[-20:])
     assert job.spec["resources"]["instance_count"] == 2
     assert {i["index"] for i in job.instances} == {0, 1}
-    rows = []
-    for index in (0, 1):
-        got = api(people.reader).get(
-            f"/api/v1/workspaces/demo/jobs/{job.name}/outputs/score/predictions_{index}.csv"
-        )
-        assert got.status_code == 200
-        part = b"".join(got).decode().splitlines()
-        assert len(part) == 2  # two mini-batches of one file each
-        rows += part
-    assert sorted(rows) == [f"ok{i}.csv {2.0 * i}" for i in range(4)]
+    assert [f["path"] for f in job.outputs if f["output"] == "score"] == ["predictions.csv"]
+    got = api(people.reader).get(
+        f"/api/v1/workspaces/demo/jobs/{job.name}/outputs/score/predictions.csv"
+    )
+    assert got.status_code == 200
+    rows = b"".join(got).decode().splitlines()
+    # Instance 0's part first (its mini-batches 0 and 2), then instance 1's.
+    assert sorted(rows[:2]) == ["ok0.csv 0.0", "ok2.csv 4.0"]
+    assert sorted(rows[2:]) == ["ok1.csv 2.0", "ok3.csv 6.0"]
