@@ -10,27 +10,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core import signing
-
 from jobs.models import Job
+from studio.tokens import SignedToken
 
-PREFIX = "kjt_"
-_signer = signing.Signer(salt="kstudio.job-token")
+TOKENS = SignedToken("kjt_", salt="kstudio.job-token")
+PREFIX = TOKENS.prefix
 
 
 def token_for(job: Job) -> str:
-    return PREFIX + _signer.sign(str(job.pk))
+    return TOKENS.make(str(job.pk))
 
 
 def job_for(token: str) -> Job | None:
     """The live job this token was made for, or None (forged, or the job has ended)."""
-    if not token.startswith(PREFIX):
+    pk = TOKENS.read(token)
+    if pk is None or not pk.isdigit():
         return None
-    try:
-        pk = int(_signer.unsign(token[len(PREFIX) :]))
-    except (signing.BadSignature, ValueError):
-        return None
-    job = Job.objects.select_related("workspace", "created_by").filter(pk=pk).first()
+    job = Job.objects.select_related("workspace", "created_by").filter(pk=int(pk)).first()
     if job is None or job.is_terminal:
         return None
     return job

@@ -1,10 +1,11 @@
-"""API tokens, accepted as `Authorization: Bearer <token>` by the API and the websockets."""
+"""API tokens, accepted as `Authorization: Bearer <token>` by the API and the websockets;
+and the tokens workloads (not people) show the studio."""
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.utils import timezone
-from rest_framework import authentication, exceptions
+from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
 from studio.models import ApiToken, hash_token
@@ -46,3 +47,34 @@ class TokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+class WorkloadTokenAuthentication(authentication.BaseAuthentication):
+    """A token held by a workload, not a person (a job's launcher, a deployment's pods,
+    a cluster's router): `request.auth` becomes what it opens, the user is anonymous. A
+    subclass names its realm, says what a bad token means, and finds what a token opens."""
+
+    realm = ""
+    invalid = ""
+
+    def find(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        key = key_from_header(authentication.get_authorization_header(request))
+        if key is None:
+            return None
+        found = self.find(key)
+        if found is None:
+            raise exceptions.AuthenticationFailed(self.invalid)
+        return AnonymousUser(), found
+
+    def authenticate_header(self, request: Request) -> str:
+        return f'Bearer realm="{self.realm}"'
+
+
+class HasWorkloadToken(permissions.BasePermission):
+    """For views whose only authentication is a WorkloadTokenAuthentication."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return request.auth is not None

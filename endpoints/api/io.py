@@ -5,46 +5,30 @@ for that deployment's current generation only, never a user's."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.contrib.auth.models import AnonymousUser
 from django.core.files.storage import storages
 from django.http import FileResponse
 from drf_spectacular.utils import extend_schema
-from rest_framework import authentication, exceptions, permissions, views
+from rest_framework import exceptions, views
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from endpoints import tokens
 from endpoints.models import Deployment
 from registry import services as registry
-from studio.auth import key_from_header
+from studio.auth import HasWorkloadToken, WorkloadTokenAuthentication
 
 
-class DeploymentTokenAuthentication(authentication.BaseAuthentication):
-    def authenticate(self, request: Request) -> tuple[Any, Deployment] | None:
-        key = key_from_header(authentication.get_authorization_header(request))
-        if key is None:
-            return None
-        deployment = tokens.deployment_for(key)
-        if deployment is None:
-            raise exceptions.AuthenticationFailed(
-                "Invalid deployment token, or its deployment has changed since."
-            )
-        return AnonymousUser(), deployment
+class DeploymentTokenAuthentication(WorkloadTokenAuthentication):
+    realm = "deployment"
+    invalid = "Invalid deployment token, or its deployment has changed since."
 
-    def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="deployment"'
-
-
-class HasDeploymentToken(permissions.BasePermission):
-    def has_permission(self, request: Request, view: Any) -> bool:
-        return isinstance(request.auth, Deployment)
+    def find(self, key: str) -> Deployment | None:
+        return tokens.deployment_for(key)
 
 
 class DeploymentIOView(views.APIView):
     authentication_classes = (DeploymentTokenAuthentication,)
-    permission_classes = (HasDeploymentToken,)
+    permission_classes = (HasWorkloadToken,)
     throttle_classes = ()
 
     def deployment(self, request: Request) -> Deployment:

@@ -5,13 +5,11 @@ a user's: `Authorization: Bearer kjt_...`."""
 from __future__ import annotations
 
 import tempfile
-from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AnonymousUser
 from django.http import FileResponse
 from drf_spectacular.utils import extend_schema
-from rest_framework import authentication, exceptions, permissions, views
+from rest_framework import exceptions, views
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -22,37 +20,26 @@ from data.services import Location
 from data.stores import StoreError, open_store
 from jobs import outputs, tokens
 from jobs.models import Job
-from studio.auth import key_from_header
+from studio.auth import HasWorkloadToken, WorkloadTokenAuthentication
 from studio.middleware import too_large_error
 
 
-class JobTokenAuthentication(authentication.BaseAuthentication):
-    def authenticate(self, request: Request) -> tuple[Any, Job] | None:
-        key = key_from_header(authentication.get_authorization_header(request))
-        if key is None:
-            return None
-        job = tokens.job_for(key)
-        if job is None:
-            raise exceptions.AuthenticationFailed("Invalid job token, or its job has ended.")
-        return AnonymousUser(), job
+class JobTokenAuthentication(WorkloadTokenAuthentication):
+    realm = "job"
+    invalid = "Invalid job token, or its job has ended."
 
-    def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="job"'
+    def find(self, key: str) -> Job | None:
+        return tokens.job_for(key)
 
 
 def job_of(request: Request) -> Job:
-    assert isinstance(request.auth, Job)  # HasJobToken let the request in
+    assert isinstance(request.auth, Job)  # only a job token lets the request in
     return request.auth
-
-
-class HasJobToken(permissions.BasePermission):
-    def has_permission(self, request: Request, view: Any) -> bool:
-        return isinstance(request.auth, Job)
 
 
 class JobIOView(views.APIView):
     authentication_classes = (JobTokenAuthentication,)
-    permission_classes = (HasJobToken,)
+    permission_classes = (HasWorkloadToken,)
     throttle_classes = ()
 
 
