@@ -16,10 +16,12 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings as django_settings
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from compute import kube
+from studio.tokens import SignedToken
 
 if TYPE_CHECKING:
     from compute.models import Cluster
@@ -39,6 +41,10 @@ SETTINGS: dict[str, tuple[type, Any]] = {
     "inferenceRouterServiceType": (str, "loadBalancer"),
     "inferenceRouterHA": (bool, True),
     "allowInsecureConnections": (bool, False),
+    # The router's certificate: a Secret in kstudio-system with cert.pem and key.pem (as
+    # Azure's sslSecret), for the name sslCname; without one it makes its own at start.
+    "sslSecret": (str, ""),
+    "sslCname": (str, ""),
     # Not Azure's: a volume per attached namespace where jobs' conda environments are
     # built once and reused by every pod (ReadWriteMany; the cluster's default storage
     # class unless one is named).
@@ -54,6 +60,22 @@ SETTINGS: dict[str, tuple[type, Any]] = {
 }
 CACHE_CLAIM = "kstudio-environments"
 ROUTER_SERVICE_TYPES = ("loadBalancer", "nodePort", "clusterIP")
+ROUTER = "kstudio-router"  # the inference router's Deployment, Service and Secret
+ROUTER_TOKENS = SignedToken("krt_", salt="kstudio.router-token")
+
+
+def router_token(cluster: Cluster) -> str:
+    """What the router inside a cluster shows the studio (endpoints.api.router): the
+    cluster's id signed with the studio's key, so nothing is stored. It reads the routing
+    of that cluster's endpoints and reports their traffic, nothing else."""
+    return ROUTER_TOKENS.make(str(cluster.pk))
+
+
+def cluster_of_router(token: str) -> Cluster | None:
+    from compute.models import Cluster
+
+    pk = ROUTER_TOKENS.read(token)
+    return Cluster.objects.filter(pk=int(pk)).first() if pk and pk.isdigit() else None
 
 
 def parse_settings(pairs: list[str], current: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +268,80 @@ def manifests(
         ]  # fmt: skip
         if (settings or {}).get("environmentCache"):
             objects.append(cache_claim(namespace, settings or {}, labels))
+    if (settings or {}).get("enableInference"):
+        objects += router(cluster, settings or {}, labels)
     return objects
+
+
+def router(
+    cluster: Cluster, settings: dict[str, Any], labels: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The inference router inside the cluster (enableInference): the studio's image
+    running `runrouter --studio`, which reads routing tables from the studio with the
+    cluster's token and sends requests to the deployments' Services; three replicas spread
+    over nodes with inferenceRouterHA; HTTPS unless allowInsecureConnections."""
+    tls = not settings.get("allowInsecureConnections")
+    port = 8443 if tls else 8080
+    name = settings.get("sslCname") or f"{ROUTER}.{SYSTEM_NAMESPACE}.svc"
+    # On the pod's address, as the model servers listen (the probes and Services use it).
+    command = ["python", "-m", "django", "runrouter", "--host", "$(POD_IP)", "--port", str(port),
+               "--studio", cluster.studio_url]  # fmt: skip
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if tls and settings.get("sslSecret"):
+        volumes.append({"name": "tls", "secret": {"secretName": settings["sslSecret"]}})
+        mounts.append({"name": "tls", "mountPath": "/etc/kstudio-router", "readOnly": True})
+        command += ["--certfile", "/etc/kstudio-router/cert.pem",
+                    "--keyfile", "/etc/kstudio-router/key.pem"]  # fmt: skip
+    elif tls:
+        command += ["--self-signed", name]
+    selector = {"app.kubernetes.io/name": ROUTER}
+    pod_labels = {**labels, **selector}
+    replicas = 3 if settings.get("inferenceRouterHA", True) else 1
+    scheme = "HTTPS" if tls else "HTTP"
+    container: dict[str, Any] = {
+        "name": "router",
+        "image": django_settings.STUDIO_ROUTER_IMAGE,
+        "command": command,
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "DJANGO_SETTINGS_MODULE", "value": "studio.settings"},
+            {"name": "KSTUDIO_ROUTER_TOKEN",
+             "valueFrom": {"secretKeyRef": {"name": ROUTER, "key": "token"}}},
+        ],
+        "ports": [{"name": "router", "containerPort": port}],
+        "readinessProbe": {"httpGet": {"path": "/api/v1/endpoint-router/healthy", "port": "router",
+                                       "scheme": scheme},
+                           "periodSeconds": 5},
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                      "limits": {"memory": "1Gi"}},
+        "volumeMounts": mounts,
+    }  # fmt: skip
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "automountServiceAccountToken": False,  # it needs no Kubernetes API
+        "nodeSelector": dict(settings.get("nodeSelector") or {}),
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+             "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector}}
+        ],
+    }  # fmt: skip
+    service_type = {"loadBalancer": "LoadBalancer", "nodePort": "NodePort",
+                    "clusterIP": "ClusterIP"}[settings.get("inferenceRouterServiceType")
+                                              or "loadBalancer"]  # fmt: skip
+    meta = {"name": ROUTER, "namespace": SYSTEM_NAMESPACE, "labels": labels}
+    return [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
+         "stringData": {"token": router_token(cluster)}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+         "spec": {"replicas": replicas, "selector": {"matchLabels": selector},
+                  "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+         "spec": {"type": service_type, "selector": selector,
+                  "ports": [{"name": "https" if tls else "http", "port": 443 if tls else 80,
+                             "targetPort": "router"}]}},
+    ]  # fmt: skip
 
 
 PLURALS = {
@@ -262,6 +357,7 @@ PLURALS = {
     "ConfigMap": "configmaps",
     "Service": "services",
     "Deployment": "deployments",
+    "Secret": "secrets",
 }
 
 
@@ -373,6 +469,13 @@ def install(
     api = kube.api_client(cluster)
     objects = manifests(cluster, namespaces, settings)
     outcome = Outcome(problems=preflight(api, objects))
+    wanted = cluster.settings if settings is None else settings
+    if wanted.get("enableInference") and not cluster.studio_url:
+        outcome.problems.append(
+            "enableInference installs the inference router, which reads its routing from "
+            "the studio: give the cluster the studio's address as its pods reach it "
+            "(--studio-url)"
+        )
     if outcome.problems:
         return outcome
     for obj in objects:

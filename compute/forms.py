@@ -171,7 +171,7 @@ class ExtensionForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3, "class": "code", "spellcheck": "false"}),
         help_text="One key=value a line, as Azure's extension names them: enableTraining, "
         "enableInference, nodeSelector.&lt;key&gt;, inferenceRouterServiceType, "
-        "inferenceRouterHA, allowInsecureConnections.",
+        "inferenceRouterHA, allowInsecureConnections, sslSecret, sslCname.",
     )
 
 

@@ -373,6 +373,9 @@ class Seen:
     done: bool  # the rollout is over: every wanted pod new and ready, no old one left
     code: str = ""  # Azure's error code, when it cannot start
     reason: str = ""
+    # Where a router inside the cluster reaches it: its Service's cluster IP (read once
+    # the rollout is done).
+    in_cluster: str = ""
 
 
 def _pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
@@ -444,7 +447,13 @@ def observe(deployment: Deployment, target: ComputeTarget) -> Seen:
         problem = _pod_problem(pod)
         if problem and not _is_ready(pod):
             return Seen(ready, False, *problem)
-    return Seen(ready, done)
+    if not done:
+        return Seen(ready, done)
+    with kube.shared_client(target.cluster) as api:
+        service = client.CoreV1Api(api).read_namespaced_service(name, namespace)
+    address = service.spec.cluster_ip if service.spec else None
+    reach = f"http://{address}:{SERVICE_PORT}" if address and address != "None" else ""
+    return Seen(ready, done, in_cluster=reach)
 
 
 def _is_ready(pod: dict[str, Any]) -> bool:

@@ -30,11 +30,13 @@ import hashlib
 import hmac
 import itertools
 import json
+import logging
 import random
 import re
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,10 +50,13 @@ from endpoints import kube, services
 from endpoints.models import Deployment, Endpoint, State
 from endpoints.traffic import RECORDER
 
+log = logging.getLogger(__name__)
+
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 TABLE_SECONDS = 1.0  # how stale a routing table may be (changed by another process)
 MAX_BODY = 100 * 1024 * 1024  # Azure's limit on a scoring request
 UNAUTHORIZED = "Give the endpoint's key (or token) as Authorization: Bearer <key>."
+HEALTH = "/api/v1/endpoint-router/healthy"
 PATH = re.compile(r"^/api/v1/endpoint/([^/]+)/(score|swagger\.json)$")
 
 
@@ -83,7 +88,39 @@ class Table:
     traffic: tuple[tuple[str, int], ...]
     mirror: tuple[tuple[str, int], ...]
     routes: dict[str, Route]
+    token_key: str = ""  # what its aml_token tokens are signed with
     loaded_at: float = field(default_factory=time.monotonic)
+
+    def as_json(self) -> dict[str, Any]:
+        """What a router in a cluster is sent (endpoints.api.router): keys as digests
+        only; its deployments' in-cluster addresses."""
+        return {
+            "pk": self.pk,
+            "auth_mode": self.auth_mode,
+            "key_digests": [d.hex() for d in self.key_digests],
+            "token_key": self.token_key,
+            "traffic": dict(self.traffic),
+            "mirror": dict(self.mirror),
+            "routes": [
+                {"pk": r.pk, "name": r.name, "type": r.type, "urls": list(r.urls),
+                 "timeout": r.timeout, "queue_wait": r.queue_wait, "room": r.room,
+                 "replicas": r.replicas}
+                for r in self.routes.values()
+            ],
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Table:
+        routes = [Route(**{**r, "urls": tuple(r["urls"])}) for r in data["routes"]]
+        return cls(
+            pk=int(data["pk"]),
+            auth_mode=str(data["auth_mode"]),
+            key_digests=tuple(bytes.fromhex(d) for d in data["key_digests"]),
+            traffic=tuple((str(n), int(s)) for n, s in data["traffic"].items()),
+            mirror=tuple((str(n), int(s)) for n, s in data["mirror"].items()),
+            routes={r.name: r for r in routes},
+            token_key=str(data["token_key"]),
+        )
 
 
 @dataclass
@@ -99,55 +136,72 @@ def _digest(key: str) -> bytes:
 
 
 def load(name: str) -> Table | None:
-    """The endpoint's table from the database (two queries)."""
+    """The endpoint's table from the database, from a router's thread."""
     close_old_connections()
     try:
-        endpoint = (
-            Endpoint.objects.filter(name=name)
-            .exclude(state=State.DELETING)
-            .select_related("compute__cluster")
-            .first()
-        )
-        if endpoint is None:
-            return None
-        routes = {}
-        for d in endpoint.deployments.exclude(state=State.DELETING):
-            if not d.instances:
-                continue
-            requests = d.document.get("request_settings") or {}
-            per = int(requests.get("max_concurrent_requests_per_instance", 1))
-            reach = (
-                kube.access(endpoint.compute)
-                if any(i.get("kubernetes") for i in d.instances)
-                else kube.Access((), True)
-            )
-            routes[d.name] = Route(
-                pk=d.pk,
-                name=d.name,
-                type=d.type,
-                urls=tuple(i["url"] for i in d.instances),
-                timeout=int(requests.get("request_timeout_ms", 5000)) / 1000,
-                queue_wait=int(requests.get("max_queue_wait_ms", 500)) / 1000,
-                room=sum(int(i.get("replicas", 1)) for i in d.instances) * per,
-                replicas=sum(int(i.get("replicas", 1)) for i in d.instances),
-                headers=reach.headers,
-                ssl=reach.ssl,
-            )
-        keys = services.keys_of(endpoint).values() if endpoint.auth_mode == "key" else ()
-        return Table(
-            pk=endpoint.pk,
-            auth_mode=endpoint.auth_mode,
-            key_digests=tuple(_digest(k) for k in keys if k),
-            traffic=tuple((n, s) for n, s in endpoint.traffic.items() if s > 0),
-            mirror=tuple(endpoint.mirror_traffic.items()),
-            routes=routes,
-        )
+        return table_of(name)
     finally:
         close_old_connections()
 
 
+def table_of(name: str, cluster_id: int | None = None) -> Table | None:
+    """The endpoint's table (two queries). With `cluster_id`, as a router inside that
+    cluster sees it: only an endpoint on that cluster, reached at its Services' cluster
+    addresses."""
+    endpoint = (
+        Endpoint.objects.filter(name=name)
+        .exclude(state=State.DELETING)
+        .select_related("compute__cluster")
+        .first()
+    )
+    if endpoint is None:
+        return None
+    if cluster_id is not None and endpoint.compute.cluster_id != cluster_id:
+        return None
+    routes = {}
+    for d in endpoint.deployments.exclude(state=State.DELETING):
+        urls = tuple(
+            i.get("in_cluster", "") if cluster_id is not None else i["url"] for i in d.instances
+        )
+        if not urls or not all(urls):
+            continue
+        requests = d.document.get("request_settings") or {}
+        per = int(requests.get("max_concurrent_requests_per_instance", 1))
+        reach = (
+            kube.access(endpoint.compute)
+            if cluster_id is None and any(i.get("kubernetes") for i in d.instances)
+            else kube.Access((), True)
+        )
+        routes[d.name] = Route(
+            pk=d.pk,
+            name=d.name,
+            type=d.type,
+            urls=urls,
+            timeout=int(requests.get("request_timeout_ms", 5000)) / 1000,
+            queue_wait=int(requests.get("max_queue_wait_ms", 500)) / 1000,
+            room=sum(int(i.get("replicas", 1)) for i in d.instances) * per,
+            replicas=sum(int(i.get("replicas", 1)) for i in d.instances),
+            headers=reach.headers,
+            ssl=reach.ssl,
+        )
+    keys = services.keys_of(endpoint).values() if endpoint.auth_mode == "key" else ()
+    return Table(
+        pk=endpoint.pk,
+        auth_mode=endpoint.auth_mode,
+        key_digests=tuple(_digest(k) for k in keys if k),
+        traffic=tuple((n, s) for n, s in endpoint.traffic.items() if s > 0),
+        mirror=tuple(endpoint.mirror_traffic.items()),
+        routes=routes,
+        token_key=services.token_key(endpoint.pk) if endpoint.auth_mode == "aml_token" else "",
+    )
+
+
 def _answer(status: int, message: str, deployment: str = "") -> Answer:
     return Answer(status, json.dumps({"message": message}).encode(), deployment=deployment)
+
+
+class TablesAway(Exception):
+    """No routing table can be read now, and none was read before."""
 
 
 @dataclass
@@ -160,6 +214,10 @@ class PerLoop:
 
 class Router:
     def __init__(self) -> None:
+        # Where tables and a replaced instance's successors come from: the database, or
+        # the studio's API for a router inside a cluster (endpoints.remote).
+        self.source: Callable[[str], Table | None] = load
+        self.urls_of: Callable[[int], list[str]] = _urls
         self.tables: dict[str, Table] = {}
         self.mirrored: set[asyncio.Future[Answer]] = set()
         self.turns = itertools.count()
@@ -207,7 +265,15 @@ class Router:
         if found is not None and time.monotonic() - found.loaded_at < TABLE_SECONDS:
             return found
         before = self._last_forgotten
-        found = await sync_to_async(load, thread_sensitive=False)(name)
+        try:
+            found = await sync_to_async(self.source, thread_sensitive=False)(name)
+        except Exception as exc:
+            # The database (or the studio) is away: route by the table last read, if any.
+            log.warning("reading the routing of %s failed: %s", name, exc)
+            stale = self.tables.get(name)
+            if stale is None:
+                raise TablesAway from exc
+            return stale
         with self._lock:
             if found is None:
                 self.tables.pop(name, None)
@@ -222,7 +288,7 @@ class Router:
             return False
         given = authorization[7:].strip()
         if table.auth_mode == "aml_token":
-            return services.token_valid_for(table.pk, given)
+            return services.token_valid_for(table.pk, table.token_key, given)
         digest = _digest(given)
         return any(hmac.compare_digest(digest, d) for d in table.key_digests)
 
@@ -251,7 +317,10 @@ class Router:
     ) -> Answer:
         """One scoring request (`trusted`: the studio's own test console, whose user was
         checked already)."""
-        table = await self.table(name)
+        try:
+            table = await self.table(name)
+        except TablesAway:
+            return _answer(503, "The router cannot read the endpoint's routing now; retry.")
         if table is None:
             return _answer(404, f"No endpoint named {name}.")
         if not trusted and not self.authorized(table, authorization):
@@ -315,7 +384,7 @@ class Router:
             except aiohttp.ClientConnectorError:
                 # Nothing was sent: an instance a rollout just replaced. Once more, on the
                 # instances the deployment has now.
-                fresh = await sync_to_async(_urls, thread_sensitive=False)(route.pk)
+                fresh = await sync_to_async(self.urls_of, thread_sensitive=False)(route.pk)
                 if not fresh:
                     raise
                 return await self._call(route, fresh[turn % len(fresh)] + path, body, content_type)
@@ -399,6 +468,9 @@ async def _send(send: Any, answer: Answer) -> None:
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The router as an ASGI app: /api/v1/endpoint/<name>/score (and /swagger.json)."""
+    if scope.get("path") == HEALTH:  # the router's own readiness probe
+        await _send(send, Answer(200, b'{"status": "ok"}'))
+        return
     match = PATH.match(scope.get("path", ""))
     if match is None:
         await _send(send, _answer(404, "Score at /api/v1/endpoint/<name>/score."))
@@ -426,7 +498,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 async def _swagger(name: str, authorization: str) -> Answer:
-    table = await ROUTER.table(name)
+    try:
+        table = await ROUTER.table(name)
+    except TablesAway:
+        return _answer(503, "The router cannot read the endpoint's routing now; retry.")
     if table is None:
         return _answer(404, f"No endpoint named {name}.")
     if not ROUTER.authorized(table, authorization):

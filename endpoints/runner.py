@@ -366,7 +366,7 @@ class Runner:
         seen = kube.observe(deployment, target)
         if seen.done:
             serving = [{"url": kube.proxy_url(deployment, target), "kubernetes": True,
-                        "replicas": seen.ready}]  # fmt: skip
+                        "in_cluster": seen.in_cluster, "replicas": seen.ready}]  # fmt: skip
             if deployment.state != State.SUCCEEDED:
                 kube.remove(deployment, target, keep_generation=deployment.generation)
                 log.info("deployment %s: generation %d serves", deployment, deployment.generation)

@@ -16,6 +16,7 @@ from django.core.files import File
 from django.core.files.storage import storages
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from compute import services as compute_services
 from compute.models import ComputeKind, ComputeTarget, InstanceType
@@ -466,11 +467,18 @@ TOKEN_SECONDS = 3600
 _TOKEN_SALT = "kstudio.endpoint-token"  # noqa: S105 - a salt's name, not a secret
 
 
+def token_key(endpoint_pk: int) -> str:
+    """The key an endpoint's tokens are signed with: derived from the studio's, one per
+    endpoint, so a router outside the studio (in a cluster) is given the key of the
+    endpoints it routes to and can check their tokens, and no other's."""
+    return salted_hmac(_TOKEN_SALT, str(endpoint_pk)).hexdigest()
+
+
 def issue_token(endpoint: Endpoint) -> dict[str, Any]:
     """A short-lived token for an aml_token endpoint (Azure's shape); signed by the studio,
     so the router checks it without a lookup."""
     now = int(time.time())
-    token = signing.dumps({"endpoint": endpoint.pk}, salt=_TOKEN_SALT)
+    token = signing.dumps({"endpoint": endpoint.pk}, key=token_key(endpoint.pk), salt=_TOKEN_SALT)
     return {
         "accessToken": token,
         "tokenType": "Bearer",
@@ -479,9 +487,10 @@ def issue_token(endpoint: Endpoint) -> dict[str, Any]:
     }
 
 
-def token_valid_for(endpoint_pk: int, token: str) -> bool:
+def token_valid_for(endpoint_pk: int, key: str, token: str) -> bool:
+    """Whether `token` is a live token of that endpoint, `key` being its token_key."""
     try:
-        data = signing.loads(token, salt=_TOKEN_SALT, max_age=TOKEN_SECONDS)
+        data = signing.loads(token, key=key, salt=_TOKEN_SALT, max_age=TOKEN_SECONDS)
     except signing.BadSignature:
         return False
     return isinstance(data, dict) and data.get("endpoint") == endpoint_pk

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -63,6 +64,40 @@ def percentile(latency: list[int], q: float) -> float | None:
     return float(BOUNDS_MS[-1])
 
 
+# Seconds that ended: (unix second, counts by deployment pk).
+Ended = list[tuple[int, dict[int, Second]]]
+
+
+def save(router: str, ended: Ended) -> int:
+    """One router's ended seconds as rows (those of deployments still there); how many."""
+    rows = [
+        TrafficSecond(
+            deployment_id=pk,
+            at=datetime.fromtimestamp(at, UTC),
+            router=router,
+            codes=dict(second.codes),
+            latency=second.latency,
+            busy=second.busy,
+            replicas=second.replicas,
+        )
+        for at, seconds in ended
+        for pk, second in seconds.items()
+    ]
+    if not rows:
+        return 0
+    close_old_connections()
+    try:
+        live = set(
+            Deployment.objects.filter(pk__in={r.deployment_id for r in rows}).values_list(
+                "pk", flat=True
+            )
+        )
+        TrafficSecond.objects.bulk_create([r for r in rows if r.deployment_id in live])
+    finally:
+        close_old_connections()
+    return len(rows)
+
+
 class Recorder:
     """One router process's counts: `started` and `finished` around each request."""
 
@@ -71,7 +106,9 @@ class Recorder:
         self.name = f"{socket.gethostname()}-{os.getpid()}"[:64]
         self.second = int(time.time())
         self.current: dict[int, Second] = {}
-        self.ended: list[tuple[int, dict[int, Second]]] = []
+        self.ended: Ended = []
+        # Where ended seconds go: the database, or the studio (endpoints.remote).
+        self.write: Callable[[str, Ended], object] = save
         self.busy_now: Counter[int] = Counter()
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
@@ -133,35 +170,13 @@ class Recorder:
         self.stopping.clear()
 
     def flush(self) -> int:
-        """Write the seconds that have ended; how many rows."""
+        """Write the seconds that have ended; how many deployment-seconds."""
         with self.lock:
             self._now()
             ended, self.ended = self.ended, []
-        rows = [
-            TrafficSecond(
-                deployment_id=pk,
-                at=datetime.fromtimestamp(at, UTC),
-                router=self.name,
-                codes=dict(second.codes),
-                latency=second.latency,
-                busy=second.busy,
-                replicas=second.replicas,
-            )
-            for at, seconds in ended
-            for pk, second in seconds.items()
-        ]
-        if rows:
-            close_old_connections()
-            try:
-                live = set(
-                    Deployment.objects.filter(pk__in={r.deployment_id for r in rows}).values_list(
-                        "pk", flat=True
-                    )
-                )
-                TrafficSecond.objects.bulk_create([r for r in rows if r.deployment_id in live])
-            finally:
-                close_old_connections()
-        return len(rows)
+        if ended:
+            self.write(self.name, ended)
+        return sum(len(seconds) for _, seconds in ended)
 
 
 RECORDER = Recorder()

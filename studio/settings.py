@@ -231,6 +231,9 @@ STUDIO_PUBLIC_URL = env_str("STUDIO_PUBLIC_URL", "")
 STUDIO_ENCRYPTION_KEYS = env_list("STUDIO_ENCRYPTION_KEYS", [])
 # The image of a Kubernetes job whose environment names none (it needs python3, 3.8+).
 STUDIO_KUBERNETES_IMAGE = env_str("STUDIO_KUBERNETES_IMAGE", "python:3.11-slim")
+# The studio's own image (the Dockerfile at the top of the repository), which the inference
+# router inside a cluster runs; IT-ops builds it and pushes it where the cluster pulls.
+STUDIO_ROUTER_IMAGE = env_str("STUDIO_ROUTER_IMAGE", "kubestudio:latest")
 
 # -- What a local job may touch (see README, "Local compute isolation") ---------------------
 # When the studio runs as root, each local job runs as uid STUDIO_JOB_UID_BASE + its id

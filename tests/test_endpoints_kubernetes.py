@@ -1,8 +1,9 @@
 """Online endpoints on a Kubernetes compute target, against the fake API server and its
 kubelet (tests/kube): the rendered objects are valid Kubernetes, a deployment becomes a
 Deployment + Service + ConfigMap in the attachment's namespace whose pods really serve,
-the router reaches them through the API server's service proxy, an update rolls without
-a failed request, and pods that cannot serve are named with Azure's codes."""
+the router reaches them through the API server's service proxy (or, installed in the
+cluster, through their Services), an update rolls without a failed request, and pods
+that cannot serve are named with Azure's codes."""
 
 from __future__ import annotations
 
@@ -125,6 +126,28 @@ def test_rendered_deployment_objects_are_valid_kubernetes(studio, attached):
     assert ("apps", "deployments") not in {
         (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
     }
+    assert not [o for o in plain if o["metadata"]["name"] == extension.ROUTER]
+    # The router inside the cluster: HTTPS on a LoadBalancer, three replicas by default.
+    router = {o["kind"]: o for o in installed if o["metadata"]["name"] == extension.ROUTER}
+    assert set(router) == {"Secret", "Deployment", "Service"}
+    for obj in router.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert router["Deployment"]["spec"]["replicas"] == 3
+    assert router["Service"]["spec"]["type"] == "LoadBalancer"
+    assert router["Service"]["spec"]["ports"][0]["port"] == 443
+    command = router["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--self-signed") + 1] == "kstudio-router.kstudio-system.svc"
+    insecure = {"enableInference": True, "allowInsecureConnections": True,
+                "inferenceRouterHA": False, "inferenceRouterServiceType": "nodePort"}  # fmt: skip
+    router = {o["kind"]: o for o in extension.manifests(attached.cluster, [], insecure)
+              if o["metadata"]["name"] == extension.ROUTER}  # fmt: skip
+    assert router["Deployment"]["spec"]["replicas"] == 1
+    assert (router["Service"]["spec"]["type"], router["Service"]["spec"]["ports"][0]["port"]) == (
+        "NodePort",
+        80,
+    )
+    command = router["Deployment"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--self-signed" not in command and "--certfile" not in command
 
 
 def test_a_deployment_serves_from_pods_and_rolls_an_update_without_a_failed_request(
@@ -421,3 +444,101 @@ def test_target_utilization_scales_the_pods_on_the_routers_counts(studio, kube, 
     wait_until(lambda: state(studio, "blue")["instances_running"] == 1, 60, "blue to shrink")
     workload = kube.api.get(kube.api.kind("apps", "deployments"), "team-a", name)
     assert workload["spec"]["replicas"] == 1
+
+
+def test_the_router_inside_the_cluster_scores_through_the_services_over_tls(
+    studio, attached, kube, live_studio, tmp_path
+):
+    """enableInference installs the studio's router in kstudio-system: it reads the
+    routing from the studio with the cluster's token, checks the endpoint's keys, sends
+    requests to the deployment's Service, serves HTTPS with IT-ops' certificate
+    (sslSecret), and its counts reach the studio's charts."""
+    import base64
+    import ssl
+    from pathlib import Path
+
+    from compute import clusters, extension
+    from endpoints.models import TrafficSecond
+    from endpoints.remote import self_signed
+    from endpoints.traffic import RECORDER
+
+    cert, key = self_signed("router.kube.test", tmp_path)
+    system = extension.SYSTEM_NAMESPACE
+    kube.api.create(kube.api.kind("", "namespaces"), "", {"metadata": {"name": system}})
+    pem = {"cert.pem": Path(cert).read_bytes(), "key.pem": Path(key).read_bytes()}
+    kube.api.create(kube.api.kind("", "secrets"), system, {
+        "metadata": {"name": "router-tls"},
+        "data": {k: base64.b64encode(v).decode() for k, v in pem.items()},
+    })  # fmt: skip
+    outcome = clusters.install(attached.cluster, ["enableInference=true", "inferenceRouterHA=false",
+                               "sslSecret=router-tls", "sslCname=router.kube.test"])  # fmt: skip
+    assert not outcome.problems, outcome.problems
+    assert send(studio, "blue", "blue").status_code == 201
+    shown = wait_until(lambda: settled(studio, "blue"), 90, "blue to settle")
+    assert shown["provisioning_state"] == "Succeeded", shown
+    studio.patch("online-endpoints/k8s-endpoint/", json={"traffic": {"blue": 100}})
+    keys = studio.post("online-endpoints/k8s-endpoint/get-credentials/").json()
+
+    def router_ready() -> bool:
+        pods = kube.api.list(kube.api.kind("", "pods"), system,
+                             "app.kubernetes.io/name=kstudio-router")["items"]  # fmt: skip
+        return any(c.get("type") == "Ready" and c.get("status") == "True"
+                   for p in pods for c in p["status"].get("conditions") or [])  # fmt: skip
+
+    wait_until(router_ready, 60, "the router pod to be ready")
+    service = kube.api.get(kube.api.kind("", "services"), system, extension.ROUTER)
+    address = service["status"]["loadBalancer"]["ingress"][0]["ip"]
+    url = f"https://{address}/api/v1/endpoint/k8s-endpoint/score"
+    # Checked against IT-ops' certificate, for the name it was made for.
+    with httpx.Client(verify=ssl.create_default_context(cafile=cert), timeout=30) as client:
+
+        def score(key: str) -> httpx.Response:
+            auth = {"Authorization": f"Bearer {key}"}
+            return client.post(url, json={"data": [1, 2]}, headers=auth,
+                               extensions={"sni_hostname": "router.kube.test"})  # fmt: skip
+
+        answer = score(keys["primaryKey"])
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"predictions": [2.0, 4.0], "color": "blue"}
+        assert answer.headers["azureml-model-deployment"] == "blue"
+        assert score("not-the-key").status_code == 401
+        assert all(score(keys["secondaryKey"]).status_code == 200 for _ in range(3))
+    # Its counts (another process than the studio's router) reach the studio's rows.
+    blue = Deployment.objects.get(name="blue")
+
+    def counted() -> int:
+        rows = TrafficSecond.objects.filter(deployment=blue).exclude(router=RECORDER.name)
+        return sum(row.codes.get("200", 0) for row in rows.exclude(router="autoscaler"))
+
+    wait_until(lambda: counted() >= 4, 30, "the router's counts")
+    assert counted() == 4
+
+
+def test_a_routers_token_opens_its_own_clusters_endpoints_and_nothing_else(
+    studio, attached, live_studio, people
+):
+    from compute import extension
+
+    assert studio.post("online-endpoints/", json={"yaml": "name: local-endpoint\n"}).is_success
+    keys = studio.post("online-endpoints/k8s-endpoint/get-credentials/").json()
+    base = f"{live_studio.url}/api/v1/router/"
+    router = {"Authorization": f"Bearer {extension.router_token(attached.cluster)}"}
+    table = httpx.get(base + "endpoints/k8s-endpoint/", headers=router)
+    assert table.status_code == 200
+    assert len(table.json()["key_digests"]) == 2
+    assert keys["primaryKey"] not in table.text and keys["secondaryKey"] not in table.text
+    # An endpoint on another compute, a forged token, a person's token: nothing.
+    assert httpx.get(base + "endpoints/local-endpoint/", headers=router).status_code == 404
+    forged = {"Authorization": f"Bearer krt_{attached.cluster.pk}:forged"}
+    refused = httpx.get(base + "endpoints/k8s-endpoint/", headers=forged)
+    assert refused.status_code == 401 and 'realm="router"' in refused.headers["www-authenticate"]
+    person = {"Authorization": f"Bearer {token_for(people.owner)}"}
+    assert httpx.get(base + "endpoints/k8s-endpoint/", headers=person).status_code == 401
+    # Counts: checked by field; those of deployments not on its cluster are dropped.
+    second = {"at": "2026-11-29T10:00:00Z", "deployment": 999999, "codes": {"200": 1},
+              "latency": [0] * 17, "busy": 1, "replicas": 1}  # fmt: skip
+    kept = httpx.post(base + "traffic/", headers=router, json={"router": "r", "seconds": [second]})
+    assert kept.json() == {"kept": 0}
+    bad = httpx.post(base + "traffic/", headers=router,
+                     json={"router": "r", "seconds": [{**second, "latency": [0]}]})  # fmt: skip
+    assert bad.status_code == 400 and "seconds" in bad.text

@@ -68,7 +68,8 @@ class InstallSerializer(serializers.Serializer[Any]):
     set = serializers.ListField(
         child=serializers.CharField(), required=False, default=list,
         help_text="Settings as key=value: enableTraining, enableInference, nodeSelector.<key>, "
-        "inferenceRouterServiceType, inferenceRouterHA, allowInsecureConnections.",
+        "inferenceRouterServiceType, inferenceRouterHA, allowInsecureConnections, sslSecret, "
+        "sslCname.",
     )  # fmt: skip
 
 

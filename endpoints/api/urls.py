@@ -3,6 +3,7 @@ from rest_framework.routers import SimpleRouter
 
 from endpoints.api.batch import BatchDeploymentViewSet, BatchEndpointViewSet
 from endpoints.api.io import CodeView, ModelFilesView, ModelFileView
+from endpoints.api.router import TableView, TrafficView
 from endpoints.api.views import OnlineDeploymentViewSet, OnlineEndpointViewSet
 
 WORKSPACE = r"workspaces/(?P<workspace>[^/]+)"
@@ -27,4 +28,7 @@ urlpatterns = [
     path(
         "deployment-io/model/files/<path:path>", ModelFileView.as_view(), name="deployment-io-file"
     ),
+    # For the routers inside clusters (their cluster's token): routing and counts.
+    path("router/endpoints/<str:name>/", TableView.as_view(), name="router-table"),
+    path("router/traffic/", TrafficView.as_view(), name="router-traffic"),
 ]

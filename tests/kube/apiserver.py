@@ -13,6 +13,7 @@ namespace POST, and has no resourceVersion, pod logs or server-side apply).
 
 from __future__ import annotations
 
+import base64
 import bisect
 import contextlib
 import copy
@@ -138,6 +139,14 @@ def drop_path(obj: dict[str, Any], path: tuple[str, ...]) -> None:
             del parent[key]
 
 
+def _secret_data(kind: Kind, obj: dict[str, Any]) -> None:
+    """A Secret's stringData is write-only: the API server keeps it in data, base64."""
+    if kind.plural == "secrets" and "stringData" in obj:
+        data = obj.setdefault("data", {})
+        for key, value in obj.pop("stringData").items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386."""
     if not isinstance(patch, dict):
@@ -214,6 +223,8 @@ class ApiServer:
         # marked (deletionTimestamp) until the kubelet has stopped it and deletes it again
         # with a grace period of 0. Without one, pods go at once.
         self.graceful_pods = False
+        # The cluster IP allocator: a Service without spec.clusterIP is given one.
+        self.cluster_ips: Callable[[], str] | None = None
         self.create(self.kind("", "namespaces"), "", {"metadata": {"name": "default"}})
         self.http: socketserver.ThreadingTCPServer | None = None
 
@@ -300,6 +311,11 @@ class ApiServer:
             if kind.namespaced:
                 meta["namespace"] = namespace
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1)
+            _secret_data(kind, obj)
+            spec = obj.get("spec") or {}
+            if kind.plural == "services" and not spec.get("clusterIP") and self.cluster_ips:
+                spec["clusterIP"] = self.cluster_ips()
+                spec["clusterIPs"] = [spec["clusterIP"]]
             if kind.plural == "customresourcedefinitions":
                 self._register_crd(obj)
             created = self._write("ADDED", kind, key, obj)
@@ -384,6 +400,7 @@ class ApiServer:
             for path, value in applied.items():
                 set_path(obj, path, value)
                 owners[path] = manager
+            _secret_data(kind, obj)
             if obj == self.store.objects[key]:
                 return copy.deepcopy(obj)  # nothing changed: no new resourceVersion
             obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1

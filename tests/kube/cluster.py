@@ -24,6 +24,7 @@ the Service selects.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import hashlib
@@ -36,6 +37,8 @@ import random
 import re
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -83,6 +86,9 @@ ENTRYPOINTS = {
         os.path.join(os.path.dirname(__file__), "kaniko.py"),
     ],
 }
+# The studio's own image (STUDIO_ROUTER_IMAGE): its `python` is this interpreter, which
+# has the studio installed.
+STUDIO_IMAGES = {"kubestudio"}
 
 
 @dataclass
@@ -122,6 +128,9 @@ class FakeCluster:
         self.started: set[str] = set()  # the uids of Jobs whose pods were made
         self.terminating: set[str] = set()  # the uids of pods being stopped
         self.turns = itertools.count()  # the service proxy's round robin
+        # kube-proxy: each Service's cluster IP, its ports listening on this host.
+        self.api.cluster_ips = next_address
+        self.service_ports: dict[tuple[str, str], list[socket.socket]] = {}
 
     def start(self) -> FakeCluster:
         self.url = self.api.start()
@@ -130,6 +139,8 @@ class FakeCluster:
 
     def stop(self) -> None:
         self.work.put(None)
+        for key in list(self.service_ports):
+            self._close_service(key)
         with self.lock:
             running = list(self.pods.values())
         for pod in running:
@@ -199,6 +210,10 @@ class FakeCluster:
                 timer.start()
         elif kind.plural == "deployments" and event in ("ADDED", "MODIFIED"):
             self._sync_deployment(meta["namespace"], meta["name"])
+        elif kind.plural == "services" and event == "ADDED":
+            self._open_service(obj)
+        elif kind.plural == "services" and event == "DELETED":
+            self._close_service((meta["namespace"], meta["name"]))
         elif kind.plural == "pods" and event == "ADDED":
             self._schedule(obj)
         elif kind.plural == "pods" and event == "MODIFIED" and meta.get("deletionTimestamp"):
@@ -371,6 +386,57 @@ class FakeCluster:
             )
         finally:
             connection.close()
+
+    # -- kube-proxy ----------------------------------------------------------------------
+    def _open_service(self, service: dict[str, Any]) -> None:
+        """The Service's cluster IP answers on its ports: each connection goes to one of
+        its ready pods, in turn, as kube-proxy's rules send it; none ready, refused. A
+        LoadBalancer's external address is its cluster IP (this host is outside)."""
+        meta, spec = service["metadata"], service["spec"]
+        address = spec.get("clusterIP")
+        if not address or address == "None":
+            return
+        listeners = []
+        for port in spec.get("ports") or []:
+            listener = socket.create_server((address, int(port["port"])))
+            listeners.append(listener)
+            threading.Thread(
+                target=self._accept, args=(listener, meta["namespace"], spec, port), daemon=True
+            ).start()
+        self.service_ports[(meta["namespace"], meta["name"])] = listeners
+        if spec.get("type") == "LoadBalancer":
+            with contextlib.suppress(ApiError):
+                self._set_status(self.api.kind("", "services"), service,
+                                 {"loadBalancer": {"ingress": [{"ip": address}]}})  # fmt: skip
+
+    def _close_service(self, key: tuple[str, str]) -> None:
+        for listener in self.service_ports.pop(key, []):
+            listener.close()
+
+    def _accept(
+        self, listener: socket.socket, namespace: str, spec: dict[str, Any], port: dict[str, Any]
+    ) -> None:
+        selector = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items())
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # the Service went
+            pods = [
+                p for p in self.api.list(self.api.kind("", "pods"), namespace, selector)["items"]
+                if _ready(p) and not p["metadata"].get("deletionTimestamp")
+            ]  # fmt: skip
+            try:
+                if not pods:
+                    raise ConnectionRefusedError("no endpoints")
+                pod = pods[next(self.turns) % len(pods)]
+                target = _port_of(pod, port.get("targetPort", port["port"]))
+                upstream = socket.create_connection((pod["status"]["podIP"], target), timeout=5)
+            except (OSError, ApiError):
+                client.close()
+                continue
+            upstream.settimeout(None)
+            threading.Thread(target=_connect, args=(client, upstream), daemon=True).start()
 
     def _job_of(self, pod: dict[str, Any]) -> dict[str, Any] | None:
         name = (pod["metadata"].get("labels") or {}).get("job-name")
@@ -705,8 +771,14 @@ class FakeCluster:
         if running.done.wait(min(float(probe.get("initialDelaySeconds", 0)), 5)):
             return
         while not running.done.is_set():
-            connection = http.client.HTTPConnection(
-                address, port, timeout=probe.get("timeoutSeconds", 1)
+            timeout = probe.get("timeoutSeconds", 1)
+            connection = (
+                # The kubelet checks no certificate in an HTTPS probe.
+                http.client.HTTPSConnection(
+                    address, port, timeout=timeout, context=ssl._create_unverified_context()
+                )
+                if probe["httpGet"].get("scheme") == "HTTPS"
+                else http.client.HTTPConnection(address, port, timeout=timeout)
             )
             try:
                 connection.request("GET", probe["httpGet"].get("path", "/"))
@@ -762,16 +834,13 @@ class FakeCluster:
             if reference:  # the Downward API
                 env[item["name"]] = fields.get(reference["fieldPath"], "")
                 continue
-            value = item.get("value", "")
-            for path, local in paths.items():
-                if value == path or value.startswith(path.rstrip("/") + "/"):
-                    value = local + value[len(path) :]
-                    break
-                if path.startswith(value.rstrip("/") + "/") and value.startswith("/"):
-                    # A folder above mounts (as /data above /data/a): the sandbox's.
-                    value = os.path.join(sandbox, value.lstrip("/"))
-                    break
-            env[item["name"]] = value
+            secret = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if secret:
+                found = self.api.get(self.api.kind("", "secrets"), meta["namespace"],
+                                     secret["name"])  # fmt: skip
+                env[item["name"]] = base64.b64decode(found["data"][secret["key"]]).decode()
+                continue
+            env[item["name"]] = _in_sandbox(item.get("value", ""), paths, sandbox)
         image = str(container.get("image", "")).split(":")[0]
         command = container.get("command") or ENTRYPOINTS.get(image, [])
         if image in ENTRYPOINTS:
@@ -780,6 +849,10 @@ class FakeCluster:
             re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), arg)
             for arg in [*command, *(container.get("args") or [])]
         ]
+        # Paths under mounts in the arguments too (a certificate file, say).
+        argv = argv[:1] + [_in_sandbox(arg, paths, sandbox, above=False) for arg in argv[1:]]
+        if image in STUDIO_IMAGES and argv and argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
         return subprocess.Popen(
             argv,
             env=env,
@@ -815,6 +888,12 @@ class FakeCluster:
                 os.chmod(shared, 0o777)
                 os.rmdir(local)
                 os.symlink(shared, local)
+            elif "secret" in volume:
+                found = self.api.get(self.api.kind("", "secrets"), meta["namespace"],
+                                     volume["secret"]["secretName"])  # fmt: skip
+                for name, data in (found.get("data") or {}).items():
+                    with open(os.path.join(local, name), "wb") as f:
+                        f.write(base64.b64decode(data))
             elif "configMap" in volume:
                 config = None
                 for _ in range(100):  # the kubelet retries until the ConfigMap exists
@@ -829,8 +908,6 @@ class FakeCluster:
                         time.sleep(0.05)
                 if config is None:
                     raise ApiError(404, "NotFound", "configmap never appeared")
-                import base64
-
                 for name, text in (config.get("data") or {}).items():
                     with open(os.path.join(local, name), "w", encoding="utf-8") as f:
                         f.write(text)
@@ -952,6 +1029,41 @@ def next_address() -> str:
     with _addresses_lock:
         n = next(_addresses)
     return f"127.{n // 250**2 % 250 + 1}.{n // 250 % 250}.{n % 250 + 1}"
+
+
+def _in_sandbox(value: str, paths: dict[str, str], sandbox: str, above: bool = True) -> str:
+    """A container path as this host's: under a mount, the mount's folder."""
+    for path, local in paths.items():
+        if value == path or value.startswith(path.rstrip("/") + "/"):
+            return local + value[len(path) :]
+        if above and path.startswith(value.rstrip("/") + "/") and value.startswith("/"):
+            # A folder above mounts (as /data above /data/a): the sandbox's.
+            return os.path.join(sandbox, value.lstrip("/"))
+    return value
+
+
+def _connect(client: socket.socket, upstream: socket.socket) -> None:
+    """A proxied connection: both directions, then both sockets closed."""
+    back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+    back.start()
+    _pipe(client, upstream)
+    back.join()
+    client.close()
+    upstream.close()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    """One direction of a proxied connection, until either side closes it."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            source.shutdown(socket.SHUT_RD)
 
 
 def _ready(pod: dict[str, Any]) -> bool:
