@@ -274,14 +274,19 @@ def distribution_environment(distribution: dict[str, Any] | None, env: Any) -> d
     index = int(env.get("JOB_COMPLETION_INDEX", "0"))
     hosts = list(distribution["hosts"])
     port = int(distribution["port"])
+    processes = int(distribution.get("process_count_per_instance") or 1)
     if distribution["type"] == "tensorflow":
+        # Each process a worker of its own, on its own port (port, port + 1, ...).
+        workers = [f"{host}:{port + i}" for host in hosts for i in range(processes)]
+        if processes > 1:  # TF_CONFIG is made per process (see PER_PROCESS)
+            return {"KSTUDIO_TF_WORKERS": json.dumps(workers), "NODE_RANK": str(index),
+                    "KSTUDIO_PROCESSES": str(processes)}  # fmt: skip
         config = {
-            "cluster": {"worker": [f"{host}:{port}" for host in hosts]},
+            "cluster": {"worker": workers},
             "task": {"type": "worker", "index": index},
             "environment": "cloud",
         }
         return {"TF_CONFIG": json.dumps(config)}
-    processes = int(distribution.get("process_count_per_instance") or 1)
     return {
         "MASTER_ADDR": hosts[0],
         "MASTER_PORT": str(port),
@@ -294,29 +299,42 @@ def distribution_environment(distribution: dict[str, Any] | None, env: Any) -> d
 
 
 # Runs the job's command (in $KSTUDIO_COMMAND) once per process of the instance, each
-# with its own LOCAL_RANK and RANK, and ends with the first failure's status. The first
-# process to fail stops the others (the rest of the process group this shell leads: the
-# launcher starts it in one of its own), as torchrun does: they would otherwise wait for
-# their lost peer until the job's timeout. Their SIGTERM ends (143) do not hide its status.
+# with its own LOCAL_RANK and RANK (and, for tensorflow, its own TF_CONFIG: worker RANK
+# of KSTUDIO_TF_WORKERS), and ends with the first failure's status. The first process to
+# fail stops the others (SIGTERM to the process group this shell leads: the launcher
+# starts it in one of its own), as torchrun does: they would otherwise wait for their
+# lost peer until the job's timeout. This shell ignores SIGTERM from the start; each
+# process takes SIGTERM's default back before it starts, and one that did so only after
+# the others were stopped sees the stop file and does not start. Their SIGTERM ends (143)
+# do not hide the failure's status.
 PER_PROCESS = """\
-status=0; pids=""; i=0; leader=$$
+status=0; pids=""; i=0; stopped="${TMPDIR:-/tmp}/kstudio-stopped.$$"
+trap '' TERM
 while [ "$i" -lt "$KSTUDIO_PROCESSES" ]; do
-  (LOCAL_RANK=$i RANK=$((NODE_RANK * KSTUDIO_PROCESSES + i)) "$0" -c "$KSTUDIO_COMMAND"
+  (trap - TERM
+   [ -e "$stopped" ] && exit 143
+   export LOCAL_RANK=$i RANK=$((NODE_RANK * KSTUDIO_PROCESSES + i))
+   if [ -n "${KSTUDIO_TF_WORKERS:-}" ]; then
+     f='{"cluster": {"worker": %s}, "task": {"type": "worker", "index": %s}, '
+     TF_CONFIG=$(printf "$f"'"environment": "cloud"}' "$KSTUDIO_TF_WORKERS" "$RANK")
+     export TF_CONFIG
+   fi
+   "$0" -c "$KSTUDIO_COMMAND"
    code=$?
    if [ "$code" -ne 0 ]; then
      echo "a process of this instance exited with $code: stopping the others" >&2
-     trap '' TERM; kill -s TERM -- "-$leader" 2>/dev/null
+     trap '' TERM; : > "$stopped"; kill -s TERM -- "-$$" 2>/dev/null
    fi
    exit "$code") &
   pids="$pids $!"; i=$((i + 1))
 done
-trap '' TERM  # this shell waits; the processes started above keep SIGTERM's default
 for pid in $pids; do
   wait "$pid"; code=$?
   if [ "$code" -ne 0 ] && { [ "$status" -eq 0 ] || [ "$status" -eq 143 ]; }; then
     status=$code
   fi
 done
+rm -f "$stopped"
 exit "$status"
 """
 

@@ -285,10 +285,10 @@ def _check_placement(
                 ("distribution.type", f"{kind} is not supported on Kubernetes compute yet "
                  "(pytorch and tensorflow are)")
             )  # fmt: skip
-        if per_node not in (None, 1) and kind != "pytorch":
+        if per_node not in (None, 1) and kind not in ("pytorch", "tensorflow"):
             errors.append(
                 ("distribution.process_count_per_instance", "several processes per "
-                 "instance are for pytorch only")
+                 "instance are for pytorch and tensorflow")
             )  # fmt: skip
     return compute, instance_type
 

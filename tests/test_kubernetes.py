@@ -827,6 +827,18 @@ def test_a_distributed_job_runs_one_pod_per_instance_with_each_frameworks_variab
     assert configs["[1]"]["task"] == {"type": "worker", "index": 1}
     assert configs["[0]"]["environment"] == "cloud"
     assert len(configs["[0]"]["cluster"]["worker"]) == 2
+    # Two processes per instance: four workers, each with its own port and index.
+    tf = tf.replace("{type: tensorflow}", "{type: tensorflow, process_count_per_instance: 2}")
+    job = finished(services.submit_yaml(workspace, people.contributor, tf, {}))
+    assert job.status == "Completed", job.failure_reason
+    configs = sorted((json.loads(line[4:]) for line in lines_of(job)),
+                     key=lambda c: c["task"]["index"])  # fmt: skip
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(4)]
+    workers = configs[0]["cluster"]["worker"]
+    assert all(c["cluster"]["worker"] == workers and c["environment"] == "cloud" for c in configs)
+    hosts = [w.rsplit(":", 1)[0] for w in workers]
+    assert hosts[0] == hosts[1] != hosts[2] == hosts[3]
+    assert [w.rsplit(":", 1)[1] for w in workers] == ["2222", "2223", "2222", "2223"]
 
 
 def test_distributions_not_built_yet_are_refused_by_name(attached, workspace, people):
@@ -834,8 +846,7 @@ def test_distributions_not_built_yet_are_refused_by_name(attached, workspace, pe
 
     for extra, field in (
         ("distribution: {type: mpi}", "distribution.type"),
-        ("distribution: {type: tensorflow, process_count_per_instance: 4}",
-         "distribution.process_count_per_instance"),
+        ("distribution: {type: ray}", "distribution.type"),
     ):  # fmt: skip
         text = f"command: echo\ncompute: azureml:k8s\nresources: {{instance_count: 2}}\n{extra}\n"
         with pytest.raises(SpecError) as refused:
