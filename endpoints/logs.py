@@ -7,8 +7,11 @@ to the deployment's socket group. Sockets and pages read the store, never the so
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,8 +24,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from compute import kube as kube_client
-from compute.backends.kubernetes import lines_after, parse_stamp
-from compute.models import ComputeKind
+from compute.models import Cluster, ComputeKind
+from compute.podlogs import ContainerLog, parse_stamp
 from endpoints import kube
 from endpoints.models import Deployment, DeploymentLog, DeploymentLogLine
 from jobs.services import storable
@@ -59,21 +62,31 @@ def collect(deployment: Deployment) -> int:
 
 
 def _within_rate(lines: list[Line]) -> list[Line]:
-    """At most STUDIO_DEPLOYMENT_LOG_RATE lines a read (a second): the latest, after a line
-    saying how many were left out. A busy model server logs every request, and storing
-    thousands a second would cost its router more than the requests (the instances' own
-    logs keep every line; `get-logs` reads them there)."""
+    """At most STUDIO_DEPLOYMENT_LOG_RATE lines a read (a second) of each container: its
+    latest, after a line saying how many were left out. A busy model server logs every
+    request, and storing thousands a second would cost its router more than the requests
+    (the instances' own logs keep every line; `get-logs` reads them there). Counted per
+    container, so a busy one never crowds out another's few lines (a new pod's
+    initializer, say)."""
     keep = settings.STUDIO_DEPLOYMENT_LOG_RATE
-    if len(lines) <= keep:
+    by_source: dict[tuple[str, str], list[Line]] = {}
+    for line in lines:
+        by_source.setdefault((line.instance, line.container), []).append(line)
+    if all(len(some) <= keep for some in by_source.values()):
         return lines
-    left_out = len(lines) - keep
-    first = lines[left_out]
-    note = Line(
-        first.ts, first.instance, first.container,
-        f"({left_out} lines not kept here: more than {keep} a second; "
-        "get-logs reads every line from the instance)",
-    )  # fmt: skip
-    return [note, *lines[left_out:]]
+    kept: list[Line] = []
+    for some in by_source.values():
+        left_out = max(0, len(some) - keep)
+        if left_out:
+            first = some[left_out]
+            kept.append(Line(
+                first.ts, first.instance, first.container,
+                f"({left_out} lines not kept here: more than {keep} a second; "
+                "get-logs reads every line from the instance)",
+            ))  # fmt: skip
+        kept.extend(some[left_out:])
+    kept.sort(key=lambda line: line.ts)  # stable: a note stays before the line it precedes
+    return kept
 
 
 def lines_of(deployment: Deployment, after: int = 0, limit: int | None = None) -> QuerySet:
@@ -152,65 +165,94 @@ def _from_files(folder: Path, cursors: dict[str, Any]) -> list[Line]:
     return lines
 
 
+# The containers followed, by deployment and "pod/container": this process's (the
+# runner's), one stream each for as long as the container runs.
+_followed: dict[int, dict[str, ContainerLog]] = {}
+_followed_lock = threading.Lock()
+
+
+def _core_of(cluster: Cluster) -> Callable[[], client.CoreV1Api]:
+    def core() -> client.CoreV1Api:
+        with kube_client.shared_client(cluster) as api:
+            return client.CoreV1Api(api)
+
+    return core
+
+
+def _has_ended(
+    core: Callable[[], client.CoreV1Api], namespace: str, pod: str, container: str
+) -> bool:
+    """Asked when a container's stream closed: closed because the container ended (its
+    whole log read), or to be opened again?"""
+    try:
+        status = core().read_namespaced_pod(pod, namespace).status
+    except ApiException as exc:
+        return exc.status == 404
+    if status is None:
+        return False
+    for each in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
+        if each.name == container:
+            return bool(each.state and each.state.terminated)
+    return False
+
+
 def _from_pods(deployment: Deployment, cursors: dict[str, Any]) -> list[Line]:
     """Every pod of the deployment (all generations), each container that has started,
-    read with timestamps from a little before its cursor; a container that had ended when
-    it was read is not read again."""
+    followed from its cursor (one list of the pods a read; one stream a container); a
+    container whose log was read to its end is not followed again."""
     target = deployment.endpoint.compute
     assert target.cluster is not None
     namespace = target.namespace or "default"
+    with kube_client.shared_client(target.cluster) as api:
+        selector = f"{kube.DEPLOYMENT_LABEL}={kube.names(deployment)}"
+        pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
+    with _followed_lock:
+        followed = _followed.setdefault(deployment.pk, {})
     lines: list[Line] = []
     present = set()
-    with kube_client.shared_client(target.cluster) as api:
-        core = client.CoreV1Api(api)
-        selector = f"{kube.DEPLOYMENT_LABEL}={kube.names(deployment)}"
-        for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
-            name = str(pod.metadata.name) if pod.metadata else ""
-            status = pod.status
-            statuses = [
-                *((status and status.init_container_statuses) or []),
-                *((status and status.container_statuses) or []),
-            ]
-            for each in statuses:
-                key = f"{name}/{each.name}"
-                present.add(key)
-                mark = dict(cursors.get(key) or {"after": "", "seen": 0, "done": False})
-                state = each.state
-                started = state and (state.running or state.terminated)
-                if mark["done"] or not (
-                    started or (each.last_state and each.last_state.terminated)
-                ):
-                    cursors[key] = mark
-                    continue
-                ended = bool(state and state.terminated)
-                since = None
-                if mark["after"]:  # a little before the last line (clocks differ)
-                    since = int(time.time() - parse_stamp(mark["after"])[0]) + 5
-                try:
-                    response: Any = core.read_namespaced_pod_log(
-                        name,
-                        namespace,
-                        container=each.name,
-                        timestamps=True,
-                        since_seconds=since,
-                        limit_bytes=READ_BYTES,
-                        _preload_content=False,
-                    )
-                    raw = bytes(response.data)
-                except ApiException as exc:
-                    if exc.status in (400, 404):  # not started after all, or gone
-                        cursors[key] = mark
-                        continue
-                    raise
-                taken, mark["after"], mark["seen"], _ = lines_after(
-                    raw.split(b"\n"), mark["after"], mark["seen"], mark["seen"]
-                )
-                mark["done"] = ended
-                cursors[key] = mark
-                for stamp, text in taken:
-                    seconds, nanos = parse_stamp(stamp)
-                    lines.append(Line(seconds + nanos / 1e9, name, each.name, text))
+    for pod in pods:
+        name = str(pod.metadata.name) if pod.metadata else ""
+        status = pod.status
+        statuses = [
+            *((status and status.init_container_statuses) or []),
+            *((status and status.container_statuses) or []),
+        ]
+        for each in statuses:
+            key = f"{name}/{each.name}"
+            present.add(key)
+            mark = dict(cursors.get(key) or {"after": "", "seen": 0, "done": False})
+            cursors[key] = mark
+            state = each.state
+            started = state and (state.running or state.terminated)
+            if mark["done"] or not (started or (each.last_state and each.last_state.terminated)):
+                continue
+            follower = followed.get(key)
+            if follower is None:
+                core = _core_of(target.cluster)
+                over = functools.partial(_has_ended, core, namespace, name, each.name)
+                follower = followed[key] = ContainerLog(
+                    core, namespace, name, each.name, mark["after"], int(mark["seen"]), ended=over
+                ).start()
+            done = follower.done  # before taking: a log done has all its lines waiting
+            for stamp, text in follower.take():
+                if stamp == mark["after"]:
+                    mark["seen"] += 1
+                else:
+                    mark["after"], mark["seen"] = stamp, 1
+                seconds, nanos = parse_stamp(stamp)
+                lines.append(Line(seconds + nanos / 1e9, name, each.name, text))
+            mark["done"] = done
     for gone in set(cursors) - present:
         del cursors[gone]
+    for key in [k for k in followed if k not in cursors or cursors[k]["done"]]:
+        followed.pop(key).stop()
     lines.sort(key=lambda each: each.ts)
     return lines
+
+
+def stop_following(keep: set[int]) -> None:
+    """Streams of deployments not in `keep` (deleted, or no longer on a cluster) end."""
+    with _followed_lock:
+        for pk in [pk for pk in _followed if pk not in keep]:
+            for follower in _followed.pop(pk).values():
+                follower.stop()

@@ -21,8 +21,6 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,6 +33,7 @@ from compute.backends import artifacts
 from compute.backends.base import ComputeBackend, LaunchSpec, LogRecord, Observation
 from compute.backends.remote import launch_file
 from compute.extension import CACHE_CLAIM
+from compute.podlogs import ContainerLog, parse_stamp
 
 log = logging.getLogger(__name__)
 
@@ -339,55 +338,6 @@ def shm_quantity(size: str) -> str:
     return match[1] + {"": "", "b": "", "k": "Ki", "m": "Mi", "g": "Gi"}[match[2]]
 
 
-def parse_stamp(text: str) -> tuple[int, int]:
-    """An RFC 3339 time with up to nanoseconds as (seconds, nanoseconds): comparable."""
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = int(datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
-    return seconds, int((fraction + "000000000")[:9]) if fraction else 0
-
-
-def lines_after(
-    raw_lines: list[bytes], after: str, seen: int, skip: int
-) -> tuple[list[tuple[str, str]], str, int, int]:
-    """The new lines of a pod log read with timestamps, from a little before the last
-    line taken (`after`, of which `seen` lines share its timestamp): lines older than it
-    are dropped and `skip` of those at exactly it. Returns the (timestamp, line) pairs
-    kept, the new `after` and `seen`, and how many are still to be skipped."""
-    taken = []
-    last = parse_stamp(after) if after else None
-    for raw in raw_lines:
-        stamp_text, _, line = raw.decode("utf-8", errors="replace").rstrip("\r").partition(" ")
-        try:
-            at = parse_stamp(stamp_text)
-        except ValueError:
-            continue
-        if last is not None and at < last:
-            continue
-        if last is not None and at == last and skip > 0:
-            skip -= 1
-            continue
-        taken.append((stamp_text, line))
-        if last is not None and at == last:
-            seen += 1
-        else:
-            after, seen, last = stamp_text, 1, at
-    return taken, after, seen, skip
-
-
-@dataclass
-class Follower:
-    """One pod's container log, streamed in a thread: lines wait in `lines` until the
-    controller takes them. Resumes where the cursor says, skipping what was read."""
-
-    pod: str
-    job: str
-    after: str = ""  # the timestamp of the last line taken
-    seen: int = 0  # how many lines with exactly that timestamp were taken
-    lines: list[tuple[str, str]] = field(default_factory=list)
-    done: bool = False  # the container ended and its whole log is in `lines`
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 class KubernetesBackend(ComputeBackend):
     kind = "kubernetes"
 
@@ -431,7 +381,7 @@ class KubernetesBackend(ComputeBackend):
         # The same pods by the job they belong to: observing a job does not scan them all.
         self.pods_of_job: dict[str, dict[str, dict[str, Any]]] = {}
         self.synced = {"jobs": threading.Event(), "pods": threading.Event()}
-        self.followers: dict[str, Follower] = {}
+        self.followers: dict[str, ContainerLog] = {}
         self.canceled: set[str] = set()
         self.done_marked: set[str] = set()
         self.news: set[str] = set()
@@ -631,7 +581,7 @@ class KubernetesBackend(ComputeBackend):
             for pod, follower in list(self.followers.items()):
                 if pod.startswith(name + "-"):
                     del self.followers[pod]
-                    follower.done = True
+                    follower.stop()
 
     def changed(self) -> set[str]:
         with contextlib.suppress(BlockingIOError):
@@ -641,55 +591,10 @@ class KubernetesBackend(ComputeBackend):
         return news
 
     # -- logs --------------------------------------------------------------------------------
-    def _follow(self, follower: Follower) -> None:
-        backoff = 0.2
-        while not follower.done and not self.stop.is_set():
-            skip = follower.seen  # lines at exactly `after` taken already
-            since = None
-            if follower.after:  # resume a little before it (clocks differ), skip what was read
-                since = int(time.time() - parse_stamp(follower.after)[0]) + 5
-            try:
-                response: Any = self.core.read_namespaced_pod_log(
-                    follower.pod,
-                    self.namespace,
-                    container="job",
-                    follow=True,
-                    timestamps=True,
-                    since_seconds=since,
-                    _preload_content=False,
-                )
-                pending = b""
-                for chunk in response.stream(64 * 1024):
-                    pending += chunk
-                    *complete, pending = pending.split(b"\n")
-                    skip = self._take(follower, complete, skip)
-                self._take(follower, [pending] if pending else [], skip)
-            except ApiException as exc:
-                if exc.status == 404:  # the pod is gone, and its log with it
-                    follower.done = True
-                # else (400: not started yet; 5xx): try again
-            except Exception as exc:
-                log.debug("following %s: %s", follower.pod, exc)
-            with self.lock:
-                pod = self.pods.get(follower.pod)
-            if follower.done or pod is None or self._terminated(pod) is not None:
-                follower.done = True  # the stream ended after the container: all is read
-                self._tell({follower.job})
-                return
-            self.stop.wait(backoff)
-            backoff = min(5.0, backoff * 2)
-
-    def _take(self, follower: Follower, raw_lines: list[bytes], skip: int) -> int:
-        """Keep the new lines of a (re)connected stream; returns how many lines at the
-        resume point are still to be skipped."""
-        with follower.lock:
-            taken, follower.after, follower.seen, skip = lines_after(
-                raw_lines, follower.after, follower.seen, skip
-            )
-            follower.lines.extend(taken)
-        if taken:
-            self._tell({follower.job})
-        return skip
+    def _pod_ended(self, name: str) -> bool:
+        with self.lock:
+            pod = self.pods.get(name)
+        return pod is None or self._terminated(pod) is not None
 
     # -- observing ---------------------------------------------------------------------------------
     @staticmethod
@@ -831,16 +736,14 @@ class KubernetesBackend(ComputeBackend):
                 follower = self.followers.get(pod_name)
                 if follower is None:
                     mark = (cursor.get("pods") or {}).get(pod_name) or {}
-                    follower = Follower(
-                        pod_name,
-                        self._job_of("pods", pod),
-                        mark.get("after", ""),
-                        int(mark.get("seen", 0)),
-                    )
-                    self.followers[pod_name] = follower
-                    threading.Thread(target=self._follow, args=(follower,), daemon=True).start()
-            with follower.lock:
-                taken, follower.lines = follower.lines, []
+                    job = self._job_of("pods", pod)
+                    follower = self.followers[pod_name] = ContainerLog(
+                        lambda: self.core, self.namespace, pod_name, "job",
+                        mark.get("after", ""), int(mark.get("seen", 0)),
+                        ended=functools.partial(self._pod_ended, pod_name),
+                        heard=functools.partial(self._tell, {job}), stop=self.stop,
+                    ).start()  # fmt: skip
+            taken = follower.take()
             mark = (cursor.setdefault("pods", {})).setdefault(pod_name, {"after": "", "seen": 0})
             for stamp_text, line in taken:
                 if stamp_text == mark["after"]:
@@ -943,4 +846,4 @@ class KubernetesBackend(ComputeBackend):
         self.stop.set()
         with self.lock:
             for follower in self.followers.values():
-                follower.done = True
+                follower.stop()
