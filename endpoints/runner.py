@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -40,7 +39,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from compute import kube as kube_client
-from compute.launcher import Launcher, LaunchError
+from compute.backends.local import make_reachable
+from compute.launcher import Launcher, LaunchError, kill_user_processes, runnable_by_anyone
 from compute.models import ComputeKind
 from compute.resources import quantity
 from endpoints import autoscale, kube, logs, server, services, spec, traffic
@@ -53,6 +53,7 @@ TICK = 0.5
 KUBE_CHECK = 5.0  # seconds between reads of a Kubernetes deployment that serves (or failed)
 LOG_READ = 1.0  # seconds between reads of the deployments' logs into the log store
 # More restarts of a deployment's instances than this in so many seconds: it fails.
+SERVER = "kstudio_model_server.py"  # endpoints/server.py, copied into each generation
 CRASH_LOOP_RESTARTS = 5
 CRASH_LOOP_SECONDS = 600
 LOG_TAIL_BYTES = 64 * 1024
@@ -60,31 +61,55 @@ LOG_TAIL_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """What of a deployment's `resources.limits` this host enforces, as for local jobs:
-    memory as each process's data-size limit (RLIMIT_DATA), CPUs as an affinity to as many
-    whole cores."""
+    """What holds a deployment's instances on this host, as local jobs are held: its
+    `resources.limits` (memory as each process's data-size limit, RLIMIT_DATA; CPUs as an
+    affinity to as many whole cores), and the uid they run as (the deployment's own when
+    the studio is root: its scoring script cannot read the studio's files)."""
 
     memory: int | None = None
     cpus: tuple[int, ...] = ()
+    uid: int | None = None
 
     @classmethod
-    def of(cls, resources: dict[str, Any]) -> Limits:
+    def of(cls, resources: dict[str, Any], uid: int | None = None) -> Limits:
         limits = resources.get("limits") or {}
         memory = int(quantity(limits["memory"])) if limits.get("memory") else None
         cpus: tuple[int, ...] = ()
         if limits.get("cpu") and hasattr(os, "sched_setaffinity"):
             host = sorted(os.sched_getaffinity(0))
             cpus = tuple(host[: max(1, math.ceil(quantity(limits["cpu"])))])
-        return cls(memory, cpus)
+        return cls(memory, cpus, uid)
+
+    def command(self, argv: list[str]) -> list[str]:
+        """`argv` behind HOLD when memory or a uid is to be set: the process sets them on
+        itself, as it starts (lowering its own limit needs no privilege, where setting
+        another process's needs CAP_SYS_RESOURCE; no code of ours runs between fork and
+        exec, which a threaded program must avoid), then it is the model server."""
+        if not self.memory and self.uid is None:
+            return argv
+        held = json.dumps({"memory": self.memory, "uid": self.uid})
+        return [sys.executable, "-I", "-S", "-c", HOLD, held, *argv]
 
     def apply(self, pid: int) -> None:
-        """Set on a process just started (from here: no code runs in the child between
-        fork and exec, which a threaded program must avoid); the worker processes it
-        forks later inherit them."""
-        if self.memory:
-            resource.prlimit(pid, resource.RLIMIT_DATA, (self.memory, self.memory))
+        """The CPUs, on a process just started; the worker processes it forks later
+        inherit them."""
         if self.cpus:
             os.sched_setaffinity(pid, self.cpus)
+
+
+# The studio's own interpreter, isolated (-I -S: nothing of the deployment's is read while
+# it is root): the limits set, the uid taken, then the model server exec'd.
+HOLD = """\
+import json, os, resource, sys
+held = json.loads(sys.argv[1])
+if held["memory"]:
+    resource.setrlimit(resource.RLIMIT_DATA, (held["memory"], held["memory"]))
+if held["uid"] is not None:
+    os.setgroups([])
+    os.setgid(held["uid"])
+    os.setuid(held["uid"])
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 def start_instance(
@@ -94,7 +119,7 @@ def start_instance(
     port = free_port()
     with open(folder / f"instance-{index}.log", "ab") as out:
         process = subprocess.Popen(
-            [python, server.__file__, "--port", str(port)],
+            limits.command([python, str(folder / SERVER), "--port", str(port)]),
             cwd=folder,
             env=env,
             stdout=out,
@@ -109,6 +134,31 @@ def start_instance(
         process.wait()
         raise
     return process, f"http://127.0.0.1:{port}"
+
+
+def deployment_uid(deployment: Deployment) -> int | None:
+    """The uid a deployment's model servers are meant to run as: its own when the studio
+    is root."""
+    base = int(settings.STUDIO_DEPLOYMENT_UID_BASE)
+    if os.geteuid() != 0 or base <= 0:
+        return None
+    return base + deployment.pk
+
+
+def run_as(deployment: Deployment, python: str) -> int | None:
+    """The uid its model servers do run as: its own, unless that uid could not run the
+    interpreter (a Python under /root, say): then the studio's, and its log says so."""
+    uid = deployment_uid(deployment)
+    return uid if uid is not None and runnable_by_anyone(os.path.realpath(python)) else None
+
+
+def hand_over(folder: Path, uid: int) -> None:
+    """The generation's folder to the deployment's uid (its code, its model's files, its
+    HOME), and the way to it passable (traverse only)."""
+    make_reachable(folder, Path(settings.STUDIO_DEPLOYMENTS_DIR), "STUDIO_DEPLOYMENTS_DIR")
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            os.chown(path, uid, uid)
 
 
 def free_port() -> int:
@@ -266,6 +316,7 @@ class Runner:
             await asyncio.to_thread(self.stop_all)
             self.preparer.shutdown(wait=False, cancel_futures=True)
             await asyncio.to_thread(self.log_reader.shutdown, wait=True, cancel_futures=True)
+            logs.stop_following(set())
             log.info("deployment runner stopped")
 
     def tick(self) -> None:
@@ -287,6 +338,9 @@ class Runner:
             if deployment.state == State.DELETING:
                 self.stop(deployment.pk)
                 self.rollouts.pop(deployment.pk, None)
+                uid = deployment_uid(deployment)
+                if uid is not None:  # what its scoring script started and left running too
+                    kill_user_processes(uid)
                 deployment.delete()
             elif deployment.pk in self.rollouts:
                 self.follow(deployment)
@@ -312,6 +366,7 @@ class Runner:
             deployments = Deployment.objects.exclude(state=State.DELETING).select_related(
                 "endpoint__compute__cluster"
             )
+            logs.stop_following({d.pk for d in deployments})
             for deployment in deployments:
                 try:
                     logs.collect(deployment)
@@ -407,7 +462,9 @@ class Runner:
         )
         rollout.deadline = time.monotonic() + budget
         rollout.spawned = True
-        rollout.limits = Limits.of(kube.resources_of(deployment, deployment.endpoint.compute))
+        rollout.limits = Limits.of(
+            kube.resources_of(deployment, deployment.endpoint.compute), run_as(deployment, python)
+        )
         for index in range(count):
             process, url = start_instance(python, env, folder, index, rollout.limits)
             rollout.processes.append(process)
@@ -451,6 +508,17 @@ class Runner:
         if deployment.model is not None:
             env["AZUREML_MODEL_DIR"] = str(self.fetch_model(deployment, folder / "model-dir"))
         env.update(document.get("environment_variables") or {})
+        shutil.copyfile(server.__file__, folder / SERVER)  # its own copy, readable by its uid
+        uid = run_as(deployment, python)
+        if uid is not None:
+            hand_over(folder, uid)
+        elif deployment_uid(deployment) is not None:
+            with open(folder / "storage-initializer.log", "a") as said:
+                said.write(
+                    f"The model server runs as the studio's own user, not one of its own: "
+                    f"other users cannot run {python} (set STUDIO_DEPLOYMENT_PYTHON to an "
+                    "interpreter they can, or give the deployment an environment).\n"
+                )
         return env, python
 
     def fetch_model(self, deployment: Deployment, target: Path) -> Path:
@@ -567,13 +635,13 @@ class Runner:
         self, deployment: Deployment, running: Running, process: subprocess.Popen[bytes], url: str
     ) -> str:
         """Why the instance must be restarted, or "": it exited, or its liveness route
-        failed `failure_threshold` probes in a row (one every `period`, each within
-        `timeout`), counted from when it joined."""
+        failed `failure_threshold` probes in a row (the first `initial_delay` seconds after
+        it joined, then one every `period`, each within `timeout`)."""
         if process.poll() is not None:
             return f"it exited with code {process.returncode}"
         probe = {**spec.Probe().model_dump(), **(deployment.document.get("liveness_probe") or {})}
         now = time.monotonic()
-        if now < running.probe_at.setdefault(process.pid, now + probe["period"]):
+        if now < running.probe_at.setdefault(process.pid, now + probe["initial_delay"]):
             return ""
         running.probe_at[process.pid] = now + probe["period"]
         try:
@@ -833,7 +901,7 @@ def stop_orphans(instances: list[dict[str, Any]]) -> None:
                 command = f.read().split(b"\0")
         except OSError:
             continue  # gone already
-        if any(part.endswith(b"endpoints/server.py") for part in command):
+        if any(part.endswith(b"/" + SERVER.encode()) for part in command):
             log.info("stopping model server %d left by an earlier runner", pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)

@@ -497,7 +497,14 @@ def token_valid_for(endpoint_pk: int, key: str, token: str) -> bool:
 
 
 def scoring_uri(endpoint: Endpoint, base: str) -> str:
-    """Where clients score: STUDIO_INFERENCE_URL (the router's external address), else
-    the studio's (STUDIO_PUBLIC_URL, else `base`: the address the request came to)."""
-    root = (settings.STUDIO_INFERENCE_URL or settings.STUDIO_PUBLIC_URL or base).rstrip("/")
+    """Where clients score: on a cluster whose router serves a name of its own
+    (sslCname), that router, as Azure shows it; else STUDIO_INFERENCE_URL (the router's
+    external address), else the studio's (STUDIO_PUBLIC_URL, else `base`: the address the
+    request came to)."""
+    cluster = endpoint.compute.cluster
+    extension = (cluster.settings or {}) if cluster is not None else {}
+    if extension.get("enableInference") and extension.get("sslCname"):
+        root = f"https://{extension['sslCname']}"
+    else:
+        root = (settings.STUDIO_INFERENCE_URL or settings.STUDIO_PUBLIC_URL or base).rstrip("/")
     return f"{root}/api/v1/endpoint/{endpoint.name}/score"

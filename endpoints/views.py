@@ -30,7 +30,7 @@ def _endpoint(request: HttpRequest, workspace: str, name: str, role: str = Role.
     found = (
         Endpoint.objects.filter(workspace=ws, name=name)
         .exclude(state=State.DELETING)
-        .select_related("compute")
+        .select_related("compute__cluster")
         .first()
     )
     if found is None:
@@ -60,7 +60,7 @@ def endpoint_list(request: HttpRequest, workspace: str) -> HttpResponse:
         "workspace": ws,
         "endpoints": [
             render_endpoint(e, request.build_absolute_uri("/"))
-            for e in found.select_related("compute")
+            for e in found.select_related("compute__cluster")
         ],
         "can_create": can_create,
         "form": form,

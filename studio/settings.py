@@ -186,17 +186,18 @@ STUDIO_MODEL_REGISTERED = ["endpoints.services.model_registered"]
 STUDIO_EMBEDDED_CONTROLLER = env_bool("STUDIO_EMBEDDED_CONTROLLER", not REDIS_URL)
 
 
-def jobs_dir(var_dir: Path, euid: int) -> Path:
-    """Where local jobs' folders go: under var/, unless jobs run as uids of their own
-    (a root studio) and cannot pass through the folders above var/ (a checkout in /root
-    or in a 0750 home): then under /var/lib/kstudio, one folder per studio."""
-    if explicit := env_str("STUDIO_JOBS_DIR"):
+def jobs_dir(var_dir: Path, euid: int, name: str = "jobs") -> Path:
+    """Where local jobs' folders (or deployments', `name`) go: under var/, unless they
+    run as uids of their own (a root studio) that cannot pass through the folders above
+    var/ (a checkout in /root or in a 0750 home): then under /var/lib/kstudio, one folder
+    per studio."""
+    if explicit := env_str(f"STUDIO_{name.upper()}_DIR"):
         return Path(explicit).resolve()
     passable = all(folder.stat().st_mode & 0o001 for folder in var_dir.parents)
     if euid != 0 or passable:
-        return var_dir / "jobs"
+        return var_dir / name
     studio = hashlib.sha256(str(var_dir).encode()).hexdigest()[:12]
-    return Path("/var/lib/kstudio") / studio / "jobs"
+    return Path("/var/lib/kstudio") / studio / name
 
 
 STUDIO_JOBS_DIR = jobs_dir(VAR_DIR, os.geteuid())
@@ -243,7 +244,10 @@ STUDIO_JOB_UID_BASE = env_int("STUDIO_JOB_UID_BASE", 1_000_000_000)
 STUDIO_JOB_PYTHON = env_str("STUDIO_JOB_PYTHON")
 # Online endpoints on the local compute: each instance's folder, and the interpreter that
 # runs the model server (default: the studio's own).
-STUDIO_DEPLOYMENTS_DIR = env_path("STUDIO_DEPLOYMENTS_DIR", VAR_DIR / "deployments")
+STUDIO_DEPLOYMENTS_DIR = jobs_dir(VAR_DIR, os.geteuid(), "deployments")
+# When the studio runs as root, a local deployment's model servers run as uid
+# STUDIO_DEPLOYMENT_UID_BASE + its id (0: as the studio's own user), as jobs do.
+STUDIO_DEPLOYMENT_UID_BASE = env_int("STUDIO_DEPLOYMENT_UID_BASE", 2_000_000_000)
 STUDIO_DEPLOYMENT_PYTHON = env_str("STUDIO_DEPLOYMENT_PYTHON")
 # Autoscaling (target_utilization): polls in a row one replica fewer would have done
 # before a deployment shrinks; and how long the router's per-second counts are kept.

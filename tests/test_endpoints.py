@@ -10,11 +10,13 @@ import io
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -668,10 +670,11 @@ def test_an_aml_token_endpoint_takes_short_lived_tokens_for_itself_only(studio, 
 def test_model_servers_left_by_a_killed_runner_are_stopped_and_nothing_else():
     import subprocess
 
-    from endpoints import runner, server
+    from endpoints import runner
 
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    ours = subprocess.Popen([*sleeper, server.__file__], start_new_session=True)
+    ours = subprocess.Popen([*sleeper, f"/var/deployments/1/1/{runner.SERVER}"],
+                            start_new_session=True)  # fmt: skip
     other = subprocess.Popen(sleeper, start_new_session=True)
     try:
         runner.stop_orphans([{"url": "a", "pid": ours.pid}, {"url": "b", "pid": other.pid}])
@@ -713,6 +716,109 @@ def test_an_instance_that_dies_or_hangs_is_restarted_as_a_kubelet_would(studio):
     assert httpx.post(uri, json={"data": [[0.0, 0.1]]}, headers=auth).status_code == 200
     with pytest.raises(ProcessLookupError):  # the hung one was stopped for good
         os.kill(second, 0)
+
+
+CRASHING = b"""
+import os, sys, threading
+
+def init():
+    def crash():
+        print("the GPU driver went away", file=sys.stderr, flush=True)
+        os._exit(3)
+    threading.Timer(2.0, crash).start()  # once it serves
+
+def run(raw_data):
+    return raw_data
+"""
+
+
+def test_instances_that_crash_in_a_loop_fail_the_deployment_with_azures_code(studio, monkeypatch):
+    """Each crash is restarted, as a kubelet does, until there are more restarts than
+    CRASH_LOOP_RESTARTS within CRASH_LOOP_SECONDS: then DeploymentCrashLoopBackOff, with
+    how the last one ended and what it said."""
+    from endpoints import runner
+
+    monkeypatch.setattr(runner, "CRASH_LOOP_RESTARTS", 2)
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\nauth_mode: key\n"})
+    document = {"name": "blue", "endpoint_name": "my-endpoint",
+                "code_configuration": {"code": ".", "scoring_script": "score.py"}}  # fmt: skip
+    made = studio.post("online-endpoints/my-endpoint/deployments/",
+                       data={"spec": json.dumps(document)},
+                       files={"code": ("c.tar.gz", archive({"score.py": CRASHING}))})  # fmt: skip
+    assert made.status_code == 201, made.text
+
+    def failed() -> dict:
+        shown = studio.get("online-endpoints/my-endpoint/deployments/blue/").json()
+        return shown if shown["provisioning_state"] == "Failed" else {}
+
+    shown = wait_until(failed, 90, "the crash loop to fail the deployment")
+    assert shown["error_code"] == "DeploymentCrashLoopBackOff"
+    assert shown["reason"].startswith("instances were restarted 3 times in 10 minutes")
+    assert "it exited with code 3" in shown["reason"]
+    assert "the GPU driver went away" in shown["reason"]
+    restarts = [h["what"] for h in shown["history"] if "restarted" in h["what"]]
+    assert restarts == ["instance 0 restarted: it exited with code 3"] * 2
+
+
+def test_the_liveness_probe_waits_its_initial_delay_after_an_instance_joins():
+    from endpoints.runner import Runner, Running
+
+    class Stopped:
+        pid = 4242
+
+        @staticmethod
+        def poll() -> None:
+            return None
+
+    deployment = Deployment(document={"liveness_probe": {"initial_delay": 30, "period": 1}})
+    running = Running(generation=1)
+    before = time.monotonic()
+    assert Runner().unwell(deployment, running, Stopped(), "http://127.0.0.1:9") == ""  # type: ignore[arg-type]
+    assert running.probe_at[4242] >= before + 30  # no probe sent before then
+    assert 4242 not in running.failures
+
+
+ISOLATED = b"""
+import os
+
+def init():
+    pass
+
+def run(raw_data):
+    try:
+        with open(os.environ["STUDIO_FILE"]) as f:
+            f.read()
+        studio_file = "read"
+    except OSError as exc:
+        studio_file = type(exc).__name__
+    return {"uid": os.getuid(), "studio_file": studio_file,
+            "home": os.access(os.environ["HOME"], os.W_OK)}
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="own users only when the studio runs as root")
+def test_a_local_deployment_runs_as_a_user_of_its_own_as_jobs_do(studio, settings, tmp_path):
+    """A scoring script is anyone's code: it must not read what the studio keeps (its
+    secret key, its database: 0600 files like this one)."""
+    from compute.launcher import runnable_by_anyone
+
+    # An interpreter its uid can run (the studio's may sit in /root, as on CI's machine).
+    python = shutil.which("python3", path="/usr/bin:/usr/local/bin") or ""
+    if not python or not runnable_by_anyone(os.path.realpath(python)):
+        pytest.skip("no python3 here that other users may run")
+    settings.STUDIO_DEPLOYMENT_PYTHON = python
+    studio_file = tmp_path / "studio-only"
+    studio_file.write_text("the studio's")
+    assert studio_file.stat().st_mode & 0o777 == 0o600
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
+    spec = {"name": "blue", "endpoint_name": "my-endpoint",
+            "code_configuration": {"code": ".", "scoring_script": "score.py"},
+            "environment_variables": {"STUDIO_FILE": str(studio_file)}}  # fmt: skip
+    uri, auth = serve_script(studio, spec, ISOLATED)
+    answer = httpx.post(uri, json={}, headers=auth)
+    blue = Deployment.objects.get(name="blue")
+    assert answer.json() == {"uid": settings.STUDIO_DEPLOYMENT_UID_BASE + blue.pk,
+                             "studio_file": "PermissionError", "home": True}  # fmt: skip
 
 
 def test_a_local_deployment_is_held_to_its_resource_limits(studio):
@@ -787,6 +893,18 @@ def test_a_busy_deployment_keeps_its_latest_log_lines_a_second_and_says_how_many
         "POST /score 9",
     ]
     assert logs._within_rate(read[:3]) == read[:3]
+    # Counted per container: a quiet one's lines are kept beside a busy one's (CI once
+    # missed a new pod's initializer, crowded out by the old pod's requests).
+    quiet = logs.Line(0.5, "g2-instance-0", "storage-initializer", "unpacked code.tar.gz")
+    kept = logs._within_rate([*read, quiet])
+    assert [line.line for line in kept] == [
+        "unpacked code.tar.gz",
+        "(7 lines not kept here: more than 3 a second; get-logs reads every line from the "
+        "instance)",
+        "POST /score 7",
+        "POST /score 8",
+        "POST /score 9",
+    ]
 
 
 def test_what_the_runner_read_before_a_delete_or_an_update_does_not_undo_it(workspace, people):

@@ -33,6 +33,10 @@ def init():
     global weight
     if os.environ.get("BREAK_INIT"):
         raise RuntimeError("the model file is corrupt")
+    if os.environ.get("EAT_MB"):  # a model bigger than the pod's memory
+        global hog
+        hog = b"\x01" * (int(os.environ["EAT_MB"]) * 2**20)
+        time.sleep(10)
     with open(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "weight.txt")) as f:
         weight = float(f.read())
 
@@ -242,6 +246,10 @@ def test_a_deployment_serves_from_pods_and_rolls_an_update_without_a_failed_requ
     listening = f"model server listening on {new_pod['status']['podIP']}:{endpoint_kube.PORT}"
     assert (new_pod["metadata"]["name"], "inference-server", listening) in lines
     assert len({m["seq"] for m in read}) == len(read)  # none twice
+    # Each container's log is one stream for as long as it runs, not a request a second.
+    reads = [p for m, p in kube.api.requests
+             if m == "GET" and p.endswith(f"/pods/{new_pod['metadata']['name']}/log")]  # fmt: skip
+    assert 2 <= len(reads) <= 3, reads  # its two containers (and a reconnect at most)
     maps = kube.api.list(
         kube.api.kind("", "configmaps"), "team-a", f"kstudio.io/online-deployment={name}"
     )
@@ -289,6 +297,29 @@ def test_pods_that_cannot_serve_are_named_with_azures_codes(studio, kube, attach
         "the deployment to serve once a node fits",
     )
     assert shown["error_code"] == ""
+
+
+def test_a_pod_out_of_memory_and_a_namespace_gone_are_named_with_azures_codes(studio, kube):
+    small = {"requests": {"cpu": "100m", "memory": "100Mi"},
+             "limits": {"cpu": "1", "memory": "100Mi"}}  # fmt: skip
+    eats = {"EAT_MB": "300", "COLOR": "red"}
+    assert send(studio, "hungry", "red", resources=small, environment_variables=eats).is_success
+    assert send(studio, "blue", "blue").status_code == 201
+    shown = wait_until(lambda: settled(studio, "hungry"), 90, "the hungry one to settle")
+    assert (shown["provisioning_state"], shown["error_code"]) == ("Failed", "PodOutOfMemory")
+    assert "inference-server ran out of memory" in shown["reason"]
+    assert wait_until(lambda: settled(studio, "blue"), 90, "blue")["provisioning_state"] == (
+        "Succeeded"
+    )
+    # The attachment's namespace deleted behind the studio's back.
+    kube.api.delete(kube.api.kind("", "namespaces"), "", "team-a")
+    shown = wait_until(
+        lambda: (s := state(studio, "blue"))["provisioning_state"] == "Failed" and s,
+        60,
+        "blue to fail",
+    )
+    assert shown["error_code"] == "NamespaceNotFound"
+    assert "team-a" in shown["reason"]
 
 
 def test_a_cluster_without_inference_is_refused_and_a_big_model_is_fetched_by_its_pods(
@@ -486,9 +517,12 @@ def test_the_router_inside_the_cluster_scores_through_the_services_over_tls(
                    for p in pods for c in p["status"].get("conditions") or [])  # fmt: skip
 
     wait_until(router_ready, 60, "the router pod to be ready")
+    # The endpoint shows the router's name; its address is the Service's.
+    shown = studio.get("online-endpoints/k8s-endpoint/").json()["scoring_uri"]
+    assert shown == "https://router.kube.test/api/v1/endpoint/k8s-endpoint/score"
     service = kube.api.get(kube.api.kind("", "services"), system, extension.ROUTER)
     address = service["status"]["loadBalancer"]["ingress"][0]["ip"]
-    url = f"https://{address}/api/v1/endpoint/k8s-endpoint/score"
+    url = shown.replace("router.kube.test", address)
     # Checked against IT-ops' certificate, for the name it was made for.
     with httpx.Client(verify=ssl.create_default_context(cafile=cert), timeout=30) as client:
 

@@ -114,22 +114,7 @@ class LocalBackend(ComputeBackend):
         return base + spec.job_id
 
     def _make_reachable(self, root: Path) -> None:
-        """Folders from / down to the job's must let the job's uid pass (not list): those
-        the studio makes or owns on the way are 0711, the others must already allow it."""
-        above = [root.parent, *root.parent.parents]
-        for folder in reversed([f for f in above if not f.exists()]):
-            folder.mkdir(exist_ok=True)  # jobs start side by side: another may have made it
-            folder.chmod(0o711)
-        for folder in (self.jobs_dir, *[p for p in root.parents if self.jobs_dir in p.parents]):
-            folder.chmod(0o711)  # traverse only; nothing in them is readable
-        for folder in self.jobs_dir.parents:
-            mode = folder.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                raise RuntimeError(
-                    f"job folders are under {folder}, which other users cannot pass through "
-                    f"(mode {stat.S_IMODE(mode):o}); jobs run as uids of their own: give it "
-                    "o+x or set STUDIO_JOBS_DIR elsewhere"
-                )
+        make_reachable(root, self.jobs_dir, "STUDIO_JOBS_DIR")
 
     def submit(self, spec: LaunchSpec) -> dict[str, Any]:
         root = self.jobs_dir / spec.job_key
@@ -426,3 +411,23 @@ def _read_json(path: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text()))
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
+
+
+def make_reachable(root: Path, top: Path, setting: str) -> None:
+    """Folders from / down to `root` (under `top`) must let another uid pass (not list):
+    those the studio makes or owns on the way are 0711, the others must already allow
+    it, or the setting that moves `top` is named."""
+    above = [root.parent, *root.parent.parents]
+    for folder in reversed([f for f in above if not f.exists()]):
+        folder.mkdir(exist_ok=True)  # side by side, another may have made it
+        folder.chmod(0o711)
+    for folder in (top, *[p for p in root.parents if top in p.parents]):
+        folder.chmod(0o711)  # traverse only; nothing in them is readable
+    for folder in top.parents:
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            raise RuntimeError(
+                f"{top} is under {folder}, which other users cannot pass through "
+                f"(mode {stat.S_IMODE(mode):o}), and what runs there runs as uids of its "
+                f"own: give it o+x or set {setting} elsewhere"
+            )

@@ -71,7 +71,7 @@ class OnlineEndpointViewSet(WorkspaceMixin, viewsets.ViewSet):
         found = (
             Endpoint.objects.filter(workspace=self.get_workspace(), name=name)
             .exclude(state=State.DELETING)
-            .select_related("compute")
+            .select_related("compute__cluster")
             .first()
         )
         if found is None:
@@ -86,7 +86,7 @@ class OnlineEndpointViewSet(WorkspaceMixin, viewsets.ViewSet):
         return Response(
             [
                 render_endpoint(e, request.build_absolute_uri("/"))
-                for e in found.select_related("compute")
+                for e in found.select_related("compute__cluster")
             ]
         )
 

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psutil
+
 from tests.kube.apiserver import ApiError, ApiServer, Kind, now_rfc3339
 
 UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
@@ -106,6 +108,7 @@ class Running:
     paths: dict[str, str] = field(default_factory=dict)
     address: str = ""
     serving: bool = False  # the container (not an init container) is running
+    oom_killed: bool = False  # past its memory limit: killed, as the kernel's cgroup does
 
 
 class FakeCluster:
@@ -722,6 +725,11 @@ class FakeCluster:
                 threading.Thread(
                     target=self._probe, args=(pod, container, address, running), daemon=True
                 ).start()
+            memory = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+            if memory:
+                threading.Thread(
+                    target=self._hold_to, args=(running, quantity(memory)), daemon=True
+                ).start()
             assert running.process.stdout is not None
             for line in iter(running.process.stdout.readline, b""):
                 running.lines.append((time.time(), line.rstrip(b"\n")))
@@ -742,12 +750,13 @@ class FakeCluster:
                 message = tail[-2048:].decode(errors="replace")
             if running.stop_reason:
                 return  # evicted or deleted: the one who stopped it reports
+            reason = "OOMKilled" if running.oom_killed else "Completed" if code == 0 else "Error"
             if pod["spec"].get("restartPolicy") == "Always":
-                self._crashed(meta, container, code, message)
+                self._crashed(meta, container, code, message, reason)
                 return
             terminated = {
                 "exitCode": code if code >= 0 else 128 - code,
-                "reason": "Completed" if code == 0 else "Error",
+                "reason": reason,
                 "message": message,
                 "finishedAt": now_rfc3339(),
             }
@@ -798,14 +807,31 @@ class FakeCluster:
                 connection.close()
             running.done.wait(min(float(probe.get("periodSeconds", 10)), 0.2))
 
+    def _hold_to(self, running: Running, limit: float) -> None:
+        """The container's memory limit: its processes together past it, all killed and
+        the container's end is OOMKilled, as the kernel does to a cgroup."""
+        process = running.process
+        assert process is not None
+        while not running.done.wait(0.1) and process.poll() is None:
+            try:
+                tree = psutil.Process(process.pid)
+                used = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)])
+            except psutil.Error:
+                continue
+            if used > limit:
+                running.oom_killed = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                return
+
     def _crashed(
-        self, meta: dict[str, Any], container: dict[str, Any], code: int, message: str
-    ) -> None:
+        self, meta: dict[str, Any], container: dict[str, Any], code: int, message: str,
+        reason: str,
+    ) -> None:  # fmt: skip
         """A restartPolicy Always container that exited: CrashLoopBackOff, with how it
         ended as its last state (this kubelet does not start it again)."""
-        last = {"exitCode": code if code >= 0 else 128 - code,
-                "reason": "Error" if code else "Completed", "message": message,
-                "finishedAt": now_rfc3339()}  # fmt: skip
+        last = {"exitCode": code if code >= 0 else 128 - code, "reason": reason,
+                "message": message, "finishedAt": now_rfc3339()}  # fmt: skip
         status = self._container(container, {"waiting": {"reason": "CrashLoopBackOff",
                                  "message": "back-off restarting failed container"}})  # fmt: skip
         status[0].update(restartCount=1, lastState={"terminated": last})
