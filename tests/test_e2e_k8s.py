@@ -16,11 +16,14 @@ fake API server (tests/test_kubernetes.py).
 from __future__ import annotations
 
 import io
+import json
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client
 
@@ -46,7 +49,11 @@ def studio_for_pods(transactional_db: None) -> Iterator[LiveStudio]:
     studio.close()
 
 
-def test_a_job_runs_on_a_real_cluster(api, people, workspace, studio_for_pods, settings):
+@pytest.fixture
+def attached_for_real(api, people, workspace, studio_for_pods, settings) -> Iterator[Any]:
+    """The real cluster registered, its extension installed (with inference, reached
+    through the API server: no router image needed), attached as `k8s` in a namespace of
+    the test's own; all of it removed afterwards."""
     settings.STUDIO_KUBERNETES_IMAGE = os.environ.get("STUDIO_E2E_IMAGE", "python:3.11-slim")
     namespace = f"kstudio-e2e-{uuid.uuid4().hex[:6]}"
     body = {
@@ -63,32 +70,80 @@ def test_a_job_runs_on_a_real_cluster(api, people, workspace, studio_for_pods, s
     assert (
         it_ops.post("/api/v1/workspaces/demo/computes/", attach, format="json").status_code == 201
     )
-    installed = it_ops.post("/api/v1/clusters/e2e/install/", {}, format="json").json()
+    installed = it_ops.post(
+        "/api/v1/clusters/e2e/install/", {"set": ["enableInference=true"]}, format="json"
+    ).json()
     assert not installed["problems"], installed
     try:
-        text = (
-            "command: python main.py ${{inputs.words}} > ${{outputs.model}}/m.txt && echo ok\n"
-            "code: src\ncompute: azureml:k8s\n"
-            "inputs: {words: {type: uri_file, path: ./words.txt}}\n"
-            "outputs: {model: {type: uri_folder}}\n"
-        )
-        uploads = {
-            "code": services.Upload(code_archive(), "code.tar.gz"),
-            "inputs.words": services.Upload(io.BytesIO(b"real cluster\n"), "words.txt"),
-        }
-        job = services.submit_yaml(workspace, people.contributor, text, uploads)
-
-        def ended():
-            job.refresh_from_db()
-            return job.is_terminal
-
-        wait_until(ended, 600, "the job on the real cluster")
-        assert job.status == "Completed", job.failure_reason
-        assert list(job.log_lines.values_list("line", flat=True)) == ["ok"]
-        url = f"/api/v1/workspaces/demo/jobs/{job.name}/outputs/model/m.txt"
-        assert b"".join(api(people.reader).get(url)) == b"REAL CLUSTER\n"
+        yield it_ops
     finally:
         it_ops.delete("/api/v1/workspaces/demo/computes/k8s/")
         it_ops.post("/api/v1/clusters/e2e/uninstall/", {}, format="json")
         cluster = kube.api_client(Cluster.objects.get(name="e2e"))
         client.CoreV1Api(cluster).delete_namespace(namespace)  # the test's own
+
+
+def test_a_job_runs_on_a_real_cluster(api, people, workspace, attached_for_real):
+    text = (
+        "command: python main.py ${{inputs.words}} > ${{outputs.model}}/m.txt && echo ok\n"
+        "code: src\ncompute: azureml:k8s\n"
+        "inputs: {words: {type: uri_file, path: ./words.txt}}\n"
+        "outputs: {model: {type: uri_folder}}\n"
+    )
+    uploads = {
+        "code": services.Upload(code_archive(), "code.tar.gz"),
+        "inputs.words": services.Upload(io.BytesIO(b"real cluster\n"), "words.txt"),
+    }
+    job = services.submit_yaml(workspace, people.contributor, text, uploads)
+
+    def ended() -> bool:
+        job.refresh_from_db()
+        return job.is_terminal
+
+    wait_until(ended, 600, "the job on the real cluster")
+    assert job.status == "Completed", job.failure_reason
+    assert list(job.log_lines.values_list("line", flat=True)) == ["ok"]
+    url = f"/api/v1/workspaces/demo/jobs/{job.name}/outputs/model/m.txt"
+    assert b"".join(api(people.reader).get(url)) == b"REAL CLUSTER\n"
+
+
+SCORE = b"""
+import json
+
+def init():
+    pass
+
+def run(raw_data):
+    return {"doubled": [2 * x for x in json.loads(raw_data)["data"]]}
+"""
+
+
+def test_an_online_deployment_serves_from_a_real_cluster(api, people, attached_for_real):
+    """A Deployment and Service in the namespace, scored through the studio's router and
+    the API server's service proxy."""
+    user = api(people.contributor)
+    base = "/api/v1/workspaces/demo/online-endpoints/"
+    made = user.post(base, {"yaml": "name: e2e-endpoint\ncompute: azureml:k8s\n"}, format="json")
+    assert made.status_code == 201, made.content
+    spec = {"name": "blue", "endpoint_name": "e2e-endpoint", "type": "kubernetes",
+            "code_configuration": {"code": ".", "scoring_script": "score.py"},
+            "instance_count": 1}  # fmt: skip
+    code = code_archive({"score.py": SCORE})
+    code.name = "code.tar.gz"
+    sent = user.post(base + "e2e-endpoint/deployments/?all_traffic=true",
+                     {"spec": json.dumps(spec), "code": code}, format="multipart")  # fmt: skip
+    assert sent.status_code == 201, sent.content
+
+    def settled() -> dict[str, Any] | None:
+        shown = user.get(base + "e2e-endpoint/deployments/blue/").json()
+        return shown if shown["provisioning_state"] in ("Succeeded", "Failed") else None
+
+    shown = wait_until(settled, 600, "the deployment on the real cluster")
+    assert shown["provisioning_state"] == "Succeeded", shown
+    endpoint = user.get(base + "e2e-endpoint/").json()
+    keys = user.post(base + "e2e-endpoint/get-credentials/").json()
+    scored = httpx.post(endpoint["scoring_uri"], json={"data": [1, 2]}, timeout=60,
+                        headers={"Authorization": f"Bearer {keys['primaryKey']}"})  # fmt: skip
+    assert scored.status_code == 200, scored.text
+    assert scored.json() == {"doubled": [2, 4]}
+    assert user.delete(base + "e2e-endpoint/deployments/blue/").status_code == 409  # traffic
