@@ -13,6 +13,7 @@ created when missing and otherwise left as they are; uninstall keeps the attache
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,10 @@ SETTINGS: dict[str, tuple[type, Any]] = {
 }
 CACHE_CLAIM = "kstudio-environments"
 ROUTER_SERVICE_TYPES = ("loadBalancer", "nodePort", "clusterIP")
+# A DNS-1123 subdomain: a Secret's name, and the router's host name (sslCname).
+DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 ROUTER = "kstudio-router"  # the inference router's Deployment, Service and Secret
 ROUTER_TOKENS = SignedToken("krt_", salt="kstudio.router-token")
 
@@ -100,6 +105,9 @@ def parse_settings(pairs: list[str], current: dict[str, Any]) -> dict[str, Any]:
             settings[key] = value.lower() == "true"
         elif key == "inferenceRouterServiceType" and value not in ROUTER_SERVICE_TYPES:
             problems.append((key, f"expected one of {', '.join(ROUTER_SERVICE_TYPES)}"))
+        elif key in ("sslSecret", "sslCname") and value and not DNS_NAME.match(value):
+            what = "a Secret's name" if key == "sslSecret" else "a host name"
+            problems.append((key, f"expected {what}: lowercase letters, digits, '-' and '.'"))
         else:
             settings[key] = value
     if problems:

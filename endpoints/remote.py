@@ -7,7 +7,6 @@ they see the studio's own router's.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from cryptography.x509.oid import NameOID
 
 from endpoints.router import ROUTER, Table
 from endpoints.traffic import RECORDER, Ended
-
-log = logging.getLogger(__name__)
 
 
 class Studio:

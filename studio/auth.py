@@ -1,6 +1,7 @@
 """API tokens, accepted as `Authorization: Bearer <token>` by the API and the websockets;
 and the tokens workloads (not people) show the studio."""
 
+import abc
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -49,7 +50,7 @@ class TokenAuthentication(authentication.BaseAuthentication):
         return 'Bearer realm="api"'
 
 
-class WorkloadTokenAuthentication(authentication.BaseAuthentication):
+class WorkloadTokenAuthentication(authentication.BaseAuthentication, abc.ABC):
     """A token held by a workload, not a person (a job's launcher, a deployment's pods,
     a cluster's router): `request.auth` becomes what it opens, the user is anonymous. A
     subclass names its realm, says what a bad token means, and finds what a token opens."""
@@ -57,8 +58,9 @@ class WorkloadTokenAuthentication(authentication.BaseAuthentication):
     realm = ""
     invalid = ""
 
+    @abc.abstractmethod
     def find(self, key: str) -> Any:
-        raise NotImplementedError
+        """What the token opens (a job, a deployment, a cluster), or None."""
 
     def authenticate(self, request: Request) -> tuple[Any, Any] | None:
         key = key_from_header(authentication.get_authorization_header(request))

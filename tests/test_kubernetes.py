@@ -436,6 +436,10 @@ def test_the_extension_installs_idempotently_and_uninstalls_only_what_it_made(
     bad = kstudio("cluster", "install", "lab", "--set", "inferenceRouterServiceType=ingress",
                   **it_ops)  # fmt: skip
     assert bad.returncode == 2 and "set.inferenceRouterServiceType" in bad.stderr
+    bad = kstudio("cluster", "install", "lab", "--set", "enableInference=true",
+                  "--set", "sslSecret=Not_A_Secret", **it_ops)  # fmt: skip
+    assert bad.returncode == 2 and "set.sslSecret" in bad.stderr
+    assert not Cluster.objects.get(name="lab").settings.get("sslSecret")  # nothing kept
 
     removed = json.loads(kstudio("cluster", "uninstall", "lab", "-o", "json", **it_ops).stdout)
     outcomes = {a["name"]: a["outcome"] for a in removed["removed"]}
