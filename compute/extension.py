@@ -339,7 +339,17 @@ def router(
                     "clusterIP": "ClusterIP"}[settings.get("inferenceRouterServiceType")
                                               or "loadBalancer"]  # fmt: skip
     meta = {"name": ROUTER, "namespace": SYSTEM_NAMESPACE, "labels": labels}
+    # The studio reads the router's Service for the scoring URI it shows (router_address).
+    reader = {"name": "kstudio-router-reader", "namespace": SYSTEM_NAMESPACE, "labels": labels}
+    subject = {"kind": "ServiceAccount", "name": "kstudio", "namespace": SYSTEM_NAMESPACE}
     return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": reader,
+         "rules": [{"apiGroups": [""], "resources": ["services"], "resourceNames": [ROUTER],
+                    "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": reader,
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": reader["name"]},
+         "subjects": [subject]},
         {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
          "stringData": {"token": router_token(cluster)}},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
@@ -350,6 +360,44 @@ def router(
                   "ports": [{"name": "https" if tls else "http", "port": 443 if tls else 80,
                              "targetPort": "router"}]}},
     ]  # fmt: skip
+
+
+def router_address(cluster: Cluster) -> str:
+    """Where clients reach the router inside the cluster, as its Service says now ("" until
+    it has an address): a load balancer's host name or IP; a node's external (else
+    internal) address and the node port; for clusterIP, the Service's name in the cluster
+    (the name the self-signed certificate is made for)."""
+    settings = cluster.settings or {}
+    scheme = "http" if settings.get("allowInsecureConnections") else "https"
+    with kube.shared_client(cluster) as api:
+        core = client.CoreV1Api(api)
+        try:
+            service = api.sanitize_for_serialization(
+                core.read_namespaced_service(ROUTER, SYSTEM_NAMESPACE)
+            )
+        except ApiException as exc:
+            if exc.status == 404:  # not installed yet, or being replaced
+                return ""
+            raise
+        kind = service["spec"].get("type")
+        if kind == "LoadBalancer":
+            ingress = (service.get("status") or {}).get("loadBalancer", {}).get("ingress") or []
+            hosts = [i.get("hostname") or i.get("ip") for i in ingress]
+            return f"{scheme}://{_host(hosts[0])}" if hosts and hosts[0] else ""
+        if kind == "NodePort":
+            port = service["spec"]["ports"][0].get("nodePort")
+            nodes = api.sanitize_for_serialization(core.list_node())["items"]
+            for wanted in ("ExternalIP", "InternalIP"):
+                for node in nodes:
+                    for address in (node.get("status") or {}).get("addresses") or []:
+                        if address.get("type") == wanted and port:
+                            return f"{scheme}://{_host(address['address'])}:{port}"
+            return ""
+    return f"{scheme}://{ROUTER}.{SYSTEM_NAMESPACE}.svc"
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address  # an IPv6 address, in a URL
 
 
 PLURALS = {

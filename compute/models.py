@@ -46,6 +46,9 @@ class Cluster(models.Model):
     # How this cluster's pods reach the studio (job tokens, uploads, outputs).
     studio_url = models.URLField(blank=True)
     settings = models.JSONField(default=dict, blank=True)  # the extension's, as Azure's
+    # Where the router inside the cluster (enableInference) serves clients, as its Service
+    # last said (read by the deployment runner): the scoring URIs shown use it.
+    router_url = models.CharField(max_length=500, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

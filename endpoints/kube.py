@@ -415,8 +415,9 @@ def _pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def observe(deployment: Deployment, target: ComputeTarget) -> Seen:
-    """The Deployment's rollout and its pods, in one read of each."""
+def observe(deployment: Deployment, target: ComputeTarget, in_cluster: str = "") -> Seen:
+    """The Deployment's rollout and its pods, in one read of each (and of its Service once
+    the rollout is done, unless its address is given: it lasts as long as the Service)."""
     assert target.cluster is not None
     namespace = target.namespace or "default"
     name = names(deployment)
@@ -447,8 +448,8 @@ def observe(deployment: Deployment, target: ComputeTarget) -> Seen:
         problem = _pod_problem(pod)
         if problem and not _is_ready(pod):
             return Seen(ready, False, *problem)
-    if not done:
-        return Seen(ready, done)
+    if not done or in_cluster:
+        return Seen(ready, done, in_cluster=in_cluster)
     with kube.shared_client(target.cluster) as api:
         service = client.CoreV1Api(api).read_namespaced_service(name, namespace)
     address = service.spec.cluster_ip if service.spec else None

@@ -149,6 +149,12 @@ class TrafficSecond(models.Model):
 
     class Meta:
         indexes: ClassVar = [models.Index(fields=("deployment", "at"), name="traffic_by_second")]
+        # A router resends seconds whose write it could not confirm: kept once.
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=("deployment", "at", "router"), name="one_traffic_row_per_router_second"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.deployment_id}@{self.at}"

@@ -38,10 +38,11 @@ from django.db import close_old_connections
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from compute import extension
 from compute import kube as kube_client
 from compute.backends.local import make_reachable
 from compute.launcher import Launcher, LaunchError, kill_user_processes, runnable_by_anyone
-from compute.models import ComputeKind
+from compute.models import Cluster, ComputeKind
 from compute.resources import quantity
 from endpoints import autoscale, kube, logs, server, services, spec, traffic
 from endpoints.models import Deployment, Endpoint, State
@@ -51,6 +52,7 @@ from studio.errors import FieldErrors
 log = logging.getLogger(__name__)
 TICK = 0.5
 KUBE_CHECK = 5.0  # seconds between reads of a Kubernetes deployment that serves (or failed)
+ROUTER_CHECK = 30.0  # seconds between reads of the clusters' own routers' addresses
 LOG_READ = 1.0  # seconds between reads of the deployments' logs into the log store
 # More restarts of a deployment's instances than this in so many seconds: it fails.
 SERVER = "kstudio_model_server.py"  # endpoints/server.py, copied into each generation
@@ -294,6 +296,8 @@ class Runner:
         self.pruned_at = 0.0
         self.applied: dict[int, int] = {}  # Kubernetes deployments: the generation applied
         self.checked: dict[int, float] = {}  # and when their state was last read
+        self.reach: dict[int, tuple[int, str]] = {}  # and their Service's address, by generation
+        self.routers_read_at = 0.0  # when the clusters' own routers' addresses were read
         # Logs are read in a thread of their own: a slow cluster delays them, not the tick.
         self.log_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deployment-logs")
         self.logs_read: Future[None] | None = None
@@ -390,11 +394,16 @@ class Runner:
             "endpoint__compute__cluster", "endpoint__workspace", "model"
         ):
             target = deployment.endpoint.compute
-            scale = (deployment.document.get("scale_settings") or {}).get("type")
-            steady = deployment.state == State.FAILED or (
-                deployment.state == State.SUCCEEDED and scale != "target_utilization"
-            )
-            if steady and now - self.checked.get(deployment.pk, 0) < KUBE_CHECK:
+            # Serving (or failed): read back every KUBE_CHECK seconds, or at its polling
+            # interval when it autoscales; a rollout or a scaling under way, every tick.
+            scale = deployment.document.get("scale_settings") or {}
+            every = KUBE_CHECK
+            if scale.get("type") == "target_utilization" and int(
+                scale.get("min_instances", 1)
+            ) < int(scale.get("max_instances", 1)):
+                every = min(KUBE_CHECK, float(scale.get("polling_interval", 1)))
+            steady = deployment.state in (State.FAILED, State.SUCCEEDED)
+            if steady and now - self.checked.get(deployment.pk, 0) < every:
                 continue
             self.checked[deployment.pk] = now
             try:
@@ -404,11 +413,32 @@ class Runner:
                 log.warning("deployment %s: the cluster: %s", deployment, why)
                 if deployment.state in (State.CREATING, State.UPDATING):
                     _unchanged(deployment).update(reason=f"waiting for the cluster: {why}"[:2000])
+        if now - self.routers_read_at >= ROUTER_CHECK:
+            self.routers_read_at = now
+            self.read_router_addresses()
+
+    def read_router_addresses(self) -> None:
+        """Where each cluster's own router (enableInference) takes requests, as its
+        Service says now: the scoring URIs shown use it (a load balancer's address may
+        come minutes after the install, and may change)."""
+        for cluster in Cluster.objects.all():
+            if not (cluster.settings or {}).get("enableInference"):
+                continue
+            try:
+                address = extension.router_address(cluster)
+            except Exception as exc:  # the cluster is away: the address last read stays
+                log.warning("cluster %s: its router's address: %s", cluster,
+                            kube_client.in_words(exc))  # fmt: skip
+                continue
+            if address and address != cluster.router_url:
+                Cluster.objects.filter(pk=cluster.pk).update(router_url=address)
+                log.info("cluster %s: its router takes requests at %s", cluster, address)
 
     def kube_step(self, deployment: Deployment, target: Any) -> None:
         if deployment.state == State.DELETING:
             kube.remove(deployment, target)
             self.applied.pop(deployment.pk, None)
+            self.reach.pop(deployment.pk, None)
             deployment.delete()
             return
         scaled = self.scaling.get(deployment.pk)
@@ -418,8 +448,12 @@ class Runner:
         ):
             kube.apply(deployment, target, replicas=scaled.replicas if scaled else None)
             self.applied[deployment.pk] = deployment.generation
-        seen = kube.observe(deployment, target)
+        known = self.reach.get(deployment.pk)
+        seen = kube.observe(
+            deployment, target, known[1] if known and known[0] == deployment.generation else ""
+        )
         if seen.done:
+            self.reach[deployment.pk] = (deployment.generation, seen.in_cluster)
             serving = [{"url": kube.proxy_url(deployment, target), "kubernetes": True,
                         "in_cluster": seen.in_cluster, "replicas": seen.ready}]  # fmt: skip
             if deployment.state != State.SUCCEEDED:

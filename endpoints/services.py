@@ -497,14 +497,16 @@ def token_valid_for(endpoint_pk: int, key: str, token: str) -> bool:
 
 
 def scoring_uri(endpoint: Endpoint, base: str) -> str:
-    """Where clients score: on a cluster whose router serves a name of its own
-    (sslCname), that router, as Azure shows it; else STUDIO_INFERENCE_URL (the router's
-    external address), else the studio's (STUDIO_PUBLIC_URL, else `base`: the address the
-    request came to)."""
+    """Where clients score: on a cluster with its own router (enableInference), that
+    router, at the name it serves (sslCname) or else its Service's address, as Azure shows
+    it; else STUDIO_INFERENCE_URL (the router's external address), else the studio's
+    (STUDIO_PUBLIC_URL, else `base`: the address the request came to)."""
     cluster = endpoint.compute.cluster
     extension = (cluster.settings or {}) if cluster is not None else {}
     if extension.get("enableInference") and extension.get("sslCname"):
         root = f"https://{extension['sslCname']}"
+    elif extension.get("enableInference") and cluster is not None and cluster.router_url:
+        root = cluster.router_url
     else:
         root = (settings.STUDIO_INFERENCE_URL or settings.STUDIO_PUBLIC_URL or base).rstrip("/")
     return f"{root}/api/v1/endpoint/{endpoint.name}/score"

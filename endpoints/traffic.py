@@ -64,6 +64,9 @@ def percentile(latency: list[int], q: float) -> float | None:
     return float(BOUNDS_MS[-1])
 
 
+# How many ended seconds a router keeps while it cannot write them (then the oldest go).
+UNSENT_SECONDS = 600
+
 # Seconds that ended: (unix second, counts by deployment pk).
 Ended = list[tuple[int, dict[int, Second]]]
 
@@ -92,7 +95,10 @@ def save(router: str, ended: Ended) -> int:
                 "pk", flat=True
             )
         )
-        TrafficSecond.objects.bulk_create([r for r in rows if r.deployment_id in live])
+        # A second sent again (its first write's answer was lost) is kept once.
+        TrafficSecond.objects.bulk_create(
+            [r for r in rows if r.deployment_id in live], ignore_conflicts=True
+        )
     finally:
         close_old_connections()
     return len(rows)
@@ -146,11 +152,25 @@ class Recorder:
             self.thread.start()
 
     def _run(self) -> None:
+        failing = False
         while not self.stopping.wait(1.0):
             try:
                 self.flush()
-            except Exception:  # the database is away for now: the next second tries again
-                log.exception("writing the router's traffic counts failed")
+            except Exception as exc:
+                # The database (or the studio) is away for now: the seconds are kept and
+                # the next second tries again; said once, not every second.
+                if not failing:
+                    log.warning(
+                        "writing the router's traffic counts failed, retrying each second "
+                        "(up to %d seconds kept): %s",
+                        UNSENT_SECONDS,
+                        exc,
+                    )
+                failing = True
+                continue
+            if failing:
+                log.warning("the router's traffic counts are written again")
+            failing = False
 
     def stop(self) -> None:
         """The router stops: its last counts are written (the second under way too) and
@@ -175,7 +195,12 @@ class Recorder:
             self._now()
             ended, self.ended = self.ended, []
         if ended:
-            self.write(self.name, ended)
+            try:
+                self.write(self.name, ended)
+            except Exception:
+                with self.lock:  # back in front of any second that ended meanwhile
+                    self.ended = (ended + self.ended)[-UNSENT_SECONDS:]
+                raise
         return sum(len(seconds) for _, seconds in ended)
 
 
@@ -185,12 +210,11 @@ RECORDER = Recorder()
 def record_replicas(deployment: Deployment, replicas: int) -> None:
     """The autoscaler's change of size, as a row of its own (routers' rows say the size
     they route to, which lags by up to a second, and there are none while idle)."""
-    TrafficSecond.objects.create(
+    TrafficSecond.objects.update_or_create(
         deployment=deployment,
         at=datetime.now(UTC).replace(microsecond=0),
         router="autoscaler",
-        replicas=replicas,
-        latency=[0] * (len(BOUNDS_MS) + 1),
+        defaults={"replicas": replicas, "latency": [0] * (len(BOUNDS_MS) + 1)},
     )
 
 

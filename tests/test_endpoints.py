@@ -931,3 +931,48 @@ def test_what_the_runner_read_before_a_delete_or_an_update_does_not_undo_it(work
     Deployment.objects.filter(name="blue").update(state=State.UPDATING, generation=2)
     runner.fail(read_before, "ImagePullLoopBackOff", "about generation 1")
     assert Deployment.objects.get(name="blue").state == State.UPDATING
+
+
+def test_a_routers_counts_wait_out_a_lost_database_and_a_resent_second_counts_once(
+    workspace, people
+):
+    """A router that cannot write its per-second counts (the database, or for a router in
+    a cluster the studio, is away) keeps them and sends them when it can; a second whose
+    first write went through but was not confirmed is kept once."""
+    from endpoints import traffic
+    from endpoints.models import TrafficSecond
+
+    endpoint = Endpoint.objects.create(
+        workspace=workspace, name="my-endpoint", compute=workspace.computes.get(name="local"),
+        created_by=people.owner,
+    )  # fmt: skip
+    blue = Deployment.objects.create(endpoint=endpoint, name="blue", type="managed")
+    recorder = traffic.Recorder()
+    outcomes = ["away", "away", "saved, unconfirmed", "fine"]
+
+    def write(router: str, ended: traffic.Ended) -> None:
+        outcome = outcomes.pop(0)
+        if outcome != "away":
+            traffic.save(router, ended)
+        if outcome != "fine":
+            raise ConnectionError(outcome)
+
+    recorder.write = write
+
+    def one_request(status: int, seconds_ago: int) -> None:
+        recorder.started(blue.pk, 1)
+        recorder.finished(blue.pk, status, 0.003)
+        recorder.second -= seconds_ago  # as if it was then: that second has ended
+
+    recorder.stopping.set()  # no writer thread: flushed here, one at a time
+    one_request(200, 10)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            recorder.flush()
+    assert not TrafficSecond.objects.exists()
+    one_request(503, 5)
+    with pytest.raises(ConnectionError):
+        recorder.flush()  # both seconds written, the answer lost
+    assert recorder.flush() == 2  # sent again
+    rows = TrafficSecond.objects.filter(deployment=blue, router=recorder.name)
+    assert sorted(tuple(r.codes) for r in rows) == [("200",), ("503",)]

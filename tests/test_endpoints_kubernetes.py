@@ -119,7 +119,13 @@ def test_rendered_deployment_objects_are_valid_kubernetes(studio, attached):
     from compute import extension
 
     installed = extension.manifests(attached.cluster, ["team-a"], {"enableInference": True})
-    (role,) = [o for o in installed if o["kind"] == "Role"]
+    role, reader = [o for o in installed if o["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "team-a"
+    # In kstudio-system: reading the router's Service (its address), nothing else.
+    kubernetes_validate.validate(reader, K8S_VERSION, strict=True)
+    assert reader["metadata"]["namespace"] == extension.SYSTEM_NAMESPACE
+    assert reader["rules"] == [{"apiGroups": [""], "resources": ["services"],
+                                "resourceNames": [extension.ROUTER], "verbs": ["get"]}]  # fmt: skip
     kubernetes_validate.validate(role, K8S_VERSION, strict=True)
     granted = {
         (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
@@ -546,6 +552,68 @@ def test_the_router_inside_the_cluster_scores_through_the_services_over_tls(
 
     wait_until(lambda: counted() >= 4, 30, "the router's counts")
     assert counted() == 4
+
+
+def test_without_a_cname_the_scoring_uri_is_the_routers_service_address(
+    studio, attached, kube, live_studio, monkeypatch
+):
+    """Azure shows its cluster router's address as the scoring URI: here, as the router's
+    Service gives it for each inferenceRouterServiceType (a load balancer's address, a
+    node's address and node port, the in-cluster name), and clients score there."""
+    from compute import clusters, extension
+    from endpoints import runner
+
+    monkeypatch.setattr(runner, "ROUTER_CHECK", 0.2)  # read at once, not every 30 s
+    assert send(studio, "blue", "blue").status_code == 201
+    shown = wait_until(lambda: settled(studio, "blue"), 90, "blue to settle")
+    assert shown["provisioning_state"] == "Succeeded", shown
+    studio.patch("online-endpoints/k8s-endpoint/", json={"traffic": {"blue": 100}})
+    keys = studio.post("online-endpoints/k8s-endpoint/get-credentials/").json()
+    system = extension.SYSTEM_NAMESPACE
+    kube.api.create(kube.api.kind("", "namespaces"), "", {"metadata": {"name": system}})
+
+    def service() -> dict[str, Any]:
+        return kube.api.get(kube.api.kind("", "services"), system, extension.ROUTER)
+
+    def uri_becomes(wanted: str) -> None:
+        def shown() -> str:
+            return studio.get("online-endpoints/k8s-endpoint/").json()["scoring_uri"]
+
+        wait_until(lambda: shown() == wanted, 30, f"the scoring URI {wanted} (now {shown()})")
+
+    def scores(url: str) -> None:
+        def answer() -> httpx.Response | None:
+            auth = {"Authorization": f"Bearer {keys['primaryKey']}"}
+            try:  # refused or cut until a router pod is ready behind the Service
+                return httpx.post(url, json={"data": [1]}, headers=auth)
+            except httpx.TransportError:
+                return None
+
+        answered = wait_until(answer, 60, f"the router to answer at {url}")
+        assert answered.status_code == 200, answered.text
+        assert answered.json() == {"predictions": [2.0], "color": "blue"}
+
+    settings = ["enableInference=true", "inferenceRouterHA=false", "allowInsecureConnections=true"]
+    assert not clusters.install(attached.cluster, settings).problems
+    ingress = wait_until(lambda: (service().get("status") or {}).get("loadBalancer", {})
+                         .get("ingress"), 30, "the load balancer's address")  # fmt: skip
+    url = f"http://{ingress[0]['ip']}/api/v1/endpoint/k8s-endpoint/score"
+    uri_becomes(url)
+    scores(url)
+
+    attached.cluster.refresh_from_db()
+    assert not clusters.install(attached.cluster, ["inferenceRouterServiceType=nodePort"]).problems
+    spec = wait_until(lambda: (s := service()["spec"])["type"] == "NodePort" and s, 30, "NodePort")
+    node_port = spec["ports"][0]["nodePort"]
+    node = kube.api.list(kube.api.kind("", "nodes"), "")["items"][0]
+    address = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    url = f"http://{address}:{node_port}/api/v1/endpoint/k8s-endpoint/score"
+    uri_becomes(url)
+    scores(url)
+
+    attached.cluster.refresh_from_db()
+    assert not clusters.install(attached.cluster, ["inferenceRouterServiceType=clusterIP"]).problems
+    uri_becomes("http://kstudio-router.kstudio-system.svc/api/v1/endpoint/k8s-endpoint/score")
 
 
 def test_a_routers_token_opens_its_own_clusters_endpoints_and_nothing_else(

@@ -32,6 +32,7 @@ class ClusterSerializer(serializers.ModelSerializer[Cluster]):
             "in_cluster",
             "studio_url",
             "settings",
+            "router_url",
             "attachments",
             "created_at",
         )

@@ -18,6 +18,7 @@ import bisect
 import contextlib
 import copy
 import http.server
+import itertools
 import json
 import re
 import socket
@@ -225,6 +226,9 @@ class ApiServer:
         self.graceful_pods = False
         # The cluster IP allocator: a Service without spec.clusterIP is given one.
         self.cluster_ips: Callable[[], str] | None = None
+        # The node port allocator (the default range, 30000-32767), for NodePort and
+        # LoadBalancer Services' ports that name none.
+        self.node_ports = itertools.count(30000)
         self.create(self.kind("", "namespaces"), "", {"metadata": {"name": "default"}})
         self.http: socketserver.ThreadingTCPServer | None = None
 
@@ -316,11 +320,28 @@ class ApiServer:
             if kind.plural == "services" and not spec.get("clusterIP") and self.cluster_ips:
                 spec["clusterIP"] = self.cluster_ips()
                 spec["clusterIPs"] = [spec["clusterIP"]]
+            self._node_ports(kind, obj, None)
             if kind.plural == "customresourcedefinitions":
                 self._register_crd(obj)
             created = self._write("ADDED", kind, key, obj)
         self._changed("ADDED", kind, created)
         return created
+
+    def _node_ports(self, kind: Kind, obj: dict[str, Any], before: dict[str, Any] | None) -> None:
+        """A NodePort or LoadBalancer Service's ports get node ports (kept across updates,
+        as the allocator keeps them); a ClusterIP Service's have none."""
+        if kind.plural != "services":
+            return
+        spec = obj.get("spec") or {}
+        earlier = {
+            p.get("port"): p.get("nodePort")
+            for p in ((before or {}).get("spec") or {}).get("ports") or []
+        }
+        for port in spec.get("ports") or []:
+            if spec.get("type") in ("NodePort", "LoadBalancer"):
+                port.setdefault("nodePort", earlier.get(port.get("port")) or next(self.node_ports))
+            else:
+                port.pop("nodePort", None)
 
     def replace(self, kind: Kind, namespace: str, name: str, body: dict) -> dict[str, Any]:
         with self.store.lock:
@@ -401,6 +422,7 @@ class ApiServer:
                 set_path(obj, path, value)
                 owners[path] = manager
             _secret_data(kind, obj)
+            self._node_ports(kind, obj, self.store.objects[key])
             if obj == self.store.objects[key]:
                 return copy.deepcopy(obj)  # nothing changed: no new resourceVersion
             obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1

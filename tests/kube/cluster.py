@@ -134,6 +134,7 @@ class FakeCluster:
         # kube-proxy: each Service's cluster IP, its ports listening on this host.
         self.api.cluster_ips = next_address
         self.service_ports: dict[tuple[str, str], list[socket.socket]] = {}
+        self.service_specs: dict[tuple[str, str], str] = {}  # what each one's ports serve
 
     def start(self) -> FakeCluster:
         self.url = self.api.start()
@@ -180,6 +181,11 @@ class FakeCluster:
                     "labels": {"kubernetes.io/hostname": name, **(labels or {})},
                 },
                 "status": {
+                    # As a kubelet reports it; kube-proxy opens node ports on this address.
+                    "addresses": [
+                        {"type": "InternalIP", "address": next_address()},
+                        {"type": "Hostname", "address": name},
+                    ],
                     "allocatable": allocatable,
                     "capacity": allocatable,
                     "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
@@ -213,8 +219,11 @@ class FakeCluster:
                 timer.start()
         elif kind.plural == "deployments" and event in ("ADDED", "MODIFIED"):
             self._sync_deployment(meta["namespace"], meta["name"])
-        elif kind.plural == "services" and event == "ADDED":
-            self._open_service(obj)
+        elif kind.plural == "services" and event in ("ADDED", "MODIFIED"):
+            key = (meta["namespace"], meta["name"])
+            if self.service_specs.get(key) != _served(obj):  # new, or its ports changed
+                self._close_service(key)
+                self._open_service(obj)
         elif kind.plural == "services" and event == "DELETED":
             self._close_service((meta["namespace"], meta["name"]))
         elif kind.plural == "pods" and event == "ADDED":
@@ -406,14 +415,36 @@ class FakeCluster:
             threading.Thread(
                 target=self._accept, args=(listener, meta["namespace"], spec, port), daemon=True
             ).start()
+        # A NodePort (and a LoadBalancer's node ports) answers on every node's address.
+        for node in self.api.list(self.api.kind("", "nodes"), "")["items"]:
+            for node_address in node["status"].get("addresses") or []:
+                if node_address["type"] != "InternalIP":
+                    continue
+                for port in spec.get("ports") or []:
+                    if not port.get("nodePort"):
+                        continue
+                    listener = socket.create_server((node_address["address"], port["nodePort"]))
+                    listeners.append(listener)
+                    threading.Thread(
+                        target=self._accept,
+                        args=(listener, meta["namespace"], spec, port),
+                        daemon=True,
+                    ).start()
         self.service_ports[(meta["namespace"], meta["name"])] = listeners
-        if spec.get("type") == "LoadBalancer":
+        self.service_specs[(meta["namespace"], meta["name"])] = _served(service)
+        ingress = [{"ip": address}] if spec.get("type") == "LoadBalancer" else []
+        if ingress != (service.get("status") or {}).get("loadBalancer", {}).get("ingress", []):
+            balancer = {"ingress": ingress} if ingress else {}
             with contextlib.suppress(ApiError):
-                self._set_status(self.api.kind("", "services"), service,
-                                 {"loadBalancer": {"ingress": [{"ip": address}]}})  # fmt: skip
+                self._set_status(self.api.kind("", "services"), service, {"loadBalancer": balancer})
 
     def _close_service(self, key: tuple[str, str]) -> None:
+        self.service_specs.pop(key, None)
         for listener in self.service_ports.pop(key, []):
+            # Wakes the thread blocked in accept(): a socket closed under it stays bound
+            # until accept returns, and the Service's address could not be opened again.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
 
     def _accept(
@@ -1042,6 +1073,13 @@ class FakeCluster:
             if not follow or finished:
                 return
             running.done.wait(0.05)
+
+
+def _served(service: dict[str, Any]) -> str:
+    """What a Service's listeners depend on: its type, address, ports and selector."""
+    spec = service.get("spec") or {}
+    keys = ("type", "clusterIP", "ports", "selector")
+    return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True)
 
 
 # Pod addresses, unique in the process (a pod of an earlier test's cluster that is still
