@@ -56,18 +56,10 @@ def data_new(request: HttpRequest, workspace: str) -> HttpResponse:
     form = DataAssetForm(request.POST or None, request.FILES or None)
     errors: list[tuple[str, str]] = []
     if request.method == "POST" and form.is_valid():
-        data = {
-            key: form.cleaned_data[key]
-            for key in ("name", "version", "type", "path", "description")
-            if form.cleaned_data[key]
-        }
-        try:
-            asset = _create(ws, request, data, form.cleaned_data["upload"])
-        except FieldErrors as exc:
-            errors = exc.errors
-        except Conflict as exc:
-            errors = [("version", str(exc))]
-        else:
+        asset, errors = assets.register_from_form(
+            form, lambda data, files: _create(ws, request, data, files)
+        )
+        if asset is not None:
             messages.success(request, f"Registered {asset.name}:{asset.version}.")
             return redirect("data:detail", workspace=ws.name, name=asset.name)
     status = 400 if request.method == "POST" else 200

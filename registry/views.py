@@ -18,7 +18,6 @@ from registry import services
 from registry.forms import ModelForm
 from registry.models import Model
 from studio import access, assets
-from studio.errors import Conflict, FieldErrors
 from studio.models import Role
 
 
@@ -82,18 +81,10 @@ def model_new(request: HttpRequest, workspace: str) -> HttpResponse:
     form = ModelForm(request.POST or None, request.FILES or None, initial=initial)
     errors: list[tuple[str, str]] = []
     if request.method == "POST" and form.is_valid():
-        data = {
-            key: form.cleaned_data[key]
-            for key in ("name", "version", "type", "path", "description")
-            if form.cleaned_data[key]
-        }
-        try:
-            model = _create(ws, request, data, form.cleaned_data["upload"])
-        except FieldErrors as exc:
-            errors = exc.errors
-        except Conflict as exc:
-            errors = [("version", str(exc))]
-        else:
+        model, errors = assets.register_from_form(
+            form, lambda data, files: _create(ws, request, data, files)
+        )
+        if model is not None:
             messages.success(request, f"Registered {model.name}:{model.version}.")
             return redirect("registry:version", ws.name, model.name, model.version)
     status = 400 if request.method == "POST" else 200

@@ -1,14 +1,16 @@
-"""What every versioned asset of a workspace (data, environments, later models) does
-alike: the next version's number, a version by name (`latest` when none is given), each
-asset's latest version."""
+"""What every versioned asset of a workspace (data, environments, models) does alike: the
+next version's number, a version by name (`latest` when none is given), each asset's
+latest version, a version registered from its page's form."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
+from django import forms
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 
-from studio.errors import Conflict
+from studio.errors import Conflict, FieldErrors
 from studio.models import VersionedAsset, Workspace
 
 A = TypeVar("A", bound=VersionedAsset)
@@ -58,3 +60,19 @@ def latest(model: type[A], workspace: Workspace) -> QuerySet[Any]:
         .annotate(versions=Subquery(count))
         .order_by("name")
     )
+
+
+def register_from_form(
+    form: forms.Form, create: Callable[[dict[str, Any], list[Any]], A]
+) -> tuple[A | None, list[tuple[str, str]]]:
+    """A version from its registration page (a valid form with name, version, type, path,
+    description and upload): `create` gets the fields given and the uploaded files. What
+    is wrong comes back by field; a version that exists already is the version's."""
+    fields = ("name", "version", "type", "path", "description")
+    data = {key: form.cleaned_data[key] for key in fields if form.cleaned_data[key]}
+    try:
+        return create(data, form.cleaned_data["upload"]), []
+    except FieldErrors as exc:
+        return None, exc.errors
+    except Conflict as exc:
+        return None, [("version", str(exc))]

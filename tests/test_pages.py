@@ -1,5 +1,7 @@
 """Studio and console pages: roles, validation shown inline, constant query counts."""
 
+from typing import Any
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -391,3 +393,23 @@ def test_job_list_shows_a_chosen_metrics_latest_value_in_constant_queries(
     row = client.get(f"/workspaces/demo/jobs/{jobs[0].name}/row/?metric=loss").content.decode()
     assert "0.25" in row and "?metric=loss" in row
     assert "data-metric" not in client.get("/workspaces/demo/jobs/").content.decode()
+
+
+@pytest.mark.parametrize(("page", "kind"), [("data", "uri_file"), ("models", "custom_model")])
+def test_registering_a_version_from_its_page_and_a_taken_version_named_by_field(
+    signed_in, people, workspace, page, kind
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client = signed_in(people.contributor)
+
+    def register() -> Any:
+        upload = SimpleUploadedFile("iris.csv", b"a,b\n1,2\n")
+        form = {"name": "iris", "version": "1", "type": kind, "upload": upload}
+        return client.post(f"/workspaces/demo/{page}/new/", form)
+
+    assert register().status_code == 302
+    again = register()
+    assert again.status_code == 400
+    assert "<code>version</code>: " in again.content.decode()
+    assert "iris:1 already exists" in again.content.decode()
