@@ -258,7 +258,14 @@ def test_pages_fit_a_phone_held_upright(people, workspace, page, where):
         f"/workspaces/demo/jobs/{job.name}/" if where == "job" else f"/workspaces/demo/{where}"
     )
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0, f"{overflow}px wider than the screen"
+    assert overflow <= 0, f"{overflow}px wider than the screen: {page.evaluate(WIDER)}"
+
+
+# What sticks out past the screen's right edge (a failure says which elements, and what).
+WIDER = """Array.from(document.querySelectorAll("body *"))
+  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+  .map(e => `${e.tagName}#${e.id}.${e.className} to ${e.getBoundingClientRect().right}px:
+    ${(e.textContent || "").trim().slice(0, 80)}`).slice(-6)"""
 
 
 A11Y_PAGES = [
