@@ -15,12 +15,12 @@ traffic is copied to its deployment and its answers dropped.
 
 It is a plain ASGI app (`app`), not a Django view: the studio's ASGI entry sends it
 `/api/v1/endpoint/...` ahead of Django, and `manage.py runrouter` serves it alone. Each
-endpoint's routing table is read from the database at most once a second and kept in
-memory (an endpoint or deployment saved through its model in this process drops it at
-once; the runner's switch of instances, an update, reaches it within the second, and a
-request meeting a replaced instance's closed port is retried), so a request costs no
-query.
-In-flight counts are the process's own.
+endpoint's routing table is kept in memory and read again from the database in the
+background once it is a second old, one read at a time (an endpoint or deployment saved
+through its model in this process drops it at once; the runner's switch of instances,
+an update, reaches it within about a second, and a request meeting a replaced instance's
+closed port is retried), so a request waits on no query. In-flight counts are the
+process's own.
 """
 
 from __future__ import annotations
@@ -206,10 +206,13 @@ class TablesAway(Exception):
 
 @dataclass
 class PerLoop:
-    """What belongs to one event loop: the pooled client and the deployments' slots."""
+    """What belongs to one event loop: the pooled client, the deployments' slots and the
+    tables being read."""
 
     http: aiohttp.ClientSession
     slots: dict[tuple[int, int], asyncio.Semaphore] = field(default_factory=dict)
+    # By endpoint: (the count of forgets when it began, the read).
+    reading: dict[str, tuple[int, asyncio.Future[Table | None]]] = field(default_factory=dict)
 
 
 class Router:
@@ -225,7 +228,7 @@ class Router:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
-        self._forgotten = itertools.count()  # how many times a table was dropped
+        self._forgotten = itertools.count(1)  # how many times a table was dropped
         self._last_forgotten = 0
 
     def _here(self) -> PerLoop:
@@ -261,9 +264,38 @@ class Router:
             self._last_forgotten = next(self._forgotten)
 
     async def table(self, name: str) -> Table | None:
+        """The endpoint's routing. A table older than TABLE_SECONDS still routes this
+        request while it is read again in the background: no request waits on the
+        database once the endpoint has been routed. Requests that find none wait on one
+        read together (under load, a read per request would be hundreds a second)."""
         found = self.tables.get(name)
-        if found is not None and time.monotonic() - found.loaded_at < TABLE_SECONDS:
-            return found
+        if found is None:
+            # Shielded: a caller that goes away does not stop the others' read.
+            return await asyncio.shield(self._reading(name))
+        if time.monotonic() - found.loaded_at >= TABLE_SECONDS:
+            self._reading(name)
+        return found
+
+    def _reading(self, name: str) -> asyncio.Future[Table | None]:
+        """The read of the endpoint's table under way in this loop, or a new one (also
+        when a change was saved since that one began: it may read the state before)."""
+        reading = self._here().reading
+        under_way = reading.get(name)
+        if under_way is None or under_way[0] != self._last_forgotten:
+            task = asyncio.ensure_future(self._read(name))
+            under_way = reading[name] = (self._last_forgotten, task)
+
+            def done(_: asyncio.Future[Table | None]) -> None:
+                if reading.get(name) is under_way:
+                    del reading[name]
+                if not task.cancelled():
+                    task.exception()  # retrieved: a failure nobody awaits was logged
+
+            task.add_done_callback(done)
+        return under_way[1]
+
+    async def _read(self, name: str) -> Table | None:
+        """One read of the table, kept unless a change was saved meanwhile."""
         before = self._last_forgotten
         try:
             found = await sync_to_async(self.source, thread_sensitive=False)(name)
@@ -360,7 +392,10 @@ class Router:
         if slot is None:
             slot = slots[(route.pk, route.room)] = asyncio.Semaphore(route.room)
         try:
-            await asyncio.wait_for(slot.acquire(), route.queue_wait)
+            if slot.locked():  # full: wait for room (wait_for costs a task; only here)
+                await asyncio.wait_for(slot.acquire(), route.queue_wait)
+            else:
+                await slot.acquire()  # room now: returns without suspending
         except TimeoutError:
             return _answer(
                 429 if route.type == "managed" else 503,

@@ -6,6 +6,7 @@ refusals and status codes."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -976,3 +978,55 @@ def test_a_routers_counts_wait_out_a_lost_database_and_a_resent_second_counts_on
     assert recorder.flush() == 2  # sent again
     rows = TrafficSecond.objects.filter(deployment=blue, router=recorder.name)
     assert sorted(tuple(r.codes) for r in rows) == [("200",), ("503",)]
+
+
+async def test_requests_that_find_no_table_share_one_read_and_an_old_one_routes_meanwhile():
+    """The router reads an endpoint's table once for all the requests that wait for it,
+    routes by the table it has while a newer one is read in the background, and reads
+    anew when a change was saved during a read (that read may hold the state before)."""
+    import asyncio
+
+    from endpoints import router
+
+    reads: list[str] = []
+    release = threading.Event()
+
+    def source(name: str) -> router.Table:
+        reads.append(name)
+        release.wait(10)
+        return router.Table(pk=len(reads), auth_mode="key", key_digests=(), traffic=(),
+                            mirror=(), routes={})  # fmt: skip
+
+    async def until(condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not condition():
+                await asyncio.sleep(0.005)
+
+    routing = router.Router()
+    routing.source = source
+    try:
+        waiting = [asyncio.ensure_future(routing.table("e")) for _ in range(20)]
+        await until(lambda: bool(reads))
+        await asyncio.sleep(0)  # each request has asked by now: they were queued first
+        release.set()
+        assert {t.pk for t in await asyncio.gather(*waiting)} == {1}
+        assert reads == ["e"]
+        # Old: this request routes by it; one read starts behind it.
+        release.clear()
+        routing.tables["e"] = dataclasses.replace(routing.tables["e"], loaded_at=0)
+        assert (await routing.table("e")).pk == 1
+        assert (await routing.table("e")).pk == 1
+        await until(lambda: len(reads) == 2)  # the background read, in its thread
+        await asyncio.sleep(0)
+        assert reads == ["e", "e"]
+        # A change saved while that read runs: the next request that finds no table
+        # does not take that read's answer, but one begun after the change.
+        routing.forget("e")
+        after_change = asyncio.ensure_future(routing.table("e"))
+        await until(lambda: len(reads) == 3)
+        release.set()
+        assert (await after_change).pk == 3
+        assert reads == ["e", "e", "e"]
+    finally:
+        release.set()
+        await routing.close()
