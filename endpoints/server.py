@@ -173,11 +173,14 @@ def make_handler(run: Callable[[str], Any]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "kstudio-model-server"
+        # Buffered: an answer's headers and body leave in one write when the request is
+        # done (handle_one_request flushes), not two.
+        wbufsize = -1
 
         def setup(self) -> None:
             super().setup()
-            # Headers and body go out as two writes: without this, Nagle's algorithm and
-            # the client's delayed ACK hold the body back some 40 ms.
+            # A large body still leaves in pieces: without this, Nagle's algorithm and the
+            # client's delayed ACK could hold the last one back some 40 ms.
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def log_message(self, format: str, *args: Any) -> None:
@@ -201,6 +204,9 @@ def make_handler(run: Callable[[str], Any]) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
+            if self.request_version == "HTTP/1.0" and not self.close_connection:
+                # It asked to keep the connection: say it is kept, or it waits for a close.
+                self.send_header("Connection", "keep-alive")
             self.end_headers()
             self.wfile.write(body)
 

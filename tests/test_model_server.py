@@ -109,6 +109,27 @@ def test_a_scoring_script_serves_a_scikit_learn_model_as_azures_server_does(tmp_
     assert httpx.post(running.url + "/score", json={"data": [[1.0, 1.0]]}).json() == [1]
 
 
+def test_answers_leave_in_one_write_and_an_http_1_0_client_keeps_its_connection(tmp_path, stop):
+    """Headers and body in one segment (one read gets the whole answer); an HTTP/1.0
+    client that asks to keep the connection (ApacheBench -k) is told it is kept, and
+    sends its next request on it."""
+    running = start(tmp_path, SCORE, fitted(tmp_path / "models"))
+    stop(running)
+    wait_until(lambda: ready(running), 30, "the model server to start")
+    body = b'{"data": [[1.0, 0.9]]}'
+    request = (b"POST /score HTTP/1.0\r\nConnection: keep-alive\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s")  # fmt: skip
+    host, port = running.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        for _ in range(2):
+            conn.sendall(request % (len(body), body))
+            answer = conn.recv(65536)  # one write: all of it, in one segment
+            head, _, content = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+            assert b"\r\nConnection: keep-alive" in head
+            assert content == b"[1]"
+
+
 @pytest.mark.parametrize("python", INTERPRETERS)
 def test_the_server_runs_on_the_oldest_python_deployments_may_have(tmp_path, stop, python):
     script = "def init():\n    pass\n\ndef run(raw_data):\n    return {'echo': raw_data}\n"
