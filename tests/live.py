@@ -10,6 +10,8 @@ import threading
 
 import uvicorn
 
+from studio import loop
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -34,7 +36,7 @@ class LiveStudio:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._main())
+            loop.run(self._main())
         except BaseException as exc:
             self.failed = exc
             self.ready.set()

@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import tempfile
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from endpoints import remote
 from endpoints.router import ROUTER
 from endpoints.traffic import RECORDER
+from studio import loop
 from studio.logging import uvicorn_log_config
 
 
@@ -78,7 +80,8 @@ class Command(BaseCommand):
         if options["workers"] > 1:
             uvicorn.run("endpoints.asgi:application", workers=options["workers"], **config)
         else:
-            asyncio.run(self.serve(config))
+            import_module("endpoints.asgi")  # loaded before the loop: frozen out of the GC's reach
+            loop.run(self.serve(config))
 
     async def serve(self, config: dict[str, Any]) -> None:
         # uvicorn stops on SIGTERM/SIGINT, then raises the signal again for the handler it

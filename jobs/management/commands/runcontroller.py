@@ -8,19 +8,20 @@ from django.core.management.base import BaseCommand
 
 from endpoints.runner import Runner
 from jobs.controller import Controller
+from studio import loop
 
 
 class Command(BaseCommand):
     help = "Hand queued jobs to their compute and follow them to the end."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        asyncio.run(self.run())
+        loop.run(self.run())
 
     async def run(self) -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            running.add_signal_handler(sig, stop.set)
         controller = Controller()
         self.stdout.write(f"controller {controller.name} running; Ctrl-C or SIGTERM stops it")
         # The deployments of online endpoints on the local compute run beside the jobs.

@@ -7,12 +7,14 @@ controller must share the web server's loop for its log lines to reach the socke
 import asyncio
 import contextlib
 import signal
+from importlib import import_module
 from typing import Any
 
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from studio import loop
 from studio.env import env_int, env_str
 from studio.logging import uvicorn_log_config
 
@@ -54,7 +56,8 @@ class Command(BaseCommand):
             f"KubeStudio on http://{options['host']}:{options['port']}/ "
             f"({'embedded controller' if embedded else 'server mode: run manage.py runcontroller'})"
         )
-        asyncio.run(self.serve(options["host"], options["port"], embedded))
+        import_module("studio.asgi")  # loaded before the loop: frozen out of the GC's reach
+        loop.run(self.serve(options["host"], options["port"], embedded))
 
     async def serve(self, host: str, port: int, embedded: bool) -> None:
         config = uvicorn.Config(
