@@ -45,6 +45,7 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
+from yarl import URL
 
 from endpoints import kube, services
 from endpoints.models import Deployment, Endpoint, State
@@ -76,6 +77,14 @@ class Route:
     # the cluster's credentials: (headers, ssl) from endpoints.kube.access.
     headers: tuple[tuple[str, str], ...] = ()
     ssl: Any = True
+    # Made once per table rather than per request: each instance's /score, parsed, and
+    # the request's timeout.
+    scoring: tuple[URL, ...] = field(init=False, repr=False, compare=False)
+    client_timeout: aiohttp.ClientTimeout = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scoring", tuple(URL(u + "/score") for u in self.urls))
+        object.__setattr__(self, "client_timeout", aiohttp.ClientTimeout(total=self.timeout))
 
 
 @dataclass(frozen=True)
@@ -378,12 +387,13 @@ class Router:
         # autoscaler: what the deployment was asked, whatever it answered.
         started = time.monotonic()
         RECORDER.started(route.pk, route.replicas)
-        answer = _answer(500, "The router failed.", route.name)
+        status = 500  # unless it answers: the router itself failed
         try:
             answer = await self._score(route, body, content_type)
+            status = answer.status
             return answer
         finally:
-            RECORDER.finished(route.pk, answer.status, time.monotonic() - started)
+            RECORDER.finished(route.pk, status, time.monotonic() - started)
 
     async def _score(self, route: Route, body: bytes, content_type: str) -> Answer:
         """Wait for room in the deployment (within max_queue_wait_ms), then forward."""
@@ -411,18 +421,19 @@ class Router:
     async def forward(self, route: Route, path: str, body: bytes, content_type: str) -> Answer:
         """One request to one of the deployment's instances, within its timeout."""
         turn = next(self.turns)
+        index = turn % len(route.urls)
+        first = route.scoring[index] if path == "/score" else URL(route.urls[index] + path)
         try:
             try:
-                return await self._call(
-                    route, route.urls[turn % len(route.urls)] + path, body, content_type
-                )
+                return await self._call(route, first, body, content_type)
             except aiohttp.ClientConnectorError:
                 # Nothing was sent: an instance a rollout just replaced. Once more, on the
                 # instances the deployment has now.
                 fresh = await sync_to_async(self.urls_of, thread_sensitive=False)(route.pk)
                 if not fresh:
                     raise
-                return await self._call(route, fresh[turn % len(fresh)] + path, body, content_type)
+                again = URL(fresh[turn % len(fresh)] + path)
+                return await self._call(route, again, body, content_type)
         except TimeoutError:
             return _answer(
                 504,
@@ -433,10 +444,10 @@ class Router:
         except aiohttp.ClientError as exc:
             return _answer(502, f"The deployment could not be reached: {exc}", route.name)
 
-    async def _call(self, route: Route, url: str, body: bytes, content_type: str) -> Answer:
-        timeout = aiohttp.ClientTimeout(total=route.timeout)
+    async def _call(self, route: Route, url: URL, body: bytes, content_type: str) -> Answer:
+        timeout = route.client_timeout
         headers = dict(route.headers)
-        if url.endswith("/swagger.json"):
+        if url.path.endswith("/swagger.json"):
             request = self.http.get(url, headers=headers, timeout=timeout, ssl=route.ssl)
         else:
             headers["Content-Type"] = content_type

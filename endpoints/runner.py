@@ -437,8 +437,8 @@ class Runner:
     def kube_step(self, deployment: Deployment, target: Any) -> None:
         if deployment.state == State.DELETING:
             kube.remove(deployment, target)
-            self.applied.pop(deployment.pk, None)
-            self.reach.pop(deployment.pk, None)
+            for memory in (self.applied, self.reach, self.checked):
+                memory.pop(deployment.pk, None)
             deployment.delete()
             return
         scaled = self.scaling.get(deployment.pk)
