@@ -120,17 +120,19 @@
   // -- status changes in the workspace ------------------------------------------------------
   // htmx drops a request on an element that has one in flight: a change that arrives
   // during a refresh (Finalizing, then Completed a moment later) would never be shown.
-  // It is remembered and asked for once the refresh has settled.
+  // Nor would one that arrives while the whole table is being fetched (as it is when the
+  // socket opens): the row would show it, then the table rendered before it would
+  // replace the row. Either way it is remembered and asked for once the refresh settles.
   var stale = {};
   function refresh(el, name) {
-    if (el.classList.contains("htmx-request")) { stale[name] = true; return; }
+    if (el.closest(".htmx-request")) { stale[name] = true; return; }
     htmx.trigger(el, "job-changed");
   }
   document.addEventListener("htmx:afterSettle", function () {
     Object.keys(stale).forEach(function (name) {
       var busy = false;
       var targets = document.querySelectorAll('[data-job="' + CSS.escape(name) + '"]');
-      targets.forEach(function (el) { busy = busy || el.classList.contains("htmx-request"); });
+      targets.forEach(function (el) { busy = busy || !!el.closest(".htmx-request"); });
       if (busy) return;
       delete stale[name];
       targets.forEach(function (el) { htmx.trigger(el, "job-changed"); });
