@@ -163,6 +163,15 @@ def hand_over(folder: Path, uid: int) -> None:
             os.chown(path, uid, uid)
 
 
+def _autoscaling(deployment: Deployment) -> dict[str, Any] | None:
+    """Its scale_settings when it autoscales (target_utilization with room to grow)."""
+    scale = deployment.document.get("scale_settings") or {}
+    if scale.get("type") != "target_utilization":
+        return None
+    low, high = int(scale.get("min_instances", 1)), int(scale.get("max_instances", 1))
+    return scale if low < high else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -396,11 +405,9 @@ class Runner:
             target = deployment.endpoint.compute
             # Serving (or failed): read back every KUBE_CHECK seconds, or at its polling
             # interval when it autoscales; a rollout or a scaling under way, every tick.
-            scale = deployment.document.get("scale_settings") or {}
+            scale = _autoscaling(deployment)
             every = KUBE_CHECK
-            if scale.get("type") == "target_utilization" and int(
-                scale.get("min_instances", 1)
-            ) < int(scale.get("max_instances", 1)):
+            if scale is not None:
                 every = min(KUBE_CHECK, float(scale.get("polling_interval", 1)))
             steady = deployment.state in (State.FAILED, State.SUCCEEDED)
             if steady and now - self.checked.get(deployment.pk, 0) < every:
@@ -723,12 +730,10 @@ class Runner:
     def autoscale(self, deployment: Deployment, replicas: int) -> None:
         """Every polling_interval: the router's counts against the target; the new size,
         if any, applied (processes here, the Deployment's replicas on a cluster)."""
-        scale = deployment.document.get("scale_settings") or {}
-        if scale.get("type") != "target_utilization":
+        scale = _autoscaling(deployment)
+        if scale is None:
             return
         low, high = int(scale.get("min_instances", 1)), int(scale.get("max_instances", 1))
-        if low >= high:
-            return
         memory = self.scaling.setdefault(deployment.pk, Scaling(replicas=replicas))
         interval = float(scale.get("polling_interval", 1))
         now = time.monotonic()
