@@ -228,7 +228,7 @@ def check_attachments() -> None:
 
 def namespace_problem(cluster: Cluster, namespace: str) -> str:
     try:
-        client.CoreV1Api(kube.api_client(cluster)).read_namespace(namespace, _request_timeout=10)
+        client.CoreV1Api(kube.api_client(cluster)).read_namespace(namespace)
         return ""
     except ApiException as exc:
         if exc.status == 404:

@@ -373,7 +373,7 @@ def router_address(cluster: Cluster) -> str:
         core = client.CoreV1Api(api)
         try:
             service = api.sanitize_for_serialization(
-                core.read_namespaced_service(ROUTER, SYSTEM_NAMESPACE, _request_timeout=10)
+                core.read_namespaced_service(ROUTER, SYSTEM_NAMESPACE)
             )
         except ApiException as exc:
             if exc.status == 404:  # not installed yet, or being replaced
@@ -386,7 +386,7 @@ def router_address(cluster: Cluster) -> str:
             return f"{scheme}://{_host(hosts[0])}" if hosts and hosts[0] else ""
         if kind == "NodePort":
             port = service["spec"]["ports"][0].get("nodePort")
-            nodes = api.sanitize_for_serialization(core.list_node(_request_timeout=10))["items"]
+            nodes = api.sanitize_for_serialization(core.list_node())["items"]
             for wanted in ("ExternalIP", "InternalIP"):
                 for node in nodes:
                     for address in (node.get("status") or {}).get("addresses") or []:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import urllib3
 import yaml
 from kubernetes import client, config
+from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
 from studio.errors import FieldErrors
@@ -91,6 +92,25 @@ def server_of(kubeconfig: dict[str, Any], context: str) -> str:
     return ""
 
 
+# Every call gives up on a server that stops answering: (connect, read) seconds, the read
+# timeout applying to each read rather than to the whole answer. The client's own default
+# is to wait forever, and a pool-wide timeout is overridden by the None it passes per call.
+# Streams pass their own: a watch outlives the time the server keeps it open, and a
+# followed log that stays silent for FOLLOW_TIMEOUT is followed anew from where it was (a
+# quiet job may print nothing for an hour; a dead connection is noticed all the same).
+REQUEST_TIMEOUT = (10, 30)
+WATCH_SECONDS = 60  # how long the server keeps a watch open before it is made anew
+WATCH_TIMEOUT = (10, WATCH_SECONDS + 30)
+FOLLOW_TIMEOUT = (10, 300)
+
+
+class _TimedRest(rest.RESTClientObject):
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("_request_timeout"):
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT
+        return super().request(*args, **kwargs)
+
+
 def api_client(cluster: Cluster) -> client.ApiClient:
     """A client for the cluster, as its kubeconfig (or the pod's service account) says:
     plain http:// servers included, TLS verified as the kubeconfig says."""
@@ -119,7 +139,9 @@ def api_client(cluster: Cluster) -> client.ApiClient:
         respect_retry_after_header=True,
         raise_on_status=False,
     )
-    return client.ApiClient(configuration)
+    api = client.ApiClient(configuration)
+    api.rest_client = _TimedRest(configuration)
+    return api
 
 
 # Frequent callers (the deployment runner and its log reader) share one client per
@@ -239,8 +261,9 @@ def list_and_watch(
                 watch=True,
                 resource_version=version,
                 allow_watch_bookmarks=True,
-                timeout_seconds=60,
+                timeout_seconds=WATCH_SECONDS,
                 _preload_content=False,
+                _request_timeout=WATCH_TIMEOUT,
             )
             for raw in response:  # one JSON event a line
                 event = json.loads(raw)

@@ -16,6 +16,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from compute import kube
+
 log = logging.getLogger(__name__)
 
 
@@ -119,6 +121,7 @@ class ContainerLog:
                     timestamps=True,
                     since_seconds=since,
                     _preload_content=False,
+                    _request_timeout=kube.FOLLOW_TIMEOUT,
                 )
                 pending = b""
                 for chunk in self._response.stream(64 * 1024):

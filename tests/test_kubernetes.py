@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import uuid
 from typing import Any
 
@@ -79,6 +80,22 @@ def test_show_says_in_words_when_a_cluster_is_unreachable_unauthorized_or_limite
     register(api, people.it_ops, kube)
     status = api(people.it_ops).get("/api/v1/clusters/lab/").json()["status"]
     assert "create jobs" in status["denied"] and "watch pods" in status["allowed"]
+
+
+def test_a_cluster_that_stops_answering_is_given_up_on_in_words(api, people, kube, monkeypatch):
+    from compute import kube as kube_client
+
+    monkeypatch.setattr(kube_client, "REQUEST_TIMEOUT", (2, 0.5))
+    # Connections are taken (the kernel's backlog) but never answered: a hung API server.
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as hung:
+        config = kube.kubeconfig()
+        config["clusters"][0]["cluster"]["server"] = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        body = {"name": "hung", "kubeconfig": yaml.safe_dump(config)}
+        answer = api(people.it_ops).post("/api/v1/clusters/", body, format="json")
+        assert answer.status_code == 201, answer.content
+        status = api(people.it_ops).get("/api/v1/clusters/hung/").json()["status"]
+    assert not status["reachable"]
+    assert status["message"].startswith("unreachable") and "timed out" in status["message"]
 
 
 def test_a_bad_kubeconfig_is_refused_naming_the_field(api, people, kube):
