@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings as django_settings
 from kubernetes import client
@@ -447,23 +447,28 @@ def request(api: client.ApiClient, method: str, path: str, *, body: Any = None,
     return json.loads(response.data or b"null")
 
 
+def server_side_apply(api: client.ApiClient, obj: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply of one object as the studio's field manager; the object as the
+    server keeps it now."""
+    return cast(dict[str, Any], request(
+        api, "PATCH", path_of(obj, obj["metadata"]["name"]), body=obj,
+        query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        content_type="application/apply-patch+yaml",
+    ))  # fmt: skip
+
+
 def apply(api: client.ApiClient, obj: dict[str, Any]) -> str:
     """Server-side apply of one object; returns created, configured or unchanged."""
-    name = obj["metadata"]["name"]
     try:
-        before = request(api, "GET", path_of(obj, name))["metadata"]["resourceVersion"]
+        before = request(api, "GET", path_of(obj, obj["metadata"]["name"]))
     except ApiException as exc:
         if exc.status != 404:
             raise
         before = None
-    after = request(
-        api, "PATCH", path_of(obj, name), body=obj,
-        query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-        content_type="application/apply-patch+yaml",
-    )["metadata"]["resourceVersion"]  # fmt: skip
+    after = server_side_apply(api, obj)["metadata"]["resourceVersion"]
     if before is None:
         return "created"
-    return "unchanged" if after == before else "configured"
+    return "unchanged" if after == before["metadata"]["resourceVersion"] else "configured"
 
 
 def ensure(api: client.ApiClient, obj: dict[str, Any]) -> str:

@@ -244,11 +244,13 @@ def list_and_watch(
     on_event: Callable[[str, dict[str, Any]], None],
     stop: threading.Event,
     what: str,
+    on_trouble: Callable[[Exception], None] | None = None,
 ) -> None:
     """Keep a view of some objects, as an informer does, until `stop`: list, then watch
-    from the list's resourceVersion; a 410 (too old) lists again; trouble waits (doubling
-    up to 30 s) and resumes. Raw JSON throughout: the client's models cost more than the
-    rest of the work. `lister` is a client list call with its own arguments bound."""
+    from the list's resourceVersion; a 410 (too old) lists again; trouble is told to
+    `on_trouble`, waits (doubling up to 30 s) and resumes. Raw JSON throughout: the
+    client's models cost more than the rest of the work. `lister` is a client list call
+    with its own arguments bound."""
     backoff = 0.2
     version = ""
     while not stop.is_set():
@@ -283,8 +285,63 @@ def list_and_watch(
             if isinstance(exc, ApiException) and exc.status == 410:
                 version = ""
                 continue
+            if on_trouble is not None:
+                on_trouble(exc)
             # Said once per outage, not at every retry (a cluster without the CRD yet, say).
             level = logging.WARNING if backoff == 0.2 else logging.DEBUG
             log.log(level, "watching %s: %s (retrying)", what, in_words(exc))
             stop.wait(backoff)
             backoff = min(30.0, backoff * 2)
+
+
+class Informer:
+    """The objects one list call selects, kept current by `list_and_watch` in a thread of
+    its own until `stop` (as client-go's informers keep theirs): read without a request.
+    `trouble` is the last failure until the server answers again, so a reader can tell a
+    quiet view from one that stopped hearing."""
+
+    def __init__(self, lister: Callable[..., Any], what: str) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.synced = threading.Event()  # listed at least once
+        self.stop = threading.Event()
+        self.trouble: Exception | None = None
+        self._lock = threading.Lock()
+        self._lister = lister
+        threading.Thread(
+            target=list_and_watch,
+            args=(self._call, self._listed, self._changed, self.stop, what, self._failed),
+            daemon=True,
+            name=f"informer: {what}",
+        ).start()
+
+    def _call(self, **kwargs: Any) -> Any:
+        answer = self._lister(**kwargs)
+        self.trouble = None
+        return answer
+
+    def _failed(self, exc: Exception) -> None:
+        self.trouble = exc
+
+    def _listed(self, items: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self.objects = {o["metadata"]["name"]: o for o in items}
+        self.synced.set()
+
+    def _changed(self, event: str, obj: dict[str, Any]) -> None:
+        with self._lock:
+            if event == "DELETED":
+                self.objects.pop(obj["metadata"]["name"], None)
+            else:
+                self.objects[obj["metadata"]["name"]] = obj
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self.objects.get(name)
+
+    def select(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """The objects that carry all these labels."""
+        with self._lock:
+            return [
+                o for o in self.objects.values()
+                if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
+            ]  # fmt: skip

@@ -15,11 +15,13 @@ request is lost). The router reaches the Service through the API server's servic
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import re
 import ssl
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -357,12 +359,64 @@ def render(
 
 
 # -- in the cluster ----------------------------------------------------------------------------
-def apply(deployment: Deployment, target: ComputeTarget, replicas: int | None = None) -> None:
-    """Create, roll or scale the deployment's objects (server-side apply: idempotent)."""
+def apply(deployment: Deployment, target: ComputeTarget, replicas: int | None = None) -> int:
+    """Create, roll or scale the deployment's objects (server-side apply: idempotent).
+    Returns the Deployment's generation as the server numbers it: a view of it from
+    before (see `observe`) has a lower one."""
     assert target.cluster is not None
+    generation = 0
     with kube.shared_client(target.cluster) as api:
         for obj in render(deployment, target, replicas):
-            extension.apply(api, obj)
+            kept = extension.server_side_apply(api, obj)
+            if obj["kind"] == "Deployment":
+                generation = int(kept["metadata"].get("generation") or 0)
+    return generation
+
+
+# Per cluster (as its record is now) and namespace: the studio's Deployments and pods
+# there, kept by watches, so that reading a deployment back (every polling_interval when
+# it autoscales) costs the API server nothing.
+_watched: dict[tuple[int, float, str], tuple[kube.Informer, kube.Informer]] = {}
+_watched_lock = threading.Lock()
+
+
+def _informers(target: ComputeTarget) -> tuple[kube.Informer, kube.Informer]:
+    cluster = target.cluster
+    assert cluster is not None
+    namespace = target.namespace or "default"
+    key = (cluster.pk, cluster.updated_at.timestamp(), namespace)
+    with _watched_lock:
+        found = _watched.get(key)
+        if found is None:
+            for old in [k for k in _watched if k[0] == cluster.pk and k[2] == namespace]:
+                for informer in _watched.pop(old):  # the cluster's record changed
+                    informer.stop.set()
+            with kube.shared_client(cluster) as api:
+                apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+                selector = f"{MANAGED}={STUDIO},{DEPLOYMENT_LABEL}"
+                found = _watched[key] = (
+                    kube.Informer(
+                        functools.partial(
+                            apps.list_namespaced_deployment, namespace, label_selector=selector
+                        ),
+                        f"online deployments in {namespace} of {cluster.name}",
+                    ),
+                    kube.Informer(
+                        functools.partial(
+                            core.list_namespaced_pod, namespace, label_selector=selector
+                        ),
+                        f"online deployments' pods in {namespace} of {cluster.name}",
+                    ),
+                )
+    return found
+
+
+def stop_watching() -> None:
+    with _watched_lock:
+        for informers in _watched.values():
+            for informer in informers:
+                informer.stop.set()
+        _watched.clear()
 
 
 @dataclass
@@ -415,27 +469,28 @@ def _pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def observe(deployment: Deployment, target: ComputeTarget, in_cluster: str = "") -> Seen:
-    """The Deployment's rollout and its pods, in one read of each (and of its Service once
-    the rollout is done, unless its address is given: it lasts as long as the Service)."""
+def observe(
+    deployment: Deployment, target: ComputeTarget, in_cluster: str = "", applied: int = 0
+) -> Seen:
+    """The Deployment's rollout and its pods, as the watches see them (and its Service
+    once the rollout is done, unless its address is given: it lasts as long as the
+    Service). Read from the API server instead while the watches have not listed yet,
+    or have a Deployment older than the `applied` generation (the news is on its way)."""
     assert target.cluster is not None
     namespace = target.namespace or "default"
     name = names(deployment)
-    with kube.shared_client(target.cluster) as api:
-        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
-        try:
-            workload = api.sanitize_for_serialization(
-                apps.read_namespaced_deployment(name, namespace)
-            )
-        except ApiException as exc:
-            if exc.status == 404 and _namespace_gone(core, namespace):
-                return Seen(
-                    0, False, "NamespaceNotFound", f"namespace {namespace!r} does not exist"
-                )
-            raise
-        pods = api.sanitize_for_serialization(
-            core.list_namespaced_pod(namespace, label_selector=f"{DEPLOYMENT_LABEL}={name}")
-        )["items"]
+    workloads, pods_seen = _informers(target)
+    for informer in (workloads, pods_seen):
+        if informer.trouble is not None:  # the cluster is away: said as a read would
+            raise informer.trouble
+    workload = workloads.get(name) if workloads.synced.is_set() else None
+    fresh = workload is not None and int(workload["metadata"].get("generation") or 0) >= applied
+    if fresh and workload is not None and pods_seen.synced.is_set():
+        pods = pods_seen.select({DEPLOYMENT_LABEL: name})
+    else:
+        workload, pods = _read(target, name)
+        if workload is None:
+            return Seen(0, False, "NamespaceNotFound", f"namespace {namespace!r} does not exist")
     generation = str(deployment.generation)
     wanted = int(workload["spec"].get("replicas") or 0)
     new = [p for p in pods if p["metadata"]["labels"].get(GENERATION_LABEL) == generation]
@@ -455,6 +510,43 @@ def observe(deployment: Deployment, target: ComputeTarget, in_cluster: str = "")
     address = service.spec.cluster_ip if service.spec else None
     reach = f"http://{address}:{SERVICE_PORT}" if address and address != "None" else ""
     return Seen(ready, done, in_cluster=reach)
+
+
+def pods_of(deployment: Deployment, target: ComputeTarget) -> list[dict[str, Any]]:
+    """The deployment's pods (all generations), as the watch sees them, or as the API
+    server lists them until it has listed once."""
+    assert target.cluster is not None
+    name = names(deployment)
+    _workloads, pods_seen = _informers(target)
+    if pods_seen.trouble is not None:
+        raise pods_seen.trouble
+    if pods_seen.synced.is_set():
+        return pods_seen.select({DEPLOYMENT_LABEL: name})
+    with kube.shared_client(target.cluster) as api:
+        listed = client.CoreV1Api(api).list_namespaced_pod(
+            target.namespace or "default", label_selector=f"{DEPLOYMENT_LABEL}={name}"
+        )
+        return list(api.sanitize_for_serialization(listed)["items"])
+
+
+def _read(target: ComputeTarget, name: str) -> tuple[dict[str, Any] | None, list[Any]]:
+    """The Deployment and its pods from the API server (None: its namespace is gone)."""
+    assert target.cluster is not None
+    namespace = target.namespace or "default"
+    with kube.shared_client(target.cluster) as api:
+        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+        try:
+            workload = api.sanitize_for_serialization(
+                apps.read_namespaced_deployment(name, namespace)
+            )
+        except ApiException as exc:
+            if exc.status == 404 and _namespace_gone(core, namespace):
+                return None, []
+            raise
+        pods = api.sanitize_for_serialization(
+            core.list_namespaced_pod(namespace, label_selector=f"{DEPLOYMENT_LABEL}={name}")
+        )["items"]
+    return workload, pods
 
 
 def _is_ready(pod: dict[str, Any]) -> bool:

@@ -198,40 +198,39 @@ def _has_ended(
 
 def _from_pods(deployment: Deployment, cursors: dict[str, Any]) -> list[Line]:
     """Every pod of the deployment (all generations), each container that has started,
-    followed from its cursor (one list of the pods a read; one stream a container); a
+    followed from its cursor (the pods as the watch sees them; one stream a container); a
     container whose log was read to its end is not followed again."""
     target = deployment.endpoint.compute
     assert target.cluster is not None
     namespace = target.namespace or "default"
-    with kube_client.shared_client(target.cluster) as api:
-        selector = f"{kube.DEPLOYMENT_LABEL}={kube.names(deployment)}"
-        pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items
+    pods = kube.pods_of(deployment, target)
     with _followed_lock:
         followed = _followed.setdefault(deployment.pk, {})
     lines: list[Line] = []
     present = set()
     for pod in pods:
-        name = str(pod.metadata.name) if pod.metadata else ""
-        status = pod.status
+        name = pod["metadata"]["name"]
+        status = pod.get("status") or {}
         statuses = [
-            *((status and status.init_container_statuses) or []),
-            *((status and status.container_statuses) or []),
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
         ]
         for each in statuses:
-            key = f"{name}/{each.name}"
+            container = each["name"]
+            key = f"{name}/{container}"
             present.add(key)
             mark = dict(cursors.get(key) or {"after": "", "seen": 0, "done": False})
             cursors[key] = mark
-            state = each.state
-            started = state and (state.running or state.terminated)
-            if mark["done"] or not (started or (each.last_state and each.last_state.terminated)):
+            state = each.get("state") or {}
+            started = state.get("running") or state.get("terminated")
+            if mark["done"] or not (started or (each.get("lastState") or {}).get("terminated")):
                 continue
             follower = followed.get(key)
             if follower is None:
                 core = _core_of(target.cluster)
-                over = functools.partial(_has_ended, core, namespace, name, each.name)
+                over = functools.partial(_has_ended, core, namespace, name, container)
                 follower = followed[key] = ContainerLog(
-                    core, namespace, name, each.name, mark["after"], int(mark["seen"]), ended=over
+                    core, namespace, name, container, mark["after"], int(mark["seen"]), ended=over
                 ).start()
             done = follower.done  # before taking: a log done has all its lines waiting
             for stamp, text in follower.take():
@@ -240,7 +239,7 @@ def _from_pods(deployment: Deployment, cursors: dict[str, Any]) -> list[Line]:
                 else:
                     mark["after"], mark["seen"] = stamp, 1
                 seconds, nanos = parse_stamp(stamp)
-                lines.append(Line(seconds + nanos / 1e9, name, each.name, text))
+                lines.append(Line(seconds + nanos / 1e9, name, container, text))
             mark["done"] = done
     for gone in set(cursors) - present:
         del cursors[gone]

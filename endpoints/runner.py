@@ -305,6 +305,8 @@ class Runner:
         self.pruned_at = 0.0
         self.applied: dict[int, int] = {}  # Kubernetes deployments: the generation applied
         self.checked: dict[int, float] = {}  # and when their state was last read
+        # and the server's generation of their Deployment after the studio's last apply
+        self.applied_on_server: dict[int, int] = {}
         self.reach: dict[int, tuple[int, str]] = {}  # and their Service's address, by generation
         self.routers_read_at = 0.0  # when the clusters' own routers' addresses were read
         # Logs are read in a thread of their own: a slow cluster delays them, not the tick.
@@ -444,7 +446,7 @@ class Runner:
     def kube_step(self, deployment: Deployment, target: Any) -> None:
         if deployment.state == State.DELETING:
             kube.remove(deployment, target)
-            for memory in (self.applied, self.reach, self.checked):
+            for memory in (self.applied, self.reach, self.checked, self.applied_on_server):
                 memory.pop(deployment.pk, None)
             deployment.delete()
             return
@@ -453,11 +455,16 @@ class Runner:
             State.CREATING,
             State.UPDATING,
         ):
-            kube.apply(deployment, target, replicas=scaled.replicas if scaled else None)
+            self.applied_on_server[deployment.pk] = kube.apply(
+                deployment, target, replicas=scaled.replicas if scaled else None
+            )
             self.applied[deployment.pk] = deployment.generation
         known = self.reach.get(deployment.pk)
         seen = kube.observe(
-            deployment, target, known[1] if known and known[0] == deployment.generation else ""
+            deployment,
+            target,
+            known[1] if known and known[0] == deployment.generation else "",
+            applied=self.applied_on_server.get(deployment.pk, 0),
         )
         if seen.done:
             self.reach[deployment.pk] = (deployment.generation, seen.in_cluster)
@@ -776,7 +783,9 @@ class Runner:
         traffic.record_replicas(deployment, decision.replicas)  # the charts' replicas line
         target = deployment.endpoint.compute
         if target.kind == ComputeKind.KUBERNETES:
-            kube.apply(deployment, target, replicas=decision.replicas)
+            self.applied_on_server[deployment.pk] = kube.apply(
+                deployment, target, replicas=decision.replicas
+            )
         else:
             self.scale_local(deployment, decision.replicas)
 
@@ -884,6 +893,7 @@ class Runner:
         for pk in list(self.running):
             self.stop(pk)
         self.http.close()
+        kube.stop_watching()
 
 
 def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:

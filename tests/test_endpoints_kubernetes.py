@@ -481,6 +481,12 @@ def test_target_utilization_scales_the_pods_on_the_routers_counts(studio, kube, 
     wait_until(lambda: state(studio, "blue")["instances_running"] == 1, 60, "blue to shrink")
     workload = kube.api.get(kube.api.kind("apps", "deployments"), "team-a", name)
     assert workload["spec"]["replicas"] == 1
+    # Read back every polling_interval (and its logs every second) from watches, not with
+    # requests each time: the Deployment read once before the watch listed; the pods
+    # listed by that read and by the watch, then watched (a reconnect at most).
+    reads = [p for m, p in kube.api.requests if m == "GET" and p.endswith(f"/deployments/{name}")]
+    lists = [p for m, p in kube.api.requests if m == "GET" and p.endswith("team-a/pods")]
+    assert len(reads) <= 2 and len(lists) <= 4, (reads, lists)
 
 
 def test_the_router_inside_the_cluster_scores_through_the_services_over_tls(
