@@ -10,4 +10,7 @@ RUN pip install --no-cache-dir ./cli . \
 ENV DJANGO_SETTINGS_MODULE=studio.settings PYTHONUNBUFFERED=1
 USER 10001
 EXPOSE 8000
-CMD ["python", "manage.py", "serve", "--host", "0.0.0.0"]
+# As `make run` does: the database brought up to date (a fresh volume, or a new release's
+# migrations) and seeded (once: an admin password generated is printed to the log),
+# then served. The router's Deployment runs a command of its own.
+CMD ["sh", "-c", "python manage.py migrate --noinput && python manage.py seed && exec python manage.py serve --host 0.0.0.0"]
