@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/kstudio
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run install test lint test-embedded test-server test-servers chromium bench clean
+.PHONY: run install test lint test-embedded test-server test-servers test-packages chromium bench clean
 
 $(STAMP): pyproject.toml cli/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ run: install
 	$(PY) manage.py seed
 	$(PY) manage.py serve
 
-test: install chromium test-servers lint test-embedded test-server
+test: install test-packages test-servers lint test-embedded test-server
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -55,12 +55,19 @@ $(SERVERS_STAMP): tests/servers/package.json tests/servers/package-lock.json
 test-servers: $(SERVERS_STAMP)
 
 # Browser tests use Debian's Chromium (Playwright's own browser download cannot work offline).
-chromium:
-	@if [ -x /usr/bin/chromium ]; then :; \
+# Debian packages the tests drive: chromium (the browser tests) and libnss-wrapper (the
+# fake cluster's DNS, so that pods reach each other by name). Installed with apt as root.
+test-packages:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	ls /usr/lib/*/libnss_wrapper.so >/dev/null 2>&1 || missing="$$missing libnss-wrapper"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "Installing Debian's chromium for the browser tests"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	else echo "WARNING: /usr/bin/chromium is missing; browser tests will be skipped (apt-get install chromium)"; fi
+		echo "Installing Debian's$$missing for the tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "WARNING: missing Debian packages:$$missing; the tests that need them are skipped (apt-get install$$missing)"; fi
+
+chromium: test-packages
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP)

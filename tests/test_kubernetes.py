@@ -21,6 +21,7 @@ from jobs import services
 from jobs.models import Job
 from jobs.spec import SpecError
 from tests.conftest import code_archive, register, token_for, wait_until
+from tests.kube.cluster import NSS_WRAPPER
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -860,6 +861,44 @@ def test_a_distributed_job_runs_one_pod_per_instance_with_each_frameworks_variab
     hosts = [w.rsplit(":", 1)[0] for w in workers]
     assert hosts[0] == hosts[1] != hosts[2] == hosts[3]
     assert [w.rsplit(":", 1)[1] for w in workers] == ["2222", "2223", "2222", "2223"]
+
+
+# Rank 0 listens at MASTER_ADDR:MASTER_PORT (its own pod's name), the others reach it
+# there by that name, as torch.distributed's rendezvous does.
+RENDEZVOUS = """\
+import os, socket, time
+host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+if os.environ["RANK"] == "0":
+    with socket.create_server((socket.gethostbyname(host), port)) as server:
+        peer, _ = server.accept()
+        print("rank 0 heard:", peer.recv(64).decode())
+else:
+    for _ in range(600):  # until rank 0 listens (and its name is known)
+        try:
+            peer = socket.create_connection((host, port), timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    peer.sendall(b"rank " + os.environ["RANK"].encode())
+    print("rank", os.environ["RANK"], "reached", host)
+"""
+
+
+@pytest.mark.skipif(not NSS_WRAPPER, reason="needs libnss-wrapper (make test installs it)")
+def test_a_distributed_jobs_pods_reach_each_other_by_name(attached, workspace, people, kube):
+    text = (
+        "command: python3 rendezvous.py\ncode: .\ncompute: azureml:k8s\n"
+        "resources: {instance_count: 2}\ndistribution: {type: pytorch}\n"
+    )
+    code = code_archive({"rendezvous.py": RENDEZVOUS.encode()})
+    job = finished(
+        services.submit_yaml(
+            workspace, people.contributor, text, {"code": services.Upload(code, "code.tar.gz")}
+        )
+    )
+    assert job.status == "Completed", (job.failure_reason, lines_of(job))
+    master = f"{job.runtime['name']}-0.{job.runtime['name']}"
+    assert sorted(lines_of(job)) == ["[0] rank 0 heard: rank 1", f"[1] rank 1 reached {master}"]
 
 
 def test_distributions_not_built_yet_are_refused_by_name(attached, workspace, people):

@@ -18,7 +18,9 @@ RollingUpdate strategy says (a new pod ready before an old one goes, with maxUna
 0). Each pod gets an address of its own on the loopback network (127.x.y.z), the Downward
 API gives it as `status.podIP`, readiness probes (httpGet) are really sent there, and a
 container of a restartPolicy Always pod that exits is reported in CrashLoopBackOff with
-its last termination (not restarted). The API server's service proxy reaches a ready pod
+its last termination (not restarted). A pod with a hostname and a subdomain (an Indexed
+Job's, beside its headless Service) is named in the cluster's DNS: a hosts file that its
+processes resolve with, through nss_wrapper. The API server's service proxy reaches a ready pod
 the Service selects.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import glob
 import hashlib
 import http.client
 import itertools
@@ -135,6 +138,11 @@ class FakeCluster:
         self.api.cluster_ips = next_address
         self.service_ports: dict[tuple[str, str], list[socket.socket]] = {}
         self.service_specs: dict[tuple[str, str], str] = {}  # what each one's ports serve
+        # Cluster DNS: each pod with a hostname and a subdomain (a headless Service's, as
+        # an Indexed Job's pods have) under <hostname>.<subdomain>[.<ns>.svc[.cluster.local]],
+        # in a hosts file that nss_wrapper makes the pods' processes resolve with.
+        self.dns_file = os.path.join(self.volumes, ".cluster-dns")
+        self.dns: dict[tuple[str, str], str] = {}
 
     def start(self) -> FakeCluster:
         self.url = self.api.start()
@@ -233,6 +241,7 @@ class FakeCluster:
                 self.terminating.add(meta["uid"])
                 threading.Thread(target=self._terminate, args=(obj,), daemon=True).start()
         elif kind.plural == "pods" and event == "DELETED":
+            self._name(obj, "")
             with self.lock:
                 pod = self.pods.get((meta["namespace"], meta["name"]))
             if pod is not None:
@@ -715,6 +724,7 @@ class FakeCluster:
                     "podIPs": [{"ip": address}],
                 },
             )
+            self._name(pod, address)
             paths = self._mount(pod, running.sandbox)
             running.paths, running.address = paths, address
             done_inits: list[dict[str, Any]] = []
@@ -884,6 +894,8 @@ class FakeCluster:
         in its command and args as Kubernetes does, an image's entrypoint when it has no
         command."""
         env = {"PATH": os.environ.get("PATH", os.defpath), "HOSTNAME": meta["name"]}
+        if NSS_WRAPPER:  # the cluster's DNS names resolve in the pod
+            env.update(LD_PRELOAD=NSS_WRAPPER, NSS_WRAPPER_HOSTS=self.dns_file)
         fields = {"status.podIP": address, "metadata.name": meta["name"],
                   "metadata.namespace": meta.get("namespace", "")}  # fmt: skip
         for item in container.get("env") or []:
@@ -918,6 +930,26 @@ class FakeCluster:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def _name(self, pod: dict[str, Any], address: str) -> None:
+        """The pod's DNS names now point at `address` (none: they are gone), as cluster
+        DNS names a headless Service's pods."""
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        if not (spec.get("hostname") and spec.get("subdomain")):
+            return
+        short = f"{spec['hostname']}.{spec['subdomain']}"
+        names = (
+            f"{short} {short}.{meta['namespace']}.svc {short}.{meta['namespace']}.svc.cluster.local"
+        )
+        with self.lock:
+            if address:
+                self.dns[(meta["namespace"], meta["name"])] = f"{address} {names}"
+            elif self.dns.pop((meta["namespace"], meta["name"]), None) is None:
+                return
+            text = "".join(line + "\n" for line in self.dns.values())
+            with open(self.dns_file + ".new", "w") as hosts:
+                hosts.write(text)
+            os.replace(self.dns_file + ".new", self.dns_file)  # read whole, or not at all
 
     def _mount(self, pod: dict[str, Any], sandbox: str) -> dict[str, str]:
         """The pod's volumes as folders of the sandbox; returns container path -> local."""
@@ -1087,6 +1119,11 @@ def _served(service: dict[str, Any]) -> str:
 # an aborted run left behind does not hold the first address of the next run.
 _addresses = itertools.count(random.randrange(250**3))
 _addresses_lock = threading.Lock()
+
+
+# Makes a process resolve host names from a hosts file of its own (Debian: libnss-wrapper;
+# `make test` installs it). Without it, pods cannot reach each other by name.
+NSS_WRAPPER = next(iter(glob.glob("/usr/lib/*/libnss_wrapper.so")), "")
 
 
 def next_address() -> str:
