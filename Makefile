@@ -55,12 +55,14 @@ $(SERVERS_STAMP): tests/servers/package.json tests/servers/package-lock.json
 test-servers: $(SERVERS_STAMP)
 
 # Browser tests use Debian's Chromium (Playwright's own browser download cannot work offline).
-# Debian packages the tests drive: chromium (the browser tests) and libnss-wrapper (the
-# fake cluster's DNS, so that pods reach each other by name). Installed with apt as root.
+# Debian packages the tests drive: chromium (the browser tests), libnss-wrapper (the fake
+# cluster's DNS, so that pods reach each other by name) and openmpi-bin (MPI jobs).
+# Installed with apt as root.
 test-packages:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	ls /usr/lib/*/libnss_wrapper.so >/dev/null 2>&1 || missing="$$missing libnss-wrapper"; \
+	command -v mpirun >/dev/null 2>&1 || missing="$$missing openmpi-bin"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "Installing Debian's$$missing for the tests"; \

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import http.client
 import ipaddress
 import json
@@ -46,6 +48,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
@@ -269,7 +272,7 @@ def distribution_environment(distribution: dict[str, Any] | None, env: Any) -> d
     instance (its index from the Indexed Job: JOB_COMPLETION_INDEX). With several
     processes per instance, each process's RANK and LOCAL_RANK are set as it starts
     (see `per_process`)."""
-    if not distribution:
+    if not distribution or distribution["type"] == "mpi":  # mpirun sets its ranks' own
         return {}
     index = int(env.get("JOB_COMPLETION_INDEX", "0"))
     hosts = list(distribution["hosts"])
@@ -361,6 +364,163 @@ def per_process(command: str, distribution: dict[str, Any] | None) -> tuple[str,
     if processes <= 1:
         return command, {}
     return PER_PROCESS, {"KSTUDIO_COMMAND": command}
+
+
+# -- MPI ----------------------------------------------------------------------------------
+# Instance 0 runs Open MPI's mpirun with a hostfile of the instances; mpirun starts its
+# daemon (orted) on the others through a remote shell, and that remote shell is this
+# launcher (`launcher.py rsh HOST COMMAND...`), not ssh: images need no sshd and no keys.
+# Every instance serves one launch on the distribution port (instance 0 too: mpirun may
+# not take its own pod's name for itself), from a caller that proves, with an HMAC of a
+# fresh nonce, that it holds the job's secret; the launch runs as the job's command would
+# and the instance ends when it does.
+MPI_RUN = """\
+command -v mpirun >/dev/null 2>&1 || {
+  echo "distribution mpi runs Open MPI's mpirun, which is not in this image" >&2; exit 127; }
+"$KSTUDIO_PYTHON" "$KSTUDIO_LAUNCHER" rsh-serve & serving=$!
+mpirun --hostfile "$KSTUDIO_HOSTFILE" -np "$KSTUDIO_RANKS" --leave-session-attached \
+  --mca plm_rsh_agent "$KSTUDIO_PYTHON $KSTUDIO_LAUNCHER rsh" --mca plm_rsh_no_tree_spawn 1 \
+  --mca orte_keep_fqdn_hostnames 1 /bin/sh -c "$KSTUDIO_COMMAND"
+status=$?
+kill "$serving" 2>/dev/null
+exit "$status"
+"""
+MPI_WAIT = 600.0  # how long an instance waits for mpirun to reach it
+
+
+def mpi_command(
+    command: str, distribution: dict[str, Any], secret: str, folder: str, env: Any
+) -> tuple[str, dict[str, str]]:
+    """The instance's part of an MPI job, and what it needs in its environment."""
+    index = int(env.get("JOB_COMPLETION_INDEX", "0"))
+    hosts = list(distribution["hosts"])
+    slots = int(distribution.get("process_count_per_instance") or 1)
+    extra = {
+        "KSTUDIO_PYTHON": sys.executable,
+        "KSTUDIO_LAUNCHER": os.path.abspath(__file__),
+        "KSTUDIO_RSH_SECRET": secret,
+        "KSTUDIO_RSH_ADDRESS": "{}:{}".format(hosts[index], distribution["port"]),
+        "KSTUDIO_RSH_PORT": str(distribution["port"]),
+    }
+    if os.geteuid() == 0:  # as containers often run: mpirun refuses root unless told
+        extra.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    if index > 0:
+        return '"$KSTUDIO_PYTHON" "$KSTUDIO_LAUNCHER" rsh-serve', extra
+    hostfile = os.path.join(folder, "hostfile")
+    with open(hostfile, "w") as f:
+        f.write("".join(f"{host} slots={slots}\n" for host in hosts))
+    extra.update(KSTUDIO_HOSTFILE=hostfile, KSTUDIO_RANKS=str(len(hosts) * slots),
+                 KSTUDIO_COMMAND=command)  # fmt: skip
+    return MPI_RUN, extra
+
+
+def _frame(sock: socket.socket, kind: int, data: bytes) -> None:
+    sock.sendall(struct.pack("!BI", kind, len(data)) + data)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the connection closed")
+        data += chunk
+    return data
+
+
+def rsh_serve() -> int:
+    """Serve one launch (see MPI_RUN) and end with it; none within MPI_WAIT fails."""
+    host, port = os.environ["KSTUDIO_RSH_ADDRESS"].rsplit(":", 1)
+    secret = os.environ["KSTUDIO_RSH_SECRET"].encode()
+    server = socket.create_server((socket.gethostbyname(host), int(port)))
+    server.settimeout(MPI_WAIT)
+    while True:
+        try:
+            peer, address = server.accept()
+        except socket.timeout:
+            print("mpirun on instance 0 did not reach this instance in time", file=sys.stderr)
+            return 1
+        nonce = os.urandom(16)
+        try:
+            peer.settimeout(30)
+            peer.sendall(nonce)
+            proof = _read_exactly(peer, 32)
+            size = struct.unpack("!I", _read_exactly(peer, 4))[0]
+            argv = json.loads(_read_exactly(peer, min(size, 1 << 20)))
+        except (OSError, EOFError, ValueError):
+            peer.close()
+            continue
+        if not hmac.compare_digest(proof, hmac.new(secret, nonce, hashlib.sha256).digest()):
+            print(f"refused a launch from {address[0]} without the job's secret",
+                  file=sys.stderr)  # fmt: skip
+            peer.close()
+            continue
+        server.close()
+        peer.settimeout(None)
+        return _run_launch(peer, argv)
+
+
+def _run_launch(peer: socket.socket, argv: list[str]) -> int:
+    """The launch's command as a remote shell runs it, its output sent back as it comes;
+    the caller gone, the command goes too."""
+    child = subprocess.Popen(
+        ["/bin/sh", "-c", " ".join(argv)], stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    assert child.stdout is not None and child.stderr is not None
+    selector = selectors.DefaultSelector()
+    selector.register(child.stdout, selectors.EVENT_READ, 1)
+    selector.register(child.stderr, selectors.EVENT_READ, 2)
+    selector.register(peer, selectors.EVENT_READ, 0)
+    open_streams = 2
+    try:
+        while open_streams:
+            for key, _ in selector.select():
+                if key.data == 0:  # the caller closed (mpirun was stopped): stop too
+                    raise EOFError
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    _frame(peer, key.data, chunk)
+                else:
+                    selector.unregister(key.fileobj)
+                    open_streams -= 1
+        code = child.wait()
+        _frame(peer, 0, struct.pack("!i", code))
+        return code
+    except (OSError, EOFError):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+        return child.wait()
+    finally:
+        peer.close()
+
+
+def rsh(host: str, words: list[str]) -> int:
+    """mpirun's remote shell: run `words` on `host` (its rsh-serve), relaying its output
+    and ending with its status. The instance may still be starting: tried until MPI_WAIT."""
+    secret = os.environ["KSTUDIO_RSH_SECRET"].encode()
+    deadline = time.monotonic() + MPI_WAIT
+    while True:
+        try:
+            peer = socket.create_connection((host, int(os.environ["KSTUDIO_RSH_PORT"])), 10)
+            nonce = _read_exactly(peer, 16)
+            break
+        except (OSError, EOFError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    argv = json.dumps([w for w in words if w]).encode()
+    proof = hmac.new(secret, nonce, hashlib.sha256).digest()
+    peer.sendall(proof + struct.pack("!I", len(argv)) + argv)
+    peer.settimeout(None)
+    outputs = {1: sys.stdout.buffer, 2: sys.stderr.buffer}
+    while True:
+        kind, size = struct.unpack("!BI", _read_exactly(peer, 5))
+        data = _read_exactly(peer, size)
+        if kind == 0:
+            return int(struct.unpack("!i", data)[0])
+        outputs[kind].write(data)
+        outputs[kind].flush()
 
 
 class SystemMetrics(threading.Thread):
@@ -959,7 +1119,13 @@ class Launcher:
 
     def run(self, command: str) -> int:
         shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-        command, extra = per_process(command, self.spec.get("distribution"))
+        distribution = self.spec.get("distribution")
+        if distribution and distribution.get("type") == "mpi":
+            token = (self.spec.get("studio") or {}).get("token", "")
+            secret = hmac.new(token.encode(), b"mpi", hashlib.sha256).hexdigest()
+            command, extra = mpi_command(command, distribution, secret, self.tmp, os.environ)
+        else:
+            command, extra = per_process(command, distribution)
         try:
             self.child = subprocess.Popen(
                 [shell, "-c", command],
@@ -1148,4 +1314,8 @@ class LogWriter:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "rsh":  # mpirun's remote shell (see MPI_RUN)
+        sys.exit(rsh(sys.argv[2], sys.argv[3:]))
+    if sys.argv[1] == "rsh-serve":
+        sys.exit(rsh_serve())
     sys.exit(Launcher(sys.argv[1]).main())

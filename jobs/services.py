@@ -280,15 +280,15 @@ def _check_placement(
             distribution = {}
         kind = distribution.get("type")
         per_node = distribution.get("process_count_per_instance")
-        if kind not in (None, "pytorch", "tensorflow"):
+        if kind not in (None, "pytorch", "tensorflow", "mpi"):
             errors.append(
                 ("distribution.type", f"{kind} is not supported on Kubernetes compute yet "
-                 "(pytorch and tensorflow are)")
+                 "(pytorch, tensorflow and mpi are)")
             )  # fmt: skip
-        if per_node not in (None, 1) and kind not in ("pytorch", "tensorflow"):
+        if per_node not in (None, 1) and kind not in ("pytorch", "tensorflow", "mpi"):
             errors.append(
                 ("distribution.process_count_per_instance", "several processes per "
-                 "instance are for pytorch and tensorflow")
+                 "instance are for pytorch, tensorflow and mpi")
             )  # fmt: skip
     return compute, instance_type
 

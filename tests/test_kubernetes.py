@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import socket
 import uuid
 from typing import Any
@@ -901,13 +902,37 @@ def test_a_distributed_jobs_pods_reach_each_other_by_name(attached, workspace, p
     assert sorted(lines_of(job)) == ["[0] rank 0 heard: rank 1", f"[1] rank 1 reached {master}"]
 
 
+@pytest.mark.skipif(
+    not (NSS_WRAPPER and shutil.which("mpirun")),
+    reason="needs libnss-wrapper and Open MPI's mpirun (make test installs them)",
+)
+def test_an_mpi_job_runs_mpirun_across_its_instances_without_ssh(attached, workspace, people):
+    text = (
+        "command: echo rank $OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE, local "
+        "$OMPI_COMM_WORLD_LOCAL_RANK, on instance $JOB_COMPLETION_INDEX\ncompute: azureml:k8s\n"
+        "resources: {instance_count: 2}\n"
+        "distribution: {type: mpi, process_count_per_instance: 2}\n"
+    )
+    job = finished(services.submit_yaml(workspace, people.contributor, text, {}), 120)
+    assert job.status == "Completed", (job.failure_reason, lines_of(job))
+    # mpirun, on instance 0, gathers every rank's output: four ranks, two per instance,
+    # those of instance 1 started there (in its pod's environment) by its launcher.
+    ranks = sorted(line for line in lines_of(job) if " rank " in f" {line}")
+    wanted = [f"[0] rank {r} of 4, local {r % 2}, on instance {r // 2}" for r in range(4)]
+    assert ranks == wanted, lines_of(job)
+    assert [i["phase"] for i in job.instances] == ["Succeeded", "Succeeded"]
+    # One instance, two processes: mpirun there alone.
+    text = text.replace("instance_count: 2", "instance_count: 1")
+    job = finished(services.submit_yaml(workspace, people.contributor, text, {}), 120)
+    assert job.status == "Completed", (job.failure_reason, lines_of(job))
+    ranks = sorted(line for line in lines_of(job) if " rank " in f" {line}")
+    assert ranks == [f"rank {r} of 2, local {r}, on instance 0" for r in range(2)], ranks
+
+
 def test_distributions_not_built_yet_are_refused_by_name(attached, workspace, people):
     from jobs.spec import SpecError
 
-    for extra, field in (
-        ("distribution: {type: mpi}", "distribution.type"),
-        ("distribution: {type: ray}", "distribution.type"),
-    ):  # fmt: skip
+    for extra, field in (("distribution: {type: ray}", "distribution.type"),):
         text = f"command: echo\ncompute: azureml:k8s\nresources: {{instance_count: 2}}\n{extra}\n"
         with pytest.raises(SpecError) as refused:
             services.submit_yaml(workspace, people.contributor, text, {})

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from compute import launcher
+from tests.conftest import wait_until
 
 OLDEST = sorted(
     glob.glob("/root/.pyenv/versions/3.8*/bin/python3.8")
@@ -136,3 +137,57 @@ def test_one_failed_process_of_an_instance_stops_the_others_with_its_status(shel
     done = subprocess.run([shell, "-c", ranks[0]], env=env, capture_output=True, text=True,
                           timeout=30, start_new_session=True)  # fmt: skip
     assert (done.returncode, sorted(done.stdout.splitlines())) == (0, ["3 0", "4 1", "5 2"])
+
+
+@pytest.mark.parametrize("python", INTERPRETERS)
+def test_mpiruns_remote_shell_runs_only_for_the_jobs_secret_and_relays_its_end(python, tmp_path):
+    import socket
+    import struct
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PATH": os.environ["PATH"], "KSTUDIO_RSH_ADDRESS": f"127.0.0.1:{port}",
+           "KSTUDIO_RSH_PORT": str(port), "KSTUDIO_RSH_SECRET": "the-jobs"}  # fmt: skip
+    serving = subprocess.Popen([python, launcher.__file__, "rsh-serve"], env=env,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        # A caller without the secret: refused, nothing run, the server waits on.
+        marker = tmp_path / "ran"
+
+        def listening() -> socket.socket | None:
+            try:
+                return socket.create_connection(("127.0.0.1", port), timeout=5)
+            except OSError:
+                return None
+
+        stranger = wait_until(listening, 30, "the launcher to listen")
+        with stranger:
+            stranger.recv(16)
+            argv = json.dumps(["touch", str(marker)]).encode()
+            stranger.sendall(b"x" * 32 + struct.pack("!I", len(argv)) + argv)
+            assert stranger.recv(1) == b""  # closed on it
+        assert not marker.exists() and serving.poll() is None
+        # mpirun's call: its output comes back, and its status ends both sides.
+        called = subprocess.run(
+            [python, launcher.__file__, "rsh", "127.0.0.1", "", "echo", "out;", "echo",
+             "err", ">&2;", "exit", "3"],
+            env={**env, "KSTUDIO_RSH_SECRET": "the-jobs"}, capture_output=True, text=True,
+            timeout=30,
+        )  # fmt: skip
+        assert (called.returncode, called.stdout, called.stderr) == (3, "out\n", "err\n")
+        assert serving.wait(timeout=30) == 3
+        assert "refused a launch from 127.0.0.1" in serving.stderr.read()
+    finally:
+        serving.kill()
+
+
+def test_an_mpi_job_without_mpirun_in_its_image_says_so(tmp_path):
+    command, extra = launcher.mpi_command(
+        "echo hi", {"hosts": ["a-0.a"], "port": 2223}, "secret", str(tmp_path), {}
+    )
+    ran = subprocess.run(["/bin/sh", "-c", command], env={**extra, "PATH": "/nowhere"},
+                         capture_output=True, text=True)  # fmt: skip
+    assert ran.returncode == 127
+    assert "Open MPI's mpirun, which is not in this image" in ran.stderr
+    assert (tmp_path / "hostfile").read_text() == "a-0.a slots=1\n"

@@ -45,13 +45,14 @@ ROOT = "/job"  # the job's folder (an emptyDir): code, inputs, outputs
 CACHE = "/kstudio-environments"  # the namespace's environment cache, when the cluster has one
 DATA = "/kstudio-data"  # host-folder datastores' storage, mounted where IT-ops named it
 NODES_FRESH = 30.0  # seconds a view of the nodes serves the fit check at submit
-DONE_TTL = 600
+DONE_TTL = 600  # seconds a finished Job stays for `kubectl` after the studio read it all
 # Uploads up to this size, together, travel in the job's ConfigMap (whose limit is 1 MiB).
 EMBED_LIMIT = 512 * 1024
 DISTRIBUTION_PORTS = {
     "pytorch": 29500,
     "tensorflow": 2222,
-}  # seconds a finished Job stays for `kubectl` after the studio read it all
+    "mpi": 2223,  # each instance's launcher, taking mpirun's launch (launcher.MPI_RUN)
+}
 IMAGE_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 
 
@@ -80,16 +81,16 @@ def render(
     carried = _small_uploads(spec)
     launch = launch_file(spec, ROOT, studio_url, {key: f"upload-{key}" for key in carried})
     instances = max(1, spec.instance_count)
-    if instances > 1:
+    per_instance = int((spec.distribution or {}).get("process_count_per_instance") or 1)
+    distributed = instances > 1 or (spec.distribution is not None and per_instance > 1)
+    if distributed:
         # Each pod is <job>-<index>.<service>, found through the headless Service below.
         kind = (spec.distribution or {}).get("type", "")
         launch["distribution"] = {
             "type": kind,
             "hosts": [f"{name}-{index}.{name}" for index in range(instances)],
             "port": DISTRIBUTION_PORTS.get(kind, 29500),
-            "process_count_per_instance": (spec.distribution or {}).get(
-                "process_count_per_instance", 1
-            ),
+            "process_count_per_instance": per_instance,
         }
     config_map = {
         "apiVersion": "v1",
@@ -187,7 +188,7 @@ def render(
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": job_spec,
     }
-    if instances == 1:
+    if not distributed:
         return [job, config_map]
     # Distributed: one pod per instance, each knowing its index, all started together.
     job_spec.update(completionMode="Indexed", completions=instances, parallelism=instances)

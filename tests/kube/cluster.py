@@ -51,6 +51,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -143,6 +144,7 @@ class FakeCluster:
         # in a hosts file that nss_wrapper makes the pods' processes resolve with.
         self.dns_file = os.path.join(self.volumes, ".cluster-dns")
         self.dns: dict[tuple[str, str], str] = {}
+        Path(self.dns_file).touch()  # nss_wrapper complains of a missing one in every pod
 
     def start(self) -> FakeCluster:
         self.url = self.api.start()
