@@ -4,6 +4,7 @@
     STUDIO_E2E_STUDIO_URL=http://HOST:8765    how its pods reach the studio these tests run
     STUDIO_E2E_PORT=8765                      the port that studio listens on (all addresses)
     STUDIO_E2E_IMAGE=python:3.11-slim         an image with python3, pullable by the cluster
+    STUDIO_E2E_MPI_IMAGE=...                  one with python3 and Open MPI (the MPI test)
 
     kind create cluster && STUDIO_E2E_KUBECONFIG=~/.kube/config \\
         STUDIO_E2E_STUDIO_URL=http://$(hostname -I | cut -d' ' -f1):8765 STUDIO_E2E_PORT=8765 \\
@@ -105,6 +106,28 @@ def test_a_job_runs_on_a_real_cluster(api, people, workspace, attached_for_real)
     assert list(job.log_lines.values_list("line", flat=True)) == ["ok"]
     url = f"/api/v1/workspaces/demo/jobs/{job.name}/outputs/model/m.txt"
     assert b"".join(api(people.reader).get(url)) == b"REAL CLUSTER\n"
+
+
+@pytest.mark.skipif(not os.environ.get("STUDIO_E2E_MPI_IMAGE"), reason="no MPI image named")
+def test_an_mpi_job_runs_across_pods_of_a_real_cluster(workspace, people, attached_for_real):
+    text = (
+        "command: echo rank $OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE\n"
+        f"environment: {{image: {os.environ['STUDIO_E2E_MPI_IMAGE']}}}\n"
+        "compute: azureml:k8s\nresources: {instance_count: 2}\n"
+        "distribution: {type: mpi, process_count_per_instance: 2}\n"
+    )
+    job = services.submit_yaml(workspace, people.contributor, text, {})
+
+    def ended() -> bool:
+        job.refresh_from_db()
+        return job.is_terminal
+
+    wait_until(ended, 600, "the MPI job on the real cluster")
+    assert job.status == "Completed", job.failure_reason
+    lines = sorted(job.log_lines.values_list("line", flat=True))
+    assert [line for line in lines if "rank" in line] == [f"[0] rank {r} of 4" for r in range(4)], (
+        lines
+    )
 
 
 SCORE = b"""
