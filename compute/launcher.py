@@ -389,15 +389,26 @@ MPI_WAIT = 600.0  # how long an instance waits for mpirun to reach it
 
 
 def mpi_command(
-    command: str, distribution: dict[str, Any], secret: str, folder: str, env: Any
+    command: str,
+    distribution: dict[str, Any],
+    secret: str,
+    folder: str,
+    env: Any,
+    python: str = "",
 ) -> tuple[str, dict[str, str]]:
-    """The instance's part of an MPI job, and what it needs in its environment."""
+    """The instance's part of an MPI job, and what it needs in its environment. `folder`
+    is the job's own (its temporary one): the hostfile and a copy of this launcher go
+    there, where the job's user may read them (the launcher's own copy may be in a folder
+    only the studio reads, as may `sys.executable`: `python` is the job's)."""
     index = int(env.get("JOB_COMPLETION_INDEX", "0"))
     hosts = list(distribution["hosts"])
     slots = int(distribution.get("process_count_per_instance") or 1)
+    copy = os.path.join(folder, "kstudio-launcher.py")
+    shutil.copyfile(os.path.abspath(__file__), copy)
+    os.chmod(copy, 0o644)
     extra = {
-        "KSTUDIO_PYTHON": sys.executable,
-        "KSTUDIO_LAUNCHER": os.path.abspath(__file__),
+        "KSTUDIO_PYTHON": python or sys.executable,
+        "KSTUDIO_LAUNCHER": copy,
         "KSTUDIO_RSH_SECRET": secret,
         "KSTUDIO_RSH_ADDRESS": "{}:{}".format(hosts[index], distribution["port"]),
         "KSTUDIO_RSH_PORT": str(distribution["port"]),
@@ -409,6 +420,7 @@ def mpi_command(
     hostfile = os.path.join(folder, "hostfile")
     with open(hostfile, "w") as f:
         f.write("".join(f"{host} slots={slots}\n" for host in hosts))
+    os.chmod(hostfile, 0o644)
     extra.update(KSTUDIO_HOSTFILE=hostfile, KSTUDIO_RANKS=str(len(hosts) * slots),
                  KSTUDIO_COMMAND=command)  # fmt: skip
     return MPI_RUN, extra
@@ -1123,7 +1135,9 @@ class Launcher:
         if distribution and distribution.get("type") == "mpi":
             token = (self.spec.get("studio") or {}).get("token", "")
             secret = hmac.new(token.encode(), b"mpi", hashlib.sha256).hexdigest()
-            command, extra = mpi_command(command, distribution, secret, self.tmp, os.environ)
+            command, extra = mpi_command(
+                command, distribution, secret, self.tmp, os.environ, self.spec.get("python", "")
+            )
         else:
             command, extra = per_process(command, distribution)
         try:

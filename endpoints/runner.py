@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -48,6 +47,7 @@ from endpoints import autoscale, kube, logs, server, services, spec, traffic
 from endpoints.models import Deployment, Endpoint, State
 from registry import services as registry
 from studio.errors import FieldErrors
+from studio.net import free_port
 
 log = logging.getLogger(__name__)
 TICK = 0.5
@@ -170,12 +170,6 @@ def _autoscaling(deployment: Deployment) -> dict[str, Any] | None:
         return None
     low, high = int(scale.get("min_instances", 1)), int(scale.get("max_instances", 1))
     return scale if low < high else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -270,26 +270,18 @@ def _check_placement(
         errors.append(
             (
                 "resources.instance_count",
-                "local compute runs a single process; instance_count must be 1 "
-                "(use a Kubernetes compute for distributed jobs)",
+                "local compute runs a single instance; instance_count must be 1 "
+                "(distribution.process_count_per_instance runs several processes of it; "
+                "use a Kubernetes compute for several instances)",
             )
         )
-    elif isinstance(count, int) and count > 1:
-        distribution = data.get("distribution")
-        if not isinstance(distribution, dict):
-            distribution = {}
-        kind = distribution.get("type")
-        per_node = distribution.get("process_count_per_instance")
-        if kind not in (None, "pytorch", "tensorflow", "mpi"):
-            errors.append(
-                ("distribution.type", f"{kind} is not supported on Kubernetes compute yet "
-                 "(pytorch, tensorflow and mpi are)")
-            )  # fmt: skip
-        if per_node not in (None, 1) and kind not in ("pytorch", "tensorflow", "mpi"):
-            errors.append(
-                ("distribution.process_count_per_instance", "several processes per "
-                 "instance are for pytorch, tensorflow and mpi")
-            )  # fmt: skip
+    distribution = data.get("distribution")
+    kind = distribution.get("type") if isinstance(distribution, dict) else None
+    if kind not in (None, "pytorch", "tensorflow", "mpi"):
+        errors.append(
+            ("distribution.type", f"{kind} is not supported yet (pytorch, tensorflow and mpi "
+             "are)")
+        )  # fmt: skip
     return compute, instance_type
 
 

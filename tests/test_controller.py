@@ -267,6 +267,25 @@ async def test_failing_command_keeps_exit_code_and_reason(workspace, people, con
     assert await lines_of(job) == ["bye"]
 
 
+async def test_several_processes_of_the_one_local_instance_each_get_their_rank(
+    workspace, people, controller
+):
+    text = (
+        "command: echo $RANK $LOCAL_RANK of $WORLD_SIZE at $MASTER_ADDR\n"
+        "distribution: {type: pytorch, process_count_per_instance: 2}\n"
+    )
+    job = await finished(await submit(workspace, people.contributor, text))
+    assert job.status == "Completed", job.failure_reason
+    assert sorted(await lines_of(job)) == ["0 0 of 2 at 127.0.0.1", "1 1 of 2 at 127.0.0.1"]
+    if shutil.which("mpirun"):  # and mpirun's ranks, on this host alone
+        text = "command: echo rank $OMPI_COMM_WORLD_RANK of $OMPI_COMM_WORLD_SIZE\n"
+        text += "distribution: {type: mpi, process_count_per_instance: 3}\n"
+        job = await finished(await submit(workspace, people.contributor, text), 60)
+        assert job.status == "Completed", (job.failure_reason, await lines_of(job))
+        ranks = sorted(line for line in await lines_of(job) if line.startswith("rank"))
+        assert ranks == [f"rank {r} of 3" for r in range(3)]
+
+
 async def test_timeout_is_enforced(workspace, people, controller):
     job = await submit(
         workspace, people.contributor, "command: echo start; sleep 60\nlimits: {timeout: 1}\n"

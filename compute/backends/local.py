@@ -39,6 +39,7 @@ from compute.backends.base import (
     tracking_variables,
 )
 from compute.resources import quantity
+from studio.net import free_port
 
 # Read at most this much log per look, so one chatty job cannot starve the others.
 MAX_READ = 1024 * 1024
@@ -153,6 +154,16 @@ class LocalBackend(ComputeBackend):
                 "pip_env": {k: v for k, v in os.environ.items() if k.startswith("PIP_")},
             },
         }
+        processes = int((spec.distribution or {}).get("process_count_per_instance") or 1)
+        if spec.distribution and processes > 1:
+            # Several processes of the one instance: its ranks meet on loopback, at a port
+            # of their own (tensorflow's workers take it and the ones after it).
+            launch["distribution"] = {
+                "type": spec.distribution["type"],
+                "hosts": ["127.0.0.1"],
+                "port": free_port(),
+                "process_count_per_instance": processes,
+            }
         (root / "launch.json").write_text(json.dumps(launch))
         with open(root / "launcher.log", "ab") as out:
             process = subprocess.Popen(
