@@ -3,11 +3,11 @@ idempotently with server-side apply under the studio's own field manager.
 
 What it holds: the InstanceType CRD (cluster-scoped, as Azure's), a ServiceAccount for the
 studio with least-privilege RBAC (a ClusterRole for instance types, nodes and namespaces;
-a Role per attached namespace for jobs, pods, their logs and ConfigMaps) and the attached
-namespaces. `manifests` prints the same objects for GitOps; `uninstall` removes what
-`install` made (objects with the extension's label) and nothing else. Namespaces are
-created when missing and otherwise left as they are; uninstall keeps the attached ones
-(they may hold the users' work) and removes only its own kstudio-system.
+a Role per attached namespace for jobs, pods, their logs, Secrets (made only) and
+ConfigMaps) and the attached namespaces. `manifests` prints the same objects for GitOps;
+`uninstall` removes what `install` made (objects with the extension's label) and nothing
+else. Namespaces are created when missing and otherwise left as they are; uninstall keeps
+the attached ones (they may hold the users' work) and removes only its own kstudio-system.
 """
 
 from __future__ import annotations
@@ -208,6 +208,9 @@ def _role_rules(settings: dict[str, Any]) -> list[dict[str, Any]]:
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["configmaps", "services"],
          "verbs": ["create", "get", "delete"]},
+        # Each job's launcher, launch file and token, in a Secret its Job owns (gone with
+        # it): made, never read back.
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "patch"]},
     ]  # fmt: skip
 

@@ -30,7 +30,7 @@ NEEDED = [
     ("create", "batch", "jobs"),
     ("delete", "batch", "jobs"),
     ("watch", "batch", "jobs"),
-    ("create", "", "configmaps"),
+    ("create", "", "secrets"),
     ("watch", "", "pods"),
     ("get", "", "pods/log"),
 ]

@@ -625,7 +625,7 @@ class Launcher:
     def __init__(self, launch_file: str) -> None:
         with open(launch_file, encoding="utf-8") as f:
             self.spec = json.load(f)
-        # Small uploads ride along with the launch file (a pod's ConfigMap), beside it.
+        # Small uploads ride along with the launch file (a pod's Secret), beside it.
         self.beside = os.path.dirname(os.path.abspath(launch_file))
         self.limits = {**DEFAULT_LIMITS, **self.spec.get("bounds", {})}
         # In a pod, the job's folder is where the pod mounted it.

@@ -211,7 +211,7 @@ def would_create(
     workspace: Workspace, data: dict[str, Any], uploads: Mapping[str, Upload] | None = None
 ) -> tuple[CommandJob, ComputeTarget, InstanceType, list[dict[str, Any]]]:
     """`validate`, and the objects the job's compute would create for it (a cluster's Job
-    and ConfigMap; none for local processes). Nothing is stored or created."""
+    and Secret; none for local processes). Nothing is stored or created."""
     checked = validate(workspace, data, uploads)
     spec, compute, instance_type = checked.spec, checked.compute, checked.instance_type
     job = Job(
@@ -232,6 +232,8 @@ def would_create(
         name = str(exc).split(":", 1)[0]
         raise SpecError([(f"{name}.path", str(exc).split(": ", 1)[-1])]) from exc
     launch.job_token = "(a token for this job alone, made when it starts)"  # noqa: S105
+    if "MLFLOW_TRACKING_TOKEN" in launch.environment_variables:  # the same token
+        launch.environment_variables["MLFLOW_TRACKING_TOKEN"] = launch.job_token
     return spec, compute, instance_type, backend_for(compute).render(launch)
 
 

@@ -3,6 +3,7 @@ server of tests/kube (no cluster exists here), whose kubelet really runs each po
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
@@ -27,6 +28,11 @@ from tests.kube.cluster import NSS_WRAPPER
 pytestmark = pytest.mark.django_db(transaction=True)
 
 K8S_VERSION = "1.31"
+
+
+def bundle_files(secret: dict[str, Any]) -> dict[str, str]:
+    """A job's Secret (its launcher, launch file and small uploads), as text."""
+    return {k: base64.b64decode(v).decode("latin-1") for k, v in secret["data"].items()}
 
 
 def finished(job: Job, timeout: float = 60) -> Job:
@@ -185,12 +191,15 @@ def test_rendered_objects_are_valid_kubernetes():
     name = object_name(spec.job_key, spec.name)
     assert len(name) <= 63 and name == object_name(spec.job_key, spec.name)
     assert name != object_name("2/quirky_Name_42", spec.name)  # another workspace's job
-    job, config_map = render(
+    job, bundle = render(
         spec, name, "team-a", "http://studio", "python:3.11-slim", {},
         image_pull_secret="registry-creds",
     )  # fmt: skip
-    for obj in (job, config_map):
+    for obj in (job, bundle):
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    # The launch file, with the job's token, is in a Secret; the Job shows no token.
+    assert bundle["kind"] == "Secret" and "kjt_x" not in json.dumps(job)
+    assert json.loads(bundle_files(bundle)["launch.json"])["studio"]["token"] == "kjt_x"
     pod = job["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
     assert pod["nodeSelector"] == {"pool": "gpu"}
@@ -222,10 +231,10 @@ def test_a_job_runs_as_a_kubernetes_job_with_logs_and_outputs(
     job = finished(job)
     assert job.status == "Completed", job.failure_reason
     assert lines_of(job) == ["HELLO PODS", "done"]
-    # Small uploads travel in the job's ConfigMap: the pod fetched nothing from the studio.
-    config = kube.api.get(kube.api.kind("", "configmaps"), "team-a", job.runtime["name"])
-    assert set(config["binaryData"]) == {"upload-code", "upload-inputs.words"}
-    assert json.loads(config["data"]["launch.json"])["code"] == {"embedded": "upload-code"}
+    # Small uploads travel in the job's Secret: the pod fetched nothing from the studio.
+    files = bundle_files(kube.api.get(kube.api.kind("", "secrets"), "team-a", job.runtime["name"]))
+    assert set(files) == {"launcher.py", "launch.json", "upload-code", "upload-inputs.words"}
+    assert json.loads(files["launch.json"])["code"] == {"embedded": "upload-code"}
     made = kube.api.get(kube.api.kind("batch", "jobs"), "team-a", job.runtime["name"])
     assert made["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubestudio"
     kubernetes_validate.validate(
@@ -265,6 +274,19 @@ def test_an_unschedulable_job_waits_queued_saying_why_and_runs_once_a_node_fits(
     assert lines_of(job) == ["fitted"]
 
 
+def test_a_jobs_token_travels_in_a_secret_and_reaches_its_pod(attached, workspace, people, kube):
+    text = "command: echo ${MLFLOW_TRACKING_TOKEN:0:4} ${#MLFLOW_TRACKING_TOKEN}\n"
+    text += "compute: azureml:k8s\n"
+    job = finished(services.submit_yaml(workspace, people.contributor, text, {}))
+    assert job.status == "Completed", job.failure_reason
+    bundle = kube.api.get(kube.api.kind("", "secrets"), "team-a", job.runtime["name"])
+    token = json.loads(bundle_files(bundle)["launch.json"])["studio"]["token"]
+    assert lines_of(job) == [f"kjt_ {len(token)}"]  # MLflow's token, as the pod has it
+    assert kube.api.list(kube.api.kind("", "configmaps"), "team-a")["items"] == []
+    made = kube.api.get(kube.api.kind("batch", "jobs"), "team-a", job.runtime["name"])
+    assert token not in json.dumps(made)
+
+
 def test_cancel_deletes_the_kubernetes_job(attached, workspace, people, kube):
     text = "command: echo started; sleep 60\ncompute: azureml:k8s\n"
     job = services.submit_yaml(workspace, people.contributor, text, {})
@@ -273,8 +295,8 @@ def test_cancel_deletes_the_kubernetes_job(attached, workspace, people, kube):
     job = finished(job)
     assert job.status == "Canceled"
     jobs = kube.api.list(kube.api.kind("batch", "jobs"), "team-a")["items"]
-    assert jobs == []  # deleted, its pods and ConfigMap with it
-    assert kube.api.list(kube.api.kind("", "configmaps"), "team-a")["items"] == []
+    assert jobs == []  # deleted, its pods and Secret with it
+    assert kube.api.list(kube.api.kind("", "secrets"), "team-a")["items"] == []
 
 
 def test_a_failing_command_fails_the_job_with_its_exit_code(attached, workspace, people):
@@ -321,7 +343,7 @@ def test_throttling_and_server_errors_are_retried_and_forbidden_is_said(
     attached, workspace, people, kube
 ):
     kube.api.fail_next("POST", r"/jobs$", 500)
-    kube.api.fail_next("POST", r"/configmaps$", 429)
+    kube.api.fail_next("POST", r"/secrets$", 429)
     job = finished(services.submit_yaml(workspace, people.contributor, JOB_ECHO, {}))
     assert job.status == "Completed", job.failure_reason
     assert lines_of(job) == ["hello"]
@@ -703,7 +725,11 @@ def test_job_validate_prints_the_exact_objects_without_creating_anything(
                       "-o", "yaml")  # fmt: skip
     assert printed.returncode == 0, printed.stderr
     objects = list(yaml.safe_load_all(printed.stdout))
-    assert [o["kind"] for o in objects] == ["Job", "ConfigMap"]
+    assert [o["kind"] for o in objects] == ["Job", "Secret"]
+    assert "kjt_" not in printed.stdout  # no token: the Secret holds a placeholder
+    launch = json.loads(bundle_files(objects[1])["launch.json"])
+    assert launch["studio"]["token"] == "(a token for this job alone, made when it starts)"
+    assert launch["environment_variables"]["MLFLOW_TRACKING_TOKEN"] == launch["studio"]["token"]
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     pod = objects[0]["spec"]["template"]["spec"]
@@ -820,7 +846,7 @@ def test_a_distributed_job_runs_one_pod_per_instance_with_each_frameworks_variab
     printed = kstudio("job", "validate", "-f", str(path), "-o", "yaml")
     assert printed.returncode == 0, printed.stderr
     objects = list(yaml.safe_load_all(printed.stdout))
-    assert [o["kind"] for o in objects] == ["Job", "ConfigMap", "Service"]
+    assert [o["kind"] for o in objects] == ["Job", "Secret", "Service"]
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     assert objects[0]["spec"]["completionMode"] == "Indexed"
@@ -952,9 +978,9 @@ def test_big_uploads_are_fetched_from_the_studio_with_the_job_token(
     job = finished(services.submit_yaml(workspace, people.contributor, text, uploads))
     assert job.status == "Completed", job.failure_reason
     assert lines_of(job) == [str(len(big))]
-    config = kube.api.get(kube.api.kind("", "configmaps"), "team-a", job.runtime["name"])
-    assert "binaryData" not in config
-    assert json.loads(config["data"]["launch.json"])["inputs"]["data"]["fetch"] == "inputs.data"
+    files = bundle_files(kube.api.get(kube.api.kind("", "secrets"), "team-a", job.runtime["name"]))
+    assert set(files) == {"launcher.py", "launch.json"}
+    assert json.loads(files["launch.json"])["inputs"]["data"]["fetch"] == "inputs.data"
 
 
 def test_an_image_without_python_fails_the_job_saying_so(attached, workspace, people):
@@ -1091,12 +1117,12 @@ environment:
     assert [x for x in lines if not x.startswith(("[kstudio]", "Collecting", "Looking",
             "Downloading", "Installing", "Successfully", "Processing"))][-4:] == [
         "A", "B", "1,2", "env ok"]  # fmt: skip
-    config = kube.api.get(kube.api.kind("", "configmaps"), "team-a", job.runtime["name"])
-    launch = json.loads(config["data"]["launch.json"])
+    files = bundle_files(kube.api.get(kube.api.kind("", "secrets"), "team-a", job.runtime["name"]))
+    launch = json.loads(files["launch.json"])
     for name in ("shapes", "rows"):
         assert launch["inputs"][name]["listing"] == f"inputs/{name}/files/"
         assert "files" not in launch["inputs"][name]
-    assert s3_store["secret_key"] not in config["data"]["launch.json"]
+    assert s3_store["secret_key"] not in files["launch.json"]
 
 
 def test_an_attachment_names_the_secret_its_pods_pull_images_with(api, people, kube, live_studio):
@@ -1286,8 +1312,8 @@ inputs: {rows: {type: uri_folder, path: "azureml://datastores/lab-nfs/paths/rows
     pod = made["spec"]["template"]["spec"]
     assert {"name": "data-0", "nfs": {"server": "nfs.lab.example", "path": str(shared),
             "readOnly": True}} in pod["volumes"]  # fmt: skip
-    config = kube.api.get(kube.api.kind("", "configmaps"), "team-a", job.runtime["name"])
-    assert json.loads(config["data"]["launch.json"])["inputs"]["rows"]["listing"]
+    files = bundle_files(kube.api.get(kube.api.kind("", "secrets"), "team-a", job.runtime["name"]))
+    assert json.loads(files["launch.json"])["inputs"]["rows"]["listing"]
 
     bad = {"name": "x", "type": "local", "path": "/srv", "volume": {}}
     with pytest.raises(SpecError) as refused:  # SpecError: the documents' error kind

@@ -1,11 +1,11 @@
 """Kubernetes compute: each job a `batch/v1` Job in its attachment's namespace, run by the
-same launcher as local jobs (shipped in a ConfigMap), followed through watches and pod
+same launcher as local jobs (shipped in a Secret), followed through watches and pod
 logs, never by asking the API server about each job on each tick.
 
 Per backend (one attachment: a cluster and a namespace): two watch threads (Jobs, Pods,
 by the studio's label) keep a cache and say which jobs have news through a pipe, the
 controller's `events_fd`; one log follower per pod streams its container log. The API
-server sees two writes per job to start it (the Job, then its ConfigMap owned by it) and
+server sees two writes per job to start it (the Job, then its Secret owned by it) and
 one when it is over (a TTL, so the cluster cleans up after the studio has read all).
 """
 
@@ -40,13 +40,13 @@ log = logging.getLogger(__name__)
 MANAGED = "app.kubernetes.io/managed-by"
 STUDIO = "kubestudio"
 JOB_LABEL = "kstudio.io/job"
-MOUNT = "/kstudio"  # the ConfigMap: launcher.py and launch.json
+MOUNT = "/kstudio"  # the job's Secret: launcher.py and launch.json (with the job's token)
 ROOT = "/job"  # the job's folder (an emptyDir): code, inputs, outputs
 CACHE = "/kstudio-environments"  # the namespace's environment cache, when the cluster has one
 DATA = "/kstudio-data"  # host-folder datastores' storage, mounted where IT-ops named it
 NODES_FRESH = 30.0  # seconds a view of the nodes serves the fit check at submit
 DONE_TTL = 600  # seconds a finished Job stays for `kubectl` after the studio read it all
-# Uploads up to this size, together, travel in the job's ConfigMap (whose limit is 1 MiB).
+# Uploads up to this size, together, travel in the job's Secret (whose limit is 1 MiB).
 EMBED_LIMIT = 512 * 1024
 DISTRIBUTION_PORTS = {
     "pytorch": 29500,
@@ -75,7 +75,7 @@ def render(
     image_pull_secret: str = "",
     environment_cache: bool = False,
 ) -> list[dict[str, Any]]:
-    """The Job and its ConfigMap, as plain objects (validated in the tests). The pods go
+    """The Job and its Secret, as plain objects (validated in the tests). The pods go
     where the instance type's selector and the extension's (AND-ed) both allow."""
     labels = {MANAGED: STUDIO, JOB_LABEL: name, **spec.labels}
     carried = _small_uploads(spec)
@@ -92,19 +92,18 @@ def render(
             "port": DISTRIBUTION_PORTS.get(kind, 29500),
             "process_count_per_instance": per_instance,
         }
-    config_map = {
+    # What the pod runs, in a Secret rather than a ConfigMap: the launch file holds the
+    # job's token (the artifact API's and MLflow's), and who may read a namespace's
+    # ConfigMaps need not read its Secrets.
+    files = {"launcher.py": launcher_source().encode(), "launch.json": json.dumps(launch).encode()}
+    files.update({f"upload-{key}": data for key, data in carried.items()})
+    bundle = {
         "apiVersion": "v1",
-        "kind": "ConfigMap",
+        "kind": "Secret",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "data": {
-            "launcher.py": launcher_source(),
-            "launch.json": json.dumps(launch),
-        },
+        "type": "Opaque",
+        "data": {key: base64.b64encode(data).decode() for key, data in files.items()},
     }
-    if carried:
-        config_map["binaryData"] = {
-            f"upload-{key}": base64.b64encode(data).decode() for key, data in carried.items()
-        }
     resources: dict[str, Any] = {}
     if spec.requests:
         resources["requests"] = {k: str(v) for k, v in spec.requests.items()}
@@ -134,7 +133,7 @@ def render(
         "containers": [container],
         **({"imagePullSecrets": [{"name": image_pull_secret}]} if image_pull_secret else {}),
         "volumes": [
-            {"name": "kstudio", "configMap": {"name": name}},
+            {"name": "kstudio", "secret": {"secretName": name}},
             {"name": "work", "emptyDir": {}},
             {
                 "name": "dshm",
@@ -189,7 +188,7 @@ def render(
         "spec": job_spec,
     }
     if not distributed:
-        return [job, config_map]
+        return [job, bundle]
     # Distributed: one pod per instance, each knowing its index, all started together.
     job_spec.update(completionMode="Indexed", completions=instances, parallelism=instances)
     pod_spec["subdomain"] = name
@@ -204,7 +203,7 @@ def render(
             "ports": [{"name": "distribution", "port": launch["distribution"]["port"]}],
         },
     }
-    return [job, config_map, service]
+    return [job, bundle, service]
 
 
 # The builder pod's first step: the environment's Docker context, from the studio.
@@ -317,7 +316,7 @@ def launcher_source() -> str:
 
 def _small_uploads(spec: LaunchSpec) -> dict[str, bytes]:
     """The job's uploads, read from the artifact store, when together they fit in its
-    ConfigMap: then a job needs no way from its pod to the studio to get them."""
+    Secret: then a job needs no way from its pod to the studio to get them."""
     refs = [r for r in [spec.code, *spec.inputs.values()] if r and "artifact" in r]
     try:
         if sum(artifacts.store().size(r["artifact"]) for r in refs) > EMBED_LIMIT:
@@ -460,7 +459,7 @@ class KubernetesBackend(ComputeBackend):
         return "Running"
 
     def submit(self, spec: LaunchSpec) -> dict[str, Any]:
-        job, *owned = self.render(spec)  # the Job, then what it owns (ConfigMap, Service)
+        job, *owned = self.render(spec)  # the Job, then what it owns (Secret, Service)
         builder = owned.pop() if spec.build else None
         if builder is not None and self._ensure_builder(builder) == "Complete":
             job["spec"]["suspend"] = False  # built before: no wait
@@ -480,7 +479,7 @@ class KubernetesBackend(ComputeBackend):
                  "controller": True, "blockOwnerDeletion": False}  # fmt: skip
         for obj in owned:
             obj["metadata"]["ownerReferences"] = [owner]
-            create = (self.core.create_namespaced_config_map if obj["kind"] == "ConfigMap"
+            create = (self.core.create_namespaced_secret if obj["kind"] == "Secret"
                       else self.core.create_namespaced_service)  # fmt: skip
             try:
                 create(self.namespace, cast(Any, obj))

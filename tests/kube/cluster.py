@@ -907,8 +907,7 @@ class FakeCluster:
                 continue
             secret = (item.get("valueFrom") or {}).get("secretKeyRef")
             if secret:
-                found = self.api.get(self.api.kind("", "secrets"), meta["namespace"],
-                                     secret["name"])  # fmt: skip
+                found = self._wait_for("secrets", meta["namespace"], secret["name"])
                 env[item["name"]] = base64.b64decode(found["data"][secret["key"]]).decode()
                 continue
             env[item["name"]] = _in_sandbox(item.get("value", ""), paths, sandbox)
@@ -953,6 +952,16 @@ class FakeCluster:
                 hosts.write(text)
             os.replace(self.dns_file + ".new", self.dns_file)  # read whole, or not at all
 
+    def _wait_for(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        """A ConfigMap or Secret the pod needs: the kubelet retries until it exists (its
+        owner may make it just after the pod's Job)."""
+        for _ in range(100):
+            try:
+                return self.api.get(self.api.kind("", plural), namespace, name)
+            except ApiError:
+                time.sleep(0.05)
+        raise ApiError(404, "NotFound", f"{plural} {name} never appeared")
+
     def _mount(self, pod: dict[str, Any], sandbox: str) -> dict[str, str]:
         """The pod's volumes as folders of the sandbox; returns container path -> local."""
         meta, spec = pod["metadata"], pod["spec"]
@@ -980,25 +989,14 @@ class FakeCluster:
                 os.rmdir(local)
                 os.symlink(shared, local)
             elif "secret" in volume:
-                found = self.api.get(self.api.kind("", "secrets"), meta["namespace"],
-                                     volume["secret"]["secretName"])  # fmt: skip
+                found = self._wait_for("secrets", meta["namespace"], volume["secret"]["secretName"])
                 for name, data in (found.get("data") or {}).items():
                     with open(os.path.join(local, name), "wb") as f:
                         f.write(base64.b64decode(data))
             elif "configMap" in volume:
-                config = None
-                for _ in range(100):  # the kubelet retries until the ConfigMap exists
-                    try:
-                        config = self.api.get(
-                            self.api.kind("", "configmaps"),
-                            meta["namespace"],
-                            volume["configMap"]["name"],
-                        )
-                        break
-                    except ApiError:
-                        time.sleep(0.05)
-                if config is None:
-                    raise ApiError(404, "NotFound", "configmap never appeared")
+                config = self._wait_for(
+                    "configmaps", meta["namespace"], volume["configMap"]["name"]
+                )
                 for name, text in (config.get("data") or {}).items():
                     with open(os.path.join(local, name), "w", encoding="utf-8") as f:
                         f.write(text)
