@@ -388,6 +388,15 @@ exit "$status"
 MPI_WAIT = 600.0  # how long an instance waits for mpirun to reach it
 
 
+def mpi_secret(token: str) -> str:
+    """What callers of rsh-serve must prove they hold: one the job's pods all derive from
+    the job's token; without one (the local compute: one host, one launcher), a random
+    one that only this job's processes get, in their environment."""
+    if not token:
+        return os.urandom(32).hex()
+    return hmac.new(token.encode(), b"mpi", hashlib.sha256).hexdigest()
+
+
 def mpi_command(
     command: str,
     distribution: dict[str, Any],
@@ -1133,8 +1142,7 @@ class Launcher:
         shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
         distribution = self.spec.get("distribution")
         if distribution and distribution.get("type") == "mpi":
-            token = (self.spec.get("studio") or {}).get("token", "")
-            secret = hmac.new(token.encode(), b"mpi", hashlib.sha256).hexdigest()
+            secret = mpi_secret((self.spec.get("studio") or {}).get("token", ""))
             command, extra = mpi_command(
                 command, distribution, secret, self.tmp, os.environ, self.spec.get("python", "")
             )

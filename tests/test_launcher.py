@@ -191,3 +191,11 @@ def test_an_mpi_job_without_mpirun_in_its_image_says_so(tmp_path):
     assert ran.returncode == 127
     assert "Open MPI's mpirun, which is not in this image" in ran.stderr
     assert (tmp_path / "hostfile").read_text() == "a-0.a slots=1\n"
+
+
+def test_an_mpi_jobs_launch_secret_is_the_jobs_own_and_never_a_constant():
+    assert launcher.mpi_secret("kjt_a") == launcher.mpi_secret("kjt_a")  # every pod's
+    assert launcher.mpi_secret("kjt_a") != launcher.mpi_secret("kjt_b")
+    # No token (the local compute): not one anybody could compute, but a fresh one.
+    assert launcher.mpi_secret("") != launcher.mpi_secret("")
+    assert len(launcher.mpi_secret("")) == 64
