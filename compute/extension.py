@@ -200,6 +200,9 @@ def _role_rules(settings: dict[str, Any]) -> list[dict[str, Any]]:
         {"apiGroups": [""], "resources": ["configmaps", "services"],
          "verbs": ["list", "patch"]},
         {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get", "create"]},
+        # A generation's token, when its pods fetch from the studio: applied and deleted
+        # by name, never read.
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["patch", "delete"]},
     ] if settings.get("enableInference") else []  # fmt: skip
     return [*inference,
         {"apiGroups": ["batch"], "resources": ["jobs"],

@@ -5,8 +5,9 @@ server starts.
     python3 initializer.py
 
 - `$KSTUDIO_DIR` (the ConfigMap) holds `code.tar.gz` and `model.tar.gz` when they were
-  small enough to travel there; otherwise `fetch.json` says where the studio is and the
-  deployment's token, and they are fetched (`/api/v1/deployment-io/...`).
+  small enough to travel there; otherwise `fetch.json` says where the studio is, and they
+  are fetched (`/api/v1/deployment-io/...`) with the generation's token (KSTUDIO_TOKEN,
+  from its Secret).
 - `environment.json`, when the deployment has packages to install: the launcher's builder
   makes the virtual environment (in the namespace's cache when there is one).
 - `$APP/python` is left naming the interpreter the model server runs on.
@@ -41,7 +42,7 @@ def unpack(source: str, target: str) -> None:
 def fetch(plan: dict[str, Any], path: str) -> BinaryIO:
     request = urllib.request.Request(  # noqa: S310 - the studio's own URL
         plan["url"].rstrip("/") + "/api/v1/deployment-io/" + path,
-        headers={"Authorization": "Bearer " + plan["token"]},
+        headers={"Authorization": "Bearer " + os.environ["KSTUDIO_TOKEN"]},  # its Secret's
     )
     return urllib.request.urlopen(request, timeout=600)  # noqa: S310
 

@@ -175,8 +175,9 @@ def _resources(deployment: Deployment, instance_type: InstanceType | None) -> di
 def render(
     deployment: Deployment, target: ComputeTarget, replicas: int | None = None
 ) -> list[dict[str, Any]]:
-    """The generation's ConfigMap, the Deployment and the Service, as plain objects
-    (validated in the tests)."""
+    """The generation's ConfigMap, the Deployment and the Service (and the generation's
+    token in a Secret, when its pods fetch from the studio), as plain objects (validated
+    in the tests)."""
     cluster = target.cluster
     assert cluster is not None
     namespace = target.namespace or "default"
@@ -214,11 +215,11 @@ def render(
             files["model.tar.gz"], model_dir = model_archive(deployment)
         env.append({"name": "AZUREML_MODEL_DIR", "value": model_dir})
     if not embedded:
-        # Fetched from the studio by the initializer, with this generation's own token.
+        # Fetched from the studio by the initializer, with this generation's own token:
+        # in a Secret of the generation's (see `token_secret`), not in the ConfigMap.
         data["fetch.json"] = json.dumps(
             {
                 "url": studio_url(target),
-                "token": tokens.deployment_token(deployment),
                 "code": bool(deployment.code),
                 "model": (
                     {k: v for k, v in model_layout(deployment).items() if k != "files"}
@@ -230,7 +231,27 @@ def render(
     env += [
         {"name": k, "value": str(v)} for k, v in document.get("environment_variables", {}).items()
     ]
-    init_env = [{"name": "APP", "value": APP}, {"name": "KSTUDIO_DIR", "value": MOUNT}]
+    init_env: list[dict[str, Any]] = [
+        {"name": "APP", "value": APP},
+        {"name": "KSTUDIO_DIR", "value": MOUNT},
+    ]
+    secret = None
+    if not embedded:
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": f"{name}-{generation}",
+                "namespace": namespace,
+                "labels": {**labels, GENERATION_LABEL: generation},
+            },
+            "type": "Opaque",
+            "data": {
+                "token": base64.b64encode(tokens.deployment_token(deployment).encode()).decode()
+            },
+        }
+        init_env.append({"name": "KSTUDIO_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": f"{name}-{generation}", "key": "token"}}})  # fmt: skip
     volumes: list[dict[str, Any]] = [
         {"name": "kstudio", "configMap": {"name": f"{name}-{generation}"}},
         {"name": "app", "emptyDir": {}},
@@ -355,7 +376,7 @@ def render(
             "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http"}],
         },
     }
-    return [config_map, workload, service]
+    return [config_map, workload, service, *([secret] if secret else [])]
 
 
 # -- in the cluster ----------------------------------------------------------------------------
@@ -588,6 +609,9 @@ def remove(
             if keep_generation is not None and generation == str(keep_generation):
                 continue
             _quietly(core.delete_namespaced_config_map, meta["name"], namespace)
+            # and the generation's token, if it had one: by name (the studio never lists
+            # nor reads Secrets)
+            _quietly(core.delete_namespaced_secret, meta["name"], namespace)
         if keep_generation is None:
             _quietly(apps.delete_namespaced_deployment, name, namespace,
                      propagation_policy="Foreground")  # fmt: skip

@@ -7,6 +7,7 @@ that cannot serve are named with Azure's codes."""
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import os
@@ -386,8 +387,14 @@ def test_a_cluster_without_inference_is_refused_and_a_big_model_is_fetched_by_it
                         json={"data": [1, 2]},
                         headers={"Authorization": f"Bearer {keys['primaryKey']}"})  # fmt: skip
     assert scored.json() == {"predictions": [3.0, 6.0], "color": "blue"}
-    # The token in the ConfigMap opens this deployment's files only, and only for pods.
-    token = json.loads(config["data"]["fetch.json"])["token"]
+    # The generation's token is in a Secret of its own, not the ConfigMap; it opens this
+    # deployment's files only, and only for pods.
+    assert "token" not in json.loads(config["data"]["fetch.json"])
+    rendered = endpoint_kube.render(made, made.endpoint.compute)[-1]
+    assert rendered["kind"] == "Secret"
+    kubernetes_validate.validate(rendered, K8S_VERSION, strict=True)
+    secret = kube.api.get(kube.api.kind("", "secrets"), "team-a", config["metadata"]["name"])
+    token = base64.b64decode(secret["data"]["token"]).decode()
     io = f"{live_studio.url}/api/v1/deployment-io/"
     listing = httpx.get(io + "model/files/", headers={"Authorization": f"Bearer {token}"})
     assert sorted(f["path"] for f in listing.json()["files"]) == ["weight.txt", "weights.bin"]
@@ -397,6 +404,11 @@ def test_a_cluster_without_inference_is_refused_and_a_big_model_is_fetched_by_it
     )
     assert httpx.get(io + "model/files/..%2F..%2Fartifacts%2Fsecret",
                      headers={"Authorization": f"Bearer {token}"}).status_code == 404  # fmt: skip
+    # Deleted, the deployment takes its Secret with it.
+    assert http.patch("online-endpoints/k8s-endpoint/", json={"traffic": {"blue": 0}}).is_success
+    assert http.delete("online-endpoints/k8s-endpoint/deployments/blue/").status_code == 204
+    wait_until(lambda: not Deployment.objects.filter(name="blue").exists(), 30, "blue to go")
+    assert kube.api.list(kube.api.kind("", "secrets"), "team-a")["items"] == []
 
 
 def state_of(live_studio, people, endpoint: str, name: str) -> dict:
