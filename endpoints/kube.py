@@ -216,7 +216,7 @@ def render(
         env.append({"name": "AZUREML_MODEL_DIR", "value": model_dir})
     if not embedded:
         # Fetched from the studio by the initializer, with this generation's own token:
-        # in a Secret of the generation's (see `token_secret`), not in the ConfigMap.
+        # in a Secret of the generation's (below), not in the ConfigMap.
         data["fetch.json"] = json.dumps(
             {
                 "url": studio_url(target),
@@ -236,7 +236,7 @@ def render(
         {"name": "KSTUDIO_DIR", "value": MOUNT},
     ]
     secret = None
-    if not embedded:
+    if not embedded:  # named as the generation's ConfigMap, and deleted with it (`remove`)
         secret = {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -500,18 +500,15 @@ def observe(
     assert target.cluster is not None
     namespace = target.namespace or "default"
     name = names(deployment)
-    workloads, pods_seen = _informers(target)
-    for informer in (workloads, pods_seen):
-        if informer.trouble is not None:  # the cluster is away: said as a read would
-            raise informer.trouble
+    workloads, _pods = _informers(target)
+    if workloads.trouble is not None:  # the cluster is away: said as a read would
+        raise workloads.trouble
     workload = workloads.get(name) if workloads.synced.is_set() else None
-    fresh = workload is not None and int(workload["metadata"].get("generation") or 0) >= applied
-    if fresh and workload is not None and pods_seen.synced.is_set():
-        pods = pods_seen.select({DEPLOYMENT_LABEL: name})
-    else:
-        workload, pods = _read(target, name)
+    if workload is None or int(workload["metadata"].get("generation") or 0) < applied:
+        workload = _read_workload(target, name)
         if workload is None:
             return Seen(0, False, "NamespaceNotFound", f"namespace {namespace!r} does not exist")
+    pods = pods_of(deployment, target)
     generation = str(deployment.generation)
     wanted = int(workload["spec"].get("replicas") or 0)
     new = [p for p in pods if p["metadata"]["labels"].get(GENERATION_LABEL) == generation]
@@ -550,24 +547,19 @@ def pods_of(deployment: Deployment, target: ComputeTarget) -> list[dict[str, Any
         return list(api.sanitize_for_serialization(listed)["items"])
 
 
-def _read(target: ComputeTarget, name: str) -> tuple[dict[str, Any] | None, list[Any]]:
-    """The Deployment and its pods from the API server (None: its namespace is gone)."""
+def _read_workload(target: ComputeTarget, name: str) -> dict[str, Any] | None:
+    """The Deployment from the API server (None: its namespace is gone)."""
     assert target.cluster is not None
     namespace = target.namespace or "default"
     with kube.shared_client(target.cluster) as api:
-        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
         try:
-            workload = api.sanitize_for_serialization(
-                apps.read_namespaced_deployment(name, namespace)
-            )
+            return dict(api.sanitize_for_serialization(
+                client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
+            ))  # fmt: skip
         except ApiException as exc:
-            if exc.status == 404 and _namespace_gone(core, namespace):
-                return None, []
+            if exc.status == 404 and _namespace_gone(client.CoreV1Api(api), namespace):
+                return None
             raise
-        pods = api.sanitize_for_serialization(
-            core.list_namespaced_pod(namespace, label_selector=f"{DEPLOYMENT_LABEL}={name}")
-        )["items"]
-    return workload, pods
 
 
 def _is_ready(pod: dict[str, Any]) -> bool:
