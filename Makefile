@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Server mode runs against these; this machine has PostgreSQL and Redis on their usual ports.
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/kstudio
-TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+# Server mode runs against a PostgreSQL and a Redis that `make test` starts itself
+# (tests/servers/services.sh); set both to use servers of your own instead.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:54329/kstudio
+TEST_REDIS_URL ?= redis://127.0.0.1:63799/0
 
-.PHONY: run install test lint test-embedded test-server test-servers test-packages chromium bench clean
+.PHONY: run install test lint test-embedded test-server test-servers test-services test-services-stop test-packages chromium bench clean
 
 $(STAMP): pyproject.toml cli/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +22,7 @@ run: install
 	$(PY) manage.py seed
 	$(PY) manage.py serve
 
-test: install test-packages test-servers lint test-embedded test-server
+test: install test-packages test-servers test-services lint test-embedded test-server
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -54,12 +55,25 @@ $(SERVERS_STAMP): tests/servers/package.json tests/servers/package-lock.json
 
 test-servers: $(SERVERS_STAMP)
 
+# PostgreSQL and Redis for server mode, on ports of their own (54329, 63799) under
+# ${TMPDIR:-/tmp}/kstudio-services-<uid>; left running for the next run, stopped by
+# `make test-services-stop`. Not started when TEST_DATABASE_URL and TEST_REDIS_URL
+# both name servers of yours.
+test-services: test-packages
+	@case "$(origin TEST_DATABASE_URL) $(origin TEST_REDIS_URL)" in \
+		*file*) tests/servers/services.sh start;; esac
+
+test-services-stop:
+	tests/servers/services.sh stop
+
 # Browser tests use Debian's Chromium (Playwright's own browser download cannot work offline).
 # Debian packages the tests drive: chromium (the browser tests), libnss-wrapper (the fake
-# cluster's DNS, so that pods reach each other by name) and openmpi-bin (MPI jobs).
-# Installed with apt as root.
+# cluster's DNS, so that pods reach each other by name), openmpi-bin (MPI jobs), and
+# postgresql and redis-server (server mode). Installed with apt as root.
 test-packages:
 	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	ls /usr/lib/*/libnss_wrapper.so >/dev/null 2>&1 || missing="$$missing libnss-wrapper"; \
 	command -v mpirun >/dev/null 2>&1 || missing="$$missing openmpi-bin"; \
@@ -76,7 +90,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
-bench: install $(BENCH_STAMP)
+bench: install $(BENCH_STAMP) test-services
 	@command -v ab >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq apache2-utils; }
 	$(PY) bench/run.py
 
