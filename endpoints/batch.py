@@ -32,7 +32,6 @@ from studio.documents import DocumentError
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
 from tracking.models import Run
-from tracking.services import run_id_for
 
 DRIVER = Path(__file__).with_name("batch_driver.py")
 DRIVER_NAME = "_kstudio_batch.py"  # in the job's code folder, beside the user's script
@@ -425,7 +424,7 @@ def jobs_of(endpoint: BatchEndpoint, deployment: str | None = None) -> list[Job]
 def progress(job: Job) -> dict[str, int] | None:
     """Mini-batches done, failed and left, as the driver last logged them to the job's run
     (None before its first report)."""
-    run = Run.objects.filter(run_id=run_id_for(f"{job.workspace_id}/{job.name}")).first()
+    run = Run.objects.filter(run_id=job.run_id).first()
     latest = run.latest_metrics if run is not None else {}
     found = {}
     for name in ("done", "failed", "left"):

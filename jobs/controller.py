@@ -284,7 +284,7 @@ class Controller:
         for job in jobs:
             try:
                 tracking.start_job_run(
-                    job.workspace, job.experiment_name, f"{job.workspace_id}/{job.name}",
+                    job.workspace, job.experiment_name, job.run_id,
                     job.display_name or job.name, getattr(job.created_by, "username", ""),
                     {"kstudio.job": job.name, "kstudio.compute": job.compute_name},
                 )  # fmt: skip
@@ -517,7 +517,7 @@ class Controller:
                 outputs=outputs,
             )
             if ended:
-                tracking.end_job_run(f"{job.workspace_id}/{job.name}", phase)
+                tracking.end_job_run(job.run_id, phase)
         if ended and moved:
             self.submitter.submit(job_outputs.forget, moved)
         self.let_go(job.pk)

@@ -15,7 +15,6 @@ from data import services as data_services
 from jobs import tokens
 from jobs.models import Job
 from jobs.spec import CommandJob, InlineEnvironment, parse
-from tracking.services import run_id_for
 
 
 class DataProblem(ValueError):
@@ -99,7 +98,7 @@ def _data_input(job: Job, name: str, kind: str, mode: str | None) -> dict[str, A
 
 def tracking_variables(job: Job) -> dict[str, str]:
     return {
-        "MLFLOW_RUN_ID": run_id_for(f"{job.workspace_id}/{job.name}"),
+        "MLFLOW_RUN_ID": job.run_id,
         "MLFLOW_EXPERIMENT_NAME": job.experiment_name,
         # The job's own token: it writes this run only (tracking.rest).
         "MLFLOW_TRACKING_TOKEN": tokens.token_for(job),

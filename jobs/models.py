@@ -1,5 +1,6 @@
 """Jobs, the record of their state changes, and their log lines."""
 
+import uuid
 from typing import ClassVar
 
 from django.conf import settings
@@ -28,9 +29,16 @@ TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELED)
 ACTIVE = (Status.PREPARING, Status.RUNNING, Status.FINALIZING, Status.CANCEL_REQUESTED)
 
 
+def new_run_id() -> str:
+    """A job's MLflow run id: random, so knowing a job's name tells nothing of its run's."""
+    return uuid.uuid4().hex
+
+
 class Job(models.Model):
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="jobs")
     name = models.CharField(max_length=255)
+    # The MLflow run the job is (tracking's Run.run_id), fixed at submission.
+    run_id = models.CharField(max_length=32, unique=True, default=new_run_id, editable=False)
     display_name = models.CharField(max_length=255, blank=True)
     experiment_name = models.CharField(max_length=255, default="Default")
     description = models.TextField(blank=True)

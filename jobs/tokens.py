@@ -38,6 +38,4 @@ def tracking_identity(token: str) -> tuple[Any, str, str] | None:
     job = job_for(token)
     if job is None or job.created_by is None:
         return None
-    from tracking.services import run_id_for  # jobs know tracking; never the other way
-
-    return job.created_by, job.workspace.name, run_id_for(f"{job.workspace_id}/{job.name}")
+    return job.created_by, job.workspace.name, job.run_id

@@ -31,7 +31,6 @@ from studio.htmx import is_htmx_partial
 from studio.models import Role
 from tracking import services as tracking
 from tracking.models import Run
-from tracking.services import run_id_for
 
 PAGE_SIZE = 25
 
@@ -54,6 +53,7 @@ def job_list(request: HttpRequest, workspace: str) -> HttpResponse:
             "ended_at",
             "created_by__username",
             "workspace_id",
+            "run_id",
         )
     )
     filters = JobFilter(request.GET, queryset=jobs)
@@ -126,7 +126,7 @@ def _job(
 def _with_metric(jobs: Iterable[Job], metric: str) -> None:
     """Each job's latest value of `metric` (None: not logged), from its MLflow run: one
     query for the page."""
-    by_run = {run_id_for(f"{job.workspace_id}/{job.name}"): job for job in jobs}
+    by_run = {job.run_id: job for job in jobs}
     for job in by_run.values():
         job.metric_value = None  # type: ignore[attr-defined]
     found = Run.objects.filter(run_id__in=by_run).values_list("run_id", "latest_metrics")
@@ -158,7 +158,7 @@ def job_detail(request: HttpRequest, workspace: str, name: str) -> HttpResponse:
         "workspace": job.workspace,
         "can_cancel": access.can(role, Role.CONTRIBUTOR) and not job.is_terminal,
         "history": job.status_changes.all(),
-        "run_id": run_id_for(f"{job.workspace_id}/{job.name}"),
+        "run_id": job.run_id,
         "data_inputs": [_data_read(name, d) for name, d in (job.data_inputs or {}).items()],
         "outputs": [
             {
@@ -185,7 +185,7 @@ def _data_read(name: str, recorded: dict[str, str]) -> dict[str, str]:
 def metrics(request: HttpRequest, workspace: str, name: str) -> JsonResponse:
     """The job's MLflow run for its Metrics charts: each metric by step, params, tags."""
     job, _role = _job(request, workspace, name)
-    run = Run.objects.filter(run_id=run_id_for(f"{job.workspace_id}/{job.name}")).first()
+    run = Run.objects.filter(run_id=job.run_id).first()
     if run is None:
         return JsonResponse({"run_id": None, "metrics": {}, "params": {}, "tags": {}})
     return JsonResponse(tracking.charts(run))
@@ -200,8 +200,10 @@ def compare(request: HttpRequest, workspace: str) -> HttpResponseBase:
     the chart's data as CSV or JSON (`?format=csv|json`)."""
     ws, _role = access.workspace_for(request.user, workspace)
     names = list(dict.fromkeys(request.GET.getlist("jobs")))[:MAX_COMPARED]
-    jobs = list(Job.objects.filter(workspace=ws, name__in=names).only("name", "workspace_id"))
-    run_ids = {run_id_for(f"{job.workspace_id}/{job.name}"): job.name for job in jobs}
+    jobs = list(
+        Job.objects.filter(workspace=ws, name__in=names).only("name", "workspace_id", "run_id")
+    )
+    run_ids = {job.run_id: job.name for job in jobs}
     order = {name: index for index, name in enumerate(names)}  # as they were picked
     runs = sorted(Run.objects.filter(run_id__in=run_ids), key=lambda r: order[run_ids[r.run_id]])
     keys = sorted({k for run in runs for k in run.latest_metrics})

@@ -36,7 +36,6 @@ from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
 from tracking import files as tracking_files
 from tracking import logged_models
-from tracking import services as tracking
 from tracking.errors import TrackingError
 from tracking.models import Run
 
@@ -271,7 +270,7 @@ def job_of(workspace: Workspace, run: Run | None) -> Job | None:
     if run is None or not run.tags.get("kstudio.job"):
         return None
     job = Job.objects.filter(workspace=workspace, name=run.tags["kstudio.job"]).first()
-    if job is None or tracking.run_id_for(f"{workspace.pk}/{job.name}") != run.run_id:
+    if job is None or job.run_id != run.run_id:
         return None
     return job
 
@@ -308,7 +307,7 @@ def _from_job(workspace: Workspace, ref: spec.JobOutputRef) -> Found:
     if ref.output not in job_outputs.output_names(job):
         raise ValueError(f"job {job.name} has no output named {ref.output!r}")
     _finished(job)
-    run_id = tracking.run_id_for(f"{workspace.pk}/{job.name}")
+    run_id = job.run_id
     destination = (job.data_outputs or {}).get(ref.output)
     if destination:  # a named output, already in its datastore: referred to where it is
         uri = destination["uri"].rstrip("/") + (f"/{ref.path}" if ref.path else "")

@@ -524,9 +524,7 @@ while not os.path.exists(sys.argv[1] + ".end"):
 
 
 def _run_id(job: Job) -> str:
-    from tracking.services import run_id_for
-
-    return run_id_for(f"{job.workspace_id}/{job.name}")
+    return job.run_id
 
 
 def test_a_running_jobs_charts_grow_as_it_logs(people, workspace, page, live_studio, settings):

@@ -373,7 +373,7 @@ def test_job_list_shows_a_chosen_metrics_latest_value_in_constant_queries(
     experiment = Experiment.objects.create(workspace=workspace, name="fits")
     jobs = [submit_yaml(workspace, people.contributor, HELLO) for _ in range(3)]
     for value, job in zip((0.25, float("nan"), None), jobs, strict=True):
-        run_id = tracking.run_id_for(f"{workspace.pk}/{job.name}")
+        run_id = job.run_id
         run = Run.objects.create(experiment=experiment, run_id=run_id)
         if value is not None:
             tracking.log_batch(run, [{"key": "loss", "value": value, "timestamp": 1}], [], [])

@@ -215,6 +215,22 @@ print(post("experiments/create", {{"name": "new"}}))
     assert late.json()["error_code"] == "UNAUTHENTICATED"
 
 
+def test_a_jobs_run_id_is_random_so_its_name_does_not_give_it_away(workspace, people):
+    """Run ids were uuid5 of the workspace and the job's name: anyone could compute them."""
+    import uuid
+
+    from jobs import services as job_services
+
+    jobs = [job_services.submit_yaml(workspace, people.contributor, "command: echo\n")
+            for _ in range(2)]  # fmt: skip
+    for job in jobs:
+        derived = uuid.uuid5(uuid.NAMESPACE_URL, f"kstudio:job:{workspace.pk}/{job.name}").hex
+        assert len(job.run_id) == 32 and int(job.run_id, 16) >= 0
+        assert job.run_id != derived
+    assert jobs[0].run_id != jobs[1].run_id
+    assert Job.objects.get(pk=jobs[0].pk).run_id == jobs[0].run_id  # kept, not made anew
+
+
 def test_the_mlflow_client_logs_lists_and_downloads_artifacts(live_studio, people, tmp_path):
     seen = mlflow_script(live_studio, people.contributor, f"""
         import json, os, mlflow
@@ -360,10 +376,11 @@ def test_the_compare_view_overlays_a_metric_across_21_jobs_and_downloads_it(
     from jobs.services import submit_yaml
     from tracking import services as tracking
 
-    names = []
+    names, run_ids = [], []
     for index in range(21):
         job = submit_yaml(workspace, people.contributor, "command: echo\n", {})
-        run = tracking.start_job_run(workspace, "Default", f"{workspace.pk}/{job.name}",
+        run_ids.append(job.run_id)
+        run = tracking.start_job_run(workspace, "Default", job.run_id,
                                      job.name, "carl", {"kstudio.job": job.name})  # fmt: skip
         points = [{"key": "loss", "value": index + step / 10, "timestamp": step, "step": step}
                   for step in range(3)]  # fmt: skip
@@ -374,7 +391,7 @@ def test_the_compare_view_overlays_a_metric_across_21_jobs_and_downloads_it(
     shown = client.get(url, {"jobs": names, "metric": "loss", "format": "json"}).json()
     assert shown["metric"] == "loss" and len(shown["series"]) == 21
     assert shown["series"][0] == {
-        "run_id": tracking.run_id_for(f"{workspace.pk}/{names[0]}"), "name": names[0],
+        "run_id": run_ids[0], "name": names[0],
         "steps": [0, 1, 2], "values": [0.0, 0.1, 0.2],
     }  # fmt: skip
     csv = client.get(url, {"jobs": names[:2], "format": "csv"}).content.decode().splitlines()
@@ -455,7 +472,6 @@ def test_azures_hello_mlflow_job_logs_to_the_studio_untouched(
     from jobs import services as job_services
     from tests.conftest import wait_until
     from tracking.files import run_tree
-    from tracking.services import run_id_for
 
     example = (Path(__file__).resolve().parents[2] / "shared" / "compat" / "azureml-examples"
                / "cli" / "jobs" / "basics" / "hello-mlflow.yml")  # fmt: skip
@@ -477,7 +493,7 @@ def test_azures_hello_mlflow_job_logs_to_the_studio_untouched(
     wait_until(ended, 120, "the job to end")
     lines = list(job.log_lines.order_by("seq").values_list("line", flat=True))
     assert job.status == "Completed", (job.failure_reason, "\n".join(lines[-15:]))
-    run = Run.objects.get(run_id=run_id_for(f"{workspace.pk}/{job.name}"))
+    run = Run.objects.get(run_id=job.run_id)
     assert run.params == {"hello_param": "world"} and run.status == "FINISHED"
     assert 0 <= run.latest_metrics["hello_metric"]["value"] < 1
     assert [p for p, _size in run_tree(run).walk("", 10)] == ["helloworld.txt"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -414,30 +413,25 @@ JOB_STATUS = {"Completed": RunStatus.FINISHED, "Failed": RunStatus.FAILED,
               "Canceled": RunStatus.KILLED}  # fmt: skip
 
 
-def run_id_for(job_key: str) -> str:
-    """A job's run id: the same for the same job, so a retried start finds its run."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"kstudio:job:{job_key}").hex
-
-
 def start_job_run(
-    workspace: Workspace, experiment_name: str, job_key: str, name: str, user_id: str,
+    workspace: Workspace, experiment_name: str, run_id: str, name: str, user_id: str,
     tags: dict[str, str],
 ) -> Run:  # fmt: skip
-    """The MLflow run every job is: made when the job starts, in its experiment."""
+    """The MLflow run every job is: made when the job starts, in its experiment, under the
+    run id the job was given (so a retried start finds its run)."""
     experiment, _ = Experiment.objects.get_or_create(workspace=workspace, name=experiment_name)
     run, _ = Run.objects.get_or_create(
-        run_id=run_id_for(job_key),
+        run_id=run_id,
         defaults={"experiment": experiment, "name": name, "user_id": user_id,
                   "start_time": now_ms(), "tags": {"mlflow.runName": name, **tags}},
     )  # fmt: skip
     return run
 
 
-def end_job_run(job_key: str, job_status: str) -> None:
+def end_job_run(run_id: str, job_status: str) -> None:
     """The run's status follows its job's end."""
     status = JOB_STATUS.get(job_status)
     if status is not None:
-        run_id = run_id_for(job_key)
         Run.objects.filter(run_id=run_id).update(status=status, end_time=now_ms())
         publish(events.run_changed(run_id, set(), status))
 
