@@ -180,21 +180,39 @@ def load_yaml(text: str, what: str = "job") -> dict[str, Any]:
         loader.dispose()
     if not isinstance(data, dict):
         raise DocumentError([("(document)", f"must be a YAML mapping of {what} fields")])
+    check_bounds(data)  # YAML's "\\0" and "\\ud800" escapes make what JSON's do
     return data
 
 
+def text_problem(value: str) -> str | None:
+    """Why `value` cannot be stored as text (a database refuses both), or None."""
+    if "\x00" in value:
+        return "must not contain a NUL character (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid text: it holds a lone surrogate (\\ud800-\\udfff)"
+    return None
+
+
 def check_bounds(data: Any) -> None:
-    """The same bounds for a document that came as JSON."""
-    stack = [(data, 0)]
+    """The same bounds for a document that came as JSON, and text that can be stored: no
+    NUL character, no lone surrogate (JSON's "\\ud800"), each refused by its field path."""
+    stack: list[tuple[Any, int, tuple[str, ...]]] = [(data, 0, ())]
     count = 0
     while stack:
-        value, depth = stack.pop()
+        value, depth, path = stack.pop()
         count += 1
         if depth > MAX_DEPTH:
             raise DocumentError([("(document)", f"is nested deeper than {MAX_DEPTH} levels")])
         if count > MAX_NODES:
             raise DocumentError([("(document)", f"has more than {MAX_NODES:,} values")])
         if isinstance(value, dict):
-            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
+            for key, item in value.items():
+                key_path = (*path, str(key) if text_problem(str(key)) is None else "(a key)")
+                stack.append((key, depth + 1, key_path))
+                stack.append((item, depth + 1, key_path))
         elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
+            stack.extend((item, depth + 1, (*path, str(i))) for i, item in enumerate(value))
+        elif isinstance(value, str) and (problem := text_problem(value)):
+            raise DocumentError([(".".join(path) or "(document)", problem)])

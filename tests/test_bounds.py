@@ -55,6 +55,46 @@ def test_nested_json_within_python_limits_is_bounded_too(api, people):
     ]
 
 
+@pytest.mark.parametrize("route", [JOBS, JOBS + "validate/"])
+def test_a_lone_surrogate_in_json_is_refused_by_field_on_submit_and_validate(api, people, route):
+    body = '{"command": "echo", "description": "x\\ud800y"}'
+    response = api(people.contributor).post(route, body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    (error,) = response.json()["errors"]
+    assert error["field"] == "description" and "lone surrogate" in error["message"]
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        ('command: "echo \\0 hi"\n', "command"),
+        ('command: echo\nenvironment_variables: {A: "x\\0"}\n', "environment_variables.A"),
+        ('command: echo\nexperiment_name: "e\\0"\n', "experiment_name"),
+    ],
+)
+def test_nul_bytes_in_yaml_are_refused_by_field(api, people, document, field):
+    """They were kept, and the job failed later as a process that 'ended unexpectedly'."""
+    response = api(people.contributor).post(JOBS, {"yaml": document}, format="json")
+    assert response.status_code == 400, response.content
+    (error,) = response.json()["errors"]
+    assert error["field"] == field
+    assert "NUL character" in error["message"]
+    assert not Job.objects.exists()
+
+
+def test_a_nul_in_a_json_document_is_refused_by_field(api, people):
+    body = json.dumps({"command": "echo", "environment_variables": {"A": "x\x00"}})
+    response = api(people.contributor).post(JOBS, body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {
+            "field": "environment_variables.A",
+            "message": "must not contain a NUL character (\\u0000)",
+        }
+    ]
+
+
 def test_a_body_over_the_limit_is_413_before_it_is_read(api, people, settings):
     settings.STUDIO_MAX_REQUEST_BYTES = 1000
     text = HELLO + "description: " + "x" * 2000 + "\n"
@@ -154,7 +194,11 @@ def test_archives_that_unpack_too_big_are_refused(api, people, settings, kind):
 
 def test_list_limit_is_capped(api, people, workspace):
     job = submit_yaml(workspace, people.contributor, HELLO)
-    fields = {f.name: getattr(job, f.name) for f in Job._meta.concrete_fields if f.name != "id"}
+    fields = {
+        f.name: getattr(job, f.name)
+        for f in Job._meta.concrete_fields
+        if f.name not in ("id", "run_id")
+    }
     Job.objects.bulk_create([Job(**{**fields, "name": f"job-{i}"}) for i in range(505)])
     body = api(people.reader).get(JOBS, {"limit": 100_000}).json()
     assert body["count"] == 506
