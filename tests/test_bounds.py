@@ -245,3 +245,70 @@ def test_an_allowed_network_may_be_an_input(api, people, settings):
     settings.STUDIO_ALLOWED_INPUT_NETWORKS = ["10.0.0.0/8"]
     text = "command: cat ${{inputs.f}}\ninputs: {f: {type: uri_file, path: 'http://10.1.2.3/x'}}\n"
     assert api(people.contributor).post(JOBS, {"yaml": text}, format="json").status_code == 201
+
+
+MLFLOW = "/workspaces/demo/mlflow/api/2.0/mlflow/"
+
+
+def _mlflow(client, people, endpoint: str, body: str):
+    from tests.conftest import token_for
+
+    return client.post(MLFLOW + endpoint, body, content_type="application/json",
+                       HTTP_AUTHORIZATION=f"Bearer {token_for(people.contributor)}")  # fmt: skip
+
+
+@pytest.fixture
+def run(workspace):
+    from tracking.models import Experiment, Run
+
+    return Run.objects.create(experiment=Experiment.objects.create(workspace=workspace, name="e"))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "fields", "named"),
+    [
+        ("runs/log-metric", '"key": "m", "value": 1, "timestamp": 1e26', "timestamp"),
+        ("runs/log-metric", '"key": "m", "value": 1, "timestamp": 1, "step": ' + "9" * 26, "step"),
+        ("runs/log-metric", '"key": "m", "value": 1, "timestamp": 1, "step": "abc"', "step"),
+        ("runs/update", '"end_time": 100000000000000000000000000', "end_time"),
+        ("runs/outputs", '"models": [{"model_id": "m-1", "step": "abc"}]', "step"),
+    ],
+)
+def test_mlflow_numbers_that_are_not_int64_are_mlflows_400(client, people, run, endpoint,
+                                                            fields, named):  # fmt: skip
+    if endpoint == "runs/outputs":
+        from tracking.models import LoggedModel
+
+        LoggedModel.objects.create(model_id="m-1", experiment=run.experiment, name="m",
+                                   created_at=1, updated_at=1)  # fmt: skip
+    response = _mlflow(client, people, endpoint, f'{{"run_id": "{run.run_id}", {fields}}}')
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert f"for parameter '{named}' supplied" in body["message"]
+
+
+def test_mlflow_run_create_with_a_huge_start_time_is_a_400(client, people, run):
+    body = f'{{"experiment_id": "{run.experiment_id}", "start_time": 1{"0" * 26}}}'
+    response = _mlflow(client, people, "runs/create", body)
+    assert response.status_code == 400
+    assert "'start_time'" in response.json()["message"]
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])
+def test_deeply_nested_mlflow_bodies_are_a_400(client, people, run, depth):
+    body = f'{{"run_id": "{run.run_id}", "key": "t", "value": ' + "[" * depth + "]" * depth + "}"
+    response = _mlflow(client, people, "runs/set-tag", body)
+    assert response.status_code == 400
+    assert response.json()["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
+
+
+def test_a_nul_in_an_mlflow_tag_is_a_400_naming_it(client, people, run):
+    body = json.dumps({"run_id": run.run_id, "key": "t", "value": "a\x00b"})
+    response = _mlflow(client, people, "runs/set-tag", body)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error_code": "INVALID_PARAMETER_VALUE",
+        "message": "Invalid value for 'value': must not contain a NUL character (\\u0000)",
+    }
+    assert run.tags == {}

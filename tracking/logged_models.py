@@ -8,7 +8,7 @@ from typing import Any
 
 from studio.models import Workspace
 from tracking import search
-from tracking.errors import TrackingError, invalid
+from tracking.errors import TrackingError, int64, invalid
 from tracking.models import Experiment, Lifecycle, LoggedModel, LoggedModelStatus, Run
 from tracking.services import MAX_RESULTS, check_active, now_ms, page_bounds, paged, pairs
 
@@ -176,7 +176,8 @@ def log_outputs(workspace: Workspace, run: Run, models: Any) -> None:
         if not isinstance(entry, dict) or not entry.get("model_id"):
             raise invalid("Each model output needs a model_id.")
         get(workspace, str(entry["model_id"]))
-        outputs.append({"model_id": str(entry["model_id"]), "step": int(entry.get("step") or 0)})
+        step = int64(entry.get("step") or 0, "step")
+        outputs.append({"model_id": str(entry["model_id"]), "step": step})
     if len(outputs) > MAX_INPUTS:
         raise invalid(f"A run records at most {MAX_INPUTS} model outputs.")
     run.outputs = {"model_outputs": outputs}

@@ -21,6 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from studio import access
 from studio.auth import key_from_header, user_for_key
+from studio.documents import DocumentError, check_bounds
 from studio.models import Role, Workspace
 from tracking import logged_models, services
 from tracking.errors import TrackingError, invalid
@@ -481,10 +482,15 @@ def serve(
     else:
         try:
             body = json.loads(request.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             return error("BAD_REQUEST", "The body must be JSON.")
         if not isinstance(body, dict):
             return error("BAD_REQUEST", "The body must be a JSON object.")
+    try:
+        check_bounds(body)
+    except DocumentError as exc:  # nested too deep, or text no database can store
+        field, problem = exc.errors[0]
+        return error("INVALID_PARAMETER_VALUE", f"Invalid value for '{field}': {problem}")
     body.update(parts)
     if only_run and role != Role.READER and not job_may(ws, key, body, only_run):
         return error("PERMISSION_DENIED", "A job's token writes only the job's own run.")

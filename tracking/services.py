@@ -15,7 +15,7 @@ from django.db.models.functions import Mod, RowNumber
 from studio.events import publish
 from studio.models import Workspace
 from tracking import events, search
-from tracking.errors import TrackingError, invalid
+from tracking.errors import TrackingError, int64, invalid
 from tracking.models import Experiment, Lifecycle, Metric, Run, RunStatus
 
 DEFAULT_EXPERIMENT = "Default"
@@ -161,12 +161,7 @@ def create_run(
     if name:
         tags["mlflow.runName"] = name
     _check_tags(tags)
-    try:
-        start = int(start_time) if start_time is not None else now_ms()
-    except (TypeError, ValueError) as exc:
-        raise invalid(
-            f"start_time must be milliseconds since the epoch, not {start_time!r}"
-        ) from exc
+    start = int64(start_time, "start_time") if start_time is not None else now_ms()
     return Run.objects.create(
         experiment=experiment, name=name, user_id=user_id, start_time=start, tags=tags
     )
@@ -197,12 +192,7 @@ def update_run(run: Run, status: str | None, end_time: int | None, name: str | N
         run.status = status
         fields.append("status")
     if end_time is not None:
-        try:
-            run.end_time = int(end_time)
-        except (TypeError, ValueError) as exc:
-            raise invalid(
-                f"end_time must be milliseconds since the epoch, not {end_time!r}"
-            ) from exc
+        run.end_time = int64(end_time, "end_time")
         fields.append("end_time")
     if name:
         run.name = name
@@ -258,11 +248,11 @@ def point(raw: dict[str, Any]) -> Point:
     key = _key(raw.get("key"), "metric")
     try:
         value = float(raw["value"])
-        stamp = raw.get("timestamp")
-        timestamp = int(stamp) if stamp is not None else now_ms()
-        step = int(raw.get("step") or 0)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise invalid(f"Got invalid value for metric '{key}': {exc}") from exc
+    stamp = raw.get("timestamp")
+    timestamp = int64(stamp, "timestamp") if stamp is not None else now_ms()
+    step = int64(raw.get("step") or 0, "step")
     return Point(key, value, timestamp, step)
 
 

@@ -5,7 +5,7 @@ import uuid
 
 from django.db import migrations, models
 
-import jobs.models
+from jobs.models import new_run_id
 
 
 def keep_existing_run_ids(apps, schema_editor):  # type: ignore[no-untyped-def]
@@ -29,7 +29,7 @@ class Migration(migrations.Migration):
             model_name="job",
             name="run_id",
             field=models.CharField(
-                default=jobs.models.new_run_id, editable=False, max_length=32, unique=True
+                default=new_run_id, editable=False, max_length=32, unique=True
             ),
         ),
     ]
