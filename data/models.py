@@ -30,6 +30,9 @@ class Datastore(models.Model):
     credentials = EncryptedTextField(blank=True)
     credentials_kind = models.CharField(max_length=40, blank=True)  # what was given, for display
     is_default = models.BooleanField(default=False)
+    # Saved by IT-ops: its storage may answer inside the studio's network. Otherwise the
+    # studio connects to public addresses only (data.network), whatever the name resolves to.
+    inward = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -109,6 +109,7 @@ def save_datastore(workspace: Workspace, user: Any, data: dict[str, Any]) -> Dat
     datastore.location = location
     datastore.credentials = json.dumps(credentials) if credentials else ""
     datastore.credentials_kind = "+".join(sorted(credentials))
+    datastore.inward = is_it_ops(user)  # anyone else's reaches public addresses only
     try:
         open_store(datastore).check()
     except StoreError as exc:

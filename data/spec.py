@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, StrictStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, StrictStr, field_validator, model_validator
+from urllib3.util import parse_url
 
 from studio.documents import NAME_PATTERN, DocumentError, Strict, asset_version, validate
 
@@ -21,6 +22,36 @@ KINDS_REFUSED = {
         "works as type azure_blob (container_name: the file system)"
     ),
 }
+
+
+def storage_url(value: str) -> str:
+    """A storage endpoint, http(s)://host[:port][/path], that every URL parser reads alike:
+    the studio checks the host that the storage's client will connect to. A backslash or
+    a user part is where parsers disagree (`http://127.0.0.1:1\\@1.1.1.1/`: urllib's host is
+    1.1.1.1, the client's 127.0.0.1), so both are refused, as are spaces and controls."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 or c == "\\" for c in value):
+        raise ValueError("must not contain spaces, control characters or backslashes")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise ValueError("must not hold a user name or password (give credentials instead)")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or a fragment")
+    try:
+        parts.port  # noqa: B018 - urllib raises on a port out of range
+        theirs = (parse_url(value).host or "").strip("[]").lower()
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL: {exc}") from exc
+    if theirs != parts.hostname.lower():
+        raise ValueError("is read differently by different URL parsers; write it plainly")
+    return value
+
+
+StorageUrl = Annotated[StrictStr, AfterValidator(storage_url)]
+# Azure's `endpoint` (core.windows.net): a DNS suffix, which becomes part of a URL's host.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+ENDPOINT_SUFFIX = rf"^{_LABEL}(\.{_LABEL})*(:[0-9]{{1,5}})?$"
 
 
 class AzureBlobCredentials(Strict):
@@ -44,10 +75,10 @@ class AzureBlobDatastore(DatastoreBase):
     type: Literal["azure_blob"]
     account_name: Annotated[StrictStr, Field(pattern=r"^[a-z0-9]{3,24}$")]
     container_name: Annotated[StrictStr, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")]
-    endpoint: StrictStr | None = None  # core.windows.net
+    endpoint: Annotated[StrictStr, Field(pattern=ENDPOINT_SUFFIX)] | None = None
     protocol: Literal["https", "http", "wasbs", "wasb"] | None = None
     # Not Azure's: the blob service's URL outright (Azurite, a proxy).
-    account_url: Annotated[StrictStr, Field(pattern=r"^https?://")] | None = None
+    account_url: StorageUrl | None = None
     credentials: AzureBlobCredentials | None = None
 
     @field_validator("credentials")
@@ -62,7 +93,7 @@ class S3Datastore(DatastoreBase):
     type: Literal["s3"]
     bucket: Annotated[StrictStr, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
     # MinIO, Ceph and others; AWS when absent.
-    endpoint_url: Annotated[StrictStr, Field(pattern=r"^https?://")] | None = None
+    endpoint_url: StorageUrl | None = None
     region: StrictStr | None = None
     credentials: S3Credentials | None = None
 

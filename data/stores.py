@@ -10,20 +10,43 @@ exception.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import logging
 import os
 import shutil
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, Protocol, TypeVar, cast
 from urllib.parse import quote
 
 from compute.backends.artifacts import NotBeneath, open_beneath, parts_of
 from data.models import Datastore, DatastoreKind
+from data.network import public_only
 
 CHUNK = 1024 * 1024
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Any)
+
+
+def _guarded(method: F) -> F:
+    """The store's connections reach public addresses only, unless IT-ops saved it."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with public_only(self.public_only):
+            return method(self, *args, **kwargs)
+
+    return cast(F, call)
+
+
+def _unreachable(where: str, exc: Exception) -> StoreError:
+    """One message for every way a connection fails (refused, timed out, not public, not
+    a storage service), so that the answer cannot map which ports are open."""
+    log.info("storage at %s not reached: %s", where, exc)
+    return StoreError(f"cannot reach a storage service at {where}", "")
 
 
 class StoreError(Exception):
@@ -65,9 +88,9 @@ def open_store(datastore: Datastore) -> Store:
     credentials = json.loads(datastore.credentials) if datastore.credentials else {}
     location = datastore.location
     if datastore.kind == DatastoreKind.S3:
-        return S3Store(location, credentials)
+        return S3Store(location, credentials, public_only=not datastore.inward)
     if datastore.kind == DatastoreKind.AZURE_BLOB:
-        return AzureBlobStore(location, credentials)
+        return AzureBlobStore(location, credentials, public_only=not datastore.inward)
     return FolderStore(Path(location["path"]))
 
 
@@ -143,11 +166,14 @@ class FolderStore:
 
 
 class S3Store:
-    def __init__(self, location: dict[str, Any], credentials: dict[str, str]) -> None:
+    def __init__(
+        self, location: dict[str, Any], credentials: dict[str, str], public_only: bool = False
+    ) -> None:
         import boto3
         from botocore import UNSIGNED
         from botocore.config import Config
 
+        self.public_only = public_only
         self.bucket = location["bucket"]
         self.endpoint_url = location.get("endpoint_url") or None
         config = Config(
@@ -183,9 +209,11 @@ class S3Store:
             }.get(code, f"the S3 service refused: {code or exc}")
             refused = code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")
             return StoreError(message, "credentials" if refused else "")
-        where = self.endpoint_url or "S3"
-        return StoreError(f"cannot reach {where}: {exc}", "endpoint_url")
+        error = _unreachable(self.endpoint_url or "S3", exc)
+        error.field = "endpoint_url"
+        return error
 
+    @_guarded
     def walk(self, prefix: str, limit: int) -> list[File]:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -211,6 +239,7 @@ class S3Store:
         exact = [f for f in found if f.path == key]
         return exact or found
 
+    @_guarded
     def open(self, path: str) -> IO[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -220,6 +249,7 @@ class S3Store:
             raise self._words(exc) from exc
         return body
 
+    @_guarded
     def save(self, path: str, content: IO[bytes]) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -237,6 +267,7 @@ class S3Store:
     def native_url(self, path: str) -> str:
         return f"s3://{self.bucket}/{_key(path)}"
 
+    @_guarded
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -247,9 +278,12 @@ class S3Store:
 
 
 class AzureBlobStore:
-    def __init__(self, location: dict[str, Any], credentials: dict[str, str]) -> None:
+    def __init__(
+        self, location: dict[str, Any], credentials: dict[str, str], public_only: bool = False
+    ) -> None:
         from azure.storage.blob import ContainerClient
 
+        self.public_only = public_only
         self.account = location["account_name"]
         self.container = location["container_name"]
         self.account_url = account_url(location)
@@ -266,11 +300,13 @@ class AzureBlobStore:
             connection_timeout=5,
             read_timeout=30,
             retry_total=1,
+            permit_redirects=False,  # a redirect could lead anywhere: the service never sends one
         )
 
     def _words(self, exc: Exception) -> StoreError:
         from azure.core.exceptions import (
             ClientAuthenticationError,
+            DeserializationError,
             HttpResponseError,
             ResourceNotFoundError,
             ServiceRequestError,
@@ -283,16 +319,19 @@ class AzureBlobStore:
             return StoreError("no such blob in the container")
         if isinstance(exc, ClientAuthenticationError):
             return StoreError("the account key or SAS token was not accepted", "credentials")
-        if isinstance(exc, ServiceRequestError):
-            return StoreError(f"cannot reach {self.account_url}: {exc.message}", "account_url")
+        if isinstance(exc, ServiceRequestError | DeserializationError):
+            error = _unreachable(self.account_url, exc)
+            error.field = "account_url"
+            return error
         if isinstance(exc, HttpResponseError):
             if exc.status_code == 403:  # AuthorizationFailure, AuthenticationFailed
                 return StoreError("the account key or SAS token was not accepted", "credentials")
             return StoreError(f"the blob service refused: {exc.reason or exc.message}")
         return StoreError(str(exc))
 
+    @_guarded
     def walk(self, prefix: str, limit: int) -> list[File]:
-        from azure.core.exceptions import AzureError
+        from azure.core.exceptions import AzureError, DeserializationError
 
         key = _key(prefix)
         found: list[File] = []
@@ -304,26 +343,28 @@ class AzureBlobStore:
                 if len(found) >= limit:
                     raise _too_many(prefix, limit)
                 found.append(File(name, int(blob.size)))
-        except AzureError as exc:
+        except (AzureError, DeserializationError) as exc:
             raise self._words(exc) from exc
         exact = [f for f in found if f.path == key]
         return exact or found
 
+    @_guarded
     def open(self, path: str) -> IO[bytes]:
-        from azure.core.exceptions import AzureError
+        from azure.core.exceptions import AzureError, DeserializationError
 
         try:
             downloader = self.client.download_blob(_key(path))
-        except AzureError as exc:
+        except (AzureError, DeserializationError) as exc:
             raise self._words(exc) from exc
-        return cast(IO[bytes], _Chunks(downloader.chunks()))
+        return cast(IO[bytes], _Chunks(downloader.chunks(), self.public_only))
 
+    @_guarded
     def save(self, path: str, content: IO[bytes]) -> None:
-        from azure.core.exceptions import AzureError
+        from azure.core.exceptions import AzureError, DeserializationError
 
         try:
             self.client.upload_blob(_key(path), content, overwrite=True)
-        except AzureError as exc:
+        except (AzureError, DeserializationError) as exc:
             raise self._words(exc) from exc
 
     def _blob_url(self, path: str) -> str:
@@ -348,12 +389,13 @@ class AzureBlobStore:
     def native_url(self, path: str) -> str:
         return self._blob_url(path).split("?")[0]
 
+    @_guarded
     def check(self) -> None:
-        from azure.core.exceptions import AzureError
+        from azure.core.exceptions import AzureError, DeserializationError
 
         try:
             next(iter(self.client.list_blobs(results_per_page=1).by_page()), None)
-        except AzureError as exc:
+        except (AzureError, DeserializationError) as exc:
             raise self._words(exc) from exc
 
 
@@ -370,13 +412,15 @@ def account_url(location: dict[str, Any]) -> str:
 class _Chunks:
     """A blob's download as a readable file (what FileResponse and copyfileobj want)."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes], public: bool = False) -> None:
         self.chunks = chunks
+        self.public_only = public
         self.pending = b""
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self.pending) < size:
-            chunk = next(self.chunks, None)
+            with public_only(self.public_only):  # a later chunk may need a new connection
+                chunk = next(self.chunks, None)
             if chunk is None:
                 break
             self.pending += chunk

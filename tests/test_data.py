@@ -150,6 +150,57 @@ def test_an_azure_blob_datastore_takes_an_account_key_or_a_sas_token(api, people
     assert sas not in api(people.reader).get("/api/v1/workspaces/demo/datastores/").content.decode()
 
 
+@pytest.mark.parametrize(
+    "trick",
+    ["{scheme}://{host}\\@1.1.1.1/", "{scheme}://1.1.1.1@{host}/", "{scheme}://{host}%5C@1.1.1.1/",
+     "{scheme}://1.1.1.1#@{host}/", "{scheme}://{host} /"],
+)  # fmt: skip
+def test_an_endpoint_that_url_parsers_read_differently_is_refused(
+    api, people, s3_store, azure_store, trick
+):
+    """`http://127.0.0.1:PORT\\@1.1.1.1/`: urllib saw host 1.1.1.1 and let an owner keep it,
+    boto3 connected to 127.0.0.1. Such URLs are refused whole, before any connection."""
+    s3_host = s3_store["endpoint_url"].split("://")[1].rstrip("/")
+    s3 = s3_document(s3_store, endpoint_url=trick.format(scheme="http", host=s3_host))
+    blob_host = azure_document(azure_store)["account_url"].split("://")[1].split("/")[0]
+    blob = azure_document(azure_store, account_url=trick.format(scheme="http", host=blob_host))
+    for document, field in ((s3, "endpoint_url"), (blob, "account_url")):
+        for who in (people.owner, people.it_ops):
+            refused = put(api(who), document)
+            assert refused.status_code == 400, (document, refused.content)
+            assert set(fields(refused)) == {field}
+    assert not Datastore.objects.filter(name__in=["lake", "blobs"]).exists()
+
+
+def test_an_owners_datastore_never_connects_inward_whatever_its_name_resolves_to(
+    people, workspace, s3_store
+):
+    """A name may resolve to a public address when the datastore is saved and to 127.0.0.1
+    later (DNS rebinding): the address connected to is checked, not the one seen once. And
+    the refusal is the same whether anything listens there or not."""
+    import socket
+
+    from data.services import save_datastore
+    from data.stores import StoreError, open_store
+
+    document = s3_document(s3_store)
+    kept = save_datastore(workspace, people.it_ops, document)
+    assert kept.inward
+    open_store(kept).check()  # IT-ops may use storage inside the network
+
+    kept.inward = False  # as an owner's save records it
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        closed_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    answers = []
+    for endpoint in (s3_store["endpoint_url"], closed_url):
+        kept.location = {**kept.location, "endpoint_url": endpoint}
+        with pytest.raises(StoreError) as refused:
+            open_store(kept).check()
+        answers.append(str(refused.value).replace(endpoint, "<endpoint>"))
+    assert answers[0] == answers[1] == "cannot reach a storage service at <endpoint>"
+
+
 def test_datastore_documents_are_refused_by_field(api, people):
     owner = api(people.owner)
     cases = [
