@@ -260,14 +260,22 @@ def _by_alias(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
 
 
 # -- model versions --------------------------------------------------------------------------
+def _version_source(body: dict[str, Any]) -> str:
+    """Where a new version's files come from: the `source`, or the logged model that
+    `model_id` names when the source is not a run's (MLflow sends both for log_model).
+    The one reading that both the job-token check and the registration use."""
+    source = str(body.get("source") or "")
+    model_id = body.get("model_id")
+    return f"models:/{model_id}" if model_id and not source.startswith("runs:/") else source
+
+
 def _version_create(ws: Workspace, body: dict[str, Any], user: Any) -> dict[str, Any]:
     """A new version from MLflow's source: a run's artifacts (mlflow-artifacts:/ or
     runs:/), a logged model (models:/m-...), or a datastore path; an MLflow model when the
     files hold an MLmodel."""
     registered = _registered(ws, body)
     source = str(body.get("source") or "")
-    model_id = body.get("model_id")
-    where = f"models:/{model_id}" if model_id and not source.startswith("runs:/") else source
+    where = _version_source(body)
     try:
         found = services.find_files(ws, where)
     except ValueError as exc:
@@ -412,11 +420,8 @@ def _job_may(ws: Workspace, key: str, body: dict[str, Any], only_run: str) -> bo
         return True
     if key != "model-versions/create":
         return False
-    source = str(body.get("source") or "")
-    if body.get("model_id"):
-        source = f"models:/{body['model_id']}"
     try:
-        found = services.find_files(ws, source)
+        found = services.find_files(ws, _version_source(body))
     except (ValueError, TrackingError):
         return body.get("run_id") == only_run  # the call fails on its own, clearly
     return found is not None and found.run_id == only_run

@@ -275,3 +275,36 @@ def test_the_mlflow_registry_api_searches_aliases_stages_and_deletes(live_studio
     assert seen["experiments"] == ["fit-alpha"] and seen["by_tag"] == ["other"]
     assert Model.objects.get(name="alpha", version="2").stage == "Production"
     assert set(Model.objects.filter(name="beta").values_list("version", flat=True)) == {"2"}
+
+
+def test_a_jobs_token_registers_only_its_own_runs_files(client, people, workspace):
+    """The check read `model_id` (the job's own logged model) while the registration read
+    `source` (another run's files): both now read the same one."""
+    from jobs import services as job_services
+    from jobs.tokens import token_for as job_token
+    from tracking import files as tracking_files
+    from tracking import services as tracking
+
+    job = job_services.submit_yaml(workspace, people.contributor, "command: echo\n")
+    own = tracking.start_job_run(workspace, "Default", job.run_id, job.name, "carl", {})
+    mine = LoggedModel.objects.create(experiment=own.experiment, run=own, name="m",
+                                      created_at=1, updated_at=1)  # fmt: skip
+    tracking_files.logged_model_tree(workspace, mine.model_id).save("model.pkl", io.BytesIO(b"x"))
+    other = Run.objects.create(experiment=own.experiment)
+    tracking_files.run_tree(other).save("a.txt", io.BytesIO(b"someone else's"))
+    url = "/workspaces/demo/mlflow/api/2.0/mlflow/"
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {job_token(job)}", "content_type": "application/json"}
+    assert client.post(url + "registered-models/create", {"name": "clf"}, **auth).status_code == 200
+
+    def register(source: str, **more: str):
+        body = {"name": "clf", "source": source, "run_id": own.run_id, **more}
+        return client.post(url + "model-versions/create", body, **auth)
+
+    crossed = register(f"runs:/{other.run_id}/a.txt", model_id=mine.model_id)
+    assert crossed.status_code == 403, crossed.content
+    assert crossed.json()["error_code"] == "PERMISSION_DENIED"
+    assert register(f"runs:/{other.run_id}/a.txt").status_code == 403
+    assert not Model.objects.exists()
+    made = register(f"models:/{mine.model_id}", model_id=mine.model_id)
+    assert made.status_code == 200, made.json()
+    assert Model.objects.get().run_id == own.run_id
