@@ -9,7 +9,7 @@ and added about 30% to a job submission.
 
 import asyncio
 import os
-from typing import cast
+from typing import Any, cast
 
 from django.core.wsgi import get_wsgi_application
 
@@ -27,11 +27,14 @@ from endpoints.router import app as endpoint_router  # noqa: E402
 from endpoints.routing import websocket_urlpatterns as deployment_sockets  # noqa: E402
 from jobs.routing import websocket_urlpatterns as job_sockets  # noqa: E402
 from studio import events  # noqa: E402
+from studio.middleware import chunked_bodies  # noqa: E402
 from studio.ws import OriginOrTokenValidator, TokenAuthMiddleware  # noqa: E402
 from tracking.routing import websocket_urlpatterns as run_sockets  # noqa: E402
 
 # Django's stubs type a response as HttpResponseBase; it is the iterable of bytes WSGI wants.
-_django_http = WSGIMiddleware(cast(WSGIApp, django_wsgi_app), workers=settings.STUDIO_WEB_THREADS)
+_django_http = WSGIMiddleware(
+    cast(WSGIApp, chunked_bodies(cast(Any, django_wsgi_app))), workers=settings.STUDIO_WEB_THREADS
+)
 
 
 async def http(scope: Scope, receive: Receive, send: Send) -> None:

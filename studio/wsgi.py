@@ -6,3 +6,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings")
 application = get_wsgi_application()
+
+from studio.middleware import chunked_bodies  # noqa: E402
+
+application = chunked_bodies(application)  # type: ignore[assignment]

@@ -67,6 +67,8 @@ def artifact(request: HttpRequest, workspace: str, path: str) -> HttpResponseBas
                     raise invalid(f"The artifact is larger than this studio accepts ({limit:,} "
                                   "bytes; STUDIO_MAX_UPLOAD_BYTES)")  # fmt: skip
                 body.write(chunk)
+            if size < int(request.META.get("CONTENT_LENGTH") or 0):
+                raise invalid("The upload ended before its Content-Length: nothing was stored")
             body.seek(0)
             tree.save(inner, body)
         return JsonResponse({})
