@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
 from django.contrib import messages
 from django.forms import BaseForm
 from django.http import HttpRequest, HttpResponse
@@ -23,6 +22,7 @@ from compute.forms import (
 )
 from compute.models import Cluster, InstanceType
 from compute.views import it_ops_required
+from studio.documents import DocumentError, load_bounded
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
 
@@ -126,10 +126,10 @@ def cluster_instance_types(request: HttpRequest, name: str) -> HttpResponse:
     form = InstanceTypeYamlForm(request.POST)
     if form.is_valid():
         try:
-            document = yaml.safe_load(form.cleaned_data["document"])
+            document = load_bounded(form.cleaned_data["document"])
             saved = instance_types.save_all(cluster, instance_types.from_document(document))
-        except yaml.YAMLError as exc:
-            form.add_error("document", f"not YAML: {exc}")
+        except DocumentError as exc:
+            form.add_error("document", exc.errors[0][1])
         except FieldErrors as errors:
             _show_errors(form, errors)
         else:

@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 
 from compute.models import Cluster, ComputeKind, ComputeTarget, InstanceType
 from compute.resources import validate_node_selector, validate_resources
+from studio.documents import DocumentError, load_bounded
 
 QUANTITY_FIELDS = [
     (section, resource, f"{section}_{resource.replace('nvidia.com/', '')}")
@@ -110,10 +111,10 @@ class InstanceTypeForm(forms.ModelForm[InstanceType]):
                 self.add_error(target if target in self.fields else None, message)
         self.instance.resources = resources
         try:
-            selector = yaml.safe_load(data.get("node_selector_text") or "") or {}
+            selector = load_bounded(data.get("node_selector_text") or "") or {}
             validate_node_selector(selector)
             self.instance.node_selector = selector
-        except (yaml.YAMLError, ValidationError):
+        except (DocumentError, ValidationError):
             self.add_error("node_selector_text", "Must be a YAML mapping of label: value strings.")
         return data
 

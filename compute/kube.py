@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import urllib3
-import yaml
 from kubernetes import client, config
 from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
+from studio.documents import DocumentError, load_bounded
 from studio.errors import FieldErrors
 
 if TYPE_CHECKING:
@@ -44,9 +44,9 @@ def read_kubeconfig(text: str, context: str = "") -> tuple[dict[str, Any], str]:
     """The kubeconfig as a mapping and the context to use, or ClusterError naming the
     problem (the YAML, a missing context)."""
     try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ClusterError(f"kubeconfig: not YAML ({exc.__class__.__name__})") from None
+        loaded = load_bounded(text)
+    except DocumentError as exc:
+        raise ClusterError(f"kubeconfig: {exc.errors[0][1]}") from None
     if not isinstance(loaded, dict) or not loaded.get("contexts"):
         raise ClusterError("kubeconfig: no contexts in it (is it a kubeconfig file?)")
     names = [c.get("name") for c in loaded["contexts"] if isinstance(c, dict)]

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, Any
 
-import yaml
 import zipstream
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -32,6 +31,7 @@ from jobs.models import Job, Status
 from registry import spec
 from registry.models import Model, ModelType, RegisteredModel
 from studio import assets
+from studio.documents import DocumentError, load_bounded
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
 from tracking import files as tracking_files
@@ -175,9 +175,13 @@ def _check_type(kind: str, location: data_services.Location, files: list[File]) 
     assert location.datastore is not None
     try:
         with open_store(location.datastore).open(mlmodel.path) as f:
-            described = yaml.safe_load(f.read())
-    except (StoreError, yaml.YAMLError) as exc:
+            described = load_bounded(f.read())
+    except StoreError as exc:
         raise FieldErrors([("path", f"its MLmodel file cannot be read: {exc}")]) from exc
+    except DocumentError as exc:  # not YAML, or an alias bomb
+        raise FieldErrors(
+            [("path", f"its MLmodel file cannot be read: {exc.errors[0][1]}")]
+        ) from exc
     flavors = described.get("flavors") if isinstance(described, dict) else None
     if not isinstance(flavors, dict) or not flavors:
         raise FieldErrors([("path", "its MLmodel file names no flavors")])

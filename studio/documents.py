@@ -165,6 +165,15 @@ def _expanded_size(root: yaml.Node) -> int:
 
 def load_yaml(text: str, what: str = "job") -> dict[str, Any]:
     """A YAML mapping, within the bounds; `what` names the document in messages."""
+    data = load_bounded(text)
+    if not isinstance(data, dict):
+        raise DocumentError([("(document)", f"must be a YAML mapping of {what} fields")])
+    return data
+
+
+def load_bounded(text: str | bytes) -> Any:
+    """Any YAML a user supplies (a document, an MLmodel, a pasted selector), within the
+    bounds: an alias bomb of a few hundred bytes is refused before it is expanded."""
     loader = SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -178,8 +187,6 @@ def load_yaml(text: str, what: str = "job") -> dict[str, Any]:
         raise DocumentError([("(document)", f"not valid YAML{where}: {problem}")]) from exc
     finally:
         loader.dispose()
-    if not isinstance(data, dict):
-        raise DocumentError([("(document)", f"must be a YAML mapping of {what} fields")])
     check_bounds(data)  # YAML's "\\0" and "\\ud800" escapes make what JSON's do
     return data
 

@@ -650,7 +650,7 @@ def test_console_pages_refuse_bad_input_by_field_and_store_nothing(client, peopl
     assert client.get("/console/clusters/new/").status_code == 403
     client.force_login(people.it_ops)
     bad = client.post("/console/clusters/new/", {"name": "lab", "kubeconfig": "a: [b"})
-    assert bad.status_code == 400 and b"kubeconfig: not YAML" in bad.content
+    assert bad.status_code == 400 and b"kubeconfig: not valid YAML" in bad.content
     assert not Cluster.objects.exists()
     made = client.post(
         "/console/clusters/new/", {"name": "lab", "kubeconfig": yaml.safe_dump(kube.kubeconfig())}

@@ -308,3 +308,23 @@ def test_a_jobs_token_registers_only_its_own_runs_files(client, people, workspac
     made = register(f"models:/{mine.model_id}", model_id=mine.model_id)
     assert made.status_code == 200, made.json()
     assert Model.objects.get().run_id == own.run_id
+
+
+def test_an_mlmodel_alias_bomb_is_refused_small_and_stores_nothing(kstudio, tmp_path):
+    """494 bytes of aliases stored a 135 MB flavors row, and every model listing of the
+    workspace then took 12 s: an MLmodel is read with the documents' bounded loader."""
+    bomb = "flavors:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  {n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n"
+        for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    assert len(bomb) < 500
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    (folder / "MLmodel").write_text(bomb)
+    (tmp_path / "model.yml").write_text("name: bomb\npath: bomb\ntype: mlflow_model\n")
+    refused = kstudio("model", "create", "-f", str(tmp_path / "model.yml"))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "ERROR: path: its MLmodel file cannot be read: expands to more than 100,000" in (
+        refused.stdout + refused.stderr
+    )
+    assert not Model.objects.exists() and not RegisteredModel.objects.exists()
