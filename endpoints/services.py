@@ -92,6 +92,8 @@ def save_endpoint(workspace: Workspace, user: Any, data: dict[str, Any]) -> Endp
     never changes). Traffic may name only the endpoint's deployments."""
     document = spec.parse_endpoint(data)
     existing = Endpoint.objects.filter(name=document.name).first()
+    if existing is not None and existing.workspace_id != workspace.pk:
+        raise _name_taken(document.name)  # saying nothing of where, or of its state
     if existing is not None and existing.state == State.DELETING:
         raise FieldErrors(
             [
@@ -99,16 +101,6 @@ def save_endpoint(workspace: Workspace, user: Any, data: dict[str, Any]) -> Endp
                     "name",
                     f"endpoint {document.name!r} is being deleted; its name "
                     "is free once its deployments have stopped",
-                )
-            ]
-        )
-    if existing is not None and existing.workspace_id != workspace.pk:
-        raise FieldErrors(
-            [
-                (
-                    "name",
-                    f"an endpoint named {document.name!r} already exists; "
-                    "endpoint names are unique across the studio",
                 )
             ]
         )
@@ -146,9 +138,15 @@ def save_endpoint(workspace: Workspace, user: Any, data: dict[str, Any]) -> Endp
                 **fields,
             )
     except IntegrityError as exc:  # made by another request meanwhile
-        raise FieldErrors(
-            [("name", f"an endpoint named {document.name!r} already exists")]
-        ) from exc
+        raise _name_taken(document.name) from exc
+
+
+def _name_taken(name: str) -> FieldErrors:
+    """Endpoint names are the scoring URI's, unique across the studio as Azure's are in a
+    region: one taken elsewhere is 'not available', with no word of whose it is."""
+    return FieldErrors(
+        [("name", f"{name!r} is not available: endpoint names are unique across the studio")]
+    )
 
 
 def _check_traffic(document: spec.EndpointDocument, deployments: set[str]) -> None:

@@ -1030,3 +1030,20 @@ async def test_requests_that_find_no_table_share_one_read_and_an_old_one_routes_
     finally:
         release.set()
         await routing.close()
+
+
+@pytest.mark.django_db
+def test_an_endpoint_name_taken_in_another_workspace_is_not_available_saying_nothing_more(
+    workspace, people
+):
+    from endpoints.services import save_endpoint
+    from studio.errors import FieldErrors
+    from studio.services import create_workspace
+
+    other = create_workspace("other", owner=people.contributor)
+    save_endpoint(other, people.contributor, {"name": "ep-b"})
+    with pytest.raises(FieldErrors) as refused:
+        save_endpoint(workspace, people.owner, {"name": "ep-b"})
+    assert refused.value.errors == [
+        ("name", "'ep-b' is not available: endpoint names are unique across the studio")
+    ]
