@@ -175,9 +175,9 @@ def _resources(deployment: Deployment, instance_type: InstanceType | None) -> di
 def render(
     deployment: Deployment, target: ComputeTarget, replicas: int | None = None
 ) -> list[dict[str, Any]]:
-    """The generation's ConfigMap, the Deployment and the Service (and the generation's
-    token in a Secret, when its pods fetch from the studio), as plain objects (validated
-    in the tests)."""
+    """The generation's ConfigMap, the Deployment, the Service and the generation's Secret
+    (its model servers' key, and its token when its pods fetch from the studio), as plain
+    objects (validated in the tests)."""
     cluster = target.cluster
     assert cluster is not None
     namespace = target.namespace or "default"
@@ -231,25 +231,29 @@ def render(
     env += [
         {"name": k, "value": str(v)} for k, v in document.get("environment_variables", {}).items()
     ]
+    # Last, so that no variable of the user's replaces it: the key its router shows.
+    env.append({"name": tokens.SERVER_KEY_VARIABLE, "valueFrom": {"secretKeyRef": {
+        "name": f"{name}-{generation}", "key": "server-key"}}})  # fmt: skip
     init_env: list[dict[str, Any]] = [
         {"name": "APP", "value": APP},
         {"name": "KSTUDIO_DIR", "value": MOUNT},
     ]
-    secret = None
-    if not embedded:  # named as the generation's ConfigMap, and deleted with it (`remove`)
-        secret = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": f"{name}-{generation}",
-                "namespace": namespace,
-                "labels": {**labels, GENERATION_LABEL: generation},
-            },
-            "type": "Opaque",
-            "data": {
-                "token": base64.b64encode(tokens.deployment_token(deployment).encode()).decode()
-            },
-        }
+    # Named as the generation's ConfigMap, and deleted with it (`remove`).
+    secrets = {"server-key": tokens.server_key(deployment.pk)}
+    if not embedded:
+        secrets["token"] = tokens.deployment_token(deployment)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": f"{name}-{generation}",
+            "namespace": namespace,
+            "labels": {**labels, GENERATION_LABEL: generation},
+        },
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in secrets.items()},
+    }
+    if not embedded:
         init_env.append({"name": "KSTUDIO_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": f"{name}-{generation}", "key": "token"}}})  # fmt: skip
     volumes: list[dict[str, Any]] = [
@@ -376,7 +380,7 @@ def render(
             "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http"}],
         },
     }
-    return [config_map, workload, service, *([secret] if secret else [])]
+    return [config_map, workload, service, secret]
 
 
 # -- in the cluster ----------------------------------------------------------------------------

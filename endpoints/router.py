@@ -49,6 +49,7 @@ from yarl import URL
 
 from endpoints import kube, services
 from endpoints.models import Deployment, Endpoint, State
+from endpoints.tokens import SERVER_KEY_HEADER, server_key
 from endpoints.traffic import RECORDER
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Route:
     # the cluster's credentials: (headers, ssl) from endpoints.kube.access.
     headers: tuple[tuple[str, str], ...] = ()
     ssl: Any = True
+    server_key: str = ""  # what its model servers answer to (endpoints.tokens)
     # Made once per table rather than per request: each instance's /score, parsed, and
     # the request's timeout.
     scoring: tuple[URL, ...] = field(init=False, repr=False, compare=False)
@@ -113,7 +115,7 @@ class Table:
             "routes": [
                 {"pk": r.pk, "name": r.name, "type": r.type, "urls": list(r.urls),
                  "timeout": r.timeout, "queue_wait": r.queue_wait, "room": r.room,
-                 "replicas": r.replicas}
+                 "replicas": r.replicas, "server_key": r.server_key}
                 for r in self.routes.values()
             ],
         }  # fmt: skip
@@ -192,6 +194,7 @@ def table_of(name: str, cluster_id: int | None = None) -> Table | None:
             replicas=sum(int(i.get("replicas", 1)) for i in d.instances),
             headers=reach.headers,
             ssl=reach.ssl,
+            server_key=server_key(d.pk),
         )
     keys = services.keys_of(endpoint).values() if endpoint.auth_mode == "key" else ()
     return Table(
@@ -447,6 +450,7 @@ class Router:
     async def _call(self, route: Route, url: URL, body: bytes, content_type: str) -> Answer:
         timeout = route.client_timeout
         headers = dict(route.headers)
+        headers[SERVER_KEY_HEADER] = route.server_key
         if url.path.endswith("/swagger.json"):
             request = self.http.get(url, headers=headers, timeout=timeout, ssl=route.ssl)
         else:

@@ -45,6 +45,7 @@ from compute.models import Cluster, ComputeKind
 from compute.resources import quantity
 from endpoints import autoscale, kube, logs, server, services, spec, traffic
 from endpoints.models import Deployment, Endpoint, State
+from endpoints.tokens import SERVER_KEY_VARIABLE, server_key
 from registry import services as registry
 from studio.errors import FieldErrors
 from studio.net import free_port
@@ -550,6 +551,7 @@ class Runner:
         if deployment.model is not None:
             env["AZUREML_MODEL_DIR"] = str(self.fetch_model(deployment, folder / "model-dir"))
         env.update(document.get("environment_variables") or {})
+        env[SERVER_KEY_VARIABLE] = server_key(deployment.pk)  # after the user's: not theirs to set
         shutil.copyfile(server.__file__, folder / SERVER)  # its own copy, readable by its uid
         uid = run_as(deployment, python)
         if uid is not None:

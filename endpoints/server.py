@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hmac
 import importlib.util
 import json
 import os
@@ -167,8 +168,11 @@ SWAGGER = {
 }
 
 
-def make_handler(run: Callable[[str], Any]) -> type[BaseHTTPRequestHandler]:
+def make_handler(run: Callable[[str], Any], key: str = "") -> type[BaseHTTPRequestHandler]:
+    """`key`: what a caller must show in X-Kstudio-Server-Key for /score and the swagger
+    (the studio's router does); the health check at / answers anyone, as probes need."""
     lock = threading.Lock()  # one request at a time per worker, as Azure's workers do
+    wanted = key.encode()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -210,9 +214,20 @@ def make_handler(run: Callable[[str], Any]) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        def _refused(self) -> bool:
+            """Refuse (401) a caller without the key: only the router may score."""
+            shown = (self.headers.get("X-Kstudio-Server-Key") or "").encode()
+            if not wanted or hmac.compare_digest(shown, wanted):
+                return False
+            self.close_connection = True  # and its body is never read
+            self._send(401, b'{"error": "this model server answers the studio\'s router only"}')
+            return True
+
         def do_GET(self) -> None:
             if self.path == "/":
                 self._send(200, b"Healthy", "text/plain")
+            elif self._refused():
+                return
             elif self.path == "/swagger.json":
                 self._send(200, json.dumps(SWAGGER).encode())
             else:
@@ -221,6 +236,8 @@ def make_handler(run: Callable[[str], Any]) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             if self.path.split("?", 1)[0] != "/score":
                 self._send(404, b'{"error": "no such route"}')
+                return
+            if self._refused():
                 return
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
@@ -294,8 +311,8 @@ class Server(ThreadingMixIn, HTTPServer):
         return connection, address
 
 
-def serve(sock: socket.socket, run: Callable[[str], Any]) -> None:
-    server = Server(sock.getsockname()[:2], make_handler(run), bind_and_activate=False)
+def serve(sock: socket.socket, run: Callable[[str], Any], key: str = "") -> None:
+    server = Server(sock.getsockname()[:2], make_handler(run, key), bind_and_activate=False)
     server.socket = sock
     sock.setblocking(False)
 
@@ -334,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5001")))
     args = parser.parse_args(argv)
     workers = max(1, int(os.environ.get("WORKER_COUNT", "1") or 1))
+    # Out of the environment before the scoring script loads: what it starts never sees it.
+    key = os.environ.pop("KSTUDIO_SERVER_KEY", "")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
@@ -353,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_workers(children)
         return START_FAILED
     print(f"model server listening on {args.host}:{args.port}", flush=True)
-    serve(sock, run)
+    serve(sock, run, key)
     stop_workers(children)
     return 0
 

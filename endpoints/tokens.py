@@ -3,10 +3,22 @@
 
 from __future__ import annotations
 
+from django.utils.crypto import salted_hmac
+
 from endpoints.models import Deployment, State
 from studio.tokens import SignedToken
 
 TOKENS = SignedToken("kdt_", salt="kstudio.deployment-token")
+# What a router shows a deployment's model servers (endpoints/server.py checks it): they
+# answer /score to it alone, not to a job or another workspace's code that finds their port.
+SERVER_KEY_HEADER = "X-Kstudio-Server-Key"
+SERVER_KEY_VARIABLE = "KSTUDIO_SERVER_KEY"
+
+
+def server_key(deployment_pk: int) -> str:
+    """A deployment's model-server key: derived from the studio's secret (nothing stored;
+    every router of the studio computes it), one per deployment."""
+    return salted_hmac("kstudio.model-server", str(deployment_pk)).hexdigest()
 
 
 def deployment_token(deployment: Deployment) -> str:

@@ -1047,3 +1047,31 @@ def test_an_endpoint_name_taken_in_another_workspace_is_not_available_saying_not
     assert refused.value.errors == [
         ("name", "'ep-b' is not available: endpoint names are unique across the studio")
     ]
+
+
+ECHO = b"""
+import os
+def init():
+    pass
+def run(raw_data):
+    return {"key seen": "KSTUDIO_SERVER_KEY" in os.environ}
+"""
+
+
+def test_a_model_server_answers_its_router_alone_not_whoever_finds_its_port(studio):
+    """A job of another workspace could read a model server's loopback port from
+    /proc/net/tcp and score it with no endpoint key."""
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
+    spec = {"name": "blue", "endpoint_name": "my-endpoint",
+            "code_configuration": {"code": ".", "scoring_script": "score.py"}}  # fmt: skip
+    uri, auth = serve_script(studio, spec, ECHO)
+    # Through the router, with the endpoint's key: answered, and the scoring script does
+    # not find the server's key in its environment.
+    assert httpx.post(uri, json={}, headers=auth).json() == {"key seen": False}
+    (instance,) = Deployment.objects.get(name="blue").instances
+    direct = instance["url"]
+    for headers in ({}, {"X-Kstudio-Server-Key": "guessed"}, auth):
+        refused = httpx.post(direct + "/score", json={}, headers=headers)
+        assert refused.status_code == 401, refused.text
+        assert httpx.get(direct + "/swagger.json", headers=headers).status_code == 401
+    assert httpx.get(direct + "/").text == "Healthy"  # probes need no key

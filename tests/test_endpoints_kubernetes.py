@@ -104,7 +104,7 @@ def test_rendered_deployment_objects_are_valid_kubernetes(studio, attached):
     assert answer.status_code == 201, answer.text
     deployment = Deployment.objects.select_related("endpoint__workspace").get(name="blue")
     objects = endpoint_kube.render(deployment, attached)
-    assert [o["kind"] for o in objects] == ["ConfigMap", "Deployment", "Service"]
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Deployment", "Service", "Secret"]
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     pod = objects[1]["spec"]["template"]["spec"]

@@ -776,10 +776,14 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             raise ApiError(404, "NotFound", f"no port {wanted} on service {match['name']}")
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        # As kube-apiserver does: the request's own headers go on, but for its credentials
+        # (its authentication filter drops Authorization) and the hop-by-hop ones.
+        dropped = {"authorization", "host", "content-length", "connection", "keep-alive",
+                   "transfer-encoding", "upgrade", "proxy-connection", "te", "trailer"}  # fmt: skip
+        sent = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
         status, headers, content = self.api.forward(
-            match["ns"], service, port, method, match["rest"] or "/", raw,
-            self.headers.get("Content-Type") or "application/json",
-        )  # fmt: skip
+            match["ns"], service, port, method, match["rest"] or "/", raw, sent
+        )
         self.send_response(status)
         for key, value in headers:
             self.send_header(key, value)

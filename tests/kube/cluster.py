@@ -374,7 +374,7 @@ class FakeCluster:
 
     def forward(
         self, namespace: str, service: dict[str, Any], port: dict[str, Any], method: str,
-        path: str, body: bytes, content_type: str,
+        path: str, body: bytes, headers: dict[str, str],
     ) -> tuple[int, list[tuple[str, str]], bytes]:  # fmt: skip
         """The service proxy's request to one of the Service's endpoints: its ready pods
         that are not terminating."""
@@ -396,7 +396,7 @@ class FakeCluster:
         target = _port_of(pod, port.get("targetPort", port["port"]))
         connection = http.client.HTTPConnection(pod["status"]["podIP"], target, timeout=60)
         try:
-            connection.request(method, path, body, {"Content-Type": content_type})
+            connection.request(method, path, body, headers)
             answer = connection.getresponse()
             content = answer.read()
             kept = [(k, v) for k, v in answer.getheaders() if k.lower() == "content-type"]
