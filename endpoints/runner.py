@@ -148,11 +148,49 @@ def deployment_uid(deployment: Deployment) -> int | None:
     return base + deployment.pk
 
 
-def run_as(deployment: Deployment, python: str) -> int | None:
-    """The uid its model servers do run as: its own, unless that uid could not run the
-    interpreter (a Python under /root, say): then the studio's, and its log says so."""
-    uid = deployment_uid(deployment)
-    return uid if uid is not None and runnable_by_anyone(os.path.realpath(python)) else None
+class NoIsolatedPython(Exception):
+    """No interpreter the deployment's own user may run: it does not start, rather than run
+    a scoring script (anyone's code) as the studio's user."""
+
+
+def _runnable(python: str) -> bool:
+    found = shutil.which(python)
+    return bool(found) and runnable_by_anyone(os.path.realpath(str(found)))
+
+
+def server_python(uid: int | None) -> tuple[str, str]:
+    """The interpreter a deployment's model servers run on (or build their environment
+    on), and a line for its log when it is not the one configured. When they run as a uid
+    of their own it must be one that uid can run: STUDIO_DEPLOYMENT_PYTHON, else the
+    studio's own, else the first python3 on PATH that others may run (as jobs get);
+    NoIsolatedPython when there is none."""
+    chosen = str(settings.STUDIO_DEPLOYMENT_PYTHON or "")
+    if uid is None:
+        return chosen or sys.executable, ""
+    if chosen:
+        if _runnable(chosen):
+            return chosen, ""
+        raise NoIsolatedPython(
+            f"STUDIO_DEPLOYMENT_PYTHON ({chosen}) is not an interpreter the deployment's own "
+            "user may run (it or a folder above it is closed to other users): its scoring "
+            "script would have to run as the studio. Point it at one outside a private home "
+            "folder, such as /usr/bin/python3, or give the deployment an environment."
+        )
+    if _runnable(sys.executable):
+        return sys.executable, ""
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder, "python3")
+        if os.path.isfile(candidate) and _runnable(candidate):
+            return candidate, (
+                f"The studio's own Python ({sys.executable}) is closed to other users, so the "
+                f"model server runs on {candidate} as the deployment's own user: give the "
+                "deployment an environment (a conda_file) for the packages its script needs.\n"
+            )
+    raise NoIsolatedPython(
+        f"no Python here that the deployment's own user may run: the studio's "
+        f"({sys.executable}) is closed to other users and no python3 on PATH is open to "
+        "them. Install one (apt-get install python3) or set STUDIO_DEPLOYMENT_PYTHON."
+    )
 
 
 def hand_over(folder: Path, uid: int) -> None:
@@ -231,7 +269,7 @@ def log_files(root: Path, deployment: Deployment) -> list[Path]:
     return sorted(folder.glob("instance-*.log"))
 
 
-def build_environment(record: dict[str, Any] | None, folder: Path) -> str | None:
+def build_environment(record: dict[str, Any] | None, folder: Path, base: str) -> str | None:
     """The deployment's environment as a virtual environment (the launcher's builder,
     with the jobs' cache: one build per content, under a lock), its output in the
     folder's `storage-initializer.log`; the interpreter, or None when there is nothing to
@@ -243,6 +281,7 @@ def build_environment(record: dict[str, Any] | None, folder: Path) -> str | None
     spec = {
         "root": str(folder / "build"),
         "name": "environment",
+        "python": base,  # built on it: one the model servers' uid may run
         "environment": {
             **record,
             "cache": str(settings.STUDIO_ENVIRONMENTS_DIR),
@@ -506,7 +545,7 @@ class Runner:
         rollout.deadline = time.monotonic() + budget
         rollout.spawned = True
         rollout.limits = Limits.of(
-            kube.resources_of(deployment, deployment.endpoint.compute), run_as(deployment, python)
+            kube.resources_of(deployment, deployment.endpoint.compute), deployment_uid(deployment)
         )
         for index in range(count):
             process, url = start_instance(python, env, folder, index, rollout.limits)
@@ -528,9 +567,14 @@ class Runner:
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, mode=0o700)
-        python = build_environment(deployment.environment_used, folder) or (
-            settings.STUDIO_DEPLOYMENT_PYTHON or sys.executable
-        )
+        uid = deployment_uid(deployment)
+        base, said = server_python(uid)
+        if said:
+            with open(folder / "storage-initializer.log", "a") as log_file:
+                log_file.write(said)
+        python = build_environment(deployment.environment_used, folder, base) or base
+        if uid is not None and not _runnable(python):
+            raise NoIsolatedPython(f"its environment's Python ({python}) is closed to other users")
         code = folder / "code"
         code.mkdir()
         document = deployment.document
@@ -553,16 +597,8 @@ class Runner:
         env.update(document.get("environment_variables") or {})
         env[SERVER_KEY_VARIABLE] = server_key(deployment.pk)  # after the user's: not theirs to set
         shutil.copyfile(server.__file__, folder / SERVER)  # its own copy, readable by its uid
-        uid = run_as(deployment, python)
         if uid is not None:
             hand_over(folder, uid)
-        elif deployment_uid(deployment) is not None:
-            with open(folder / "storage-initializer.log", "a") as said:
-                said.write(
-                    f"The model server runs as the studio's own user, not one of its own: "
-                    f"other users cannot run {python} (set STUDIO_DEPLOYMENT_PYTHON to an "
-                    "interpreter they can, or give the deployment an environment).\n"
-                )
         return env, python
 
     def fetch_model(self, deployment: Deployment, target: Path) -> Path:

@@ -615,7 +615,10 @@ def test_deploy_a_registered_model_move_traffic_and_score_from_the_console(
 
     from registry.services import create_model
 
-    settings.STUDIO_DEPLOYMENT_PYTHON = sys.executable  # it has scikit-learn
+    # It scores with the studio's own scikit-learn, which may sit where other users cannot
+    # read: so as the studio's user (STUDIO_DEPLOYMENT_UID_BASE=0).
+    settings.STUDIO_DEPLOYMENT_PYTHON = sys.executable
+    settings.STUDIO_DEPLOYMENT_UID_BASE = 0
     fitted = LogisticRegression().fit(
         [[0.0, 0.0], [1.0, 1.0], [0.1, 0.0], [0.9, 1.0]], [0, 1, 0, 1]
     )

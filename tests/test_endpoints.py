@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from django.conf import settings as studio_settings
 from django.db import connection
 from websockets.exceptions import InvalidStatus
 
@@ -83,9 +84,17 @@ def deployment_yaml(name: str, **extra: object) -> str:
     return json.dumps(document)
 
 
+# Model servers run as uids of their own from this base when the tests run as root.
+UID_BASE = studio_settings.STUDIO_DEPLOYMENT_UID_BASE
+
+
 @pytest.fixture
 def studio(live_studio, people, settings):
-    settings.STUDIO_DEPLOYMENT_PYTHON = sys.executable  # it has scikit-learn
+    # These tests score with the studio's own packages (scikit-learn), which may sit where
+    # other users cannot read (root's home, on CI's machine): so as the studio's user, as
+    # STUDIO_DEPLOYMENT_UID_BASE=0 says. The isolation tests below set it back.
+    settings.STUDIO_DEPLOYMENT_PYTHON = sys.executable
+    settings.STUDIO_DEPLOYMENT_UID_BASE = 0
     http = httpx.Client(
         base_url=f"{live_studio.url}/api/v1/workspaces/demo/",
         headers={"Authorization": f"Bearer {token_for(people.contributor)}"}, timeout=30,
@@ -809,6 +818,7 @@ def test_a_local_deployment_runs_as_a_user_of_its_own_as_jobs_do(studio, setting
     if not python or not runnable_by_anyone(os.path.realpath(python)):
         pytest.skip("no python3 here that other users may run")
     settings.STUDIO_DEPLOYMENT_PYTHON = python
+    settings.STUDIO_DEPLOYMENT_UID_BASE = UID_BASE
     studio_file = tmp_path / "studio-only"
     studio_file.write_text("the studio's")
     assert studio_file.stat().st_mode & 0o777 == 0o600
@@ -1075,3 +1085,61 @@ def test_a_model_server_answers_its_router_alone_not_whoever_finds_its_port(stud
         assert refused.status_code == 401, refused.text
         assert httpx.get(direct + "/swagger.json", headers=headers).status_code == 401
     assert httpx.get(direct + "/").text == "Healthy"  # probes need no key
+
+
+def _closed_to_others(python: str) -> bool:
+    from compute.launcher import runnable_by_anyone
+
+    return not runnable_by_anyone(os.path.realpath(python))
+
+
+needs_closed_python = pytest.mark.skipif(
+    os.geteuid() != 0 or UID_BASE <= 0 or not _closed_to_others(sys.executable),
+    reason="needs a root studio whose own Python other users cannot run (as on CI)",
+)
+
+
+@needs_closed_python
+def test_a_scoring_script_never_runs_as_the_studio_when_its_python_is_closed_to_others(
+    studio, settings
+):
+    """It ran as root when the studio's interpreter sat under /root. Now a deployment
+    whose configured Python its own user cannot run does not start, and says why."""
+    settings.STUDIO_DEPLOYMENT_UID_BASE = UID_BASE
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
+    spec = {"name": "blue", "endpoint_name": "my-endpoint",
+            "code_configuration": {"code": ".", "scoring_script": "score.py"}}  # fmt: skip
+    made = studio.post("online-endpoints/my-endpoint/deployments/",
+                       data={"spec": json.dumps(spec)},
+                       files={"code": ("c.tar.gz", archive({"score.py": ISOLATED}))})  # fmt: skip
+    assert made.status_code == 201, made.text
+
+    def failed() -> dict:
+        shown = studio.get("online-endpoints/my-endpoint/deployments/blue/").json()
+        return shown if shown["provisioning_state"] == "Failed" else {}
+
+    shown = wait_until(failed, 60, "blue to fail")
+    assert "STUDIO_DEPLOYMENT_PYTHON" in shown["reason"], shown
+    assert "closed to other users" in shown["reason"]
+    assert Deployment.objects.get(name="blue").instances == []
+
+
+@needs_closed_python
+def test_unconfigured_a_model_server_runs_as_its_own_user_on_a_python_others_may_run(
+    studio, settings, tmp_path, kstudio
+):
+    settings.STUDIO_DEPLOYMENT_PYTHON = ""
+    settings.STUDIO_DEPLOYMENT_UID_BASE = UID_BASE
+    studio_file = tmp_path / "studio-only"
+    studio_file.write_text("the studio's")
+    studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
+    spec = {"name": "blue", "endpoint_name": "my-endpoint",
+            "code_configuration": {"code": ".", "scoring_script": "score.py"},
+            "environment_variables": {"STUDIO_FILE": str(studio_file)}}  # fmt: skip
+    uri, auth = serve_script(studio, spec, ISOLATED)
+    blue = Deployment.objects.get(name="blue")
+    assert httpx.post(uri, json={}, headers=auth).json() == {
+        "uid": UID_BASE + blue.pk, "studio_file": "PermissionError", "home": True}  # fmt: skip
+    said = kstudio("online-deployment", "get-logs", "-n", "blue", "-e", "my-endpoint",
+                   "--container", "storage-initializer", check=True).stdout  # fmt: skip
+    assert "is closed to other users, so the model server runs on" in said
