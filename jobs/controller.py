@@ -32,7 +32,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
 
@@ -92,6 +92,11 @@ class Controller:
         self.last_check = 0.0
         self.checking: threading.Thread | None = None
         self.full: set[str] = set()  # kinds of compute with no room left at the last claim
+        # Jobs of each kind with a room that other controllers of this host hold, their
+        # leases running or run out (a controller killed and started again: its jobs run
+        # on until adopted), counted at each claim: the host's slots are shared.
+        self.host_prefix = f"{socket.gethostname()}:"
+        self.elsewhere: dict[str, int] = {}
         self.grace = float(settings.STUDIO_CANCEL_GRACE_SECONDS)
         # Told, not asking: backends that report news (compute/backends/base.py) mark jobs
         # here from the event loop; a pass follows those (and every job once a second).
@@ -177,6 +182,7 @@ class Controller:
         if now - self.last_claim >= IDLE_TICK or (self.full - self._full_kinds()):
             self.last_claim = now
             self.adopt()
+            self._count_elsewhere()
             while self.claim():
                 pass
             self.full = self._full_kinds()
@@ -211,13 +217,30 @@ class Controller:
 
     def _room(self, kind: str) -> int | None:
         """Jobs of this kind the controller may still take; None: no limit."""
-        try:
-            capacity = backend_class(kind).capacity()
-        except LookupError:
-            return 0  # a kind this studio cannot run: never claimed
+        capacity = self._capacity(kind)
         if capacity is None:
             return None
-        return capacity - sum(1 for h in self.held.values() if h.job.compute_kind == kind)
+        mine = sum(1 for h in self.held.values() if h.job.compute_kind == kind)
+        return capacity - mine - self.elsewhere.get(kind, 0)
+
+    def _count_elsewhere(self) -> None:
+        bounded = [k for k in settings.STUDIO_COMPUTE_BACKENDS if self._capacity(k) is not None]
+        found = (
+            Job.objects.filter(status__in=ACTIVE, compute_kind__in=bounded,
+                               lease_owner__startswith=self.host_prefix)
+            .exclude(lease_owner=self.name)
+            .exclude(pk__in=list(self.held))
+            .values("compute_kind")
+            .annotate(count=Count("id"))
+        )  # fmt: skip
+        self.elsewhere = {row["compute_kind"]: row["count"] for row in found}
+
+    @staticmethod
+    def _capacity(kind: str) -> int | None:
+        try:
+            return backend_class(kind).capacity()
+        except LookupError:
+            return 0  # a kind this studio cannot run: never claimed
 
     def _full_kinds(self) -> set[str]:
         kinds = set(settings.STUDIO_COMPUTE_BACKENDS) | {
@@ -230,8 +253,8 @@ class Controller:
         for kind in self.full:
             capacity = backend_class(kind).capacity()
             reason = (
-                f"Waiting for a free slot: {capacity} {kind} job(s) run at once per "
-                "controller (STUDIO_MAX_RUNNING_JOBS)."
+                f"Waiting for a free slot: {capacity} {kind} job(s) run at once on this "
+                "host (STUDIO_MAX_RUNNING_JOBS)."
             )
             Job.objects.filter(status=Status.QUEUED, compute_kind=kind).exclude(
                 waiting_reason=reason

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from compute.backends.local import LocalBackend
 from jobs import outputs, services
@@ -594,3 +595,46 @@ async def test_a_job_queued_before_the_artifact_store_still_runs(workspace, peop
         job = await finished(job)
     assert job.status == "Completed", job.failure_reason
     assert await lines_of(job) == ["old layout"]
+
+
+async def test_the_running_jobs_cap_holds_across_a_controller_restart(workspace, people, settings):
+    """A killed studio's controller leaves its jobs running under leases that have not run
+    out yet: the next controller on the host counts them, adopts them when the leases
+    end, and starts a queued job only when one of them has ended."""
+    settings.STUDIO_MAX_RUNNING_JOBS = 2
+    gate = "command: while [ ! -f go ]; do sleep 0.05; done\n"
+    first = [await submit(workspace, people.contributor, gate) for _ in range(2)]
+    queued = await submit(workspace, people.contributor, "command: echo after\n")
+
+    async def both_run() -> bool:
+        return all([(await reload(job)).status == "Running" for job in first])
+
+    killed = Controller()  # as `serve` names it: host, pid, instance
+    stop = asyncio.Event()
+    task = asyncio.create_task(killed.run(stop))
+    await await_until(both_run, what="the first two jobs to run")
+    killed.release_all = lambda: None  # type: ignore[method-assign] # SIGKILL says nothing
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    leases = [(await reload(job)).lease_expires_at for job in first]
+    assert all(lease is not None and lease > timezone.now() for lease in leases)
+    assert (await reload(queued)).status == "Queued"
+    stop = asyncio.Event()
+    restarted = Controller()
+    task = asyncio.create_task(restarted.run(stop))
+    try:
+
+        async def adopted() -> bool:
+            return len(restarted.held) == 2
+
+        await await_until(adopted, 40, "the restarted controller to adopt both jobs")
+        assert (await reload(queued)).status == "Queued"  # never 3 at once
+        Path((await reload(first[0])).runtime["root"], "wd", "go").touch()
+        assert (await finished(queued)).status == "Completed"
+        assert (await reload(first[1])).status == "Running"
+    finally:
+        Path((await reload(first[1])).runtime["root"], "wd", "go").touch()
+        await finished(first[1])
+        stop.set()
+        await task
