@@ -890,7 +890,7 @@ class Launcher:
             self.say(f"environment: {note}")
         if not env.get("key"):
             return
-        python, version = self.choose_python(env.get("python"))
+        python, version, real = self.choose_python(env.get("python"))
         # Where environments are kept: the host's cache, a pod's shared volume, else the
         # job's own folder (built for this job alone).
         cache = (
@@ -898,7 +898,10 @@ class Launcher:
             or env.get("cache")
             or os.path.join(self.root, "environments")
         )
-        folder = os.path.join(cache, f"{env['key']}-py{version}")
+        # Per base interpreter too: one built on a Python that other users cannot run (the
+        # studio's, under /root) must not be handed to a job's or a deployment's own uid.
+        base = hashlib.sha256(real.encode()).hexdigest()[:8]
+        folder = os.path.join(cache, f"{env['key']}-py{version}-{base}")
         ready = os.path.join(folder, ".ready")
         if not os.path.exists(ready):
             old_umask = os.umask(0o022)  # the job's uid reads and runs what is built
@@ -917,9 +920,9 @@ class Launcher:
         self.spec["python"] = os.path.join(folder, "bin", "python")
         self.env_bin = os.path.join(folder, "bin")
 
-    def choose_python(self, pin: str | None) -> tuple[str, str]:
+    def choose_python(self, pin: str | None) -> tuple[str, str, str]:
         """The interpreter to build on: `python<pin>` when this host has it, else the
-        job's usual one (and the log says so)."""
+        job's usual one (and the log says so); its version and real path."""
         default = self.spec.get("python") or sys.executable
         found = shutil.which(f"python{pin}") if pin else None
         why = f"this host has no python{pin}"
@@ -936,7 +939,7 @@ class Launcher:
         if pin and not found and version != pin:  # the usual one may be that Python too
             self.say(f"environment: python={pin} was asked for; {why}, so the job gets "
                      f"Python {version} ({real})")  # fmt: skip
-        return python, version
+        return python, version, real
 
     @staticmethod
     def interpreter(python: str) -> tuple[str, str]:
