@@ -45,6 +45,7 @@ from compute.models import Cluster, ComputeKind
 from compute.resources import quantity
 from endpoints import autoscale, kube, logs, server, services, spec, traffic
 from endpoints.models import Deployment, Endpoint, State
+from endpoints.processes import SERVER, adoptable, stop_every_server_in, stop_orphans
 from endpoints.tokens import SERVER_KEY_VARIABLE, server_key
 from registry import services as registry
 from studio.errors import FieldErrors
@@ -56,7 +57,6 @@ KUBE_CHECK = 5.0  # seconds between reads of a Kubernetes deployment that serves
 ROUTER_CHECK = 30.0  # seconds between reads of the clusters' own routers' addresses
 LOG_READ = 1.0  # seconds between reads of the deployments' logs into the log store
 # More restarts of a deployment's instances than this in so many seconds: it fails.
-SERVER = "kstudio_model_server.py"  # endpoints/server.py, copied into each generation
 CRASH_LOOP_RESTARTS = 5
 CRASH_LOOP_SECONDS = 600
 LOG_TAIL_BYTES = 64 * 1024
@@ -263,6 +263,11 @@ def _unchanged(deployment: Deployment, generation: int | None = None) -> QuerySe
     ).exclude(state=State.DELETING)
 
 
+def _record_of(folder: Path) -> Path:
+    """A generation's record (its model servers' variables and interpreter)."""
+    return folder.with_name(folder.name + ".json")
+
+
 def log_files(root: Path, deployment: Deployment) -> list[Path]:
     """The instances' logs of the deployment's newest generation."""
     folder = root / str(deployment.pk) / str(deployment.generation)
@@ -390,6 +395,9 @@ class Runner:
                 uid = deployment_uid(deployment)
                 if uid is not None:  # what its scoring script started and left running too
                     kill_user_processes(uid)
+                # Any other model server of it: a failed update's predecessor, one that a
+                # killed studio left, one that ran as the studio's user.
+                stop_every_server_in(self.root / str(deployment.pk))
                 deployment.delete()
             elif deployment.pk in self.rollouts:
                 self.follow(deployment)
@@ -599,6 +607,11 @@ class Runner:
         shutil.copyfile(server.__file__, folder / SERVER)  # its own copy, readable by its uid
         if uid is not None:
             hand_over(folder, uid)
+        # What a later runner needs to adopt its instances; the studio's, beside the folder
+        # that the deployment's uid owns.
+        record = _record_of(folder)
+        record.write_text(json.dumps({"env": env, "python": python}))
+        record.chmod(0o600)
         return env, python
 
     def fetch_model(self, deployment: Deployment, target: Path) -> Path:
@@ -699,6 +712,8 @@ class Runner:
         just started); an instance that exits or fails its liveness probe restarted, as
         a kubelet would, unless they crash in a loop (then it fails)."""
         running = self.running.get(deployment.pk)
+        if running is None and self.adopt(deployment):
+            return
         if running is None or running.generation != deployment.generation:
             if running is None:
                 stop_orphans(deployment.instances)
@@ -710,6 +725,33 @@ class Runner:
                 return
         self.scaled_up(deployment, running)
         self.autoscale(deployment, len(running.processes) + len(running.starting))
+
+    def adopt(self, deployment: Deployment) -> bool:
+        """The model servers a previous runner left serving (the studio was killed): taken
+        over as they are, so the router's requests to them never fail, rather than stopped
+        and started anew. False when they cannot be (gone, or not what was recorded)."""
+        folder = self.root / str(deployment.pk) / str(deployment.generation)
+        try:
+            record = json.loads(_record_of(folder).read_text())
+        except (OSError, ValueError):
+            return False
+        processes = adoptable(deployment.instances, folder)
+        if processes is None:
+            return False
+        self.running[deployment.pk] = Running(
+            deployment.generation,
+            list(processes),  # type: ignore[arg-type] # Popen's interface, as the runner uses it
+            urls=[i["url"] for i in deployment.instances],
+            python=record["python"],
+            env=record["env"],
+            folder=folder,
+            limits=Limits.of(
+                kube.resources_of(deployment, deployment.endpoint.compute),
+                deployment_uid(deployment),
+            ),
+        )
+        log.info("deployment %s: adopted %d serving instance(s)", deployment, len(processes))
+        return True
 
     def unwell(
         self, deployment: Deployment, running: Running, process: subprocess.Popen[bytes], url: str
@@ -967,25 +1009,6 @@ def log_text(deployment: Deployment, container: str, lines: int, index: int = 0)
     if files and not 0 <= index < len(files):
         raise FieldErrors([("instance", f"the deployment has {len(files)} instance(s)")])
     return tail(files[index], lines) if files else ""
-
-
-def stop_orphans(instances: list[dict[str, Any]]) -> None:
-    """Model servers a previous runner left (the studio was killed before it could stop
-    them): stopped before their deployment starts again, so none keeps its memory and
-    port for ever. Only processes that are this model server, by their command line."""
-    for instance in instances:
-        pid = instance.get("pid")
-        if not isinstance(pid, int):
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read().split(b"\0")
-        except OSError:
-            continue  # gone already
-        if any(part.endswith(b"/" + SERVER.encode()) for part in command):
-            log.info("stopping model server %d left by an earlier runner", pid)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
 
 
 def tail(log_file: Path, lines: int) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -228,3 +229,97 @@ def test_runrouter_scores_as_its_own_process_and_stops_cleanly(tmp_path):
     assert server.returncode == 0, outputs[1][-2000:]
     assert "deployment runner stopped" in outputs[1]
     assert not processes_in(tmp_path / "var"), "a model server outlived the studio"
+
+
+@pytest.mark.skipif(bool(settings.DATABASE_URL), reason="shares the embedded mode's SQLite file")
+def test_a_killed_studio_started_again_adopts_its_model_servers_and_fails_no_request(tmp_path):
+    """`serve` is killed (SIGKILL) while a router scores through it; started again, its
+    runner adopts the model servers that still serve instead of stopping them under the
+    router's feet (which cost ~30 requests a 502). Then a delete ends them all."""
+    import io
+    import json
+    import tarfile
+    import threading
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(STUDIO_VAR_DIR=str(tmp_path / "var"), STUDIO_ADMIN_PASSWORD="a-long-password-1")
+    manage("migrate", "--noinput", env=env)
+    manage("seed", env=env)
+    token = manage("createtoken", "admin", env=env).stdout.strip().splitlines()[-1]
+    port, router_port = free_port(), free_port()
+    env["STUDIO_INFERENCE_URL"] = f"http://127.0.0.1:{router_port}"
+    # The router logs each request: to a file, where no full pipe can stop it.
+    with open(tmp_path / "router.log", "w") as router_log:
+        router = subprocess.Popen([sys.executable, "manage.py", "runrouter", "--port",
+                                   str(router_port)], cwd=ROOT, env=env, stdout=router_log,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+    server = start("serve", "--port", str(port), env=env)
+    again: subprocess.Popen[str] | None = None
+    script = b"def init():\n    pass\n\ndef run(raw):\n    return {'got': raw}\n"
+    code = io.BytesIO()
+    with tarfile.open(fileobj=code, mode="w:gz") as tar:
+        info = tarfile.TarInfo("score.py")
+        info.size = len(script)
+        tar.addfile(info, io.BytesIO(script))
+    code.seek(0)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/workspaces/demo/",
+                       headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
+    statuses: list[int] = []
+    scoring = threading.Event()
+    try:
+
+        def up() -> bool:
+            try:
+                return api.get("online-endpoints/").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "the studio to answer")
+        made = api.post("online-endpoints/", json={"yaml": "name: kept\n"}).json()
+        spec = {"name": "blue", "code_configuration": {"code": ".", "scoring_script": "score.py"}}
+        api.post("online-endpoints/kept/deployments/", params={"all_traffic": "true"},
+                 data={"spec": json.dumps(spec)}, files={"code": ("c.tar.gz", code)})  # fmt: skip
+        wait_until(lambda: api.get("online-endpoints/kept/deployments/blue/").json()[
+            "provisioning_state"] == "Succeeded", 60, "blue to serve")  # fmt: skip
+        key = api.post("online-endpoints/kept/get-credentials/").json()["primaryKey"]
+        servers = processes_in(tmp_path / "var")
+        assert servers
+
+        def score() -> None:
+            with httpx.Client(timeout=10) as http:
+                while not scoring.is_set() and len(statuses) < 100_000:
+                    try:
+                        answer = http.post(made["scoring_uri"], content=b"x",
+                                           headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+                        statuses.append(answer.status_code)
+                    except httpx.HTTPError:
+                        statuses.append(0)
+
+        scorer = threading.Thread(target=score)
+        scorer.start()
+        wait_until(lambda: len(statuses) > 20, 30, "scoring to go")
+        server.kill()  # SIGKILL: nothing is stopped on the way out
+        server.wait()
+        again = start("serve", "--port", str(port), env=env)
+        wait_until(up, 60, "the studio to answer again")
+        answered_at = len(statuses)
+        seen: list[str] = []
+        threading.Thread(target=lambda: seen.extend(again.stdout), daemon=True).start()
+        wait_until(lambda: any("adopted 1 serving instance" in line for line in seen), 60,
+                   "the runner to adopt blue")  # fmt: skip
+        wait_until(lambda: len(statuses) > answered_at + 200, 60, "200 more requests")
+        scoring.set()
+        scorer.join()
+        assert set(statuses) == {200}, collections.Counter(statuses)
+        assert processes_in(tmp_path / "var") == servers  # the same model server
+
+        # A delete ends every model server of the deployment, adopted ones too.
+        assert api.patch("online-endpoints/kept/", json={"traffic": {"blue": 0}}).is_success
+        assert api.delete("online-endpoints/kept/deployments/blue/").status_code == 204
+        wait_until(lambda: not processes_in(tmp_path / "var"), 30, "blue's servers to end")
+    finally:
+        scoring.set()
+        for process in (router, server, again):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.communicate(timeout=60)
