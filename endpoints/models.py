@@ -74,6 +74,10 @@ class Deployment(models.Model):
     # What runs now: [{"url", "pid"}] for the local compute.
     instances = models.JSONField(default=list, blank=True)
     generation = models.IntegerField(default=1)  # bumped by every update: a rollout
+    # The deployment runner that acts on it, until when (renewed every tick): one alone,
+    # however many `serve` and `runcontroller` processes run (endpoints.runner).
+    runner = models.CharField(max_length=100, blank=True)
+    runner_lease_expires_at = models.DateTimeField(null=True, blank=True)
     # What changed, newest last: [{"at", "generation", "what"}] (the last 100).
     history = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

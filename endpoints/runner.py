@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -34,7 +36,7 @@ import httpx
 from django.conf import settings
 from django.core.files.storage import storages
 from django.db import close_old_connections
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from compute import extension
@@ -60,6 +62,7 @@ LOG_READ = 1.0  # seconds between reads of the deployments' logs into the log st
 CRASH_LOOP_RESTARTS = 5
 CRASH_LOOP_SECONDS = 600
 LOG_TAIL_BYTES = 64 * 1024
+RUNNER_LEASE = dt.timedelta(seconds=15)  # a runner that stops renewing loses its deployments
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,7 @@ def error_of(log_file: Path) -> tuple[str, str]:
 
 class Runner:
     def __init__(self, root: Path | None = None) -> None:
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:100]
         self._root = root
         self.rollouts: dict[int, Rollout] = {}
         self.running: dict[int, Running] = {}
@@ -353,6 +357,7 @@ class Runner:
         self.logs_read: Future[None] | None = None
         self.logs_read_at = 0.0
         self.log_errors: dict[int, str] = {}  # the last failure to read each one's logs
+        self.held: set[int] = set()  # the deployments this runner holds (`hold`)
 
     @property
     def root(self) -> Path:
@@ -382,12 +387,36 @@ class Runner:
         finally:
             close_old_connections()
 
+    def hold(self) -> set[int]:
+        """Take every deployment that no runner holds, or whose runner stopped renewing,
+        and renew the ones this runner holds (one UPDATE: two runners cannot both take a
+        row). What this runner held and another took is let go here."""
+        now = timezone.now()
+        free = Q(runner="") | Q(runner=self.name) | Q(runner_lease_expires_at__lt=now)
+        Deployment.objects.filter(free).update(
+            runner=self.name, runner_lease_expires_at=now + RUNNER_LEASE
+        )
+        held = set(Deployment.objects.filter(runner=self.name).values_list("pk", flat=True))
+        for pk in [*self.rollouts, *self.running]:
+            if pk not in held:
+                log.warning("deployment %d: held by another runner now; letting go", pk)
+                self.abandon(pk)
+                self.stop(pk)
+        return held
+
+    def release(self) -> None:
+        """On the way out: another runner takes this one's deployments at once."""
+        Deployment.objects.filter(runner=self.name).update(runner_lease_expires_at=timezone.now())
+
     def reconcile(self) -> None:
         now = time.monotonic()
         for _deadline, processes in [d for d in self.draining if d[0] <= now]:
             _terminate(processes)
         self.draining = [d for d in self.draining if d[0] > now]
-        local = Deployment.objects.filter(endpoint__compute__kind=ComputeKind.LOCAL)
+        self.held = self.hold()
+        local = Deployment.objects.filter(
+            endpoint__compute__kind=ComputeKind.LOCAL, pk__in=self.held
+        )
         for deployment in local.select_related("endpoint", "model"):
             if deployment.state == State.DELETING:
                 self.stop(deployment.pk)
@@ -420,8 +449,10 @@ class Runner:
         """Every deployment's new log lines into the log store (endpoints.logs)."""
         close_old_connections()
         try:
-            deployments = Deployment.objects.exclude(state=State.DELETING).select_related(
-                "endpoint__compute__cluster"
+            deployments = (
+                Deployment.objects.filter(pk__in=self.held)
+                .exclude(state=State.DELETING)
+                .select_related("endpoint__compute__cluster")
             )
             logs.stop_following({d.pk for d in deployments})
             for deployment in deployments:
@@ -441,7 +472,9 @@ class Runner:
         """Deployments on clusters: applied once per generation (server-side apply, so a
         runner that restarts applies again harmlessly), then read back: a rollout under
         way every tick, a serving one every KUBE_CHECK seconds."""
-        found = Deployment.objects.filter(endpoint__compute__kind=ComputeKind.KUBERNETES)
+        found = Deployment.objects.filter(
+            endpoint__compute__kind=ComputeKind.KUBERNETES, pk__in=self.held
+        )
         now = time.monotonic()
         for deployment in found.select_related(
             "endpoint__compute__cluster", "endpoint__workspace", "model"
@@ -968,6 +1001,12 @@ class Runner:
             self.stop(pk)
         self.http.close()
         kube.stop_watching()
+        try:
+            self.release()
+        except Exception:  # the database is away: the leases run out instead
+            log.warning("could not release the deployments' leases", exc_info=True)
+        finally:
+            close_old_connections()
 
 
 def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:

@@ -1143,3 +1143,51 @@ def test_unconfigured_a_model_server_runs_as_its_own_user_on_a_python_others_may
     said = kstudio("online-deployment", "get-logs", "-n", "blue", "-e", "my-endpoint",
                    "--container", "storage-initializer", check=True).stdout  # fmt: skip
     assert "is closed to other users, so the model server runs on" in said
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_runners_never_both_run_a_deployment_and_one_takes_over_when_the_other_stops(
+    workspace, people, settings
+):
+    """Two `runcontroller` processes each reconciled every deployment: nothing claimed
+    them. A deployment is held by one runner under a lease, as jobs are."""
+    from endpoints import services as endpoint_services
+    from endpoints.runner import Runner
+
+    settings.STUDIO_DEPLOYMENT_UID_BASE = 0  # as the studio's user: this is about leases
+    endpoint_services.save_endpoint(workspace, people.owner, {"name": "my-endpoint"})
+    spec = {"name": "blue", "endpoint_name": "my-endpoint",
+            "code_configuration": {"code": ".", "scoring_script": "score.py"}}  # fmt: skip
+    code = archive({"score.py": ECHO})
+    endpoint_services.save_deployment(
+        workspace, people.contributor, spec, code=code, all_traffic=True
+    )
+    first, second = Runner(), Runner()
+    try:
+
+        def serving() -> bool:
+            first.tick()
+            second.tick()
+            return Deployment.objects.get(name="blue").state == "Succeeded"
+
+        wait_until(serving, 60, "blue to serve")
+        blue = Deployment.objects.get(name="blue")
+        assert blue.runner == first.name
+        assert list(first.running) == [blue.pk] and not second.running and not second.rollouts
+        servers = [i["pid"] for i in blue.instances]
+        for _ in range(3):  # the other runner, however often it looks, leaves it alone
+            second.tick()
+        assert not second.running and not second.rollouts
+
+        first.stop_all()  # a clean stop: its servers stop, and its lease is let go
+
+        def taken_over() -> bool:
+            second.tick()
+            now = Deployment.objects.get(name="blue")
+            return now.runner == second.name and now.state == "Succeeded" and bool(second.running)
+
+        wait_until(taken_over, 60, "the second runner to take blue over")
+        assert [i["pid"] for i in Deployment.objects.get(name="blue").instances] != servers
+    finally:
+        first.stop_all()
+        second.stop_all()
