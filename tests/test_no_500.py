@@ -189,3 +189,42 @@ def test_no_page_answers_500_to_bad_input(api, people, workspace, client):
                     if answer.status_code >= 500:
                         seen.append(f"{method.upper()} {path} -> {answer.status_code}")
     assert not seen, "\n".join(seen)
+
+
+# Writes a reader may make: none change the workspace (a validation, a scoring test).
+READER_WRITES = {"POST /api/v1/workspaces/{workspace}/jobs/validate/"}
+
+
+def test_every_workspace_route_by_role_strangers_see_nothing_readers_change_nothing(
+    api, people, workspace
+):
+    """The role x route matrix, from the API's own schema: a stranger gets from every route
+    of a workspace what a workspace that does not exist gives (404, or IT-ops' 403 on
+    compute targets: nothing tells it exists), never 2xx; a reader's writes are all refused."""
+    made(api, people, workspace)
+    crossings: list[str] = []
+    templates = [
+        (m, t) for m, t in routes(api, people.owner)
+        if t.startswith("/api/v1/workspaces/{workspace}/")
+    ]  # fmt: skip
+    assert len(templates) > 40
+    checked = 0
+    for user, role in ((people.stranger, "stranger"), (people.reader, "reader")):
+        caller = api(user)
+        caller.raise_request_exception = False
+        for method, template in templates:
+            if role == "reader" and (method == "GET" or f"{method} {template}" in READER_WRITES):
+                continue
+            path = fill(template, None)
+            answer = caller.generic(method, path, data="{}", content_type="application/json")
+            checked += 1
+            if role == "stranger":
+                elsewhere = caller.generic(method, path.replace("/demo/", "/no-such-ws/", 1),
+                                           data="{}", content_type="application/json")  # fmt: skip
+                refused = answer.status_code == elsewhere.status_code in (403, 404)
+            else:
+                refused = answer.status_code in (403, 404, 405)
+            if not refused:
+                crossings.append(f"{role}: {method} {template} -> {answer.status_code}")
+    assert not crossings, "\n".join(crossings)
+    assert checked > 90
