@@ -392,7 +392,9 @@ class Runner:
         and renew the ones this runner holds (one UPDATE: two runners cannot both take a
         row). What this runner held and another took is let go here."""
         now = timezone.now()
-        free = Q(runner="") | Q(runner=self.name) | Q(runner_lease_expires_at__lt=now)
+        # Its own are renewed once half their lease has gone: not a write every tick.
+        due = Q(runner=self.name, runner_lease_expires_at__lt=now + RUNNER_LEASE / 2)
+        free = Q(runner="") | Q(runner_lease_expires_at__lt=now) | due
         Deployment.objects.filter(free).update(
             runner=self.name, runner_lease_expires_at=now + RUNNER_LEASE
         )
