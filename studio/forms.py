@@ -5,7 +5,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from studio import services
-from studio.models import Membership, Role, Workspace
+from studio.models import Role, Workspace
 
 T = TypeVar("T")
 
@@ -39,14 +39,16 @@ class AddMemberForm(forms.Form):
     username = forms.CharField(max_length=150)
     role = forms.ChoiceField(choices=Role.choices, initial=Role.CONTRIBUTOR)
 
-    def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, workspace: Workspace, by: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.workspace = workspace
+        self.by = by
 
-    def save(self) -> Membership | None:
+    def save(self) -> services.Member | None:
         data = self.cleaned_data
         return run_service(
-            self, lambda: services.add_member(self.workspace, data["username"], data["role"])
+            self,
+            lambda: services.add_member(self.workspace, data["username"], data["role"], self.by),
         )
 
 

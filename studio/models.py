@@ -80,6 +80,28 @@ class Membership(models.Model):
         return f"{self.user} in {self.workspace} as {self.role}"
 
 
+class Invitation(models.Model):
+    """A member added by a name that no account has yet, by an owner who is not IT-ops: the
+    owner is told the same whether the name exists or not, and sees it among the members;
+    it becomes a membership when an account of that name is made, and grants nothing
+    before."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="invitations")
+    username = models.CharField(max_length=150)
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.CONTRIBUTOR)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=("workspace", "username"), name="one_invitation_per_name"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.username} invited to {self.workspace} as {self.role}"
+
+
 def hash_token(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

@@ -6,6 +6,7 @@ shows them next to that field (forms) or as {field, message} (API).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +19,8 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from studio import events
-from studio.models import ApiToken, Membership, Role, Workspace
+from studio.access import is_it_ops
+from studio.models import ApiToken, Invitation, Membership, Role, Workspace
 
 
 def set_up(workspace: Workspace) -> None:
@@ -57,16 +59,74 @@ def _check_role(role: str) -> None:
         raise ValidationError({"role": f"must be one of {', '.join(Role.values)}, not {role!r}"})
 
 
-def add_member(workspace: Workspace, username: str, role: str) -> Membership:
+@dataclass
+class Member:
+    """A membership or an invitation, as pages and the API show them: alike."""
+
+    username: str
+    role: str
+    record: Membership | Invitation
+
+    def get_role_display(self) -> str:
+        return str(Role(self.role).label)
+
+
+def _member(record: Membership | Invitation) -> Member:
+    name = record.user.username if isinstance(record, Membership) else record.username
+    return Member(name, record.role, record)
+
+
+def members(workspace: Workspace) -> list[Member]:
+    found: list[Membership | Invitation] = [
+        *Membership.objects.filter(workspace=workspace).select_related("user"),
+        *Invitation.objects.filter(workspace=workspace),
+    ]
+    return sorted((_member(r) for r in found), key=lambda m: m.username)
+
+
+def member_named(workspace: Workspace, username: str) -> Member | None:
+    record: Membership | Invitation | None = (
+        workspace.memberships.select_related("user").filter(user__username=username).first()
+        or workspace.invitations.filter(username=username).first()
+    )
+    return _member(record) if record is not None else None
+
+
+def add_member(workspace: Workspace, username: str, role: str, by: Any = None) -> Member:
+    """Add a user by name. IT-ops (and the studio's own commands: `by` None) are told when
+    no such user exists; an owner who is not IT-ops is not, so that adding members cannot
+    list the studio's accounts: the name is invited, and joins when its account is made."""
     _check_role(role)
-    user = user_named(username)
+    if len(username) > 150 or not username.strip():
+        raise ValidationError({"username": "a user name is 1 to 150 characters"})
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None and (by is None or is_it_ops(by)):
+        raise ValidationError({"username": f"no active user named {username!r}"})
+    taken = ValidationError(
+        {"username": f"{username} is already a member; change their role instead"}
+    )
+    if workspace.invitations.filter(username=username).exists():
+        raise taken
     try:
         with transaction.atomic():
-            return Membership.objects.create(workspace=workspace, user=user, role=role)
+            if user is None:
+                return _member(
+                    Invitation.objects.create(workspace=workspace, username=username, role=role)
+                )
+            return _member(Membership.objects.create(workspace=workspace, user=user, role=role))
     except IntegrityError as exc:
-        raise ValidationError(
-            {"username": f"{username} is already a member; change their role instead"}
-        ) from exc
+        raise taken from exc
+
+
+def accept_invitations(user: Any) -> None:
+    """A new account takes up the invitations made to its name."""
+    with transaction.atomic():
+        for invitation in Invitation.objects.filter(username=user.get_username()):
+            Membership.objects.get_or_create(
+                workspace=invitation.workspace, user=user, defaults={"role": invitation.role}
+            )
+            invitation.delete()
+    events.publish(events.access_changed(user.pk))
 
 
 def _keep_an_owner(membership: Membership) -> None:
@@ -86,26 +146,35 @@ def _lock_owners(workspace_id: int) -> None:
     )
 
 
-def change_role(membership: Membership, role: str) -> Membership:
+def change_role(member: Member, role: str) -> Member:
     _check_role(role)
+    record = member.record
+    if isinstance(record, Invitation):
+        record.role = role
+        record.save(update_fields=["role"])
+        return _member(record)
     with transaction.atomic():
-        _lock_owners(membership.workspace_id)
-        membership.refresh_from_db(fields=["role"])
+        _lock_owners(record.workspace_id)
+        record.refresh_from_db(fields=["role"])
         if role != Role.OWNER:
-            _keep_an_owner(membership)
-        membership.role = role
-        membership.save(update_fields=["role"])
-        events.publish(events.access_changed(membership.user_id))
-    return membership
+            _keep_an_owner(record)
+        record.role = role
+        record.save(update_fields=["role"])
+        events.publish(events.access_changed(record.user_id))
+    return _member(record)
 
 
-def remove_member(membership: Membership) -> None:
+def remove_member(member: Member) -> None:
+    record = member.record
+    if isinstance(record, Invitation):
+        record.delete()
+        return
     with transaction.atomic():
-        _lock_owners(membership.workspace_id)
-        membership.refresh_from_db(fields=["role"])
-        _keep_an_owner(membership)
-        membership.delete()
-        events.publish(events.access_changed(membership.user_id))
+        _lock_owners(record.workspace_id)
+        record.refresh_from_db(fields=["role"])
+        _keep_an_owner(record)
+        record.delete()
+        events.publish(events.access_changed(record.user_id))
 
 
 # -- API tokens -------------------------------------------------------------------------------

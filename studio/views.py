@@ -5,7 +5,7 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -58,17 +58,17 @@ def server_error(request: HttpRequest) -> HttpResponse:
 @login_required
 def members(request: HttpRequest, workspace: str) -> HttpResponse:
     ws, can_manage = access.members_of(request.user, workspace)
-    form = AddMemberForm(request.POST or None, workspace=ws)
+    form = AddMemberForm(request.POST or None, workspace=ws, by=request.user)
     if request.method == "POST":
         if not can_manage:
             raise PermissionDenied("Only the workspace's owners may change its members.")
         if form.is_valid() and (member := form.save()) is not None:
-            messages.success(request, f"{member.user.username} added as {member.role}.")
+            messages.success(request, f"{member.username} added as {member.role}.")
             return redirect("members", workspace=ws.name)
     context = {
         "workspace": ws,
         "can_manage": can_manage,
-        "memberships": ws.memberships.select_related("user").order_by("user__username"),
+        "memberships": services.members(ws),
         "roles": Role.choices,
         "form": form,
     }
@@ -82,7 +82,9 @@ def member_change(request: HttpRequest, workspace: str, username: str) -> HttpRe
     ws, can_manage = access.members_of(request.user, workspace)
     if not can_manage:
         raise PermissionDenied("Only the workspace's owners may change its members.")
-    membership = get_object_or_404(ws.memberships, user__username=username)
+    membership = services.member_named(ws, username)
+    if membership is None:
+        raise Http404("No such member.")
     try:
         if "remove" in request.POST:
             services.remove_member(membership)

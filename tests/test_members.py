@@ -47,8 +47,8 @@ def test_only_owners_change_members(api, people, who):
 
 def test_bad_member_input_names_the_field(api, people):
     owner = api(people.owner)
-    unknown = owner.post(MEMBERS, {"username": "nobody", "role": "reader"})
-    assert unknown.status_code == 400
+    unknown = api(people.it_ops).post(MEMBERS, {"username": "nobody", "role": "reader"})
+    assert unknown.status_code == 400  # IT-ops see every account: they are told
     assert "no active user named 'nobody'" in fields(unknown)["username"]
     bad_role = owner.post(MEMBERS, {"username": "sam", "role": "admin"})
     assert bad_role.status_code == 400 and "role" in fields(bad_role)
@@ -114,8 +114,8 @@ def test_members_page_for_readers_shows_no_controls(client, people):
 
 def test_owner_adds_removes_and_sees_errors_inline(client, people):
     client.force_login(people.owner)
-    page = client.post("/workspaces/demo/members/", {"username": "nobody", "role": "reader"})
-    assert page.status_code == 400 and b"no active user named" in page.content
+    page = client.post("/workspaces/demo/members/", {"username": "x" * 151, "role": "reader"})
+    assert page.status_code == 400 and b"at most 150 characters" in page.content
     added = client.post("/workspaces/demo/members/", {"username": "sam", "role": "reader"})
     assert added.status_code == 302 and roles()["sam"] == "reader"
     client.post("/workspaces/demo/members/sam/", {"role": "contributor"})
@@ -152,3 +152,44 @@ def test_the_core_apps_migrations_need_no_feature_app():
         for app, _ in migration.dependencies
     }
     assert needs <= {"studio", "auth", "__setting__"}, needs
+
+
+def test_an_owner_learns_nothing_of_which_user_names_exist_by_adding_members(api, people):
+    """Adding a name with no account answered 'no active user named ...': an owner could
+    list the studio's accounts. An owner who is not IT-ops now gets the same answer either
+    way; a name with no account is invited, listed as the others are, grants nothing,
+    and becomes a membership when its account is made."""
+    owner = api(people.owner)
+    answers = [
+        owner.post(MEMBERS, {"username": name, "role": "reader"}) for name in ("sam", "nobody")
+    ]
+    assert [(a.status_code, a.json()) for a in answers] == [
+        (201, {"username": "sam", "role": "reader"}),
+        (201, {"username": "nobody", "role": "reader"}),
+    ]
+    listed = owner.get(MEMBERS).json()["results"]
+    assert {"username": "nobody", "role": "reader"} in listed and {
+        "username": "sam",
+        "role": "reader",
+    } in listed
+    shown = [owner.get(MEMBERS + f"{n}/").json() for n in ("sam", "nobody")]
+    assert shown == [
+        {"username": "sam", "role": "reader"},
+        {"username": "nobody", "role": "reader"},
+    ]
+    assert owner.patch(MEMBERS + "nobody/", {"role": "contributor"}).status_code == 200
+    again = owner.post(MEMBERS, {"username": "nobody", "role": "reader"})
+    assert again.status_code == 400 and "already a member" in fields(again)["username"]
+    assert "nobody" not in roles()  # an invitation grants nothing
+
+    # The account is made: it is a contributor of demo at once.
+    nobody = User.objects.create_user("nobody", password="pw-nobody-12345")
+    assert roles()["nobody"] == "contributor"
+    assert api(nobody).get("/api/v1/workspaces/demo/").status_code == 200
+    assert owner.get(MEMBERS + "nobody/").json() == {"username": "nobody", "role": "contributor"}
+
+    # Removing an invitation, as a member.
+    owner.post(MEMBERS, {"username": "later", "role": "reader"})
+    assert owner.delete(MEMBERS + "later/").status_code == 204
+    User.objects.create_user("later", password="pw-later-12345")
+    assert "later" not in roles()

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -12,7 +12,7 @@ from rest_framework.throttling import ScopedRateThrottle
 
 from studio import access, services
 from studio.api import WorkspaceMixin
-from studio.models import ApiToken, Membership, Role, Workspace
+from studio.models import ApiToken, Role, Workspace
 
 
 class WorkspaceSerializer(serializers.ModelSerializer[Workspace]):
@@ -33,13 +33,11 @@ class NewWorkspaceSerializer(serializers.Serializer[Any]):
     )
 
 
-class MemberSerializer(serializers.ModelSerializer[Membership]):
-    username = serializers.CharField(source="user.username")
-    role = serializers.ChoiceField(choices=Role.choices)
+class MemberSerializer(serializers.Serializer[Any]):
+    """A member, or a name invited (studio.services.Member): shown alike."""
 
-    class Meta:
-        model = Membership
-        fields = ("username", "role")
+    username = serializers.CharField(max_length=150)
+    role = serializers.ChoiceField(choices=Role.choices)
 
 
 class RoleSerializer(serializers.Serializer[Any]):
@@ -74,27 +72,33 @@ class WorkspaceViewSet(
         return Response(WorkspaceSerializer(workspace).data, status=status.HTTP_201_CREATED)
 
 
-class MemberViewSet(WorkspaceMixin, viewsets.ModelViewSet[Membership]):
-    """Members of a workspace and their roles: members read, owners change."""
+class MemberViewSet(WorkspaceMixin, viewsets.GenericViewSet[Any]):
+    """Members of a workspace and their roles: members read, owners change. Names an owner
+    invited before their account exists are listed as members are."""
 
     serializer_class = MemberSerializer
-    lookup_field = "user__username"
     lookup_url_kwarg = "username"
     lookup_value_regex = "[^/]+"
     write_role = Role.OWNER
     it_ops_manage = True
     http_method_names = ["get", "post", "patch", "put", "delete", "head", "options"]
 
-    def get_queryset(self) -> QuerySet[Membership]:
-        return (
-            Membership.objects.filter(workspace=self.get_workspace())
-            .select_related("user")
-            .order_by("user__username")
-        )
-
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         self.get_workspace()  # who may see or change the members, before reading the body
+
+    def get_object(self) -> services.Member:
+        found = services.member_named(self.get_workspace(), self.kwargs["username"])
+        if found is None:
+            raise exceptions.NotFound("No such member.")
+        return found
+
+    def list(self, request: Request, **kwargs: Any) -> Response:
+        page = self.paginate_queryset(services.members(self.get_workspace()))
+        return self.get_paginated_response(MemberSerializer(page, many=True).data)
+
+    def retrieve(self, request: Request, **kwargs: Any) -> Response:
+        return Response(MemberSerializer(self.get_object()).data)
 
     @extend_schema(request=MemberSerializer, responses={201: MemberSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -102,8 +106,9 @@ class MemberViewSet(WorkspaceMixin, viewsets.ModelViewSet[Membership]):
         data.is_valid(raise_exception=True)
         member = services.add_member(
             self.get_workspace(),
-            data.validated_data["user"]["username"],
+            data.validated_data["username"],
             data.validated_data["role"],
+            by=request.user,
         )
         return Response(MemberSerializer(member).data, status=status.HTTP_201_CREATED)
 
@@ -114,8 +119,13 @@ class MemberViewSet(WorkspaceMixin, viewsets.ModelViewSet[Membership]):
         member = services.change_role(self.get_object(), data.validated_data["role"])
         return Response(MemberSerializer(member).data)
 
-    def perform_destroy(self, instance: Membership) -> None:
-        services.remove_member(instance)
+    @extend_schema(request=RoleSerializer, responses=MemberSerializer)
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.update(request, *args, **kwargs)
+
+    def destroy(self, request: Request, **kwargs: Any) -> Response:
+        services.remove_member(self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class TokenSerializer(serializers.ModelSerializer[ApiToken]):

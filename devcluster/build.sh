@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The real Kubernetes control plane, built from its Go modules (this folder's go.mod pins
+# them; go.sum holds their hashes): kube-apiserver, kube-controller-manager,
+# kube-scheduler and kubectl at the Kubernetes release go.mod requires, and etcd at the
+# release that Kubernetes pins. Built once per version into a cache outside the checkout,
+# reused after; prints the folder the binaries are in.
+#
+#   devcluster/build.sh          build if needed; the folder on stdout, the rest on stderr
+set -euo pipefail
+cd "$(dirname "$0")"
+
+command -v go >/dev/null || { echo "ERROR: Go is needed to build the control plane (go.dev/dl, or apt-get install golang)" >&2; exit 1; }
+KUBE=$(go list -m -f '{{.Version}}' k8s.io/kubernetes)
+ETCD=$(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
+CACHE=${KSTUDIO_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kstudio/kube}
+OUT=$CACHE/$KUBE
+# What was built, and from which pins: a change of go.sum builds again.
+STAMP="$KUBE etcd-$ETCD $(sha256sum go.sum | cut -c1-16)"
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd)
+
+if [ -f "$OUT/.built" ] && [ "$(cat "$OUT/.built")" = "$STAMP" ]; then
+  echo "$OUT"
+  exit 0
+fi
+
+minor=${KUBE#v1.}
+minor=${minor%%.*}
+# What `kubectl version` and the API server's /version say, as a release build says it.
+VERSION_FLAGS="-X k8s.io/component-base/version.gitVersion=$KUBE \
+  -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
+  -X k8s.io/component-base/version.gitTreeState=clean \
+  -X k8s.io/client-go/pkg/version.gitVersion=$KUBE \
+  -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+
+mkdir -p "$CACHE"
+work=$(mktemp -d "$CACHE/.build-XXXXXX")
+log=$CACHE/build-$KUBE.log
+trap 'rm -rf "$work"' EXIT
+echo "Building Kubernetes $KUBE (${BINARIES[*]:0:4}) and etcd $ETCD into $OUT; the first build takes a while (log: $log)" >&2
+started=$(date +%s)
+if ! {
+  go build -trimpath -ldflags "-s -w $VERSION_FLAGS" -o "$work/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl &&
+  go build -trimpath -ldflags "-s -w" -o "$work/etcd" go.etcd.io/etcd/server/v3
+} >"$log" 2>&1; then
+  echo "ERROR: building Kubernetes $KUBE failed: $(grep -m1 -v '^#' "$log" || echo "see $log") (log: $log)" >&2
+  exit 1
+fi
+for binary in "${BINARIES[@]}"; do
+  [ -x "$work/$binary" ] || { echo "ERROR: the build made no $binary (log: $log)" >&2; exit 1; }
+done
+echo "$STAMP" >"$work/.built"
+rm -rf "$OUT"
+mv "$work" "$OUT"
+trap - EXIT
+echo "Built Kubernetes $KUBE and etcd $ETCD in $(( $(date +%s) - started )) s" >&2
+echo "$OUT"
