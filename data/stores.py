@@ -277,6 +277,11 @@ class S3Store:
             raise self._words(exc) from exc
 
 
+# What azure-storage-blob raises when what answered is not a blob service (HTML where it
+# wants XML, XML of another shape): its parser's errors, none of them an AzureError.
+NOT_BLOB_STORAGE = (ValueError, AttributeError, KeyError, TypeError)
+
+
 class AzureBlobStore:
     def __init__(
         self, location: dict[str, Any], credentials: dict[str, str], public_only: bool = False
@@ -306,7 +311,6 @@ class AzureBlobStore:
     def _words(self, exc: Exception) -> StoreError:
         from azure.core.exceptions import (
             ClientAuthenticationError,
-            DeserializationError,
             HttpResponseError,
             ResourceNotFoundError,
             ServiceRequestError,
@@ -319,7 +323,7 @@ class AzureBlobStore:
             return StoreError("no such blob in the container")
         if isinstance(exc, ClientAuthenticationError):
             return StoreError("the account key or SAS token was not accepted", "credentials")
-        if isinstance(exc, ServiceRequestError | DeserializationError):
+        if isinstance(exc, (ServiceRequestError, *NOT_BLOB_STORAGE)):
             error = _unreachable(self.account_url, exc)
             error.field = "account_url"
             return error
@@ -331,7 +335,7 @@ class AzureBlobStore:
 
     @_guarded
     def walk(self, prefix: str, limit: int) -> list[File]:
-        from azure.core.exceptions import AzureError, DeserializationError
+        from azure.core.exceptions import AzureError
 
         key = _key(prefix)
         found: list[File] = []
@@ -343,28 +347,28 @@ class AzureBlobStore:
                 if len(found) >= limit:
                     raise _too_many(prefix, limit)
                 found.append(File(name, int(blob.size)))
-        except (AzureError, DeserializationError) as exc:
+        except (AzureError, *NOT_BLOB_STORAGE) as exc:
             raise self._words(exc) from exc
         exact = [f for f in found if f.path == key]
         return exact or found
 
     @_guarded
     def open(self, path: str) -> IO[bytes]:
-        from azure.core.exceptions import AzureError, DeserializationError
+        from azure.core.exceptions import AzureError
 
         try:
             downloader = self.client.download_blob(_key(path))
-        except (AzureError, DeserializationError) as exc:
+        except (AzureError, *NOT_BLOB_STORAGE) as exc:
             raise self._words(exc) from exc
         return cast(IO[bytes], _Chunks(downloader.chunks(), self.public_only))
 
     @_guarded
     def save(self, path: str, content: IO[bytes]) -> None:
-        from azure.core.exceptions import AzureError, DeserializationError
+        from azure.core.exceptions import AzureError
 
         try:
             self.client.upload_blob(_key(path), content, overwrite=True)
-        except (AzureError, DeserializationError) as exc:
+        except (AzureError, *NOT_BLOB_STORAGE) as exc:
             raise self._words(exc) from exc
 
     def _blob_url(self, path: str) -> str:
@@ -391,11 +395,11 @@ class AzureBlobStore:
 
     @_guarded
     def check(self) -> None:
-        from azure.core.exceptions import AzureError, DeserializationError
+        from azure.core.exceptions import AzureError
 
         try:
             next(iter(self.client.list_blobs(results_per_page=1).by_page()), None)
-        except (AzureError, DeserializationError) as exc:
+        except (AzureError, *NOT_BLOB_STORAGE) as exc:
             raise self._words(exc) from exc
 
 

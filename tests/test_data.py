@@ -370,3 +370,35 @@ def test_owners_and_it_ops_manage_datastores_on_a_page(client, people, s3_store,
     assert "lake" in listed and s3_store["secret_key"] not in listed
     assert client.post(url + "lake/delete/").status_code == 302
     assert not Datastore.objects.filter(name="lake").exists()
+
+
+def test_a_blob_endpoint_that_answers_200_with_no_xml_is_refused_in_words(api, people):
+    """It raised azure-core's DeserializationError, which is no AzureError: a 500."""
+    import http.server
+    import threading
+
+    class NotStorage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>a login page, say</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotStorage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/devstoreaccount1"
+        document = {"name": "blobs", "type": "azure_blob", "account_name": "devstoreaccount1",
+                    "container_name": "data", "account_url": url,
+                    "credentials": {"account_key": stores.AZURITE_KEY}}  # fmt: skip
+        refused = put(api(people.it_ops), document)
+    finally:
+        server.shutdown()
+    assert refused.status_code == 400, refused.content
+    assert fields(refused) == {"account_url": f"cannot reach a storage service at {url}"}
+    assert not Datastore.objects.filter(name="blobs").exists()
