@@ -51,6 +51,7 @@ for binary in "${BINARIES[@]}"; do
   [ -x "$work/$binary" ] || { echo "ERROR: the build made no $binary (log: $log)" >&2; exit 1; }
 done
 echo "$STAMP" >"$work/.built"
+chmod 0755 "$work"
 rm -rf "$OUT"
 mv "$work" "$OUT"
 trap - EXIT
