@@ -146,9 +146,13 @@ def _lock_owners(workspace_id: int) -> None:
     )
 
 
-def change_role(member: Member, role: str) -> Member:
+def _record(member: Member | Membership | Invitation) -> Membership | Invitation:
+    return member.record if isinstance(member, Member) else member
+
+
+def change_role(member: Member | Membership | Invitation, role: str) -> Member:
     _check_role(role)
-    record = member.record
+    record = _record(member)
     if isinstance(record, Invitation):
         record.role = role
         record.save(update_fields=["role"])
@@ -164,8 +168,8 @@ def change_role(member: Member, role: str) -> Member:
     return _member(record)
 
 
-def remove_member(member: Member) -> None:
-    record = member.record
+def remove_member(member: Member | Membership | Invitation) -> None:
+    record = _record(member)
     if isinstance(record, Invitation):
         record.delete()
         return
