@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import io
+import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import httpx
@@ -160,49 +164,74 @@ def test_runcontroller_process_runs_jobs_and_stops_on_sigterm(workspace, people,
     os.killpg(running.runtime["pid"], signal.SIGKILL)
 
 
-@pytest.mark.skipif(bool(settings.DATABASE_URL), reason="shares the embedded mode's SQLite file")
-def test_runrouter_scores_as_its_own_process_and_stops_cleanly(tmp_path):
-    """`serve` runs a deployment; `runrouter`, another process on the same database,
-    routes scoring requests to it with the endpoint's key, and stops on SIGTERM."""
-    import io
-    import json
-    import tarfile
+@dataclasses.dataclass
+class Scratch:
+    """A fresh embedded studio's settings in a test's folder (migrated, seeded), an admin
+    token, and the ports `serve` and `runrouter` are to take."""
 
+    env: dict[str, str]
+    token: str
+    port: int = dataclasses.field(default_factory=free_port)
+    router_port: int = dataclasses.field(default_factory=free_port)
+
+    def api(self) -> httpx.Client:
+        base = f"http://127.0.0.1:{self.port}/api/v1/workspaces/demo/"
+        return httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
+        )
+
+
+def scratch_studio(tmp_path: Path) -> Scratch:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(STUDIO_VAR_DIR=str(tmp_path / "var"), STUDIO_ADMIN_PASSWORD="a-long-password-1")
     manage("migrate", "--noinput", env=env)
     manage("seed", env=env)
     token = manage("createtoken", "admin", env=env).stdout.strip().splitlines()[-1]
-    port, router_port = free_port(), free_port()
-    env["STUDIO_INFERENCE_URL"] = f"http://127.0.0.1:{router_port}"
-    server = start("serve", "--port", str(port), env=env)
-    router = start("runrouter", "--port", str(router_port), env=env)
+    scratch = Scratch(env, token)
+    env["STUDIO_INFERENCE_URL"] = f"http://127.0.0.1:{scratch.router_port}"
+    return scratch
+
+
+def answers(api: httpx.Client) -> bool:
+    try:
+        return api.get("online-endpoints/").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def deploy_blue(api: httpx.Client, endpoint: str) -> str:
+    """Deployment blue of a scoring script that echoes, all the endpoint's traffic, once it
+    serves: the endpoint's key."""
     script = b"def init():\n    pass\n\ndef run(raw):\n    return {'got': raw}\n"
     code = io.BytesIO()
     with tarfile.open(fileobj=code, mode="w:gz") as tar:
         info = tarfile.TarInfo("score.py")
         info.size = len(script)
         tar.addfile(info, io.BytesIO(script))
+    code.seek(0)
+    spec = {"name": "blue", "code_configuration": {"code": ".", "scoring_script": "score.py"}}
+    api.post(f"online-endpoints/{endpoint}/deployments/", params={"all_traffic": "true"},
+             data={"spec": json.dumps(spec)}, files={"code": ("c.tar.gz", code)})  # fmt: skip
+    wait_until(lambda: api.get(f"online-endpoints/{endpoint}/deployments/blue/").json()[
+        "provisioning_state"] == "Succeeded", 60, "blue to serve")  # fmt: skip
+    return str(api.post(f"online-endpoints/{endpoint}/get-credentials/").json()["primaryKey"])
+
+
+@pytest.mark.skipif(bool(settings.DATABASE_URL), reason="shares the embedded mode's SQLite file")
+def test_runrouter_scores_as_its_own_process_and_stops_cleanly(tmp_path):
+    """`serve` runs a deployment; `runrouter`, another process on the same database,
+    routes scoring requests to it with the endpoint's key, and stops on SIGTERM."""
+    scratch = scratch_studio(tmp_path)
+    server = start("serve", "--port", str(scratch.port), env=scratch.env)
+    router = start("runrouter", "--port", str(scratch.router_port), env=scratch.env)
     try:
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/workspaces/demo/",
-                           headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
-
-        def up() -> bool:
-            try:
-                return api.get("online-endpoints/").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, "the studio to answer")
+        api = scratch.api()
+        wait_until(lambda: answers(api), 60, "the studio to answer")
         made = api.post("online-endpoints/", json={"yaml": "name: routed\n"}).json()
-        assert made["scoring_uri"] == f"http://127.0.0.1:{router_port}/api/v1/endpoint/routed/score"
-        spec = {"name": "blue", "code_configuration": {"code": ".", "scoring_script": "score.py"}}
-        code.seek(0)
-        api.post("online-endpoints/routed/deployments/", params={"all_traffic": "true"},
-                 data={"spec": json.dumps(spec)}, files={"code": ("c.tar.gz", code)})  # fmt: skip
-        wait_until(lambda: api.get("online-endpoints/routed/deployments/blue/").json()[
-            "provisioning_state"] == "Succeeded", 60, "blue to serve")  # fmt: skip
-        key = api.post("online-endpoints/routed/get-credentials/").json()["primaryKey"]
+        assert made["scoring_uri"] == (
+            f"http://127.0.0.1:{scratch.router_port}/api/v1/endpoint/routed/score"
+        )
+        key = deploy_blue(api, "routed")
         assert processes_in(tmp_path / "var")  # the model server, started by `serve`
 
         def scored() -> httpx.Response | None:
@@ -236,52 +265,23 @@ def test_a_killed_studio_started_again_adopts_its_model_servers_and_fails_no_req
     """`serve` is killed (SIGKILL) while a router scores through it; started again, its
     runner adopts the model servers that still serve instead of stopping them under the
     router's feet (which cost ~30 requests a 502). Then a delete ends them all."""
-    import io
-    import json
-    import tarfile
     import threading
 
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(STUDIO_VAR_DIR=str(tmp_path / "var"), STUDIO_ADMIN_PASSWORD="a-long-password-1")
-    manage("migrate", "--noinput", env=env)
-    manage("seed", env=env)
-    token = manage("createtoken", "admin", env=env).stdout.strip().splitlines()[-1]
-    port, router_port = free_port(), free_port()
-    env["STUDIO_INFERENCE_URL"] = f"http://127.0.0.1:{router_port}"
+    scratch = scratch_studio(tmp_path)
     # The router logs each request: to a file, where no full pipe can stop it.
     with open(tmp_path / "router.log", "w") as router_log:
         router = subprocess.Popen([sys.executable, "manage.py", "runrouter", "--port",
-                                   str(router_port)], cwd=ROOT, env=env, stdout=router_log,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
-    server = start("serve", "--port", str(port), env=env)
+                                   str(scratch.router_port)], cwd=ROOT, env=scratch.env,
+                                  stdout=router_log, stderr=subprocess.STDOUT)  # fmt: skip
+    server = start("serve", "--port", str(scratch.port), env=scratch.env)
     again: subprocess.Popen[str] | None = None
-    script = b"def init():\n    pass\n\ndef run(raw):\n    return {'got': raw}\n"
-    code = io.BytesIO()
-    with tarfile.open(fileobj=code, mode="w:gz") as tar:
-        info = tarfile.TarInfo("score.py")
-        info.size = len(script)
-        tar.addfile(info, io.BytesIO(script))
-    code.seek(0)
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/workspaces/demo/",
-                       headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
+    api = scratch.api()
     statuses: list[int] = []
     scoring = threading.Event()
     try:
-
-        def up() -> bool:
-            try:
-                return api.get("online-endpoints/").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, "the studio to answer")
+        wait_until(lambda: answers(api), 60, "the studio to answer")
         made = api.post("online-endpoints/", json={"yaml": "name: kept\n"}).json()
-        spec = {"name": "blue", "code_configuration": {"code": ".", "scoring_script": "score.py"}}
-        api.post("online-endpoints/kept/deployments/", params={"all_traffic": "true"},
-                 data={"spec": json.dumps(spec)}, files={"code": ("c.tar.gz", code)})  # fmt: skip
-        wait_until(lambda: api.get("online-endpoints/kept/deployments/blue/").json()[
-            "provisioning_state"] == "Succeeded", 60, "blue to serve")  # fmt: skip
-        key = api.post("online-endpoints/kept/get-credentials/").json()["primaryKey"]
+        key = deploy_blue(api, "kept")
         servers = processes_in(tmp_path / "var")
         assert servers
 
@@ -300,8 +300,8 @@ def test_a_killed_studio_started_again_adopts_its_model_servers_and_fails_no_req
         wait_until(lambda: len(statuses) > 20, 30, "scoring to go")
         server.kill()  # SIGKILL: nothing is stopped on the way out
         server.wait()
-        again = start("serve", "--port", str(port), env=env)
-        wait_until(up, 60, "the studio to answer again")
+        again = start("serve", "--port", str(scratch.port), env=scratch.env)
+        wait_until(lambda: answers(api), 60, "the studio to answer again")
         answered_at = len(statuses)
         seen: list[str] = []
         threading.Thread(target=lambda: seen.extend(again.stdout), daemon=True).start()
