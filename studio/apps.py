@@ -12,15 +12,15 @@ class StudioConfig(AppConfig):
         from django.db.models.signals import post_save
 
         from studio import schema  # noqa: F401 - registers the OpenAPI auth extension
+        from studio.models import Invitation
         from studio.services import accept_invitations
 
         def account_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+            """An account made (or made active) takes up the invitations to its name."""
             if (
                 instance.is_active
                 and Invitation.objects.filter(username=instance.get_username()).exists()
             ):
                 accept_invitations(instance)
-
-        from studio.models import Invitation
 
         post_save.connect(account_saved, sender=get_user_model(), weak=False)

@@ -118,6 +118,22 @@ def running(http: httpx.Client, name: str) -> dict:
     return shown if shown["provisioning_state"] == "Succeeded" else {}
 
 
+def blue_fails(studio: httpx.Client, script: bytes, timeout: float) -> dict:
+    """Deployment blue of a scoring script alone, as shown once it has Failed."""
+    spec = {"name": "blue", "endpoint_name": "my-endpoint",
+            "code_configuration": {"code": ".", "scoring_script": "score.py"}}  # fmt: skip
+    made = studio.post("online-endpoints/my-endpoint/deployments/",
+                       data={"spec": json.dumps(spec)},
+                       files={"code": ("c.tar.gz", archive({"score.py": script}))})  # fmt: skip
+    assert made.status_code == 201, made.text
+
+    def failed() -> dict:
+        shown = studio.get("online-endpoints/my-endpoint/deployments/blue/").json()
+        return shown if shown["provisioning_state"] == "Failed" else {}
+
+    return dict(wait_until(failed, timeout, "blue to fail"))
+
+
 def serve_script(
     studio: httpx.Client, spec: dict, script: bytes, timeout: float = 60
 ) -> tuple[str, dict[str, str]]:
@@ -751,18 +767,7 @@ def test_instances_that_crash_in_a_loop_fail_the_deployment_with_azures_code(stu
 
     monkeypatch.setattr(runner, "CRASH_LOOP_RESTARTS", 2)
     studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\nauth_mode: key\n"})
-    document = {"name": "blue", "endpoint_name": "my-endpoint",
-                "code_configuration": {"code": ".", "scoring_script": "score.py"}}  # fmt: skip
-    made = studio.post("online-endpoints/my-endpoint/deployments/",
-                       data={"spec": json.dumps(document)},
-                       files={"code": ("c.tar.gz", archive({"score.py": CRASHING}))})  # fmt: skip
-    assert made.status_code == 201, made.text
-
-    def failed() -> dict:
-        shown = studio.get("online-endpoints/my-endpoint/deployments/blue/").json()
-        return shown if shown["provisioning_state"] == "Failed" else {}
-
-    shown = wait_until(failed, 90, "the crash loop to fail the deployment")
+    shown = blue_fails(studio, CRASHING, 90)
     assert shown["error_code"] == "DeploymentCrashLoopBackOff"
     assert shown["reason"].startswith("instances were restarted 3 times in 10 minutes")
     assert "it exited with code 3" in shown["reason"]
@@ -1107,18 +1112,7 @@ def test_a_scoring_script_never_runs_as_the_studio_when_its_python_is_closed_to_
     whose configured Python its own user cannot run does not start, and says why."""
     settings.STUDIO_DEPLOYMENT_UID_BASE = UID_BASE
     studio.post("online-endpoints/", json={"yaml": "name: my-endpoint\n"})
-    spec = {"name": "blue", "endpoint_name": "my-endpoint",
-            "code_configuration": {"code": ".", "scoring_script": "score.py"}}  # fmt: skip
-    made = studio.post("online-endpoints/my-endpoint/deployments/",
-                       data={"spec": json.dumps(spec)},
-                       files={"code": ("c.tar.gz", archive({"score.py": ISOLATED}))})  # fmt: skip
-    assert made.status_code == 201, made.text
-
-    def failed() -> dict:
-        shown = studio.get("online-endpoints/my-endpoint/deployments/blue/").json()
-        return shown if shown["provisioning_state"] == "Failed" else {}
-
-    shown = wait_until(failed, 60, "blue to fail")
+    shown = blue_fails(studio, ISOLATED, 60)
     assert "STUDIO_DEPLOYMENT_PYTHON" in shown["reason"], shown
     assert "closed to other users" in shown["reason"]
     assert Deployment.objects.get(name="blue").instances == []
