@@ -54,21 +54,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from devcluster.network import splice
+from devcluster.pods import hold_to_limit, quantity
 from tests.kube.apiserver import ApiError, ApiServer, Kind, now_rfc3339
-
-UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
-
-
-def quantity(value: Any) -> float:
-    text = str(value)
-    if text.endswith("m"):
-        return float(text[:-1]) / 1000
-    for suffix, factor in UNITS.items():
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * factor
-    return float(text)
 
 
 def stamp(at: float) -> str:
@@ -481,7 +469,7 @@ class FakeCluster:
                 client.close()
                 continue
             upstream.settimeout(None)
-            threading.Thread(target=_connect, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=splice, args=(client, upstream), daemon=True).start()
 
     def _job_of(self, pod: dict[str, Any]) -> dict[str, Any] | None:
         name = (pod["metadata"].get("labels") or {}).get("job-name")
@@ -771,7 +759,7 @@ class FakeCluster:
             memory = ((container.get("resources") or {}).get("limits") or {}).get("memory")
             if memory:
                 threading.Thread(
-                    target=self._hold_to, args=(running, quantity(memory)), daemon=True
+                    target=hold_to_limit, args=(running, quantity(memory)), daemon=True
                 ).start()
             assert running.process.stdout is not None
             for line in iter(running.process.stdout.readline, b""):
@@ -849,23 +837,6 @@ class FakeCluster:
             finally:
                 connection.close()
             running.done.wait(min(float(probe.get("periodSeconds", 10)), 0.2))
-
-    def _hold_to(self, running: Running, limit: float) -> None:
-        """The container's memory limit: its processes together past it, all killed and
-        the container's end is OOMKilled, as the kernel does to a cgroup."""
-        process = running.process
-        assert process is not None
-        while not running.done.wait(0.1) and process.poll() is None:
-            try:
-                tree = psutil.Process(process.pid)
-                used = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)])
-            except psutil.Error:
-                continue
-            if used > limit:
-                running.oom_killed = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                return
 
     def _crashed(
         self, meta: dict[str, Any], container: dict[str, Any], code: int, message: str,
@@ -1141,30 +1112,6 @@ def _in_sandbox(value: str, paths: dict[str, str], sandbox: str, above: bool = T
             # A folder above mounts (as /data above /data/a): the sandbox's.
             return os.path.join(sandbox, value.lstrip("/"))
     return value
-
-
-def _connect(client: socket.socket, upstream: socket.socket) -> None:
-    """A proxied connection: both directions, then both sockets closed."""
-    back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
-    back.start()
-    _pipe(client, upstream)
-    back.join()
-    client.close()
-    upstream.close()
-
-
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
-    """One direction of a proxied connection, until either side closes it."""
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-        with contextlib.suppress(OSError):
-            source.shutdown(socket.SHUT_RD)
 
 
 def _ready(pod: dict[str, Any]) -> bool:
