@@ -1,6 +1,7 @@
 """A whole dev cluster: the real control plane (devcluster.controlplane), the process
-kubelet's nodes, kube-proxy and the API server's egress tunnel, in one temp folder that
-goes when it stops. `make cluster` and the tests' session fixture both start one."""
+kubelet's nodes, kube-proxy, the API server's egress tunnel and a default StorageClass's
+provisioner, in one temp folder that goes when it stops. `make cluster` and the tests'
+session fixture both start one."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from devcluster.api import Api, ApiError
 from devcluster.controlplane import ControlPlane, build
 from devcluster.kubelet import Images, Kubelet, Node, wait
 from devcluster.network import Addresses, Proxy, Tunnel
+from devcluster.pki import Pair
+from devcluster.storage import Provisioner
 
 
 class DevCluster:
@@ -65,8 +68,6 @@ class DevCluster:
             ca = self.control.ca
             assert ca is not None
             pki = self.folder / "pki"
-            from devcluster.pki import Pair
-
             self.admin_api = Api(
                 self.control.url, str(ca.path), Pair(pki / "admin.crt", pki / "admin.key")
             )
@@ -98,6 +99,7 @@ class DevCluster:
                 "the kubernetes Service",
             )
             self.kubelet.service_host = kubernetes["spec"]["clusterIP"]
+            Provisioner(self.api, self.folder / "volumes", self.stopped)
             for index in range(nodes):
                 self.add_node(f"node-{index + 1}")
             # Pods need the namespace's default ServiceAccount (made by the controller
