@@ -45,8 +45,9 @@ class Images:
     """What pulling an image does on this kubelet, which runs none: `*:unpullable` fails
     (a wrong name), `*:flaky` fails once on each node then pulls (a registry's 429), and an
     image of the cluster's own registry pulls once something pushed it (a file in
-    `registry`). `entrypoints` stand in for images whose program this host has not;
-    `interpreters` are images whose `python` is an interpreter of this host."""
+    `registry`), and `*:no-python` has no `python` to run. `entrypoints` stand in for
+    images whose program this host has not; `interpreters` are images whose `python` is an
+    interpreter of this host."""
 
     registry: Path
     entrypoints: dict[str, list[str]] = field(default_factory=dict)
@@ -74,6 +75,9 @@ class Images:
         return list(self.entrypoints.get(image.split(":")[0], []))
 
     def program(self, image: str, program: str) -> str:
+        """The host program that runs `program` of the image (OSError: the image has none)."""
+        if image.endswith(":no-python") and program in ("python", "python3"):
+            raise OSError(f'exec: "{program}": executable file not found in $PATH')
         interpreter = self.interpreters.get(image.split(":")[0])
         return interpreter if interpreter and program in ("python", "python3") else program
 

@@ -251,7 +251,10 @@ class Pod:
                     "finishedAt": now(),
                 }
             }
+            container.last = {"terminated": container.state["terminated"]}
             instance.done.set()
+            if not container.init:
+                self._settle_phase()
             self.publish()
             return 128
         container.state = {"running": {"startedAt": instance.started}}
