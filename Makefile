@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:54329/kstudio
 TEST_REDIS_URL ?= redis://127.0.0.1:63799/0
 
-.PHONY: run install test lint test-embedded test-server test-servers test-services test-services-stop test-packages chromium bench clean
+.PHONY: run cluster kube-build install test lint test-embedded test-server test-servers test-services test-services-stop test-packages chromium bench clean
 
 $(STAMP): pyproject.toml cli/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,18 @@ run: install
 	$(PY) manage.py seed
 	$(PY) manage.py serve
 
-test: install test-packages test-servers test-services lint test-embedded test-server
+test: install test-packages test-servers test-services kube-build lint test-embedded test-server
+
+# A real Kubernetes control plane on this machine (devcluster/): etcd, kube-apiserver,
+# controller manager and scheduler built from their Go modules, nodes run by our process
+# kubelet. Prints KUBECONFIG=<path> once Ready; Ctrl-C stops it. NODES=N for N nodes.
+cluster: install kube-build
+	$(PY) -m devcluster
+
+# Built once per Kubernetes version into ~/.cache/kstudio/kube/<version>/ (Go 1.26 and the
+# module proxy); says when it builds and how long it took.
+kube-build:
+	@devcluster/build.sh >/dev/null
 
 lint: install
 	$(VENV)/bin/ruff check .
