@@ -121,6 +121,9 @@ def _quantity_rule(path: str) -> dict[str, str]:
 
 
 def _resources_schema() -> dict[str, Any]:
+    # A structural schema may not give additionalProperties beside properties (the API
+    # server refuses the CRD); unknown keys are refused as "unknown field" by the server's
+    # strict field validation (kubectl's default) and pruned otherwise.
     quantity = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"},
                                                             {"type": "string"}]}  # fmt: skip
     gpu = {"type": "integer", "minimum": 0, "nullable": True}
@@ -132,14 +135,12 @@ def _resources_schema() -> dict[str, Any]:
                 "type": "object",
                 "required": ["cpu", "memory"],
                 "properties": {"cpu": quantity, "memory": quantity},
-                "additionalProperties": False,
                 "x-kubernetes-validations": [_quantity_rule("cpu"), _quantity_rule("memory")],
             },
             "limits": {
                 "type": "object",
                 "required": ["cpu", "memory"],
                 "properties": {"cpu": quantity, "memory": quantity, "nvidia.com/gpu": gpu},
-                "additionalProperties": False,
                 "x-kubernetes-validations": [_quantity_rule("cpu"), _quantity_rule("memory")],
             },
         },
