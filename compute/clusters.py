@@ -228,7 +228,14 @@ def check_attachments() -> None:
 
 def namespace_problem(cluster: Cluster, namespace: str) -> str:
     try:
-        client.CoreV1Api(kube.api_client(cluster)).read_namespace(namespace)
+        found = client.CoreV1Api(kube.api_client(cluster)).read_namespace(namespace)
+        if found.status and found.status.phase == "Terminating":
+            # Deleted, its objects still going: no new pod can be made in it.
+            return (
+                f"namespace {namespace!r} is being deleted in cluster {cluster.name!r}: "
+                "once it is gone, IT-ops can re-create it (cluster install does) or detach "
+                "this target"
+            )
         return ""
     except ApiException as exc:
         if exc.status == 404:
