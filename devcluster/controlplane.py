@@ -33,6 +33,30 @@ from devcluster.pki import Authority, Pair, signing_keys
 HERE = Path(__file__).resolve().parent
 POD_CIDR = "10.244.0.0/17"  # nodes listen in 127.b.200.0/24 (network.Addresses)
 # A process this kubelet starts dies with the process that started it, even on SIGKILL.
+# The API server's audit log records clients' requests, once each (a watch when it starts),
+# but not those of the cluster's own parts: nodes, controllers, scheduler, kube-proxy.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "Panic"],
+    "rules": [
+        {
+            "level": "None",
+            "users": [
+                "system:kube-controller-manager",
+                "system:kube-scheduler",
+                "system:kube-proxy",
+                "system:apiserver",
+            ],
+        },
+        {
+            "level": "None",
+            "userGroups": ["system:nodes", "system:serviceaccounts:kube-system"],
+        },
+        {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/version"]},
+        {"level": "Metadata"},
+    ],
+}
 DEATH = ["setpriv", "--pdeathsig", "TERM"] if shutil.which("setpriv") else []
 
 
@@ -122,6 +146,12 @@ class ControlPlane:
         return f"127.{self.block + 1}"
 
     @property
+    def audit_log(self) -> Path:
+        """One JSON line per request of a client that is not the cluster's own (see
+        AUDIT_POLICY): how tests and benchmarks count a client's requests."""
+        return self.folder / "audit.log"
+
+    @property
     def admin(self) -> Path:
         return self.folder / "admin.kubeconfig"
 
@@ -164,6 +194,8 @@ class ControlPlane:
         scheduler = self.write_kubeconfig(
             self.folder / "scheduler.kubeconfig", ca.issue("scheduler", "system:kube-scheduler")
         )
+        audit = self.folder / "audit-policy.yaml"
+        audit.write_text(yaml.safe_dump(AUDIT_POLICY))
         egress = self.folder / "egress.yaml"
         assert self.tunnel is not None, "the kubelet's tunnel comes first"
         egress.write_text(
@@ -249,6 +281,10 @@ class ControlPlane:
                 "InternalIP",
                 "--egress-selector-config-file",
                 str(egress),
+                "--audit-policy-file",
+                str(audit),
+                "--audit-log-path",
+                str(self.audit_log),
                 "--profiling=false",
             ],
         )
