@@ -281,13 +281,19 @@ def azure_store() -> Iterator[dict[str, Any]]:
         yield options
 
 
-@pytest.fixture
-def kube() -> Iterator[FakeCluster]:
-    """A fake Kubernetes cluster over real HTTP (tests/kube) with one 4-CPU node."""
-    cluster = FakeCluster().start()
-    cluster.add_node("node-1", {"pool": "cpu"}, cpu="4", memory="16Gi")
+@pytest.fixture(scope="session")
+def dev_cluster() -> Iterator[Any]:
+    """The real control plane (devcluster: kube-apiserver, etcd, controller manager,
+    scheduler) with the process kubelet's first node, for the whole session."""
+    from tests.devkube import start_session
+
+    cluster = start_session()
     yield cluster
-    # The studio's watches and log followers of this cluster end with it, as the
+    cluster.stop()
+
+
+def _close_backends() -> None:
+    # The studio's watches and log followers of a cluster end with the test, as the
     # process they would live in would.
     from compute import backends, instance_types
 
@@ -296,7 +302,37 @@ def kube() -> Iterator[FakeCluster]:
         for backend in backends._built.values():
             backend.close()
         backends._built.clear()
+
+
+@pytest.fixture
+def real_kube(dev_cluster: Any) -> Iterator[Any]:
+    """The session's real cluster, as this test finds it and leaves it: what the test
+    made there is deleted at its end."""
+    from tests.devkube import RealKube
+
+    handle = RealKube(dev_cluster)
+    yield handle
+    _close_backends()
+    handle.reset()
+
+
+@pytest.fixture
+def fake_kube() -> Iterator[FakeCluster]:
+    """A fake Kubernetes cluster over real HTTP (tests/kube) with one 4-CPU node: for the
+    faults and counts a real API server does not give on demand."""
+    cluster = FakeCluster().start()
+    cluster.add_node("node-1", {"pool": "cpu"}, cpu="4", memory="16Gi")
+    yield cluster
+    _close_backends()
     cluster.stop()
+
+
+@pytest.fixture
+def kube(request: pytest.FixtureRequest) -> Any:
+    """The real cluster; the fake for a test that asks for `fake_kube` too."""
+    if "fake_kube" in request.fixturenames or os.environ.get("KSTUDIO_FAKE_KUBE"):
+        return request.getfixturevalue("fake_kube")
+    return request.getfixturevalue("real_kube")
 
 
 def register(api: Any, user: Any, kube: FakeCluster, name: str = "lab", **extra: Any) -> Any:

@@ -175,7 +175,7 @@ def test_a_deployment_serves_from_pods_and_rolls_an_update_without_a_failed_requ
     logs = "online-endpoints/k8s-endpoint/deployments/blue/logs/"
     selector = f"{endpoint_kube.DEPLOYMENT_LABEL}={name}"
     (pod,) = kube.api.list(kube.api.kind("", "pods"), "team-a", selector)["items"]
-    assert f"model server listening on {pod['status']['podIP']}:" in studio.get(logs).text
+    assert f"model server listening on {kube.listening_address(pod)}:" in studio.get(logs).text
     prepared = studio.get(logs, params={"container": "storage-initializer"}).text
     assert "unpacked code.tar.gz" in prepared and "unpacked model.tar.gz" in prepared
     assert studio.patch(
@@ -250,7 +250,7 @@ def test_a_deployment_serves_from_pods_and_rolls_an_update_without_a_failed_requ
     )
     lines = {(m["instance"], m["container"], m["line"]) for m in read}
     assert (new_pod["metadata"]["name"], "storage-initializer", "unpacked code.tar.gz") in lines
-    listening = f"model server listening on {new_pod['status']['podIP']}:{endpoint_kube.PORT}"
+    listening = f"model server listening on {kube.listening_address(new_pod)}:{endpoint_kube.PORT}"
     assert (new_pod["metadata"]["name"], "inference-server", listening) in lines
     assert len({m["seq"] for m in read}) == len(read)  # none twice
     # Each container's log is one stream for as long as it runs, not a request a second.
@@ -267,9 +267,15 @@ def test_a_deployment_serves_from_pods_and_rolls_an_update_without_a_failed_requ
     wait_until(
         lambda: not Deployment.objects.filter(name="blue").exists(), 30, "the deployment to go"
     )
-    assert kube.api.count(kube.api.kind("apps", "deployments"), "team-a") == 0
+    # Foreground deletion: the Deployment goes once its ReplicaSets and pods have.
+    wait_until(
+        lambda: kube.api.count(kube.api.kind("apps", "deployments"), "team-a") == 0,
+        60,
+        "its Kubernetes Deployment to go",
+    )
     assert kube.api.count(kube.api.kind("", "services"), "team-a") == 0
-    assert kube.api.count(kube.api.kind("", "configmaps"), "team-a") == 0
+    left = kube.api.list(kube.api.kind("", "configmaps"), "team-a")["items"]
+    assert [m["metadata"]["name"] for m in left] == ["kube-root-ca.crt"]  # every namespace's
 
 
 def test_pods_that_cannot_serve_are_named_with_azures_codes(studio, kube, attached):
@@ -438,8 +444,9 @@ def test_azures_blue_green_example_deploys_to_kubernetes_and_moves_traffic_witho
     # (the same conda file, the same key): pip runs once per checkout, not per run.
     cache = Path(__file__).resolve().parents[1] / "var" / "test-environments"
     cache.mkdir(parents=True, exist_ok=True)
-    (Path(kube.volumes) / "team-a").mkdir(parents=True, exist_ok=True)
-    (Path(kube.volumes) / "team-a" / "kstudio-environments").symlink_to(cache)
+    volume = kube.claim_folder("team-a", "kstudio-environments")
+    volume.rmdir()
+    volume.symlink_to(cache)
     tree = example_tree(tmp_path, compat)
     walk_azures_blue_green_example(kstudio, tree, "k8s")
     pods = kube.api.list(kube.api.kind("", "pods"), "team-a", "kstudio.io/deployment=blue")

@@ -1,6 +1,7 @@
 """A stand-in for kaniko's executor in the fake cluster: reads its flags as kaniko does,
 checks the context has the Dockerfile and that it starts FROM an image, runs no build,
-and "pushes" the destination to the fake registry (a file named by the image), printing
+and "pushes" the destination to the fake registry (a file named by the image, in the
+folder --fake-registry or FAKE_REGISTRY names), printing
 kaniko's own kind of lines. A Dockerfile with `RUN false` fails as a build step would."""
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> int:
     if not destination:
         print("error: --destination is required to push")
         return 1
-    registry = os.environ["FAKE_REGISTRY"]
+    registry = flags.get("fake-registry") or os.environ["FAKE_REGISTRY"]
     with open(os.path.join(registry, destination.replace("/", "%")), "w") as f:
         f.write("\n".join(lines))
     print(f"INFO Pushing image to {destination}")
