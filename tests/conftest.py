@@ -319,7 +319,7 @@ def real_kube(dev_cluster: Any) -> Iterator[Any]:
 @pytest.fixture
 def fake_kube() -> Iterator[FakeCluster]:
     """A fake Kubernetes cluster over real HTTP (tests/kube) with one 4-CPU node: for the
-    faults and counts a real API server does not give on demand."""
+    faults a healthy API server does not give on demand (429, 500, dropped watches)."""
     cluster = FakeCluster().start()
     cluster.add_node("node-1", {"pool": "cpu"}, cpu="4", memory="16Gi")
     yield cluster
