@@ -291,14 +291,16 @@ class RealKube:
         ):
             with contextlib.suppress(ApiError):
                 raw.call("DELETE", path, query={"propagationPolicy": "Background"})
-        for namespace in [*namespaces, "default"]:  # pods at once, not after their grace
+        for namespace in namespaces:
+            with contextlib.suppress(ApiError):
+                raw.call("DELETE", f"/api/v1/namespaces/{namespace}")
+        # Then their pods at once, not after their grace: a Terminating namespace takes no
+        # new pod, so none a controller made meanwhile is left to stop slowly.
+        for namespace in [*namespaces, "default"]:
             with contextlib.suppress(ApiError):
                 raw.call(
                     "DELETE", f"/api/v1/namespaces/{namespace}/pods", {"gracePeriodSeconds": 0}
                 )
-        for namespace in namespaces:
-            with contextlib.suppress(ApiError):
-                raw.call("DELETE", f"/api/v1/namespaces/{namespace}")
         for path in CLUSTER_WIDE:
             for name in now[path] - self.before[path]:
                 with contextlib.suppress(ApiError):
@@ -314,5 +316,12 @@ class RealKube:
             if not left:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"namespaces {sorted(left)} were not deleted in {timeout} s")
+                pods = [
+                    f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+                    for pod in raw.call("GET", "/api/v1/pods")["items"]
+                    if pod["metadata"]["namespace"] in left
+                ]
+                raise TimeoutError(
+                    f"namespaces {sorted(left)} were not deleted in {timeout} s (pods left: {pods})"
+                )
             time.sleep(0.1)
