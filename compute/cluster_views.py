@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from compute import clusters, instance_types
 from compute.forms import (
+    AdminActForm,
     AttachForm,
     ClusterForm,
     ExtensionForm,
@@ -76,14 +77,27 @@ def cluster_install(request: HttpRequest, name: str) -> HttpResponse:
     form.is_valid()
     pairs = [line.strip() for line in form.cleaned_data.get("settings", "").splitlines()]
     try:
-        outcome = clusters.install(cluster, [p for p in pairs if p])
+        outcome = clusters.install(
+            cluster,
+            [p for p in pairs if p],
+            form.cleaned_data.get("kubeconfig", ""),
+            form.cleaned_data.get("context", ""),
+        )
     except FieldErrors as errors:
         _show_errors(form, errors)
-        return cluster_detail(request, name, extension_form=form, status=400)
+        return cluster_detail(request, name, extension_form=_unechoed(form), status=400)
     if outcome.problems:
-        return cluster_detail(request, name, extension_form=form, outcome=outcome, status=409)
+        return cluster_detail(
+            request, name, extension_form=_unechoed(form), outcome=outcome, status=409
+        )
     messages.success(request, f"The extension is installed in {name}.")
     return cluster_detail(request, name, outcome=outcome)
+
+
+def _unechoed(form: ExtensionForm) -> ExtensionForm:
+    """The form as typed, but for the credentials: they are never shown back."""
+    form.data = {k: v for k, v in form.data.items() if k != "kubeconfig"}
+    return form
 
 
 @it_ops_required
@@ -97,8 +111,15 @@ def cluster_manifests(request: HttpRequest, name: str) -> HttpResponse:
 @it_ops_required
 @require_POST
 def cluster_uninstall(request: HttpRequest, name: str) -> HttpResponse:
+    form = AdminActForm(request.POST)
+    form.is_valid()
+    given = form.cleaned_data
     try:
-        removed = clusters.uninstall(get_object_or_404(Cluster, name=name))
+        removed = clusters.uninstall(
+            get_object_or_404(Cluster, name=name),
+            given.get("kubeconfig", ""),
+            given.get("context", ""),
+        )
         deleted = sum(1 for r in removed if r["outcome"] == "deleted")
         messages.success(request, f"Removed {deleted} object(s); attached namespaces kept.")
     except FieldErrors as errors:

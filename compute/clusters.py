@@ -11,8 +11,8 @@ from django.db import transaction
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from compute import capacity, extension, instance_types, kube, services
-from compute.models import Cluster, ComputeKind, ComputeTarget, namespace_validator
+from compute import capacity, credentials, extension, instance_types, kube, services
+from compute.models import Cluster, ComputeKind, ComputeTarget, Credentials, namespace_validator
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
 
@@ -78,7 +78,8 @@ def delete(cluster: Cluster) -> None:
 
 
 def status(cluster: Cluster) -> dict[str, Any]:
-    checked = kube.check(cluster)
+    # What the credentials may do where the work runs (the extension's reach no further).
+    checked = kube.check(cluster, next(iter(attached_namespaces(cluster)), "default"))
     return {
         "reachable": checked.reachable,
         "version": checked.version,
@@ -128,7 +129,9 @@ def attach(
         raise FieldErrors(errors)
     assert cluster is not None
     ensure_namespace(cluster, namespace, create=create_namespace)
-    if (cluster.settings or {}).get("environmentCache"):
+    if cluster.credentials == Credentials.EXTENSION:
+        compute.problem = namespace_problem(cluster, namespace)
+    if (cluster.settings or {}).get("environmentCache") and not compute.problem:
         # The extension gives each attached namespace its cache; a new one gets it now.
         labels = {**extension.PART_OF, "kstudio.io/cluster": cluster.name}
         claim = extension.cache_claim(namespace, cluster.settings, labels)
@@ -184,20 +187,29 @@ def attached_namespaces(cluster: Cluster) -> list[str]:
     return sorted(set(cluster.attachments.values_list("namespace", flat=True)))
 
 
-def install(cluster: Cluster, pairs: list[str]) -> extension.Outcome:
-    """Apply the extension with these settings (`key=value`, as Azure's names them)."""
+def install(
+    cluster: Cluster, pairs: list[str], kubeconfig: str = "", context: str = ""
+) -> extension.Outcome:
+    """Apply the extension with these settings (`key=value`, as Azure's names them), with
+    the credentials IT-ops gave (at registration, or now: `kubeconfig`). Once it is in
+    place the studio keeps only the extension's own ServiceAccount token."""
     try:
         settings = extension.parse_settings(pairs, cluster.settings or {})
     except ValueError as exc:
         raise FieldErrors([(f"set.{key}", message) for key, message in exc.args[0]]) from exc
+    api = credentials.for_act(cluster, kubeconfig, context)
     try:
-        outcome = extension.install(cluster, attached_namespaces(cluster), settings)
+        outcome = extension.install(cluster, attached_namespaces(cluster), settings, api)
+        if outcome.problems:
+            return outcome
+        cluster.settings = settings
+        if not any(a["outcome"].startswith("failed") for a in outcome.applied):
+            credentials.take_own(cluster, api, kubeconfig, context)
     except Exception as exc:
         raise kube.refused(cluster, exc) from exc
-    if not outcome.problems:
-        cluster.settings = settings
-        cluster.save(update_fields=["settings", "updated_at"])
-        changed(cluster)
+    cluster.save()
+    changed(cluster)
+    refresh_problems(cluster)
     return outcome
 
 
@@ -207,9 +219,12 @@ def manifests(cluster: Cluster) -> str:
     return yaml.safe_dump_all(objects, sort_keys=False)
 
 
-def uninstall(cluster: Cluster) -> list[dict[str, str]]:
+def uninstall(cluster: Cluster, kubeconfig: str = "", context: str = "") -> list[dict[str, str]]:
+    """Remove the extension, with an admin's credentials as install: the studio's own
+    token goes with it, so it reaches the cluster again only by installing anew."""
+    api = credentials.for_act(cluster, kubeconfig, context)
     try:
-        return extension.uninstall(cluster, attached_namespaces(cluster))
+        return extension.uninstall(cluster, attached_namespaces(cluster), api)
     except Exception as exc:
         raise kube.refused(cluster, exc) from exc
 
@@ -217,9 +232,15 @@ def uninstall(cluster: Cluster) -> list[dict[str, str]]:
 def check_attachments() -> None:
     """Each Kubernetes compute target's namespace still exists (the controller asks now
     and then): what is wrong is kept on the target, shown, and refuses submissions."""
-    for compute in ComputeTarget.objects.filter(kind=ComputeKind.KUBERNETES).select_related(
-        "cluster"
-    ):
+    _check(ComputeTarget.objects.filter(kind=ComputeKind.KUBERNETES))
+
+
+def refresh_problems(cluster: Cluster) -> None:
+    _check(cluster.attachments.all())
+
+
+def _check(targets: Any) -> None:
+    for compute in targets.select_related("cluster"):
         assert compute.cluster is not None
         problem = namespace_problem(compute.cluster, compute.namespace)
         if problem != compute.problem:
@@ -228,13 +249,23 @@ def check_attachments() -> None:
 
 def namespace_problem(cluster: Cluster, namespace: str) -> str:
     try:
-        found = client.CoreV1Api(kube.api_client(cluster)).read_namespace(namespace)
+        api = kube.api_client(cluster)
+        found = client.CoreV1Api(api).read_namespace(namespace)
         if found.status and found.status.phase == "Terminating":
             # Deleted, its objects still going: no new pod can be made in it.
             return (
                 f"namespace {namespace!r} is being deleted in cluster {cluster.name!r}: "
                 "once it is gone, IT-ops can re-create it (cluster install does) or detach "
                 "this target"
+            )
+        if cluster.credentials == Credentials.EXTENSION and not kube.may(
+            api, "create", "batch", "jobs", namespace
+        ):
+            # Attached after the install: only an install by an admin grants it.
+            return (
+                f"the extension does not reach namespace {namespace!r} yet: IT-ops installs "
+                f"it again with a cluster admin's kubeconfig (kstudio cluster install "
+                f"{cluster.name} --kubeconfig FILE), which grants the studio this namespace"
             )
         return ""
     except ApiException as exc:

@@ -40,6 +40,10 @@ SETTINGS: dict[str, tuple[type, Any]] = {
     "enableTraining": (bool, True),
     "enableInference": (bool, False),
     "inferenceRouterServiceType": (str, "loadBalancer"),
+    # Not Azure's: with false, enableInference installs no router in the cluster, and the
+    # studio's own router reaches the deployments through the API server's service proxy
+    # (a cluster without load balancers, or one whose pods cannot reach the studio).
+    "inferenceRouter": (bool, True),
     "inferenceRouterHA": (bool, True),
     "allowInsecureConnections": (bool, False),
     # The router's certificate: a Secret in kstudio-system with cert.pem and key.pem (as
@@ -65,6 +69,8 @@ ROUTER_SERVICE_TYPES = ("loadBalancer", "nodePort", "clusterIP")
 DNS_NAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
+# The Secret holding the studio's own ServiceAccount token (compute.credentials).
+TOKEN_SECRET = "kstudio-token"  # noqa: S105 (a name, not a password)
 ROUTER = "kstudio-router"  # the inference router's Deployment, Service and Secret
 ROUTER_TOKENS = SignedToken("krt_", salt="kstudio.router-token")
 
@@ -195,9 +201,10 @@ def crd(group: str = GROUP) -> dict[str, Any]:
 def _role_rules(settings: dict[str, Any]) -> list[dict[str, Any]]:
     inference = [
         # Online deployments (enableInference): their Deployments, Services, ConfigMaps
-        # (server-side applied), and the service proxy a studio outside the cluster uses.
+        # (server-side applied: an apply that makes the object needs create as well as
+        # patch), and the service proxy a studio outside the cluster uses.
         {"apiGroups": ["apps"], "resources": ["deployments"],
-         "verbs": ["get", "list", "watch", "patch", "delete"]},
+         "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["configmaps", "services"],
          "verbs": ["list", "patch"]},
         {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get", "create"]},
@@ -215,7 +222,8 @@ def _role_rules(settings: dict[str, Any]) -> list[dict[str, Any]]:
         # Each job's launcher, launch file and token, in a Secret its Job owns (gone with
         # it): made, never read back.
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"],
+         "verbs": ["create", "get", "patch"]},
     ]  # fmt: skip
 
 
@@ -249,6 +257,11 @@ def manifests(
          "metadata": {"name": SYSTEM_NAMESPACE, "labels": labels}},
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": {"name": "kstudio", "namespace": SYSTEM_NAMESPACE, "labels": labels}},
+        # The studio's own long-lived token, filled in by the token controller and kept
+        # by the studio in place of the admin's credentials; deleting it revokes it.
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+         "metadata": {"name": TOKEN_SECRET, "namespace": SYSTEM_NAMESPACE, "labels": labels,
+                      "annotations": {"kubernetes.io/service-account.name": "kstudio"}}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
          "metadata": {"name": "kstudio", "labels": labels},
          "rules": [
@@ -283,9 +296,14 @@ def manifests(
         ]  # fmt: skip
         if (settings or {}).get("environmentCache"):
             objects.append(cache_claim(namespace, settings or {}, labels))
-    if (settings or {}).get("enableInference"):
+    if has_router(settings or {}):
         objects += router(cluster, settings or {}, labels)
     return objects
+
+
+def has_router(settings: dict[str, Any]) -> bool:
+    """Whether the extension runs a router inside the cluster (enableInference)."""
+    return bool(settings.get("enableInference")) and settings.get("inferenceRouter", True)
 
 
 def router(
@@ -532,13 +550,16 @@ def preflight(api: client.ApiClient, objects: list[dict[str, Any]]) -> list[str]
 
 
 def install(
-    cluster: Cluster, namespaces: list[str], settings: dict[str, Any] | None = None
+    cluster: Cluster,
+    namespaces: list[str],
+    settings: dict[str, Any] | None = None,
+    api: client.ApiClient | None = None,
 ) -> Outcome:
-    api = kube.api_client(cluster)
+    api = api or kube.api_client(cluster)
     objects = manifests(cluster, namespaces, settings)
     outcome = Outcome(problems=preflight(api, objects))
     wanted = cluster.settings if settings is None else settings
-    if wanted.get("enableInference") and not cluster.studio_url:
+    if has_router(wanted) and not cluster.studio_url:
         outcome.problems.append(
             "enableInference installs the inference router, which reads its routing from "
             "the studio: give the cluster the studio's address as its pods reach it "
@@ -558,10 +579,12 @@ def install(
     return outcome
 
 
-def uninstall(cluster: Cluster, namespaces: list[str]) -> list[dict[str, str]]:
+def uninstall(
+    cluster: Cluster, namespaces: list[str], api: client.ApiClient | None = None
+) -> list[dict[str, str]]:
     """Delete what install made, newest first; an object not labelled as the studio's
     (say, a namespace that existed before) is left alone."""
-    api = kube.api_client(cluster)
+    api = api or kube.api_client(cluster)
     removed = []
     for obj in reversed(manifests(cluster, namespaces)):
         meta = obj["metadata"]

@@ -165,7 +165,21 @@ class AttachForm(forms.Form):
         choice.choices = [(c.name, c.name) for c in Cluster.objects.all()]
 
 
-class ExtensionForm(forms.Form):
+class AdminActForm(forms.Form):
+    """A cluster admin's kubeconfig for an act that changes the studio's rights."""
+
+    kubeconfig = forms.CharField(
+        required=False,
+        label="A cluster admin's kubeconfig",
+        widget=forms.Textarea(attrs={"rows": 4, "class": "code", "spellcheck": "false"}),
+        help_text="Used for this act only, not kept. Needed once the studio holds only the "
+        "extension's own credentials.",
+    )
+    context = forms.CharField(required=False, help_text="Default: the kubeconfig's current one.")
+
+
+class ExtensionForm(AdminActForm):
+    field_order = ("settings", "kubeconfig", "context")
     settings = forms.CharField(
         required=False,
         label="Settings",

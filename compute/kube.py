@@ -117,11 +117,20 @@ def api_client(cluster: Cluster) -> client.ApiClient:
     configuration = client.Configuration()
     if cluster.in_cluster:
         config.load_incluster_config(client_configuration=configuration)
-    else:
-        kubeconfig, context = read_kubeconfig(cluster.kubeconfig, cluster.context)
-        config.load_kube_config_from_dict(
-            kubeconfig, context=context, client_configuration=configuration
-        )
+        return _client(configuration)
+    return client_from(*read_kubeconfig(cluster.kubeconfig, cluster.context))
+
+
+def client_from(kubeconfig: dict[str, Any], context: str) -> client.ApiClient:
+    """A client for a kubeconfig already read (and checked) by read_kubeconfig."""
+    configuration = client.Configuration()
+    config.load_kube_config_from_dict(
+        kubeconfig, context=context, client_configuration=configuration
+    )
+    return _client(configuration)
+
+
+def _client(configuration: client.Configuration) -> client.ApiClient:
     # The controller submits several jobs at once, and watches and log followers hold
     # connections of their own.
     configuration.connection_pool_maxsize = 32
@@ -201,6 +210,21 @@ class ClusterStatus:
     denied: list[str] = field(default_factory=list)
 
 
+def may(api: client.ApiClient, verb: str, group: str, resource: str, namespace: str) -> bool:
+    """Whether these credentials may do this, as the API server's authorizer says."""
+    plural, _, sub = resource.partition("/")
+    review = client.V1SelfSubjectAccessReview(
+        spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace, verb=verb, group=group, resource=plural,
+                subresource=sub or None,
+            )
+        )
+    )  # fmt: skip
+    answer: Any = client.AuthorizationV1Api(api).create_self_subject_access_review(review)
+    return bool(answer.status and answer.status.allowed)
+
+
 def check(cluster: Cluster, namespace: str = "default") -> ClusterStatus:
     """The server version, whether the credentials work, and what they may do."""
     try:
@@ -210,22 +234,8 @@ def check(cluster: Cluster, namespace: str = "default") -> ClusterStatus:
         return ClusterStatus(reachable=False, message=in_words(exc))
     status = ClusterStatus(reachable=True, version=version)
     try:
-        auth = client.AuthorizationV1Api(api)
         for verb, group, resource in NEEDED:
-            plural, _, sub = resource.partition("/")
-            review = client.V1SelfSubjectAccessReview(
-                spec=client.V1SelfSubjectAccessReviewSpec(
-                    resource_attributes=client.V1ResourceAttributes(
-                        namespace=namespace,
-                        verb=verb,
-                        group=group,
-                        resource=plural,
-                        subresource=sub or None,
-                    )
-                )
-            )
-            answer: Any = auth.create_self_subject_access_review(review)
-            allowed = bool(answer.status and answer.status.allowed)
+            allowed = may(api, verb, group, resource, namespace)
             (status.allowed if allowed else status.denied).append(f"{verb} {resource}")
         nodes: Any = client.CoreV1Api(api).list_node().items
         status.nodes_ready = sum(

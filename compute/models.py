@@ -31,6 +31,11 @@ secret_name_validator = RegexValidator(
 )
 
 
+class Credentials(models.TextChoices):
+    GIVEN = "given", "as given at registration"
+    EXTENSION = "extension", "the extension's ServiceAccount"
+
+
 class Cluster(models.Model):
     """A Kubernetes cluster IT-ops registered: how to reach it, and its extension settings.
     Workspaces use it through attachments (compute targets of kind kubernetes)."""
@@ -42,6 +47,12 @@ class Cluster(models.Model):
     kubeconfig = EncryptedTextField(blank=True)
     context = models.CharField(max_length=255, blank=True)
     in_cluster = models.BooleanField(default=False)
+    # Whose credentials the kubeconfig holds: those IT-ops gave, until the extension is
+    # installed; from then on only the extension's ServiceAccount token (least privilege:
+    # the admin's are used for that one act and dropped).
+    credentials = models.CharField(
+        max_length=16, choices=Credentials.choices, default=Credentials.GIVEN, editable=False
+    )
     server = models.CharField(max_length=500, blank=True, help_text="The API server's URL.")
     # How this cluster's pods reach the studio (job tokens, uploads, outputs).
     studio_url = models.URLField(blank=True)

@@ -505,9 +505,12 @@ def observe(
     namespace = target.namespace or "default"
     name = names(deployment)
     workloads, _pods = _informers(target)
-    if workloads.trouble is not None:  # the cluster is away: said as a read would
-        raise workloads.trouble
-    workload = workloads.get(name) if workloads.synced.is_set() else None
+    trouble = workloads.trouble
+    # A namespace deleted takes the extension's Role with it: the watch is then refused,
+    # and the read below tells a namespace gone from a cluster away.
+    if trouble is not None and not (isinstance(trouble, ApiException) and trouble.status == 403):
+        raise trouble  # the cluster is away: said as a read would
+    workload = workloads.get(name) if workloads.synced.is_set() and not trouble else None
     if workload is None or int(workload["metadata"].get("generation") or 0) < applied:
         workload = _read_workload(target, name)
         if workload is None:
@@ -561,7 +564,7 @@ def _read_workload(target: ComputeTarget, name: str) -> dict[str, Any] | None:
                 client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
             ))  # fmt: skip
         except ApiException as exc:
-            if exc.status == 404 and _namespace_gone(client.CoreV1Api(api), namespace):
+            if exc.status in (403, 404) and _namespace_gone(client.CoreV1Api(api), namespace):
                 return None
             raise
 
@@ -580,11 +583,12 @@ def _gone(pod: dict[str, Any]) -> bool:
 
 
 def _namespace_gone(core: client.CoreV1Api, namespace: str) -> bool:
+    """Deleted, or on its way out (its objects, Role included, go first)."""
     try:
-        core.read_namespace(namespace)
+        found = core.read_namespace(namespace)
     except ApiException as exc:
         return exc.status == 404
-    return False
+    return found.metadata is not None and found.metadata.deletion_timestamp is not None
 
 
 def remove(

@@ -508,7 +508,7 @@ class Runner:
         Service says now: the scoring URIs shown use it (a load balancer's address may
         come minutes after the install, and may change)."""
         for cluster in Cluster.objects.all():
-            if not (cluster.settings or {}).get("enableInference"):
+            if not extension.has_router(cluster.settings or {}):
                 continue
             try:
                 address = extension.router_address(cluster)

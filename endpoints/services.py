@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from compute import services as compute_services
+from compute.extension import has_router
 from compute.models import ComputeKind, ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
 from endpoints import kube, spec
@@ -501,9 +502,10 @@ def scoring_uri(endpoint: Endpoint, base: str) -> str:
     (STUDIO_PUBLIC_URL, else `base`: the address the request came to)."""
     cluster = endpoint.compute.cluster
     extension = (cluster.settings or {}) if cluster is not None else {}
-    if extension.get("enableInference") and extension.get("sslCname"):
+    inside = has_router(extension)
+    if inside and extension.get("sslCname"):
         root = f"https://{extension['sslCname']}"
-    elif extension.get("enableInference") and cluster is not None and cluster.router_url:
+    elif inside and cluster is not None and cluster.router_url:
         root = cluster.router_url
     else:
         root = (settings.STUDIO_INFERENCE_URL or settings.STUDIO_PUBLIC_URL or base).rstrip("/")

@@ -28,8 +28,17 @@ from rest_framework.test import APIClient
 from studio.access import IT_OPS_GROUP
 from studio.models import ApiToken, Membership, Role, Workspace
 from studio.services import set_up
-from tests.kube.cluster import FakeCluster
 from tests.live import LiveStudio
+
+KUBERNETES_FIXTURES = {"kube", "real_kube", "dev_cluster", "faults"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the development cluster are marked `kubernetes`: server mode runs only
+    those marked `both_modes` too (the backend talks to the cluster the same either way)."""
+    for item in items:
+        if KUBERNETES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kubernetes)
 
 
 @pytest.fixture(autouse=True)
@@ -317,32 +326,34 @@ def real_kube(dev_cluster: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def fake_kube() -> Iterator[FakeCluster]:
-    """A fake Kubernetes cluster over real HTTP (tests/kube) with one 4-CPU node: for the
-    faults a healthy API server does not give on demand (429, 500, dropped watches)."""
-    cluster = FakeCluster().start()
-    cluster.add_node("node-1", {"pool": "cpu"}, cpu="4", memory="16Gi")
-    yield cluster
-    _close_backends()
-    cluster.stop()
+def faults(real_kube: Any) -> Iterator[Any]:
+    """The fault proxy in front of the real API server, given to the studio in place of
+    the server itself (tests.faults): for 429, 500, dropped watches and 410 Gone."""
+    from tests.faults import FaultProxy
+
+    proxy = FaultProxy(real_kube.url, str(real_kube.cluster.control.ca.path)).start()
+    real_kube.through(proxy)
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture
 def kube(request: pytest.FixtureRequest) -> Any:
-    """The real cluster; the fake for a test that asks for `fake_kube` too."""
-    if "fake_kube" in request.fixturenames or os.environ.get("KSTUDIO_FAKE_KUBE"):
-        return request.getfixturevalue("fake_kube")
+    """The real cluster (seen through the fault proxy by a test that asks for `faults`)."""
+    if "faults" in request.fixturenames:
+        request.getfixturevalue("faults")
     return request.getfixturevalue("real_kube")
 
 
-def register(api: Any, user: Any, kube: FakeCluster, name: str = "lab", **extra: Any) -> Any:
+def register(api: Any, user: Any, kube: Any, name: str = "lab", **extra: Any) -> Any:
     body = {"name": name, "kubeconfig": yaml.safe_dump(kube.kubeconfig()), **extra}
     return api(user).post("/api/v1/clusters/", body, format="json")
 
 
 @pytest.fixture
-def attached(api: Any, people: People, kube: FakeCluster, live_studio: LiveStudio) -> Any:
-    """A cluster registered and attached to the demo workspace as `k8s` (namespace team-a)."""
+def attached(api: Any, people: People, kube: Any, live_studio: LiveStudio) -> Any:
+    """A cluster registered and attached to the demo workspace as `k8s` (namespace team-a),
+    its extension installed: from then on the studio holds only the extension's token."""
     assert register(api, people.it_ops, kube, studio_url=live_studio.url).status_code == 201
     made = api(people.it_ops).post(
         "/api/v1/workspaces/demo/computes/",
@@ -353,4 +364,12 @@ def attached(api: Any, people: People, kube: FakeCluster, live_studio: LiveStudi
     assert made.status_code == 201, made.content
     from compute.models import ComputeTarget
 
+    # Installed, so that every flow runs with only the rights the extension grants.
+    installed = api(people.it_ops).post("/api/v1/clusters/lab/install/", {}, format="json")
+    assert installed.status_code == 200 and not installed.json()["problems"], installed.content
     return ComputeTarget.objects.get(name="k8s")
+
+
+def admin_kubeconfig(kube: Any) -> str:
+    """A cluster admin's kubeconfig, for the acts that change the studio's rights."""
+    return yaml.safe_dump(kube.kubeconfig())

@@ -7,11 +7,13 @@ the next test meets the cluster as it started."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import itertools
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from urllib.parse import quote
 
 from devcluster.api import Api, ApiError
 from devcluster.cluster import DevCluster
+from tests.faults import FaultProxy
 
 HARNESS = "test-harness"
 METHODS = {"get": "GET", "list": "GET", "watch": "GET", "create": "POST", "update": "PUT",
@@ -62,27 +65,48 @@ class RealApi:
         self.raw = api
         self.audit_log = audit_log
         self.since = audit_log.stat().st_size if audit_log.exists() else 0
+        self.marked_at: datetime.datetime | None = None
         self.kinds: dict[tuple[str, str], Kind] = {}
         # (verb, resource) pairs the studio's credentials may not do: RealKube.kubeconfig
         # then gives an identity whose ClusterRole grants all else, as RBAC would.
         self.forbidden: set[tuple[str, str]] = set()
         self.git_version = api.call("GET", "/version")["gitVersion"]
 
-    @property
-    def requests(self) -> list[tuple[str, str]]:
-        """(method, path) of each request clients but this harness made since this test
-        began, from the API server's audit log (a watch counts once, when it starts)."""
+    def mark(self) -> None:
+        """Count requests (and their users) made from now on: not the end of a watch
+        begun before, which the log records when it ends."""
+        self.since = self.audit_log.stat().st_size
+        self.marked_at = datetime.datetime.now(datetime.UTC)
+
+    def _events(self) -> Iterator[dict[str, Any]]:
+        """Each request clients but this harness made since the mark, once, from the API
+        server's audit log (a watch counts once, when it starts)."""
         seen: set[str] = set()
-        made = []
         with open(self.audit_log, encoding="utf-8") as log:
             log.seek(self.since)
             for line in log:
                 event = json.loads(line)
                 if event["auditID"] in seen or event["user"]["username"] == HARNESS:
                     continue
+                received = datetime.datetime.fromisoformat(event["requestReceivedTimestamp"])
+                if self.marked_at is not None and received < self.marked_at:
+                    continue
                 seen.add(event["auditID"])
-                method = METHODS.get(event["verb"], event["verb"].upper())
-                made.append((method, event["requestURI"].split("?")[0]))
+                yield event
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of each request since the mark."""
+        return [
+            (METHODS.get(e["verb"], e["verb"].upper()), e["requestURI"].split("?")[0])
+            for e in self._events()
+        ]
+
+    def users(self) -> dict[str, list[str]]:
+        """Who made the requests since the mark, and what each asked."""
+        made: dict[str, list[str]] = {}
+        for e in self._events():
+            made.setdefault(e["user"]["username"], []).append(f"{e['verb']} {e['requestURI']}")
         return made
 
     def kind(self, group: str, plural: str) -> Kind:
@@ -148,7 +172,7 @@ def start_session() -> DevCluster:
     # Back-offs of a second, not the kubelet's ten: crash loops and pull retries are
     # what the tests watch, and they watch them happen.
     cluster = DevCluster(backoff=1.0)
-    kaniko = [sys.executable, str(here / "kube" / "kaniko.py")]
+    kaniko = [sys.executable, str(here / "kaniko.py")]
     cluster.images.entrypoints[KANIKO] = [*kaniko, f"--fake-registry={cluster.registry}"]
     cluster.start(nodes=0)
     options = dict(FIRST_NODE)
@@ -164,11 +188,20 @@ class RealKube:
         self.api = RealApi(harness(cluster), cluster.control.audit_log)
         self.url = cluster.control.url
         self.before = self._snapshot()
+        self.proxy: FaultProxy | None = None
+
+    def through(self, proxy: FaultProxy) -> None:
+        """The studio is given the fault proxy's address from now on (tests.faults)."""
+        self.proxy = proxy
 
     def kubeconfig(self, token: str | None = None) -> dict[str, Any]:
         """The admin's kubeconfig; with `token`, one that authenticates with it; with
         `api.forbidden`, an identity that may do all but that."""
         config = self.cluster.kubeconfig()
+        if self.proxy is not None:  # plain HTTP: a token, not the admin's certificate
+            config["clusters"][0]["cluster"] = {"server": self.proxy.url}
+            if token is None and not self.api.forbidden:
+                token = self._limited(set())
         if token is None and self.api.forbidden:
             token = self._limited(self.api.forbidden)
         if token is not None:

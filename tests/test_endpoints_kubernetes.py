@@ -1,5 +1,5 @@
-"""Online endpoints on a Kubernetes compute target, against the fake API server and its
-kubelet (tests/kube): the rendered objects are valid Kubernetes, a deployment becomes a
+"""Online endpoints on a Kubernetes compute target, against the real control plane and its
+process kubelet (devcluster): the rendered objects are valid Kubernetes, a deployment becomes a
 Deployment + Service + ConfigMap in the attachment's namespace whose pods really serve,
 the router reaches them through the API server's service proxy (or, installed in the
 cluster, through their Services), an update rolls without a failed request, and pods
@@ -18,9 +18,10 @@ import httpx
 import kubernetes_validate
 import pytest
 
+from compute import clusters
 from endpoints import kube as endpoint_kube
 from endpoints.models import Deployment
-from tests.conftest import code_archive, read_socket, token_for, wait_until
+from tests.conftest import admin_kubeconfig, code_archive, read_socket, token_for, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,9 +66,11 @@ def deployment_yaml(name: str, color: str, **extra: object) -> str:
 
 
 @pytest.fixture
-def studio(attached, live_studio, people):
-    attached.cluster.settings = {**attached.cluster.settings, "enableInference": True}
-    attached.cluster.save()
+def studio(attached, live_studio, people, kube):
+    # Inference granted as IT-ops would; the router inside the cluster only where a test
+    # asks for it (the studio's own reaches the pods through the API server).
+    settings = ["enableInference=true", "inferenceRouter=false"]
+    assert not clusters.install(attached.cluster, settings, admin_kubeconfig(kube)).problems
     http = httpx.Client(
         base_url=f"{live_studio.url}/api/v1/workspaces/demo/",
         headers={"Authorization": f"Bearer {token_for(people.contributor)}"}, timeout=30,
@@ -346,8 +349,10 @@ def test_a_cluster_without_inference_is_refused_and_a_big_model_is_fetched_by_it
     (error,) = answer.json()["errors"]
     assert error["field"] == "compute" and "enableInference" in error["message"]
     cluster = attached.cluster
-    cluster.settings = {**cluster.settings, "enableInference": True}
-    cluster.save()
+    # Inference asks for more rights (Deployments, Services): an admin installs it again.
+    settings_given = ["enableInference=true", "inferenceRouter=false"]
+    assert not clusters.install(cluster, settings_given, admin_kubeconfig(kube)).problems
+    cluster.refresh_from_db()
     assert client.post(base, endpoint, format="json").status_code == 201
     # A model past what a ConfigMap carries: its pods fetch it from the studio, so the
     # studio must be reachable from the cluster, or it is refused by field.
@@ -437,8 +442,8 @@ def test_azures_blue_green_example_deploys_to_kubernetes_and_moves_traffic_witho
     # Plain HTTP for the cluster's own router: once the runner reads its Service's address
     # (every 30 s), the scoring URI the CLI calls is that router's, and a self-signed
     # certificate there would fail the example for want of a CA, not of a deployment.
-    outcome = clusters.install(attached.cluster, ["enableInference=true", "environmentCache=true",
-                                                  "allowInsecureConnections=true"])  # fmt: skip
+    settings = ["enableInference=true", "environmentCache=true", "allowInsecureConnections=true"]
+    outcome = clusters.install(attached.cluster, settings, admin_kubeconfig(kube))
     assert not outcome.problems, outcome.problems
     # The namespace's environment cache is the folder the local example test builds into
     # (the same conda file, the same key): pip runs once per checkout, not per run.
@@ -530,14 +535,18 @@ def test_the_router_inside_the_cluster_scores_through_the_services_over_tls(
 
     cert, key = self_signed("router.kube.test", tmp_path)
     system = extension.SYSTEM_NAMESPACE
-    kube.api.create(kube.api.kind("", "namespaces"), "", {"metadata": {"name": system}})
     pem = {"cert.pem": Path(cert).read_bytes(), "key.pem": Path(key).read_bytes()}
     kube.api.create(kube.api.kind("", "secrets"), system, {
         "metadata": {"name": "router-tls"},
         "data": {k: base64.b64encode(v).decode() for k, v in pem.items()},
     })  # fmt: skip
-    outcome = clusters.install(attached.cluster, ["enableInference=true", "inferenceRouterHA=false",
-                               "sslSecret=router-tls", "sslCname=router.kube.test"])  # fmt: skip
+    settings = [
+        "inferenceRouter=true",
+        "inferenceRouterHA=false",
+        "sslSecret=router-tls",
+        "sslCname=router.kube.test",
+    ]
+    outcome = clusters.install(attached.cluster, settings, admin_kubeconfig(kube))
     assert not outcome.problems, outcome.problems
     assert send(studio, "blue", "blue").status_code == 201
     shown = wait_until(lambda: settled(studio, "blue"), 90, "blue to settle")
@@ -599,7 +608,6 @@ def test_without_a_cname_the_scoring_uri_is_the_routers_service_address(
     studio.patch("online-endpoints/k8s-endpoint/", json={"traffic": {"blue": 100}})
     keys = studio.post("online-endpoints/k8s-endpoint/get-credentials/").json()
     system = extension.SYSTEM_NAMESPACE
-    kube.api.create(kube.api.kind("", "namespaces"), "", {"metadata": {"name": system}})
 
     def service() -> dict[str, Any]:
         return kube.api.get(kube.api.kind("", "services"), system, extension.ROUTER)
@@ -622,8 +630,9 @@ def test_without_a_cname_the_scoring_uri_is_the_routers_service_address(
         assert answered.status_code == 200, answered.text
         assert answered.json() == {"predictions": [2.0], "color": "blue"}
 
-    settings = ["enableInference=true", "inferenceRouterHA=false", "allowInsecureConnections=true"]
-    assert not clusters.install(attached.cluster, settings).problems
+    settings = ["inferenceRouter=true", "inferenceRouterHA=false", "allowInsecureConnections=true"]
+    admin = admin_kubeconfig(kube)
+    assert not clusters.install(attached.cluster, settings, admin).problems
     ingress = wait_until(lambda: (service().get("status") or {}).get("loadBalancer", {})
                          .get("ingress"), 30, "the load balancer's address")  # fmt: skip
     url = f"http://{ingress[0]['ip']}/api/v1/endpoint/k8s-endpoint/score"
@@ -631,7 +640,8 @@ def test_without_a_cname_the_scoring_uri_is_the_routers_service_address(
     scores(url)
 
     attached.cluster.refresh_from_db()
-    assert not clusters.install(attached.cluster, ["inferenceRouterServiceType=nodePort"]).problems
+    settings = ["inferenceRouterServiceType=nodePort"]
+    assert not clusters.install(attached.cluster, settings, admin).problems
     spec = wait_until(lambda: (s := service()["spec"])["type"] == "NodePort" and s, 30, "NodePort")
     node_port = spec["ports"][0]["nodePort"]
     node = kube.api.list(kube.api.kind("", "nodes"), "")["items"][0]
@@ -641,7 +651,8 @@ def test_without_a_cname_the_scoring_uri_is_the_routers_service_address(
     scores(url)
 
     attached.cluster.refresh_from_db()
-    assert not clusters.install(attached.cluster, ["inferenceRouterServiceType=clusterIP"]).problems
+    settings = ["inferenceRouterServiceType=clusterIP"]
+    assert not clusters.install(attached.cluster, settings, admin).problems
     uri_becomes("http://kstudio-router.kstudio-system.svc/api/v1/endpoint/k8s-endpoint/score")
 
 

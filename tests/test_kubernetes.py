@@ -1,5 +1,6 @@
-"""Kubernetes compute, driven over real HTTP with the official client against the fake API
-server of tests/kube (no cluster exists here), whose kubelet really runs each pod."""
+"""Kubernetes compute, driven with the official client against the real control plane of
+devcluster (kube-apiserver, etcd, controllers, scheduler; our process kubelet runs each
+pod), through the fault proxy of tests/faults where a test needs a fault."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from django.db import connection
 from compute.backends.base import LaunchSpec
 from compute.backends.kubernetes import object_name, render
 from compute.models import Cluster, ComputeTarget, InstanceType
+from devcluster.network import NSS_WRAPPER
 from jobs import services
 from jobs.models import Job
 from jobs.spec import SpecError
-from tests.conftest import code_archive, register, token_for, wait_until
-from tests.kube.cluster import NSS_WRAPPER
+from tests.conftest import admin_kubeconfig, code_archive, register, token_for, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -342,15 +343,21 @@ def test_it_ops_register_check_and_attach_a_cluster_with_the_cli(kstudio, people
 
 # -- faults -------------------------------------------------------------------------------------
 def test_throttling_and_server_errors_are_retried_and_forbidden_is_said(
-    attached, workspace, people, kube, fake_kube
-):  # the fake, for faults a healthy API server does not give on demand
-    kube.api.fail_next("POST", r"/jobs$", 500)
-    kube.api.fail_next("POST", r"/secrets$", 429)
+    attached, workspace, people, faults
+):
+    faults.fail_next("POST", r"/jobs$", 500)
+    faults.fail_next("POST", r"/secrets$", 429)
     job = finished(services.submit_yaml(workspace, people.contributor, JOB_ECHO, {}))
     assert job.status == "Completed", job.failure_reason
     assert lines_of(job) == ["hello"]
+    made = [m for m, p in faults.requests if m == "POST" and p.endswith(("/jobs", "/secrets"))]
+    assert len(made) >= 4  # each refused once, then made
 
-    kube.api.forbidden.add(("create", "jobs"))
+    said = (
+        'jobs.batch is forbidden: User "system:serviceaccount:kstudio-system:kstudio" '
+        'cannot create resource "jobs" in API group "batch" in the namespace "team-a"'
+    )
+    faults.fail_next("POST", r"/jobs$", 403, times=None, message=said)
     job = finished(services.submit_yaml(workspace, people.contributor, JOB_ECHO, {}))
     assert job.status == "Failed"
     assert "forbidden" in job.failure_reason and "jobs" in job.failure_reason
@@ -361,17 +368,17 @@ TICKS = "command: for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.3; done\ncomput
 
 
 def test_watches_resume_after_a_dropped_connection_and_relist_after_410(
-    attached, workspace, people, kube, fake_kube
-):  # the fake, for faults a healthy API server does not give on demand
+    attached, workspace, people, faults
+):
     job = services.submit_yaml(workspace, people.contributor, TICKS, {})
     wait_until(lambda: len(lines_of(job)) >= 2, 30, "the first lines")
-    kube.api.interrupt_watches()  # a blip: resume from the last resourceVersion
+    faults.interrupt_watches()  # a blip: resume from the last resourceVersion
     wait_until(lambda: len(lines_of(job)) >= 4, 30, "more lines")
-    kube.api.interrupt_watches(expire=True)  # and one that outlived the history: 410
+    faults.interrupt_watches(expire=True)  # and one that outlived the history: 410
     job = finished(job)
     assert job.status == "Completed", job.failure_reason
     assert lines_of(job) == [f"tick {i}" for i in range(1, 7)]  # none lost, none twice
-    watches = [p for m, p in kube.api.requests if m == "GET" and p.endswith("/pods")]
+    watches = [p for m, p in faults.requests if m == "GET" and p.endswith("/pods")]
     assert len(watches) >= 4  # list, watch, resumed watch, relist (+ watch)
 
 
@@ -388,6 +395,7 @@ def test_an_evicted_pod_is_replaced_instead_of_failing_the_job(attached, workspa
     assert len(pods) == 2
 
 
+@pytest.mark.both_modes  # leases: SQLite's and PostgreSQL's locking differ
 def test_a_restarted_controller_adopts_running_jobs_without_losing_or_repeating_lines(
     workspace, people, kube
 ):
@@ -471,7 +479,12 @@ def test_the_extension_installs_idempotently_and_uninstalls_only_what_it_made(
     assert outcomes["instancetypes.kstudio.io"] == "created"
     assert outcomes["team-a"] == "exists (left as it was)"  # attach made it
     assert Cluster.objects.get().settings["nodeSelector"] == {"pool": "cpu"}
-    again = json.loads(kstudio("cluster", "install", "lab", "-o", "json", **it_ops).stdout)
+    # Once installed the studio holds only its own token: acts on its rights take an
+    # admin's kubeconfig.
+    refused = kstudio("cluster", "install", "lab", **it_ops)
+    assert refused.returncode == 2 and "kubeconfig" in refused.stderr
+    admin = ("--kubeconfig", str(tmp_path / "kubeconfig"))
+    again = json.loads(kstudio("cluster", "install", "lab", *admin, "-o", "json", **it_ops).stdout)
     assert {a["outcome"] for a in again["applied"]} <= {"unchanged", "exists (left as it was)"}
     role = kube.api.get(kube.api.kind("rbac.authorization.k8s.io", "clusterroles"), "", "kstudio")
     managers = {field["manager"] for field in role["metadata"]["managedFields"]}
@@ -485,7 +498,9 @@ def test_the_extension_installs_idempotently_and_uninstalls_only_what_it_made(
     assert bad.returncode == 2 and "set.sslSecret" in bad.stderr
     assert not Cluster.objects.get(name="lab").settings.get("sslSecret")  # nothing kept
 
-    removed = json.loads(kstudio("cluster", "uninstall", "lab", "-o", "json", **it_ops).stdout)
+    removed = json.loads(
+        kstudio("cluster", "uninstall", "lab", *admin, "-o", "json", **it_ops).stdout
+    )
     outcomes = {a["name"]: a["outcome"] for a in removed["removed"]}
     assert outcomes["instancetypes.kstudio.io"] == "deleted"
     assert outcomes["team-a"] == "kept" and outcomes["kstudio-system"] == "deleted"
@@ -600,6 +615,10 @@ def test_the_crd_schema_takes_azures_examples_and_refuses_what_azure_refuses(kub
 
 def test_instance_types_live_in_their_cluster_both_ways(kstudio, people, kube, tmp_path):
     it_ops = registered_with_the_cli(kstudio, people, kube, tmp_path)
+    early = tmp_path / "early.yml"
+    early.write_text(AZURE_LIST)
+    missing = kstudio("instance-type", "create", "-f", str(early), "--cluster", "lab", **it_ops)
+    assert missing.returncode != 0 and "extension is not installed" in missing.stderr
     kstudio("cluster", "install", "lab", check=True, **it_ops)
     listed = json.loads(kstudio("instance-type", "list", "--cluster", "lab", "-o", "json").stdout)
     assert [(i["name"], i["origin"]) for i in listed] == [("defaultinstancetype", "builtin")]
@@ -797,9 +816,11 @@ def test_a_namespace_deleted_behind_the_studios_back_is_shown_and_refuses_submis
     assert "no longer exists" in refused.json()["errors"][0]["message"]
     assert not Job.objects.exists()
 
-    installed = api(people.it_ops).post("/api/v1/clusters/lab/install/", {}, format="json")
+    # Made again (its Role too, gone with it) by an admin's install.
+    installed = api(people.it_ops).post(
+        "/api/v1/clusters/lab/install/", {"kubeconfig": admin_kubeconfig(kube)}, format="json"
+    )
     assert installed.status_code == 200 and not installed.json()["problems"]
-    clusters.check_attachments()
     assert api(people.reader).get("/api/v1/workspaces/demo/computes/k8s/").json()["problem"] == ""
     job = finished(services.submit_yaml(workspace, people.contributor, JOB_ECHO, {}))
     assert job.status == "Completed", job.failure_reason
@@ -813,10 +834,6 @@ def test_nodes_and_fits_are_shown_and_misfits_warned_at_save_and_at_submit(
     url = "/api/v1/clusters/lab/instance-types/"
     body = {"name": "small", "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
                                            "limits": {"cpu": "1", "memory": "1Gi"}}}  # fmt: skip
-    missing = api(people.it_ops).post(url, body, format="json")
-    assert missing.status_code == 400
-    assert "extension is not installed" in missing.json()["errors"][0]["message"]
-    api(people.it_ops).post("/api/v1/clusters/lab/install/", {}, format="json")
     sizes = {
         "small": ({}, {"cpu": "1", "memory": "1Gi"}, {}),
         "big": ({"pool": "cpu"}, {"cpu": "6", "memory": "4Gi"}, {}),
@@ -1193,7 +1210,10 @@ def test_a_namespaces_environment_cache_is_built_once_for_all_its_pods(
     from compute import clusters
 
     cluster = attached.cluster
-    outcome = clusters.install(cluster, ["environmentCache=true", "environmentCacheSize=5Gi"])
+    admin = admin_kubeconfig(kube)
+    outcome = clusters.install(
+        cluster, ["environmentCache=true", "environmentCacheSize=5Gi"], admin
+    )
     assert not outcome.problems, outcome.problems
     claim = kube.api.get(
         kube.api.kind("", "persistentvolumeclaims"), "team-a", "kstudio-environments"
@@ -1221,7 +1241,8 @@ environment:
     assert {"name": "environments",
             "persistentVolumeClaim": {"claimName": "kstudio-environments"}} in volumes  # fmt: skip
 
-    # A namespace attached later gets its cache at once; uninstall removes the claims.
+    # A namespace attached later gets its cache with the install that grants it to the
+    # studio; uninstall removes the claims.
     later = api(people.it_ops).post(
         "/api/v1/workspaces/demo/computes/",
         {"name": "k8s-c", "type": "kubernetes", "cluster": "lab", "namespace": "team-c",
@@ -1229,8 +1250,10 @@ environment:
         format="json",
     )  # fmt: skip
     assert later.status_code == 201, later.content
+    assert "does not reach namespace 'team-c'" in later.json()["problem"]
+    assert not clusters.install(Cluster.objects.get(name="lab"), [], admin).problems
     kube.api.get(kube.api.kind("", "persistentvolumeclaims"), "team-c", "kstudio-environments")
-    removed = {a["name"]: a["outcome"] for a in clusters.uninstall(cluster)}
+    removed = {a["name"]: a["outcome"] for a in clusters.uninstall(cluster, admin)}
     assert removed["team-a/kstudio-environments"] == "deleted"
 
 
@@ -1254,7 +1277,8 @@ def test_an_environment_built_from_a_context_is_built_once_in_the_cluster_and_us
     with pytest.raises(SpecError) as refused:
         services.submit_yaml(workspace, people.contributor, text, {})
     assert "needs a registry to push it to" in dict(refused.value.errors)["environment"]
-    assert not clusters.install(attached.cluster, ["imageRegistry=registry.kube.test/ks"]).problems
+    settings = ["imageRegistry=registry.kube.test/ks"]
+    assert not clusters.install(attached.cluster, settings, admin_kubeconfig(kube)).problems
 
     first = services.submit_yaml(workspace, people.contributor, text, {})
 

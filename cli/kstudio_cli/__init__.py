@@ -654,6 +654,7 @@ def cluster_show(studio: Studio, name: str, fmt: str) -> None:
         ("name", data["name"]),
         ("server", data["server"]),
         ("context", data["context"]),
+        ("credentials", data.get("credentials", "")),
         ("attachments", _cell(data.get("attachments"))),
         ("reachable", "yes" if status.get("reachable") else "no"),
         ("version", status.get("version", "")),
@@ -665,14 +666,34 @@ def cluster_show(studio: Studio, name: str, fmt: str) -> None:
     click.echo(tabulate([r for r in rows if r[1] not in ("", None)], tablefmt="plain"))
 
 
+def admin_options(command: Any) -> Any:
+    """--kubeconfig and --context for an act that changes the studio's rights."""
+    command = click.option("--context", default="", help="Its context (default: current).")(command)
+    return click.option(
+        "--kubeconfig", "kubeconfig_file", type=click.File("r"),
+        help="A cluster admin's kubeconfig for this act (used once, not kept): needed "
+        "once the studio holds only the extension's own credentials.",
+    )(command)  # fmt: skip
+
+
+def _admin(kubeconfig_file: Any, context: str) -> dict[str, str]:
+    return {"kubeconfig": kubeconfig_file.read() if kubeconfig_file else "", "context": context}
+
+
 @cluster.command("install")
 @click.argument("name")
 @click.option("--set", "pairs", multiple=True, help="A setting, key=value (repeatable).")
+@admin_options
 @output_option
 @pass_studio
-def cluster_install(studio: Studio, name: str, pairs: tuple[str, ...], fmt: str) -> None:
-    """Install or update the studio's extension (CRD, RBAC, namespaces) in the cluster."""
-    result = studio.request("POST", f"/clusters/{name}/install/", json={"set": list(pairs)}).json()
+def cluster_install(
+    studio: Studio, name: str, pairs: tuple[str, ...], kubeconfig_file: Any, context: str,
+    fmt: str,
+) -> None:  # fmt: skip
+    """Install or update the studio's extension (CRD, RBAC, namespaces) in the cluster;
+    from then on the studio keeps only the extension's ServiceAccount token."""
+    body = {"set": list(pairs), **_admin(kubeconfig_file, context)}
+    result = studio.request("POST", f"/clusters/{name}/install/", json=body).json()
     if fmt == "json":
         emit(result, fmt)
     for problem in result["problems"]:
@@ -695,11 +716,15 @@ def cluster_manifests(studio: Studio, name: str) -> None:
 
 @cluster.command("uninstall")
 @click.argument("name")
+@admin_options
 @output_option
 @pass_studio
-def cluster_uninstall(studio: Studio, name: str, fmt: str) -> None:
+def cluster_uninstall(
+    studio: Studio, name: str, kubeconfig_file: Any, context: str, fmt: str
+) -> None:
     """Remove what install made (attached namespaces are kept)."""
-    result = studio.request("POST", f"/clusters/{name}/uninstall/").json()
+    body = _admin(kubeconfig_file, context)
+    result = studio.request("POST", f"/clusters/{name}/uninstall/", json=body).json()
     emit(result["removed"] if fmt != "json" else result, fmt, ["kind", "name", "outcome"])
 
 

@@ -33,6 +33,7 @@ class ClusterSerializer(serializers.ModelSerializer[Cluster]):
             "studio_url",
             "settings",
             "router_url",
+            "credentials",
             "attachments",
             "created_at",
         )
@@ -65,7 +66,26 @@ class NewClusterSerializer(serializers.Serializer[Any]):
         return fields
 
 
-class InstallSerializer(serializers.Serializer[Any]):
+class AdminActSerializer(serializers.Serializer[Any]):
+    """An act that changes the studio's rights in the cluster: once the extension is in,
+    the studio holds only its ServiceAccount's token, so a cluster admin's kubeconfig
+    comes with the act (used once, not kept)."""
+
+    kubeconfig = serializers.CharField(
+        required=False, allow_blank=True, default="", trim_whitespace=False, write_only=True,
+        help_text="A cluster admin's kubeconfig for this act; not kept. Needed once the "
+        "studio holds only the extension's credentials.",
+    )  # fmt: skip
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()  # `context`: as NewClusterSerializer's
+        fields["context"] = serializers.CharField(
+            required=False, allow_blank=True, default="", help_text="The kubeconfig's context."
+        )
+        return fields
+
+
+class InstallSerializer(AdminActSerializer):
     set = serializers.ListField(
         child=serializers.CharField(), required=False, default=list,
         help_text="Settings as key=value: enableTraining, enableInference, nodeSelector.<key>, "
@@ -145,7 +165,10 @@ class ClusterViewSet(
         With problems found first (preflight), nothing is applied."""
         data = InstallSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        outcome = clusters.install(self.get_object(), data.validated_data["set"])
+        given = data.validated_data
+        outcome = clusters.install(
+            self.get_object(), given["set"], given["kubeconfig"], given["context"]
+        )
         return Response({"problems": outcome.problems, "applied": outcome.applied})
 
     @extend_schema(responses={200: dict})
@@ -161,8 +184,12 @@ class ClusterViewSet(
         """The extension's objects as one YAML stream (for GitOps), applied as they are."""
         return HttpResponse(clusters.manifests(self.get_object()), content_type="application/yaml")
 
-    @extend_schema(request=None, responses=UninstallResultSerializer)
+    @extend_schema(request=AdminActSerializer, responses=UninstallResultSerializer)
     @action(detail=True, methods=["post"])
     def uninstall(self, request: Request, name: str) -> Response:
         """Remove what install made (attached namespaces are kept: they hold work)."""
-        return Response({"removed": clusters.uninstall(self.get_object())})
+        data = AdminActSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        given = data.validated_data
+        removed = clusters.uninstall(self.get_object(), given["kubeconfig"], given["context"])
+        return Response({"removed": removed})

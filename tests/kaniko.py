@@ -1,8 +1,9 @@
-"""A stand-in for kaniko's executor in the fake cluster: reads its flags as kaniko does,
-checks the context has the Dockerfile and that it starts FROM an image, runs no build,
-and "pushes" the destination to the fake registry (a file named by the image, in the
-folder --fake-registry or FAKE_REGISTRY names), printing
-kaniko's own kind of lines. A Dockerfile with `RUN false` fails as a build step would."""
+"""A stand-in for kaniko's executor on the development cluster, which runs no images:
+reads its flags as kaniko does, checks the context has the Dockerfile and that it starts
+FROM an image, runs no build, and "pushes" the destination to the cluster's registry
+folder (a file named by the image, in the folder --fake-registry or FAKE_REGISTRY
+names), printing kaniko's own kind of lines. A Dockerfile with `RUN false` fails as a
+build step would."""
 
 from __future__ import annotations
 
