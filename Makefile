@@ -52,9 +52,10 @@ test-embedded: install
 # Server mode: PostgreSQL and Redis, as several processes would share them.
 # The tests run many short-lived event loops and worker threads in one process, each of
 # which may hold a pooled connection until its thread ends: a bigger pool than a server's.
+# Kubernetes tests ran in embedded mode already: here only those the mode matters to.
 test-server: install
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATABASE_POOL_SIZE=40 \
-		$(PY) -m pytest
+		$(PY) -m pytest -m "not kubernetes or both_modes"
 
 # The artifact store is tested on real object stores: moto's S3 server (a dev dependency)
 # and Azurite, Microsoft's Azure Storage emulator, from npm (Node.js 18 or later).
