@@ -103,7 +103,7 @@ class DataAssetViewSet(AssetViewSet):
         data, _text = document_from_request(request, "data asset")
         upload = request.FILES.get("file")
         asset = services.create_asset(
-            workspace, request.user, data, upload, upload.name if upload else ""
+            workspace, request.user, data, upload, (upload.name or "") if upload else ""
         )
         return Response(render_asset(asset), status=201)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.files.uploadedfile import UploadedFile
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.http.response import HttpResponseBase
@@ -30,7 +31,9 @@ def spec_from_request(request: Request) -> tuple[dict[str, Any], str, dict[str, 
     Multipart: a `spec` part (YAML text or file), a `code` archive, `inputs.<name>` files.
     """
     uploads = {
-        key: services.Upload(file=f, filename=f.name or key) for key, f in request.FILES.items()
+        key: services.Upload(file=f, filename=f.name or key)
+        for key, f in request.FILES.items()
+        if isinstance(f, UploadedFile)
     }
     uploads.pop("spec", None)
     data, text = document_from_request(request, "job")

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.files.uploadedfile import UploadedFile
 from django.http import Http404
 from rest_framework import exceptions, status, viewsets
 from rest_framework.permissions import BasePermission
@@ -49,8 +50,8 @@ def document_from_request(request: Request, what: str) -> tuple[dict[str, Any], 
     JSON: {"yaml": "<text>"} or the document itself. Multipart: a `spec` part (YAML text
     or file) beside whatever files come with it.
     """
-    if "spec" in request.FILES:
-        spec_file = request.FILES["spec"]
+    spec_file = request.FILES.get("spec")
+    if isinstance(spec_file, UploadedFile):
         if (spec_file.size or 0) > settings.STUDIO_MAX_REQUEST_BYTES:
             raise DocumentError([("spec", f"the {what} file is larger than the studio accepts")])
         text = spec_file.read().decode("utf-8", errors="replace")
