@@ -3,7 +3,7 @@ curate its instance types, attach it to workspaces. Thin: compute.clusters does 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import messages
 from django.forms import BaseForm
@@ -26,6 +26,8 @@ from compute.views import it_ops_required
 from studio.documents import DocumentError, load_bounded
 from studio.errors import Conflict, FieldErrors
 from studio.models import Workspace
+
+F = TypeVar("F", bound=BaseForm)
 
 
 def _show_errors(form: BaseForm, errors: FieldErrors) -> None:
@@ -94,7 +96,7 @@ def cluster_install(request: HttpRequest, name: str) -> HttpResponse:
     return cluster_detail(request, name, outcome=outcome)
 
 
-def _unechoed(form: ExtensionForm) -> ExtensionForm:
+def _unechoed(form: F) -> F:
     """The form as typed, but for the credentials: they are never shown back."""
     form.data = {k: v for k, v in form.data.items() if k != "kubeconfig"}
     return form
@@ -223,6 +225,7 @@ def attach(request: HttpRequest, workspace: str) -> HttpResponse:
                 ws, data["name"], Cluster.objects.filter(name=data["cluster"]).first(),
                 data["namespace"], create_namespace=data["create_namespace"],
                 description=data["description"], image_pull_secret=data["image_pull_secret"],
+                kubeconfig=data["kubeconfig"], context=data["context"],
             )  # fmt: skip
         except FieldErrors as errors:
             _show_errors(form, errors)
@@ -232,6 +235,8 @@ def attach(request: HttpRequest, workspace: str) -> HttpResponse:
             )
             return redirect("compute:console")
     status = 400 if request.method == "POST" else 200
+    if request.method == "POST":
+        form = _unechoed(form)
     title = f"Attach a cluster to {ws.name}"
     return render(request, "compute/form.html", {"form": form, "title": title}, status=status)
 

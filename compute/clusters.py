@@ -99,12 +99,23 @@ def attach(
     create_namespace: bool = False,
     description: str = "",
     image_pull_secret: str = "",
+    kubeconfig: str = "",
+    context: str = "",
 ) -> ComputeTarget:
     """Attach a cluster to a workspace as a compute target whose work runs in `namespace`.
-    Unlike Azure, the namespace is checked now (or created), not at the first job."""
+    Unlike Azure, the namespace is checked now (or created), not at the first job. Once
+    the studio holds only the extension's token, a namespace the extension does not reach
+    yet is granted with a cluster admin's `kubeconfig` given here (used once, not kept),
+    as an install would."""
     errors: list[tuple[str, str]] = []
+    admin = None
     if cluster is None:
         errors.append(("cluster", "required for a kubernetes compute target"))
+    elif kubeconfig.strip() and cluster.credentials == Credentials.EXTENSION:
+        try:
+            admin = credentials.for_act(cluster, kubeconfig, context)
+        except FieldErrors as exc:
+            errors.extend(exc.errors)
     namespace = namespace or "default"
     try:
         namespace_validator(namespace)
@@ -129,6 +140,8 @@ def attach(
         raise FieldErrors(errors)
     assert cluster is not None
     ensure_namespace(cluster, namespace, create=create_namespace)
+    if admin is not None:
+        _grant(cluster, namespace, admin)
     if cluster.credentials == Credentials.EXTENSION:
         compute.problem = namespace_problem(cluster, namespace)
     if (cluster.settings or {}).get("environmentCache") and not compute.problem:
@@ -143,6 +156,20 @@ def attach(
         compute.save()
         services.became_available(compute)
     return compute
+
+
+def _grant(cluster: Cluster, namespace: str, admin: client.ApiClient) -> None:
+    """The extension applied again by an admin, with `namespace` among its namespaces."""
+    namespaces = sorted({*attached_namespaces(cluster), namespace})
+    try:
+        outcome = extension.install(cluster, namespaces, None, admin)
+    except Exception as exc:
+        raise kube.refused(cluster, exc) from exc
+    failed = [f"{a['kind']} {a['name']}: {a['outcome']}" for a in outcome.applied
+              if a["outcome"].startswith("failed")]  # fmt: skip
+    if outcome.problems or failed:
+        said = "; ".join(outcome.problems + failed)
+        raise FieldErrors([("kubeconfig", f"could not grant namespace {namespace!r}: {said}")])
 
 
 def ensure_namespace(cluster: Cluster, namespace: str, *, create: bool) -> None:
@@ -265,7 +292,8 @@ def namespace_problem(cluster: Cluster, namespace: str) -> str:
             return (
                 f"the extension does not reach namespace {namespace!r} yet: IT-ops installs "
                 f"it again with a cluster admin's kubeconfig (kstudio cluster install "
-                f"{cluster.name} --kubeconfig FILE), which grants the studio this namespace"
+                f"{cluster.name} --kubeconfig FILE, or attaches with --kubeconfig), which "
+                "grants the studio this namespace"
             )
         return ""
     except ApiException as exc:

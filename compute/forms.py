@@ -145,8 +145,24 @@ class ClusterForm(forms.Form):
         return data
 
 
-class AttachForm(forms.Form):
+class AdminActForm(forms.Form):
+    """A cluster admin's kubeconfig for an act that changes the studio's rights."""
+
+    kubeconfig = forms.CharField(
+        required=False,
+        label="A cluster admin's kubeconfig",
+        widget=forms.Textarea(attrs={"rows": 4, "class": "code", "spellcheck": "false"}),
+        help_text="Used for this act only, not kept. Needed once the studio holds only the "
+        "extension's own credentials.",
+    )
+    context = forms.CharField(required=False, help_text="Default: the kubeconfig's current one.")
+
+
+class AttachForm(AdminActForm):
     """Attach a registered cluster to a workspace, with the namespace its work runs in."""
+
+    field_order = ("name", "cluster", "namespace", "create_namespace", "image_pull_secret",
+                   "description", "kubeconfig", "context")  # fmt: skip
 
     name = forms.CharField(max_length=255, help_text="The compute target's name, e.g. k8s.")
     cluster = forms.ChoiceField()
@@ -163,19 +179,10 @@ class AttachForm(forms.Form):
         choice = self.fields["cluster"]
         assert isinstance(choice, forms.ChoiceField)
         choice.choices = [(c.name, c.name) for c in Cluster.objects.all()]
-
-
-class AdminActForm(forms.Form):
-    """A cluster admin's kubeconfig for an act that changes the studio's rights."""
-
-    kubeconfig = forms.CharField(
-        required=False,
-        label="A cluster admin's kubeconfig",
-        widget=forms.Textarea(attrs={"rows": 4, "class": "code", "spellcheck": "false"}),
-        help_text="Used for this act only, not kept. Needed once the studio holds only the "
-        "extension's own credentials.",
-    )
-    context = forms.CharField(required=False, help_text="Default: the kubeconfig's current one.")
+        self.fields["kubeconfig"].help_text = (
+            "Only for a namespace the extension does not reach yet, once the studio holds only "
+            "the extension's credentials: the studio is granted it with this. Used once, not kept."
+        )
 
 
 class ExtensionForm(AdminActForm):

@@ -413,12 +413,25 @@ def test_a_change_during_a_rows_refresh_is_not_lost(people, workspace, page, set
     expect(row).to_have_text("Completed", timeout=5_000)  # well before the 15 s poll
 
 
-def test_it_ops_set_up_a_cluster_in_the_console_and_a_job_waits_there_saying_why(
-    people, page, kube
+# Waits for a file on the node (the process kubelet runs pods as this host's processes),
+# so the test sees the first line arrive while the pod still runs.
+HELLO_ON_K8S = """command: |
+  echo "hello world" | tee ${{{{outputs.greeting}}}}/hello.txt
+  while [ ! -f {go} ]; do sleep 0.05; done
+  echo "step 2"
+outputs:
+  greeting: {{type: uri_folder}}
+display_name: hello-k8s
+"""
+
+
+def test_it_ops_set_up_a_cluster_in_the_console_and_a_job_runs_and_waits_there_saying_why(
+    people, page, kube, live_studio, tmp_path
 ):
     """IT-ops go from a kubeconfig to a compute target in the console alone; a data scientist
-    then picks it and an instance type no node can fit, and sees the job Queued with the
-    scheduler's reason."""
+    then submits hello-world to it, watches its log live and downloads its output, and
+    picks an instance type no node can fit and sees the job Queued with the scheduler's
+    reason."""
     import yaml
     from playwright.sync_api import expect
 
@@ -427,6 +440,7 @@ def test_it_ops_set_up_a_cluster_in_the_console_and_a_job_waits_there_saying_why
     page.click("text=Register a cluster")
     page.fill("input[name=name]", "lab")
     page.fill("textarea[name=kubeconfig]", yaml.safe_dump(kube.kubeconfig()))
+    page.fill("input[name=studio_url]", live_studio.url)
     page.click("button[type=submit]")
     expect(page.locator("h1")).to_have_text("Cluster lab")
     reachable = page.locator("#cluster-reachable")
@@ -452,12 +466,33 @@ def test_it_ops_set_up_a_cluster_in_the_console_and_a_job_waits_there_saying_why
     page.select_option("select[name=cluster]", "lab")
     page.fill("input[name=namespace]", "team-a")
     page.check("input[name=create_namespace]")
+    # The extension is in, so the studio holds only its token: a new namespace is granted
+    # with a cluster admin's kubeconfig, given for this once.
+    page.fill("textarea[name=kubeconfig]", yaml.safe_dump(kube.kubeconfig()))
     page.click("button[type=submit]")
     expect(page.get_by_text("k8s attached to demo (team-a).")).to_be_visible()
 
     page.click("text=Sign out")
     page.wait_for_url("**/login/")
     sign_in(page, "carl", "pw-carl-12345")
+    go = tmp_path / "go"
+    page.goto("/workspaces/demo/jobs/new/")
+    page.select_option("select[name=compute]", "k8s")
+    page.select_option("select[name=instance_type]", "defaultinstancetype")
+    page.fill("textarea[name=spec]", HELLO_ON_K8S.format(go=go))
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_contain_text("hello-k8s")
+    logs = page.locator("#logs")
+    expect(logs).to_contain_text("hello world", timeout=60_000)
+    expect(page.locator("#job-status")).to_have_text("Running")  # live, not reloaded
+    assert "step 2" not in logs.inner_text()
+    go.touch()
+    expect(page.locator("#job-status")).to_have_text("Completed", timeout=60_000)
+    expect(logs).to_contain_text("step 2")
+    with page.expect_download() as download:
+        page.click("#overview >> text=hello.txt")
+    assert Path(download.value.path()).read_text() == "hello world\n"
+
     page.goto("/workspaces/demo/jobs/new/")
     page.select_option("select[name=compute]", "k8s")
     page.select_option("select[name=instance_type]", "gpu-huge")

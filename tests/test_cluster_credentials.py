@@ -105,3 +105,47 @@ def test_the_console_takes_the_admins_kubeconfig_and_never_shows_it_back(
                        {"settings": "", "kubeconfig": admin_kubeconfig(kube)})  # fmt: skip
     assert page.status_code == 200 and "The extension is installed" in page.content.decode()
     assert "the extension&#x27;s ServiceAccount" in page.content.decode()
+
+
+def test_attaching_a_new_namespace_with_an_admins_kubeconfig_grants_it_there_and_then(
+    attached, workspace, people, api, kube
+):
+    it_ops = api(people.it_ops)
+    body = {"name": "k8s-c", "type": "kubernetes", "cluster": "lab", "namespace": "team-c",
+            "create_namespace": True}  # fmt: skip
+    other = yaml.safe_load(admin_kubeconfig(kube))
+    other["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:1"
+    wrong = it_ops.post("/api/v1/workspaces/demo/computes/",
+                        {**body, "kubeconfig": yaml.safe_dump(other)}, format="json")  # fmt: skip
+    assert wrong.status_code == 400
+    assert wrong.json()["errors"][0]["field"] == "kubeconfig"
+    assert not ComputeTarget.objects.filter(name="k8s-c").exists()  # nothing half-made
+
+    made = it_ops.post("/api/v1/workspaces/demo/computes/",
+                       {**body, "kubeconfig": admin_kubeconfig(kube)}, format="json")  # fmt: skip
+    assert made.status_code == 201, made.content
+    assert "kubeconfig" not in made.json() and kube.secret not in made.content.decode()
+    assert ComputeTarget.objects.get(name="k8s-c").problem == ""
+    cluster = Cluster.objects.get(name="lab")
+    assert cluster.credentials == "extension" and kube.secret not in cluster.kubeconfig
+    text = JOB_ECHO.replace("azureml:k8s", "azureml:k8s-c")
+    job = finished(services.submit_yaml(workspace, people.contributor, text, {}))
+    assert job.status == "Completed", job.failure_reason
+    assert lines_of(job) == ["hello"]
+
+
+def test_the_console_attach_form_takes_an_admins_kubeconfig_and_never_shows_it_back(
+    attached, client, people, kube
+):
+    client.force_login(people.it_ops)
+    typed = {"name": "k8s-d", "cluster": "lab", "namespace": "Team D", "create_namespace": "on",
+             "kubeconfig": admin_kubeconfig(kube)}  # fmt: skip
+    page = client.post("/console/workspaces/demo/attach/", typed)
+    assert page.status_code == 400
+    body = page.content.decode()
+    assert 'value="k8s-d"' in body and "namespace" in body  # what was typed is kept…
+    assert kube.secret not in body  # …but for the credentials
+    assert not ComputeTarget.objects.filter(name="k8s-d").exists()
+    page = client.post("/console/workspaces/demo/attach/", {**typed, "namespace": "team-d"})
+    assert page.status_code == 302, page.content.decode()
+    assert ComputeTarget.objects.get(name="k8s-d").problem == ""

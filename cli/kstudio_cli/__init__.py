@@ -527,6 +527,20 @@ def compute_list(studio: Studio, fmt: str) -> None:
     )
 
 
+def admin_options(command: Any) -> Any:
+    """--kubeconfig and --context for an act that changes the studio's rights."""
+    command = click.option("--context", default="", help="Its context (default: current).")(command)
+    return click.option(
+        "--kubeconfig", "kubeconfig_file", type=click.File("r"),
+        help="A cluster admin's kubeconfig for this act (used once, not kept): needed "
+        "once the studio holds only the extension's own credentials.",
+    )(command)  # fmt: skip
+
+
+def _admin(kubeconfig_file: Any, context: str) -> dict[str, str]:
+    return {"kubeconfig": kubeconfig_file.read() if kubeconfig_file else "", "context": context}
+
+
 @compute.command("attach")
 @click.option("--name", help="The compute target's name in the workspace.")
 @click.option("--type", "kind", type=click.Choice(["kubernetes"]), default=None)
@@ -538,6 +552,7 @@ def compute_list(studio: Studio, fmt: str) -> None:
 @click.option(
     "-f", "--file", "file", type=click.File("r"), help="Azure's compute YAML (type: kubernetes)."
 )
+@admin_options
 @output_option
 @pass_studio
 def compute_attach(
@@ -550,9 +565,12 @@ def compute_attach(
     image_pull_secret: str | None,
     description: str | None,
     file: Any,
+    kubeconfig_file: Any,
+    context: str,
     fmt: str,
 ) -> None:
-    """Attach a cluster to the workspace as a compute target (IT-ops)."""
+    """Attach a cluster to the workspace as a compute target (IT-ops). A namespace the
+    extension does not reach yet is granted with a cluster admin's --kubeconfig."""
     body: dict[str, Any] = {}
     if file is not None:
         loaded = yaml.safe_load(file)
@@ -563,6 +581,8 @@ def compute_attach(
              "description": description, "image_pull_secret": image_pull_secret}  # fmt: skip
     body.update({k: v for k, v in given.items() if v is not None})
     body["create_namespace"] = create_namespace
+    if kubeconfig_file is not None:
+        body.update(_admin(kubeconfig_file, context))
     body.setdefault("type", "kubernetes")
     path = f"/workspaces/{studio.workspace}/computes/"
     made = studio.request("POST", path, json=body).json()
@@ -664,20 +684,6 @@ def cluster_show(studio: Studio, name: str, fmt: str) -> None:
         ("problem", status.get("message", "")),
     ]
     click.echo(tabulate([r for r in rows if r[1] not in ("", None)], tablefmt="plain"))
-
-
-def admin_options(command: Any) -> Any:
-    """--kubeconfig and --context for an act that changes the studio's rights."""
-    command = click.option("--context", default="", help="Its context (default: current).")(command)
-    return click.option(
-        "--kubeconfig", "kubeconfig_file", type=click.File("r"),
-        help="A cluster admin's kubeconfig for this act (used once, not kept): needed "
-        "once the studio holds only the extension's own credentials.",
-    )(command)  # fmt: skip
-
-
-def _admin(kubeconfig_file: Any, context: str) -> dict[str, str]:
-    return {"kubeconfig": kubeconfig_file.read() if kubeconfig_file else "", "context": context}
 
 
 @cluster.command("install")

@@ -56,6 +56,11 @@ class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
         required=False, allow_blank=True,
         help_text="kubernetes: a Secret in the namespace that pods pull images with.",
     )  # fmt: skip
+    kubeconfig = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, trim_whitespace=False,
+        help_text="kubernetes: a cluster admin's kubeconfig, to grant the studio a namespace "
+        "the extension does not reach yet (used once, never kept or shown).",
+    )  # fmt: skip
 
     class Meta:
         model = ComputeTarget
@@ -67,12 +72,22 @@ class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
             "namespace",
             "create_namespace",
             "image_pull_secret",
+            "kubeconfig",
             "instance_types",
             "is_default",
             "problem",
             "created_at",
         )
         read_only_fields = ("created_at", "is_default", "problem")
+
+    def get_fields(self) -> dict[str, Any]:
+        # `context` is the serializer's own attribute: this field cannot be declared as one.
+        fields = super().get_fields()
+        fields["context"] = serializers.CharField(
+            write_only=True, required=False, allow_blank=True,
+            help_text="kubernetes: the context of `kubeconfig` (default: its current one).",
+        )  # fmt: skip
+        return fields
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         errors = {
@@ -86,7 +101,7 @@ class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
         ):
             errors["type"] = "a compute target's type cannot change; detach it and attach anew"
         if attrs.get("kind", getattr(self.instance, "kind", None)) != ComputeKind.KUBERNETES:
-            for name in ("cluster", "namespace", "image_pull_secret"):
+            for name in ("cluster", "namespace", "image_pull_secret", "kubeconfig"):
                 if attrs.get(name):
                     errors[name] = "only for compute targets of type kubernetes"
         if errors:
@@ -94,11 +109,13 @@ class ComputeTargetSerializer(serializers.ModelSerializer[ComputeTarget]):
         return attrs
 
     def create(self, validated_data: dict[str, Any]) -> ComputeTarget:
-        validated_data.pop("create_namespace", None)  # an instruction, not a field
+        for instruction in ("create_namespace", "kubeconfig", "context"):  # not fields
+            validated_data.pop(instruction, None)
         return super().create(validated_data)
 
     def update(self, instance: ComputeTarget, validated_data: dict[str, Any]) -> ComputeTarget:
-        validated_data.pop("create_namespace", None)
+        for instruction in ("create_namespace", "kubeconfig", "context"):
+            validated_data.pop(instruction, None)
         return super().update(instance, validated_data)
 
     def get_instance_types(self, compute: ComputeTarget) -> list[str]:

@@ -42,6 +42,8 @@ class ComputeTargetViewSet(WorkspaceMixin, viewsets.ModelViewSet[ComputeTarget])
                 create_namespace=create_namespace,
                 description=data.get("description", ""),
                 image_pull_secret=data.get("image_pull_secret", ""),
+                kubeconfig=data.get("kubeconfig", ""),
+                context=data.get("context", ""),
             )
             return
         services.became_available(serializer.save(workspace=self.get_workspace()))
