@@ -34,6 +34,7 @@ from kubernetes.client.exceptions import ApiException
 from compute import extension, kube
 from compute.backends.kubernetes import CACHE, MANAGED, STUDIO, object_name
 from compute.extension import CACHE_CLAIM
+from compute.inference import DEPLOYMENT_LABEL
 from compute.models import ComputeTarget, InstanceType
 from compute.resources import DEFAULT_INSTANCE_TYPE
 from endpoints import initializer, server, tokens
@@ -43,7 +44,6 @@ from jobs.launch import label_value
 from registry import services as registry
 from studio.errors import FieldErrors
 
-DEPLOYMENT_LABEL = "kstudio.io/online-deployment"
 DRAIN_SECONDS = 5  # how long a deleted pod keeps serving (see its preStop hook)
 GENERATION_LABEL = "kstudio.io/generation"
 APP = "/var/azureml-app"  # where Azure's inference images keep the app and the models

@@ -39,7 +39,7 @@ from django.db import close_old_connections
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from compute import extension
+from compute import inference
 from compute import kube as kube_client
 from compute.backends.local import make_reachable
 from compute.launcher import Launcher, LaunchError, kill_user_processes, runnable_by_anyone
@@ -508,10 +508,10 @@ class Runner:
         Service says now: the scoring URIs shown use it (a load balancer's address may
         come minutes after the install, and may change)."""
         for cluster in Cluster.objects.all():
-            if not extension.has_router(cluster.settings or {}):
+            if not inference.has_router(cluster.settings or {}):
                 continue
             try:
-                address = extension.router_address(cluster)
+                address = inference.router_address(cluster)
             except Exception as exc:  # the cluster is away: the address last read stays
                 log.warning("cluster %s: its router's address: %s", cluster,
                             kube_client.in_words(exc))  # fmt: skip

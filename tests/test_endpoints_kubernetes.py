@@ -120,7 +120,7 @@ def test_rendered_deployment_objects_are_valid_kubernetes(studio, attached):
     assert all(n.startswith("ks-k8s-endpoint-blue-") for n in names)
     assert all(o["metadata"]["namespace"] == "team-a" for o in objects)
     # The extension with enableInference lets the studio manage them, and no more.
-    from compute import extension
+    from compute import extension, inference
 
     installed = extension.manifests(attached.cluster, ["team-a"], {"enableInference": True})
     role, reader = [o for o in installed if o["kind"] == "Role"]
@@ -129,7 +129,7 @@ def test_rendered_deployment_objects_are_valid_kubernetes(studio, attached):
     kubernetes_validate.validate(reader, K8S_VERSION, strict=True)
     assert reader["metadata"]["namespace"] == extension.SYSTEM_NAMESPACE
     assert reader["rules"] == [{"apiGroups": [""], "resources": ["services"],
-                                "resourceNames": [extension.ROUTER], "verbs": ["get"]}]  # fmt: skip
+                                "resourceNames": [inference.ROUTER], "verbs": ["get"]}]  # fmt: skip
     kubernetes_validate.validate(role, K8S_VERSION, strict=True)
     granted = {
         (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
@@ -140,9 +140,9 @@ def test_rendered_deployment_objects_are_valid_kubernetes(studio, attached):
     assert ("apps", "deployments") not in {
         (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
     }
-    assert not [o for o in plain if o["metadata"]["name"] == extension.ROUTER]
+    assert not [o for o in plain if o["metadata"]["name"] == inference.ROUTER]
     # The router inside the cluster: HTTPS on a LoadBalancer, three replicas by default.
-    router = {o["kind"]: o for o in installed if o["metadata"]["name"] == extension.ROUTER}
+    router = {o["kind"]: o for o in installed if o["metadata"]["name"] == inference.ROUTER}
     assert set(router) == {"Secret", "Deployment", "Service"}
     for obj in router.values():
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
@@ -154,7 +154,7 @@ def test_rendered_deployment_objects_are_valid_kubernetes(studio, attached):
     insecure = {"enableInference": True, "allowInsecureConnections": True,
                 "inferenceRouterHA": False, "inferenceRouterServiceType": "nodePort"}  # fmt: skip
     router = {o["kind"]: o for o in extension.manifests(attached.cluster, [], insecure)
-              if o["metadata"]["name"] == extension.ROUTER}  # fmt: skip
+              if o["metadata"]["name"] == inference.ROUTER}  # fmt: skip
     assert router["Deployment"]["spec"]["replicas"] == 1
     assert (router["Service"]["spec"]["type"], router["Service"]["spec"]["ports"][0]["port"]) == (
         "NodePort",
@@ -528,7 +528,7 @@ def test_the_router_inside_the_cluster_scores_through_the_services_over_tls(
     import ssl
     from pathlib import Path
 
-    from compute import clusters, extension
+    from compute import clusters, extension, inference
     from endpoints.models import TrafficSecond
     from endpoints.remote import self_signed
     from endpoints.traffic import RECORDER
@@ -540,6 +540,9 @@ def test_the_router_inside_the_cluster_scores_through_the_services_over_tls(
         "metadata": {"name": "router-tls"},
         "data": {k: base64.b64encode(v).decode() for k, v in pem.items()},
     })  # fmt: skip
+    policies = kube.api.kind("networking.k8s.io", "networkpolicies")
+    # No router, no policy: the API server's proxy, which no policy can name, scores.
+    assert kube.api.list(policies, "team-a")["items"] == []
     settings = [
         "inferenceRouter=true",
         "inferenceRouterHA=false",
@@ -561,10 +564,28 @@ def test_the_router_inside_the_cluster_scores_through_the_services_over_tls(
                    for p in pods for c in p["status"].get("conditions") or [])  # fmt: skip
 
     wait_until(router_ready, 60, "the router pod to be ready")
+    # Only the router's pods may open a connection to the model servers: the policy's
+    # selectors, asked of the API server, find blue's pods and the router's, nothing else.
+    (policy,) = kube.api.list(policies, "team-a")["items"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"] and len(spec["ingress"]) == 1
+    (expression,) = spec["podSelector"]["matchExpressions"]
+    assert expression["operator"] == "Exists"
+    served = kube.api.list(kube.api.kind("", "pods"), "team-a", expression["key"])["items"]
+    assert served and all(p["metadata"]["name"].startswith("ks-k8s-endpoint-blue-")
+                          for p in served)  # fmt: skip
+    everything = kube.api.list(kube.api.kind("", "pods"), "team-a")["items"]
+    assert len(everything) == len(served)  # and no job of the namespace is a server
+    (peer,) = spec["ingress"][0]["from"]
+    namespace_labels = peer["namespaceSelector"]["matchLabels"]
+    assert namespace_labels == {"kubernetes.io/metadata.name": system}
+    ((key, value),) = peer["podSelector"]["matchLabels"].items()
+    assert kube.api.list(kube.api.kind("", "pods"), system, f"{key}={value}")["items"]
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": inference.ROUTER}
     # The endpoint shows the router's name; its address is the Service's.
     shown = studio.get("online-endpoints/k8s-endpoint/").json()["scoring_uri"]
     assert shown == "https://router.kube.test/api/v1/endpoint/k8s-endpoint/score"
-    service = kube.api.get(kube.api.kind("", "services"), system, extension.ROUTER)
+    service = kube.api.get(kube.api.kind("", "services"), system, inference.ROUTER)
     address = service["status"]["loadBalancer"]["ingress"][0]["ip"]
     url = shown.replace("router.kube.test", address)
     # Checked against IT-ops' certificate, for the name it was made for.
@@ -598,7 +619,7 @@ def test_without_a_cname_the_scoring_uri_is_the_routers_service_address(
     """Azure shows its cluster router's address as the scoring URI: here, as the router's
     Service gives it for each inferenceRouterServiceType (a load balancer's address, a
     node's address and node port, the in-cluster name), and clients score there."""
-    from compute import clusters, extension
+    from compute import clusters, extension, inference
     from endpoints import runner
 
     monkeypatch.setattr(runner, "ROUTER_CHECK", 0.2)  # read at once, not every 30 s
@@ -610,7 +631,7 @@ def test_without_a_cname_the_scoring_uri_is_the_routers_service_address(
     system = extension.SYSTEM_NAMESPACE
 
     def service() -> dict[str, Any]:
-        return kube.api.get(kube.api.kind("", "services"), system, extension.ROUTER)
+        return kube.api.get(kube.api.kind("", "services"), system, inference.ROUTER)
 
     def uri_becomes(wanted: str) -> None:
         def shown() -> str:
@@ -659,12 +680,12 @@ def test_without_a_cname_the_scoring_uri_is_the_routers_service_address(
 def test_a_routers_token_opens_its_own_clusters_endpoints_and_nothing_else(
     studio, attached, live_studio, people
 ):
-    from compute import extension
+    from compute import inference
 
     assert studio.post("online-endpoints/", json={"yaml": "name: local-endpoint\n"}).is_success
     keys = studio.post("online-endpoints/k8s-endpoint/get-credentials/").json()
     base = f"{live_studio.url}/api/v1/router/"
-    router = {"Authorization": f"Bearer {extension.router_token(attached.cluster)}"}
+    router = {"Authorization": f"Bearer {inference.router_token(attached.cluster)}"}
     table = httpx.get(base + "endpoints/k8s-endpoint/", headers=router)
     assert table.status_code == 200
     assert len(table.json()["key_digests"]) == 2

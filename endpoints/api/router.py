@@ -1,6 +1,6 @@
 """What a router inside a cluster asks of the studio (endpoints.remote): an endpoint's
 routing table, and where to leave its per-second counts. Authenticated by the cluster's
-router token (`compute.extension.router_token`: `Bearer krt_...`), which opens the
+router token (`compute.inference.router_token`: `Bearer krt_...`), which opens the
 endpoints on that cluster only, never a person's."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from rest_framework import exceptions, serializers, views
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from compute import extension
+from compute import inference
 from compute.models import Cluster
 from endpoints import router, traffic
 from endpoints.models import Deployment
@@ -24,7 +24,7 @@ class RouterTokenAuthentication(WorkloadTokenAuthentication):
     invalid = "Invalid router token, or its cluster is gone."
 
     def find(self, key: str) -> Cluster | None:
-        return extension.cluster_of_router(key)
+        return inference.cluster_of_router(key)
 
 
 class RouterView(views.APIView):
