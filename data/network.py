@@ -27,13 +27,18 @@ class InwardAddress(OSError):
     """The host resolves to an address inside the studio's network."""
 
 
+def is_public(address: str) -> bool:
+    """A globally routable address (a test may widen this to a loopback one of its own)."""
+    return ipaddress.ip_address(address.split("%")[0]).is_global
+
+
 def _connect(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
     if not _public_only.get():
         return _original(address, *args, **kwargs)
     host, port = address
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     for info in infos:
-        if not ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_global:
+        if not is_public(str(info[4][0])):
             raise InwardAddress("not a public address")
     return _original((str(infos[0][4][0]), port), *args, **kwargs)
 

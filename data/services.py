@@ -3,7 +3,6 @@ is kept), and finding the files a reference names, for jobs and pages alike."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import socket
@@ -20,7 +19,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 
 from compute.launcher import archive_problem
-from data import spec
+from data import network, spec
 from data.models import DEFAULT_DATASTORE, DataAsset, Datastore, DatastoreKind
 from data.stores import File, StoreError, account_url, open_store
 from studio import assets
@@ -74,9 +73,8 @@ def _private_endpoint(url: str) -> str | None:
     except OSError:
         return None  # unresolvable: the check against the storage says so
     for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not ip.is_global:
-            return str(ip)
+        if not network.is_public(address := str(info[4][0])):
+            return address.split("%")[0]
     return None
 
 

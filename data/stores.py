@@ -192,6 +192,11 @@ class S3Store:
             aws_secret_access_key=credentials.get("secret_access_key"),
             config=config,
         )
+        if self.endpoint_url:
+            # An S3-compatible service of one's own never moves buckets between regions:
+            # its redirect is refused before botocore's region redirector follows it (which,
+            # answered 307 on every call, asks for the bucket's region without end).
+            self.client.meta.events.register_first("needs-retry.s3", _no_redirects)
 
     def _words(self, exc: Exception) -> StoreError:
         from botocore.exceptions import ClientError
@@ -277,6 +282,13 @@ class S3Store:
             raise self._words(exc) from exc
 
 
+def _no_redirects(response: Any = None, **kwargs: Any) -> None:
+    from botocore.exceptions import BotoCoreError
+
+    if response is not None and 300 <= response[0].status_code < 400:
+        raise BotoCoreError(msg="the storage service answered with a redirect")
+
+
 # What azure-storage-blob raises when what answered is not a blob service (HTML where it
 # wants XML, XML of another shape): its parser's errors, none of them an AzureError.
 NOT_BLOB_STORAGE = (ValueError, AttributeError, KeyError, TypeError)
@@ -323,7 +335,9 @@ class AzureBlobStore:
             return StoreError("no such blob in the container")
         if isinstance(exc, ClientAuthenticationError):
             return StoreError("the account key or SAS token was not accepted", "credentials")
-        if isinstance(exc, (ServiceRequestError, *NOT_BLOB_STORAGE)):
+        redirect = isinstance(exc, HttpResponseError) and 300 <= (exc.status_code or 0) < 400
+        if redirect or isinstance(exc, (ServiceRequestError, *NOT_BLOB_STORAGE)):
+            # A redirect is not followed, and says no more than a closed port would.
             error = _unreachable(self.account_url, exc)
             error.field = "account_url"
             return error

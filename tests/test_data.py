@@ -402,3 +402,86 @@ def test_a_blob_endpoint_that_answers_200_with_no_xml_is_refused_in_words(api, p
     assert refused.status_code == 400, refused.content
     assert fields(refused) == {"account_url": f"cannot reach a storage service at {url}"}
     assert not Datastore.objects.filter(name="blobs").exists()
+
+
+@pytest.fixture
+def redirector(monkeypatch):
+    """A 'public' storage service (127.0.0.5, taken for a public address here) that answers
+    every request with a redirect to a loopback service, which counts who reaches it."""
+    import http.server
+    import threading
+
+    from data import network
+
+    reached: list[str] = []
+
+    class Inward(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            reached.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        do_HEAD = do_PUT = do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    inward = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Inward)
+    target = f"http://127.0.0.1:{inward.server_address[1]}/secret"
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_PUT = do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    outward = http.server.ThreadingHTTPServer(("127.0.0.5", 0), Redirect)
+    for server in (inward, outward):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    real = network.is_public
+    monkeypatch.setattr(network, "is_public", lambda a: a == "127.0.0.5" or real(a))
+    yield f"http://127.0.0.5:{outward.server_address[1]}", reached
+    for server in (inward, outward):
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_redirect_to_an_inward_host_is_refused_like_the_host_itself(
+    people, workspace, s3_store, azure_store, redirector
+):
+    """The address checked is the one each connection goes to, so a public storage service
+    that redirects to a loopback one leads nowhere: not with a client that follows
+    redirects (urllib3's own), nor with the datastores' clients, which say the same as for
+    any unreachable service."""
+    import urllib3
+
+    from data.network import public_only
+    from data.services import save_datastore
+    from studio.errors import FieldErrors
+
+    outward, reached = redirector
+    with public_only(), pytest.raises(urllib3.exceptions.MaxRetryError) as refused:
+        urllib3.PoolManager().request("GET", outward + "/x", redirect=True, retries=3)
+    assert "not a public address" in str(refused.value.reason), refused.value.reason
+    # Outside public_only, the same client does follow it: the check is what stops it.
+    assert urllib3.PoolManager().request("GET", outward + "/x").status == 200
+    assert reached == ["/secret"]
+
+    account = f"{outward}/{stores.AZURITE_ACCOUNT}"
+    documents = [
+        ("endpoint_url", outward, s3_document(s3_store, endpoint_url=outward)),
+        ("account_url", account, azure_document(azure_store, account_url=account)),
+    ]
+    for field, url, document in documents:
+        with pytest.raises(FieldErrors) as said:
+            save_datastore(workspace, people.owner, document)
+        # As for a closed port: nothing tells that an HTTP server answered there.
+        assert said.value.errors == [(field, f"cannot reach a storage service at {url}")]
+    assert not Datastore.objects.filter(name__in=["lake", "blobs"]).exists()
+    assert reached == ["/secret"]  # nobody else got there
