@@ -286,7 +286,7 @@ class ControlPlane:
                 "--audit-log-path",
                 str(self.audit_log),
                 # A cluster left running for days keeps its log bounded; a test session
-                # writes a few MB, far from a rotation that would move its offsets.
+                # writes a few tens of MB, far from a rotation that would move its offsets.
                 "--audit-log-maxsize",
                 "256",
                 "--audit-log-maxbackup",

@@ -77,6 +77,9 @@ class Container:
     ready: bool = False
     current: Instance | None = None
     previous: Instance | None = None
+    # The environment its process started with: an exec (a probe, a hook) runs in it, as
+    # in a container, even once a Secret it came from is gone.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -241,7 +244,8 @@ class Pod:
             container.previous = container.current
         container.current = instance
         try:
-            instance.process = self._start(container.spec)
+            container.env = self._environment(container.spec)
+            instance.process = self._start(container.spec, container.env)
         except OSError as exc:  # the runtime cannot start the command
             container.state = {
                 "terminated": {
@@ -431,9 +435,13 @@ class Pod:
             if status == self.published:
                 return
             self.published = status
-            self.node.api.merge(
-                self.path + "/status", {"metadata": {"uid": self.uid}, "status": status}
-            )
+            try:
+                self.node.api.merge(
+                    self.path + "/status", {"metadata": {"uid": self.uid}, "status": status}
+                )
+            except ApiError as exc:
+                if exc.code not in (404, 409):  # gone (or another of its name): no one to tell
+                    raise
 
     def _status(self) -> dict[str, Any]:
         ready = bool(self.containers) and all(c.ready for c in self.containers)
@@ -503,12 +511,11 @@ class Pod:
 
     def exec(self, container: Container, command: list[str]) -> subprocess.Popen[bytes]:
         """A command in the container (an exec probe's, a hook's)."""
-        return self._start({**container.spec, "command": command, "args": []}, quiet=True)
+        spec = {**container.spec, "command": command, "args": []}
+        return self._start(spec, container.env or self._environment(spec), quiet=True)
 
-    def _start(self, spec: dict[str, Any], quiet: bool = False) -> subprocess.Popen[bytes]:
-        """A container's process: its env (the Downward API, ConfigMaps, Secrets), $(VAR)
-        expanded in its command and args as Kubernetes does, paths under mounts made the
-        sandbox's; as its securityContext's user when this kubelet may switch to it."""
+    def _environment(self, spec: dict[str, Any]) -> dict[str, str]:
+        """A container's env: the Downward API, ConfigMaps, Secrets, as it starts."""
         kubelet = self.node.kubelet
         env = {
             "PATH": os.environ.get("PATH", os.defpath),
@@ -527,6 +534,15 @@ class Pod:
                 env[source.get("prefix", "") + key] = value.decode(errors="replace")
         for item in spec.get("env") or []:
             env[item["name"]] = self._value(item, env)
+        return env
+
+    def _start(
+        self, spec: dict[str, Any], env: dict[str, str], quiet: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """A container's process in `env`, $(VAR) expanded in its command and args as
+        Kubernetes does, paths under mounts made the sandbox's; as its securityContext's
+        user when this kubelet may switch to it."""
+        kubelet = self.node.kubelet
         image = str(spec.get("image", ""))
         command = spec.get("command") or kubelet.images.entrypoint(image)
         argv = [
