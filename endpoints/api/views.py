@@ -13,7 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from endpoints import runner, services
+from endpoints import instances, services
 from endpoints.api.serializers import (
     DeploymentSerializer,
     EndpointSerializer,
@@ -235,5 +235,5 @@ class OnlineDeploymentViewSet(WorkspaceMixin, viewsets.ViewSet):
         except ValueError as exc:
             raise FieldErrors([("lines", "must be a number")]) from exc
         container = request.query_params.get("container", "inference-server")
-        text = runner.log_text(deployment, container, lines, index)
+        text = instances.log_text(deployment, container, lines, index)
         return HttpResponse(text, content_type="text/plain; charset=utf-8")
