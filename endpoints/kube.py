@@ -384,16 +384,31 @@ def render(
 
 
 # -- in the cluster ----------------------------------------------------------------------------
+class StillLeaving(Exception):
+    """The last Kubernetes Deployment of this name is still being deleted (foreground: its
+    pods drain first). Applied onto, it would go all the same: the new one waits for it."""
+
+
 def apply(deployment: Deployment, target: ComputeTarget, replicas: int | None = None) -> int:
     """Create, roll or scale the deployment's objects (server-side apply: idempotent).
     Returns the Deployment's generation as the server numbers it: a view of it from
     before (see `observe`) has a lower one."""
     assert target.cluster is not None
+    leaving = StillLeaving(
+        f"waiting for the last deployment named {deployment.name!r} to be removed from the "
+        "cluster (its pods finish their requests first)"
+    )
+    workloads, _pods = _informers(target)
+    seen = workloads.get(names(deployment)) if workloads.synced.is_set() else None
+    if seen is not None and seen["metadata"].get("deletionTimestamp"):
+        raise leaving  # as the watch saw it: no request made
     generation = 0
     with kube.shared_client(target.cluster) as api:
         for obj in render(deployment, target, replicas):
             kept = extension.server_side_apply(api, obj)
             if obj["kind"] == "Deployment":
+                if kept["metadata"].get("deletionTimestamp"):
+                    raise leaving  # the watch had not heard yet: applied again once gone
                 generation = int(kept["metadata"].get("generation") or 0)
     return generation
 

@@ -294,6 +294,8 @@ class Runner:
             self.checked[deployment.pk] = now
             try:
                 self.kube_step(deployment, target)
+            except kube.StillLeaving as exc:  # tried again each tick, quietly
+                _unchanged(deployment).update(reason=str(exc))
             except Exception as exc:  # the cluster is away or refuses: said, tried again
                 why = kube_client.in_words(exc)
                 log.warning("deployment %s: the cluster: %s", deployment, why)

@@ -281,6 +281,36 @@ def test_a_deployment_serves_from_pods_and_rolls_an_update_without_a_failed_requ
     assert [m["metadata"]["name"] for m in left] == ["kube-root-ca.crt"]  # every namespace's
 
 
+def test_a_deployment_deleted_and_made_again_under_its_name_serves_once_the_old_has_gone(
+    studio, kube
+):
+    """Its Kubernetes objects have the same names: made again while the old Deployment is
+    still going (foreground deletion waits for its pods' drain), the new one waits for it
+    and then serves, rather than being applied onto an object that is being deleted."""
+    assert send(studio, "blue", "blue").status_code == 201
+    assert wait_until(lambda: settled(studio, "blue"), 90, "blue")["provisioning_state"] == (
+        "Succeeded"
+    )
+    name = endpoint_kube.names(Deployment.objects.get(name="blue"))
+    deployments = kube.api.kind("apps", "deployments")
+    assert studio.delete("online-endpoints/k8s-endpoint/deployments/blue/").status_code == 204
+    wait_until(lambda: not Deployment.objects.filter(name="blue").exists(), 30, "the row to go")
+    assert send(studio, "blue", "green").status_code == 201
+    old = kube.api.get(deployments, "team-a", name)
+    assert old["metadata"].get("deletionTimestamp"), "the old Deployment had gone already"
+    shown = wait_until(lambda: settled(studio, "blue"), 120, "the new blue to settle")
+    assert shown["provisioning_state"] == "Succeeded", shown
+    made = kube.api.get(deployments, "team-a", name)
+    assert not made["metadata"].get("deletionTimestamp")
+    assert made["metadata"]["uid"] != old["metadata"]["uid"]
+    studio.patch("online-endpoints/k8s-endpoint/", json={"traffic": {"blue": 100}})
+    endpoint = studio.get("online-endpoints/k8s-endpoint/").json()
+    keys = studio.post("online-endpoints/k8s-endpoint/get-credentials/").json()
+    auth = {"Authorization": f"Bearer {keys['primaryKey']}"}
+    scored = httpx.post(endpoint["scoring_uri"], json={"data": [1]}, headers=auth, timeout=30)
+    assert scored.status_code == 200 and scored.json()["color"] == "green", scored.text
+
+
 def test_pods_that_cannot_serve_are_named_with_azures_codes(studio, kube, attached):
     assert send(studio, "broken", "red", environment_variables={"BREAK_INIT": "1",
                 "COLOR": "red"}).status_code == 201  # fmt: skip
