@@ -21,6 +21,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -67,10 +68,12 @@ class StartError(RuntimeError):
 def build() -> Path:
     """The folder of the built binaries (building them first when needed)."""
     done = subprocess.run(
-        ["bash", str(HERE / "build.sh")], stdout=subprocess.PIPE, text=True, check=False
+        ["bash", str(HERE / "build.sh")], capture_output=True, text=True, check=False
     )
+    sys.stderr.write(done.stderr)  # what it built, and how long it took
     if done.returncode != 0:
-        raise StartError("building the Kubernetes control plane failed (see above)")
+        said = [line for line in done.stderr.splitlines() if line.startswith("ERROR: ")]
+        raise StartError(said[-1] if said else "building the Kubernetes control plane failed")
     return Path(done.stdout.strip().splitlines()[-1])
 
 
