@@ -324,13 +324,13 @@ def test_pods_that_cannot_serve_are_named_with_azures_codes(studio, kube, attach
     shown = wait_until(lambda: settled(studio, "nopull"), 60, "the unpullable one to settle")
     assert (shown["error_code"], shown["provisioning_state"]) == ("ImagePullLoopBackOff", "Failed")
 
-    from compute.models import InstanceType
+    from compute import instance_types
 
-    InstanceType.objects.create(
-        cluster=attached.cluster, name="gpu-pool", node_selector={"pool": "gpu"},
-        resources={"requests": {"cpu": "1", "memory": "1Gi"},
-                   "limits": {"cpu": "1", "memory": "1Gi"}},
-    )  # fmt: skip
+    # In the cluster first, as the studio makes one: a row alone would be dropped by the
+    # mirror of the cluster's InstanceType objects at its next list.
+    instance_types.save(attached.cluster, "gpu-pool", {"pool": "gpu"},
+                        {"requests": {"cpu": "1", "memory": "1Gi"},
+                         "limits": {"cpu": "1", "memory": "1Gi"}})  # fmt: skip
     assert send(studio, "waits", "red", instance_type="gpu-pool").status_code == 201
     shown = wait_until(lambda: settled(studio, "waits"), 60, "the unschedulable one to settle")
     assert shown["error_code"] == "PodUnschedulable", shown

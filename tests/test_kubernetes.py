@@ -253,14 +253,13 @@ def test_an_unschedulable_job_waits_queued_saying_why_and_runs_once_a_node_fits(
     attached, workspace, people, kube
 ):
     text = "command: echo fitted\ncompute: azureml:k8s\nresources: {instance_type: big}\n"
-    from compute.models import InstanceType
+    from compute import instance_types
 
-    InstanceType.objects.create(
-        cluster=attached.cluster,
-        name="big",
-        node_selector={"pool": "gpu"},
-        resources={"requests": {"cpu": "8", "memory": "4Gi"}, "limits": {"cpu": "8"}},
-    )
+    # Made as the studio makes one, in the cluster first: a row alone would be dropped by
+    # the studio's mirror of the cluster's InstanceType objects when it next lists them.
+    fitted = {"cpu": "8", "memory": "4Gi"}
+    instance_types.save(attached.cluster, "big", {"pool": "gpu"},
+                        {"requests": fitted, "limits": fitted})  # fmt: skip
     job = services.submit_yaml(workspace, people.contributor, text, {})
 
     def waiting() -> bool:
