@@ -105,12 +105,21 @@ class Controller:
         self.news_lock = threading.Lock()
         self.by_key: dict[tuple[int, str], int] = {}  # (backend, watch key) -> job id
         self.readers: dict[int, ComputeBackend] = {}  # events fd -> backend
+        # Set as the stop is asked for: a pass under way (a thousand jobs to follow, say)
+        # ends after the job at hand rather than after all of them.
+        self.stopping = threading.Event()
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         log.info("controller %s started", self.name)
         self.loop = asyncio.get_running_loop()
         listener = asyncio.create_task(self._listen(stop))
+
+        async def tell_the_pass() -> None:
+            await stop.wait()
+            self.stopping.set()
+
+        telling = asyncio.create_task(tell_the_pass())
         step = sync_to_async(self.step, thread_sensitive=False, executor=self.executor)
         try:
             while not stop.is_set():
@@ -137,6 +146,7 @@ class Controller:
                     waiter.cancel()
         finally:
             listener.cancel()
+            telling.cancel()
             for fd in list(self.readers):
                 self.loop.remove_reader(fd)
             await sync_to_async(self.release_all, thread_sensitive=False, executor=self.executor)()
@@ -183,7 +193,7 @@ class Controller:
             self.last_claim = now
             self.adopt()
             self._count_elsewhere()
-            while self.claim():
+            while not self.stopping.is_set() and self.claim():
                 pass
             self.full = self._full_kinds()
             self._say_why_waiting()
@@ -198,6 +208,8 @@ class Controller:
             news, self.news = self.news, set()
         later = set()
         for held in list(self.held.values()):
+            if self.stopping.is_set():
+                break  # its lease is released on the way out: another controller adopts it
             due = everyone or held.watched is None or bool(held.errors)
             if not due and held.job.pk in news:
                 due = now - held.followed_at >= NEWS_EVERY

@@ -383,6 +383,56 @@ async def test_a_restarted_controller_adopts_running_jobs(workspace, people):
     assert await lines_of(job) == ["one", "two"]  # no line lost, none doubled
 
 
+async def test_a_stopping_controller_ends_its_pass_after_the_job_at_hand(
+    workspace, people, monkeypatch
+):
+    """Asked to stop in the middle of a pass (a thousand jobs to follow, say), it follows
+    no further job: it hands them all back at once, for another controller to adopt."""
+    import threading
+
+    real_observe = LocalBackend.observe
+    stuck, release = threading.Event(), threading.Event()
+    observed_after_stop: list[str] = []
+    controlling: dict[str, Controller] = {}
+
+    def observe(self, runtime, cursor):
+        if controlling["c"].stopping.is_set():
+            observed_after_stop.append(runtime["root"])
+        if stuck.is_set() is False and blocking.is_set():
+            stuck.set()
+            release.wait(30)  # the pass is in this job when the stop comes
+        return real_observe(self, runtime, cursor)
+
+    blocking = threading.Event()
+    monkeypatch.setattr(LocalBackend, "observe", observe)
+    text = "command: echo up; while [ ! -f go ]; do sleep 0.05; done\n"
+    stop = asyncio.Event()
+    controller = controlling["c"] = Controller(name="stopping")
+    task = asyncio.create_task(controller.run(stop))
+    jobs = [await submit(workspace, people.contributor, text) for _ in range(3)]
+
+    async def all_running():
+        return all([len(await lines_of(job)) == 1 for job in jobs])
+
+    await await_until(all_running, what="the three jobs to run")
+    blocking.set()
+    await await_until(lambda: _async(stuck.is_set()), what="a pass to be in a job")
+    stop.set()
+    await await_until(lambda: _async(controller.stopping.is_set()), what="the stop to be told")
+    release.set()
+    await asyncio.wait_for(task, 30)
+    # Only the job it was in when told was looked at after: the other two were not.
+    assert len(set(observed_after_stop)) <= 1, observed_after_stop
+    for job in jobs:
+        job = await reload(job)
+        assert job.status == "Running" and job.lease_expires_at <= timezone.now()
+        Path(job.runtime["root"], "wd", "go").touch()
+
+
+async def _async(value):
+    return value
+
+
 async def test_a_job_whose_process_dies_fails_definitely(workspace, people, controller):
     job = await submit(workspace, people.contributor, "command: echo up; sleep 120\n")
 
