@@ -165,10 +165,8 @@ def _grant(cluster: Cluster, namespace: str, admin: client.ApiClient) -> None:
         outcome = extension.install(cluster, namespaces, None, admin)
     except Exception as exc:
         raise kube.refused(cluster, exc) from exc
-    failed = [f"{a['kind']} {a['name']}: {a['outcome']}" for a in outcome.applied
-              if a["outcome"].startswith("failed")]  # fmt: skip
-    if outcome.problems or failed:
-        said = "; ".join(outcome.problems + failed)
+    if outcome.problems or outcome.failures():
+        said = "; ".join(outcome.problems + outcome.failures())
         raise FieldErrors([("kubeconfig", f"could not grant namespace {namespace!r}: {said}")])
 
 
@@ -230,7 +228,7 @@ def install(
         if outcome.problems:
             return outcome
         cluster.settings = settings
-        if not any(a["outcome"].startswith("failed") for a in outcome.applied):
+        if not outcome.failures():
             credentials.take_own(cluster, api, kubeconfig, context)
     except Exception as exc:
         raise kube.refused(cluster, exc) from exc

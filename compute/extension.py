@@ -372,6 +372,11 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     applied: list[dict[str, str]] = field(default_factory=list)
 
+    def failures(self) -> list[str]:
+        """The objects the API server refused, each with its words."""
+        return [f"{a['kind']} {a['name']}: {a['outcome']}" for a in self.applied
+                if a["outcome"].startswith("failed")]  # fmt: skip
+
 
 def preflight(api: client.ApiClient, objects: list[dict[str, Any]]) -> list[str]:
     """What would make the install fail or do harm, before anything is applied."""
